@@ -1,0 +1,203 @@
+"""Decoder architecture description, and its translation to and from HF ``config.json``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from rmr1_jax.errors import CheckpointError
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
+_ARCH_TO_TYPE = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """One decoder family: Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen (``qwen2``) and
+    Llama 3.x (``llama``). Field names follow HF where HF has one."""
+
+    model_type: str = "qwen2"
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None  # None: hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    # None, or {"rope_type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"} as a tuple of (key, value) pairs (hashable).
+    rope_scaling: tuple | None = None
+    max_position_embeddings: int = 32768
+    attention_bias: bool = True  # q/k/v projection biases (Qwen2); Llama: False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    # execution choices (not part of the architecture)
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype: "bfloat16" for bf16 compute with f32 params
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    attention_impl: str | None = None  # passed to jax.nn.dot_product_attention: None/"xla"/"cudnn"
+
+    def __post_init__(self):
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise CheckpointError(
+                f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise CheckpointError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise CheckpointError(
+                f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                f"num_key_value_heads={self.num_key_value_heads}"
+            )
+        if self.head_dim is None and self.hidden_size % self.num_attention_heads:
+            raise CheckpointError("hidden_size must be divisible by num_attention_heads when head_dim is unset")
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_scaling_dict(self) -> dict | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    def replace(self, **kw) -> "ModelConfig":
+        if isinstance(kw.get("rope_scaling"), dict):
+            kw["rope_scaling"] = tuple(sorted(kw["rope_scaling"].items()))
+        return dataclasses.replace(self, **kw)
+
+    def num_params(self) -> int:
+        d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
+        h, k, dh = self.num_attention_heads, self.num_key_value_heads, self.dim_head
+        attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.attention_bias else 0)
+        mlp = 3 * d * f
+        per_layer = attn + mlp + 2 * d
+        return v * d * (1 if self.tie_word_embeddings else 2) + l * per_layer + d
+
+    # --- HF translation --------------------------------------------------------------
+
+    @classmethod
+    def from_hf_dict(cls, hf: dict[str, Any], source: str = "config.json", **overrides) -> "ModelConfig":
+        """Accepts both the classic layout (``rope_theta``/``rope_scaling`` at top level,
+        ``torch_dtype``) and the transformers-5 layout (``rope_parameters``, ``dtype``,
+        possibly ``head_dim: null``)."""
+        model_type = hf.get("model_type")
+        if model_type is None:
+            for arch in hf.get("architectures") or []:
+                model_type = _ARCH_TO_TYPE.get(arch)
+                if model_type:
+                    break
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            archs = hf.get("architectures")
+            raise CheckpointError(
+                f"{source}: unsupported architecture (model_type={model_type!r}, architectures={archs}); "
+                f"supported model types: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
+        for key in required:
+            if not isinstance(hf.get(key), int):
+                raise CheckpointError(f"{source}: key {key!r} is missing or not an integer")
+        if hf.get("use_sliding_window"):
+            raise CheckpointError(f"{source}: use_sliding_window=true is not supported")
+        rope_params = hf.get("rope_parameters") or {}
+        rope_theta = hf.get("rope_theta", rope_params.get("rope_theta", 10000.0))
+        scaling = hf.get("rope_scaling") or None
+        if scaling is None and rope_params.get("rope_type", "default") != "default":
+            scaling = {k: v for k, v in rope_params.items() if k != "rope_theta"}
+        if scaling is not None:
+            rtype = scaling.get("rope_type", scaling.get("type", "default"))
+            if rtype == "default":
+                scaling = None
+            elif rtype != "llama3":
+                raise CheckpointError(f"{source}: rope scaling type {rtype!r} is not supported (only llama3)")
+            else:
+                need = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+                missing = [k for k in need if k not in scaling]
+                if missing:
+                    raise CheckpointError(f"{source}: llama3 rope scaling lacks {missing}")
+                scaling = tuple(sorted([("rope_type", "llama3")] + [(k, scaling[k]) for k in need]))
+        eos = hf.get("eos_token_id")
+        if isinstance(eos, list):
+            eos = tuple(eos)
+        kv = hf.get("num_key_value_heads") or hf["num_attention_heads"]
+        # Qwen2 always has q/k/v biases; Llama has them only when attention_bias is set.
+        attention_bias = True if model_type == "qwen2" else bool(hf.get("attention_bias", False))
+        kw = dict(
+            model_type=model_type,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=hf["num_attention_heads"],
+            num_key_value_heads=kv,
+            head_dim=hf.get("head_dim") or None,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(rope_theta),
+            rope_scaling=scaling,
+            max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+            attention_bias=bool(attention_bias),
+            mlp_bias=bool(hf.get("mlp_bias", False)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_id=eos,
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        if kw["mlp_bias"]:
+            raise CheckpointError(f"{source}: mlp_bias=true is not supported")
+        kw.update(overrides)
+        return cls(**kw)
+
+    @classmethod
+    def from_hf_dir(cls, path: str, **overrides) -> "ModelConfig":
+        cfg_path = os.path.join(path, "config.json")
+        if not os.path.isfile(cfg_path):
+            raise CheckpointError(f"{cfg_path}: config.json not found")
+        try:
+            with open(cfg_path) as f:
+                hf = json.load(f)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_hf_dict(hf, source=cfg_path, **overrides)
+
+    def to_hf_dict(self, torch_dtype: str = "bfloat16") -> dict[str, Any]:
+        """config.json content that transformers (4.x and 5.x) loads."""
+        arch = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[self.model_type]
+        out: dict[str, Any] = {
+            "architectures": [arch],
+            "model_type": self.model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.dim_head,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": self.rope_scaling_dict,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": torch_dtype,
+            "use_cache": True,
+            "attention_dropout": 0.0,
+        }
+        if self.model_type == "llama":
+            out["attention_bias"] = self.attention_bias
+            out["mlp_bias"] = False
+        else:
+            out["use_sliding_window"] = False
+            out["sliding_window"] = None
+            out["max_window_layers"] = self.num_hidden_layers
+        return out

@@ -1,0 +1,156 @@
+"""The decoder LM: embeddings, a stack of :class:`DecoderLayer` (``nn.scan``-ed or unrolled),
+final norm and LM head, with an optional KV cache for prefill and decode.
+
+Usage::
+
+    logits = model.apply({"params": params}, input_ids, attention_mask=mask)          # [B, T, V]
+    logits, cache = model.apply({"params": params}, ids, attention_mask=m,
+                                cache=cache, cache_index=i)                            # decoding
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, rope_cos_sin
+from rmr1_jax.parallel.sharding import constrain
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> dict[str, jax.Array]:
+    """An empty KV cache: k/v [L, B, S, K, H] and ``valid`` [B, S] (slots holding real tokens)."""
+    dt = dtype_of(dtype or cfg.dtype)
+    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.dim_head)
+    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "valid": jnp.zeros((batch, max_len), bool)}
+
+
+def _positions_from_mask(mask_bt):
+    return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def _segment_positions(segment_ids_bt):
+    """Position of each token within its packed segment."""
+    t = segment_ids_bt.shape[-1]
+    idx = jnp.arange(t)[None, :]
+    starts = jnp.concatenate(
+        [jnp.ones_like(segment_ids_bt[:, :1], bool), segment_ids_bt[:, 1:] != segment_ids_bt[:, :-1]], axis=-1
+    )
+    start_idx = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
+    return idx - start_idx
+
+
+class DecoderLM(nn.Module):
+    cfg: ModelConfig
+
+    def _layer_cls(self):
+        cls = DecoderLayer
+        if self.cfg.remat_policy != "none":
+            cls = nn.remat(cls, policy=_REMAT[self.cfg.remat_policy], prevent_cse=not self.cfg.scan_layers)
+        return cls
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        cache: dict[str, Any] | None = None,
+        cache_index: jax.Array | int | None = None,
+        return_hidden: bool = False,
+    ):
+        """
+        Args:
+          input_ids: [B, T] int tokens.
+          attention_mask: [B, T], 1 for real tokens, 0 for padding (default all ones).
+          positions: [B, T] rotary positions. Default: count of real tokens before each one
+            (within its segment when ``segment_ids`` is given; including cached ones).
+          segment_ids: [B, T] packed-sequence ids; tokens attend only inside their segment.
+            0 marks padding.
+          cache, cache_index: decode with a KV cache from :func:`init_cache`; the T new tokens
+            are written at slots [cache_index, cache_index + T).
+          return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
+        Returns:
+          logits [B, T, V] float32 (or hidden states), and the new cache when one was given.
+        """
+        cfg = self.cfg
+        dt = dtype_of(cfg.dtype)
+        b, t = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
+        attention_mask = attention_mask.astype(bool)
+
+        if cache is not None:
+            if segment_ids is not None:
+                raise ValueError("segment_ids cannot be combined with a KV cache")
+            s = cache["valid"].shape[1]
+            cache_index = jnp.asarray(cache_index, jnp.int32)
+            slots = jnp.arange(s)
+            prior = jnp.sum(cache["valid"] & (slots[None, :] < cache_index), axis=-1, dtype=jnp.int32)
+            if positions is None:
+                positions = prior[:, None] + _positions_from_mask(attention_mask)
+            valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, cache_index))
+            q_slot = cache_index + jnp.arange(t)
+            mask = valid[:, None, None, :] & (slots[None, None, None, :] <= q_slot[None, None, :, None])
+        else:
+            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+            mask = causal & attention_mask[:, None, None, :]
+            if segment_ids is not None:
+                mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+                if positions is None:
+                    positions = _segment_positions(segment_ids)
+            if positions is None:
+                positions = _positions_from_mask(attention_mask)
+
+        embedding = self.param("embed_tokens", default_init, (cfg.vocab_size, cfg.hidden_size),
+                               dtype_of(cfg.param_dtype))
+        x = jnp.take(embedding, input_ids, axis=0).astype(dt)
+        x = constrain(x, ("act_batch", "act_length", "act_embed"))
+        cos, sin = rope_cos_sin(cfg, positions)
+
+        layer_cls = self._layer_cls()
+        kv = (cache["k"], cache["v"]) if cache is not None else None
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                length=cfg.num_hidden_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )(cfg, name="layers")
+            x, new_kv = stack(x, kv, cos, sin, mask, cache_index)
+        else:
+            new_k, new_v = [], []
+            for i in range(cfg.num_hidden_layers):
+                layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
+                x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index)
+                if c is not None:
+                    new_k.append(c[0])
+                    new_v.append(c[1])
+            new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if kv is not None else None
+
+        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
+        if return_hidden:
+            out = x
+        else:
+            if cfg.tie_word_embeddings:
+                head = embedding.T
+            else:
+                head = self.param("lm_head", default_init, (cfg.hidden_size, cfg.vocab_size),
+                                  dtype_of(cfg.param_dtype))
+            out = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+            out = constrain(out, ("act_batch", "act_length", "act_vocab"))
+        if cache is not None:
+            return out, {"k": new_kv[0], "v": new_kv[1], "valid": valid}
+        return out

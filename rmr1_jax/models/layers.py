@@ -1,0 +1,148 @@
+"""Building blocks shared by every decoder family: RMSNorm, rotary embeddings, grouped-query
+attention with an optional KV cache, and the SwiGLU MLP.
+
+Dimension letters in names: B batch, T query length, S key length (cache slots), D hidden,
+N query heads, K key/value heads, H head dim, F MLP width, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.parallel.sharding import constrain
+
+default_init = nn.initializers.normal(stddev=0.02)
+
+
+def dtype_of(name: str):
+    return jnp.dtype(name)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: str
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self, x_btd):
+        scale = self.param("scale", nn.initializers.ones, (x_btd.shape[-1],), dtype_of(self.param_dtype))
+        x = x_btd.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
+        return (x * scale.astype(jnp.float32)).astype(dtype_of(self.dtype))
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jnp.ndarray:
+    """Inverse frequencies [H/2], with Llama 3 frequency-dependent scaling when configured."""
+    h = cfg.dim_head
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    sc = cfg.rope_scaling_dict
+    if sc and sc.get("rope_type") == "llama3":
+        factor = sc["factor"]
+        low, high = sc["low_freq_factor"], sc["high_freq_factor"]
+        old_ctx = sc["original_max_position_embeddings"]
+        low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+        wavelen = 2 * math.pi / inv
+        scaled = jnp.where(wavelen > low_wavelen, inv / factor, inv)
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = jnp.where(medium, smoothed, scaled)
+    return inv
+
+
+def rope_cos_sin(cfg: ModelConfig, positions_bt: jnp.ndarray):
+    """cos, sin of shape [B, T, H] in HF's rotate-half layout (frequencies repeated twice)."""
+    freqs = positions_bt.astype(jnp.float32)[..., None] * rope_inv_freq(cfg)
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb), jnp.sin(emb)
+
+
+def apply_rope(x_btnh, cos_bth, sin_bth):
+    half = x_btnh.shape[-1] // 2
+    x1, x2 = x_btnh[..., :half], x_btnh[..., half:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    cos, sin = cos_bth[:, :, None, :], sin_bth[:, :, None, :]
+    out = x_btnh.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin
+    return out.astype(x_btnh.dtype)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    def _proj(self, name, x_btd, heads):
+        cfg = self.cfg
+        dt = dtype_of(cfg.dtype)
+        kernel = self.param(name + "_kernel", default_init, (cfg.hidden_size, heads, cfg.dim_head),
+                            dtype_of(cfg.param_dtype))
+        y = jnp.einsum("btd,dnh->btnh", x_btd, kernel.astype(dt))
+        if cfg.attention_bias:
+            bias = self.param(name + "_bias", nn.initializers.zeros, (heads, cfg.dim_head),
+                              dtype_of(cfg.param_dtype))
+            y = y + bias.astype(dt)
+        return y
+
+    @nn.compact
+    def __call__(self, x_btd, cos, sin, mask_b1ts, kv_cache=None, cache_index=None):
+        cfg = self.cfg
+        dt = dtype_of(cfg.dtype)
+        n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+        q = constrain(self._proj("q_proj", x_btd, n), ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        kk = constrain(self._proj("k_proj", x_btd, k), ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        v = constrain(self._proj("v_proj", x_btd, k), ("act_batch", "act_length", "act_kv_heads", "act_head_dim"))
+        q = apply_rope(q, cos, sin)
+        kk = apply_rope(kk, cos, sin)
+        new_cache = None
+        if kv_cache is not None:
+            k_cache, v_cache = kv_cache
+            idx = (0, cache_index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, kk.astype(k_cache.dtype), idx)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), idx)
+            new_cache = (k_cache, v_cache)
+            kk, v = k_cache.astype(dt), v_cache.astype(dt)
+        out = jax.nn.dot_product_attention(
+            q, kk, v, mask=mask_b1ts, scale=1.0 / math.sqrt(cfg.dim_head), implementation=cfg.attention_impl
+        )
+        out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
+        o_kernel = self.param("o_proj_kernel", default_init, (n, cfg.dim_head, cfg.hidden_size),
+                              dtype_of(cfg.param_dtype))
+        y = jnp.einsum("btnh,nhd->btd", out, o_kernel.astype(dt))
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd):
+        cfg = self.cfg
+        dt, pdt = dtype_of(cfg.dtype), dtype_of(cfg.param_dtype)
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        gate = self.param("gate_proj_kernel", default_init, (d, f), pdt)
+        up = self.param("up_proj_kernel", default_init, (d, f), pdt)
+        down = self.param("down_proj_kernel", default_init, (f, d), pdt)
+        g = jnp.einsum("btd,df->btf", x_btd, gate.astype(dt))
+        u = jnp.einsum("btd,df->btf", x_btd, up.astype(dt))
+        h = constrain(nn.silu(g) * u, ("act_batch", "act_length", "act_mlp"))
+        return jnp.einsum("btf,fd->btd", h, down.astype(dt))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x)). Returns (x, new_kv_cache)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, kv_cache, cos, sin, mask_b1ts, cache_index):
+        cfg = self.cfg
+        norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
+        h, new_cache = Attention(cfg, name="self_attn")(norm("input_layernorm")(x_btd), cos, sin, mask_b1ts,
+                                                         kv_cache, cache_index)
+        x_btd = x_btd + h
+        x_btd = x_btd + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_btd))
+        x_btd = constrain(x_btd, ("act_batch", "act_length", "act_embed"))
+        return x_btd, new_cache

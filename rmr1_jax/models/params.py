@@ -1,0 +1,105 @@
+"""Parameter-tree utilities: logical axis names per parameter, sharded initialization, and
+conversion between the scanned (stacked [L, ...]) and unrolled (``layers_i``) layouts."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.parallel.sharding import DEFAULT_RULES, named_sharding
+
+# leaf name -> logical axes of the (unstacked) parameter
+PARAM_AXES: dict[str, tuple[str | None, ...]] = {
+    "embed_tokens": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "scale": ("norm",),
+    "q_proj_kernel": ("embed", "heads", "head_dim"),
+    "k_proj_kernel": ("embed", "kv_heads", "head_dim"),
+    "v_proj_kernel": ("embed", "kv_heads", "head_dim"),
+    "q_proj_bias": ("heads", "head_dim"),
+    "k_proj_bias": ("kv_heads", "head_dim"),
+    "v_proj_bias": ("kv_heads", "head_dim"),
+    "o_proj_kernel": ("heads", "head_dim", "embed"),
+    "gate_proj_kernel": ("embed", "mlp"),
+    "up_proj_kernel": ("embed", "mlp"),
+    "down_proj_kernel": ("mlp", "embed"),
+    "score": ("embed", "classes"),
+    "score_bias": ("classes",),
+}
+
+
+def _path_keys(path) -> list[str]:
+    return [str(getattr(p, "key", getattr(p, "idx", p))) for p in path]
+
+
+def logical_axes_for(path_keys: list[str], ndim: int) -> tuple[str | None, ...]:
+    name = path_keys[-1]
+    if name not in PARAM_AXES:
+        raise KeyError(f"no logical axes known for parameter {'/'.join(path_keys)}")
+    axes = PARAM_AXES[name]
+    if len(axes) == ndim - 1 and "layers" in path_keys:
+        axes = ("layers",) + axes
+    if len(axes) != ndim:
+        raise ValueError(f"parameter {'/'.join(path_keys)} has {ndim} dims, expected {len(axes)}")
+    return axes
+
+
+def param_logical_axes(params):
+    """Pytree (matching ``params``) of logical-axis tuples."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: logical_axes_for(_path_keys(p), len(x.shape)), params)
+
+
+def param_shardings(params_or_shapes, mesh: Mesh, rules=DEFAULT_RULES):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: named_sharding(mesh, logical_axes_for(_path_keys(p), len(x.shape)), x.shape, rules),
+        params_or_shapes,
+    )
+
+
+def abstract_params(model, cfg: ModelConfig | None = None):
+    """ShapeDtypeStructs of the parameters (no memory is allocated)."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    shapes = jax.eval_shape(lambda r: model.init(r, ids), jax.random.key(0))["params"]
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
+
+
+def init_params(model, rng, mesh: Mesh | None = None, rules=DEFAULT_RULES):
+    """Random parameters created directly in their shardings (never whole on one device)."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    init_fn = lambda r: model.init(r, ids)["params"]
+    if mesh is None:
+        return jax.jit(init_fn)(rng)
+    shardings = param_shardings(abstract_params(model), mesh, rules)
+    return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+
+def num_params(params) -> int:
+    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+_LAYER_RE = re.compile(r"layers_(\d+)$")
+
+
+def unstack_layers(params, num_layers: int):
+    """Scanned layout ({'layers': stacked}) -> unrolled ({'layers_0': ..., ...})."""
+    out = {k: v for k, v in params.items() if k != "layers"}
+    for i in range(num_layers):
+        out[f"layers_{i}"] = jax.tree.map(lambda x: x[i], params["layers"])
+    return out
+
+
+def stack_layers(params):
+    """Unrolled layout -> scanned layout."""
+    idx = sorted(int(m.group(1)) for k in params if (m := _LAYER_RE.match(k)))
+    out = {k: v for k, v in params.items() if not _LAYER_RE.match(k)}
+    out["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[params[f"layers_{i}"] for i in idx])
+    return out
+
+
+def is_scanned(params) -> bool:
+    return "layers" in params

@@ -1,0 +1,9 @@
+from rmr1_jax.parallel.mesh import MeshConfig, initialize_distributed, make_mesh
+from rmr1_jax.parallel.sharding import (
+    DEFAULT_RULES,
+    activation_sharding,
+    constrain,
+    logical_to_spec,
+    named_sharding,
+    tree_shardings,
+)
