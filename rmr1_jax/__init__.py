@@ -1,3 +1,7 @@
 """rmr1_jax: reasoning reward models (RM-R1) and rule-labeled reward models (RAMO) in JAX."""
 
 __version__ = "0.1.0"
+
+from rmr1_jax.checkpoint.hf import load_hf, save_hf  # noqa: E402
+from rmr1_jax.models import DecoderLM, ModelConfig, preset  # noqa: E402
+from rmr1_jax.parallel import MeshConfig, make_mesh  # noqa: E402

@@ -1,0 +1,1 @@
+from rmr1_jax.checkpoint.hf import load_hf, save_hf

@@ -45,6 +45,7 @@ class ModelConfig:
     scan_layers: bool = True
     remat_policy: str = "none"
     attention_impl: str | None = None  # passed to jax.nn.dot_product_attention: None/"xla"/"cudnn"
+    source_dir: str | None = None  # HF directory this config came from (tokenizer files are copied on export)
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -165,6 +166,7 @@ class ModelConfig:
                 hf = json.load(f)
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        overrides.setdefault("source_dir", os.path.abspath(path))
         return cls.from_hf_dict(hf, source=cfg_path, **overrides)
 
     def to_hf_dict(self, torch_dtype: str = "bfloat16") -> dict[str, Any]:
