@@ -5,3 +5,4 @@ __version__ = "0.1.0"
 from rmr1_jax.checkpoint.hf import load_hf, save_hf  # noqa: E402
 from rmr1_jax.models import DecoderLM, ModelConfig, preset  # noqa: E402
 from rmr1_jax.parallel import MeshConfig, make_mesh  # noqa: E402
+from rmr1_jax.text.verdict import judgment_reward, parse_verdict  # noqa: E402

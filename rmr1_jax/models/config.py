@@ -83,6 +83,25 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * d
         return v * d * (1 if self.tie_word_embeddings else 2) + l * per_layer + d
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form, stored in checkpoint metadata."""
+        d = dataclasses.asdict(self)
+        d["rope_scaling"] = self.rope_scaling_dict
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "model config") -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise CheckpointError(f"{source}: unknown model config keys {unknown}")
+        d = dict(d)
+        if isinstance(d.get("rope_scaling"), dict):
+            d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
+        if isinstance(d.get("eos_token_id"), list):
+            d["eos_token_id"] = tuple(d["eos_token_id"])
+        return cls(**d)
+
     # --- HF translation --------------------------------------------------------------
 
     @classmethod

@@ -1,0 +1,86 @@
+"""The ``rmr1`` command. Each subcommand is a thin function over a library call.
+
+Any :class:`~rmr1_jax.errors.UserError` ends the command with one line on stderr and exit
+status 2; nothing is left half-written (outputs are written to temporary paths and renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rmr1_jax.errors import UserError
+
+
+def _mesh_arg(text: str | None):
+    from rmr1_jax.parallel import MeshConfig
+
+    if not text:
+        return MeshConfig()
+    try:
+        parts = [int(p) for p in text.split(",")]
+        if len(parts) != 3:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR (one may be -1)") from None
+    return MeshConfig(*parts)
+
+
+def cmd_convert_hf_to_orbax(args) -> None:
+    from rmr1_jax.checkpoint import convert
+
+    step = convert.hf_to_orbax(args.hf_dir, args.out, dtype=args.dtype, mesh_cfg=_mesh_arg(args.mesh),
+                               scan_layers=not args.unrolled)
+    print(f"wrote Orbax checkpoint step {step} to {args.out}")
+
+
+def cmd_convert_orbax_to_hf(args) -> None:
+    from rmr1_jax.checkpoint import convert
+
+    out = convert.orbax_to_hf(args.ckpt, args.out, step=args.step, dtype=args.dtype,
+                              tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite,
+                              mesh_cfg=_mesh_arg(args.mesh))
+    print(f"wrote Hugging Face directory {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models in JAX.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Orbax")
+    csub = conv.add_subparsers(dest="direction", required=True)
+    h2o = csub.add_parser("hf-to-orbax", help="HF safetensors directory -> Orbax checkpoint")
+    h2o.add_argument("--hf-dir", required=True)
+    h2o.add_argument("--out", required=True)
+    h2o.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    h2o.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR (default: all devices on data)")
+    h2o.add_argument("--unrolled", action="store_true", help="store layers unrolled instead of stacked")
+    h2o.set_defaults(func=cmd_convert_hf_to_orbax)
+    o2h = csub.add_parser("orbax-to-hf", help="Orbax checkpoint -> HF directory transformers loads")
+    o2h.add_argument("--ckpt", required=True)
+    o2h.add_argument("--out", required=True)
+    o2h.add_argument("--step", type=int, default=None, help="default: latest")
+    o2h.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    o2h.add_argument("--tokenizer-dir", default=None, help="copy tokenizer files from here")
+    o2h.add_argument("--overwrite", action="store_true")
+    o2h.add_argument("--mesh", default=None)
+    o2h.set_defaults(func=cmd_convert_orbax_to_hf)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"rmr1 {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rmr1 {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
