@@ -1,0 +1,105 @@
+"""Readers for JSONL and Parquet record files, with errors that name the file and line.
+
+``read_records(path, parse, on_error)`` yields parsed records. With ``on_error="raise"`` the
+first bad row raises :class:`DataError` ("``file:line: what is wrong``"); with ``"skip"`` bad
+rows are counted by reason in the returned :class:`ReadStats` and reading goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+from typing import Callable, Iterator, TypeVar
+
+from rmr1_jax.errors import DataError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class ReadStats:
+    read: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    @property
+    def num_skipped(self) -> int:
+        return sum(self.skipped.values())
+
+    def summary(self) -> str:
+        if not self.skipped:
+            return f"{self.read} records read, none skipped"
+        reasons = ", ".join(f"{n} x {r}" for r, n in self.skipped.most_common())
+        return f"{self.read} records read, {self.num_skipped} skipped ({reasons})"
+
+    def merge(self, other: "ReadStats") -> None:
+        self.read += other.read
+        self.skipped.update(other.skipped)
+
+
+def iter_rows(path: str) -> Iterator[tuple[int, dict | Exception]]:
+    """(line number, row dict or the decode error) for every non-blank row of a JSONL or
+    Parquet file. Parquet rows are numbered from 1 like lines."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{path}: unreadable Parquet file ({e})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
+            yield i, row
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, DataError(f"invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield lineno, DataError("row is not a JSON object")
+                continue
+            yield lineno, row
+
+
+def read_records(path: str, parse: Callable[[dict, str], T], on_error: str = "raise",
+                 stats: ReadStats | None = None) -> Iterator[T]:
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+    stats = stats if stats is not None else ReadStats()
+    base = os.path.basename(path)
+    for lineno, row in iter_rows(path):
+        try:
+            if isinstance(row, Exception):
+                raise row
+            rec = parse(row, f"{base}:{lineno}")
+        except DataError as e:
+            if on_error == "raise":
+                raise DataError(f"{path}:{lineno}: {e}") from None
+            stats.skipped[_reason(str(e))] += 1
+            continue
+        stats.read += 1
+        yield rec
+
+
+def _reason(msg: str) -> str:
+    """Short reason key for skip counts: the message up to its first quoted value."""
+    return msg.split(" (")[0][:80]
+
+
+def write_jsonl(path: str, rows) -> int:
+    """Write rows atomically (temporary file, then rename). Returns the row count."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n

@@ -1,0 +1,150 @@
+"""Record schemas and their validation.
+
+Three input shapes are accepted, each a JSON object per line (or a Parquet row):
+
+* **RM-R1 pair**: ``{"context_messages": [{role, content}, ...], "winner": "model_a"|"model_b"}``.
+  The messages are already a full judge prompt (both responses inside). In RM-R1's
+  distillation files ``winner`` instead holds the target trace text; such rows are traces.
+* **Generic pair**: ``{"prompt": str | messages, "chosen": str | messages,
+  "rejected": str | messages}``, optional ``id``, ``task_type`` ("Reasoning"/"Chat"). The
+  judge prompt is built later, with the A/B positions assigned by :func:`assign_positions`.
+* **Trace**: ``{"messages": [..., {"role": "assistant", "content": TRACE}]}`` whose last
+  assistant turn is the training target, optionally with ``winner`` ("A"/"B"/"model_a"/...).
+
+Validation errors carry the file and line (see :mod:`rmr1_jax.data.readers`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, Literal
+
+from rmr1_jax.errors import DataError
+from rmr1_jax.text.verdict import normalize_winner
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
+ROLES = ("system", "user", "assistant")
+
+
+@dataclasses.dataclass
+class PreferencePair:
+    """A prompt (conversation so far) and two candidate assistant replies."""
+
+    id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    task_type: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class JudgeExample:
+    """A rendered judge conversation: ``messages`` up to (not including) the judge's reply.
+
+    ``winner`` is the correct verdict ("A"/"B") when known; ``target`` is the judge reply to
+    learn (distillation); ``chosen_position`` records where the chosen response was placed
+    when the example came from a generic pair.
+    """
+
+    id: str
+    messages: list[Message]
+    winner: Literal["A", "B"] | None = None
+    target: str | None = None
+    task_type: str | None = None
+    chosen_position: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def _messages(value: Any, field: str, default_role: str) -> list[Message]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise DataError(f"field {field!r} is empty")
+        return [{"role": default_role, "content": value}]
+    if not isinstance(value, list) or not value:
+        raise DataError(f"field {field!r} must be a non-empty string or a non-empty list of messages")
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise DataError(f"field {field!r}[{i}] must be an object with 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise DataError(f"field {field!r}[{i}] has unknown role {m['role']!r} (expected one of {ROLES})")
+        if not isinstance(m["content"], str) or not m["content"].strip():
+            raise DataError(f"field {field!r}[{i}] has empty or non-string content")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _record_id(row: dict, fallback: str) -> str:
+    rid = row.get("id", row.get("example_id"))
+    return str(rid) if rid is not None else fallback
+
+
+def parse_pair(row: dict, fallback_id: str) -> PreferencePair:
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in row:
+            raise DataError(f"missing field {key!r}")
+    task_type = row.get("task_type")
+    if task_type is not None and task_type not in ("Reasoning", "Chat"):
+        raise DataError(f"field 'task_type' must be 'Reasoning' or 'Chat', got {task_type!r}")
+    prompt = _messages(row["prompt"], "prompt", "user")
+    if prompt[-1]["role"] != "user":
+        raise DataError("field 'prompt' must end with a user message")
+    return PreferencePair(
+        id=_record_id(row, fallback_id),
+        prompt=prompt,
+        chosen=_messages(row["chosen"], "chosen", "assistant"),
+        rejected=_messages(row["rejected"], "rejected", "assistant"),
+        task_type=task_type,
+    )
+
+
+def parse_judge_record(row: dict, fallback_id: str) -> JudgeExample:
+    """An RM-R1 ``context_messages`` row or a ``messages`` trace row."""
+    if "context_messages" in row:
+        msgs = _messages(row["context_messages"], "context_messages", "user")
+        if "winner" not in row:
+            raise DataError("missing field 'winner'")
+        winner = row["winner"]
+        if not isinstance(winner, str) or not winner.strip():
+            raise DataError("field 'winner' is empty")
+        label = row.get("label", row.get("verdict"))
+        try:
+            return JudgeExample(_record_id(row, fallback_id), msgs, winner=normalize_winner(winner))
+        except ValueError:
+            pass
+        if len(winner) < 16:  # neither a label nor a plausible trace
+            raise DataError(f"field 'winner' must be model_a, model_b, A or B (or a trace text), got {winner!r}")
+        return JudgeExample(_record_id(row, fallback_id), msgs, target=winner,
+                            winner=_label(label) if label is not None else None)
+    if "messages" in row:
+        msgs = _messages(row["messages"], "messages", "user")
+        if msgs[-1]["role"] != "assistant":
+            raise DataError("field 'messages' must end with the assistant turn to learn")
+        label = row.get("winner", row.get("label"))
+        return JudgeExample(_record_id(row, fallback_id), msgs[:-1], target=msgs[-1]["content"],
+                            winner=_label(label) if label is not None else None,
+                            task_type=row.get("task_type"))
+    raise DataError("record has none of 'context_messages', 'messages' or 'prompt'/'chosen'/'rejected'")
+
+
+def _label(value) -> str:
+    try:
+        return normalize_winner(value)
+    except ValueError:
+        raise DataError(f"unknown winner value {value!r} (expected model_a, model_b, A or B)") from None
+
+
+def assign_positions(pair: PreferencePair, index: int, seed: int) -> tuple[list[Message], list[Message], str]:
+    """Place chosen/rejected at A/B. Alternating by record index from a seeded start keeps the
+    labels balanced to within one in every prefix of the stream; returns (a, b, winner)."""
+    start = int(hashlib.sha256(f"positions:{seed}".encode()).hexdigest(), 16) % 2
+    chosen_first = (index + start) % 2 == 0
+    if chosen_first:
+        return pair.chosen, pair.rejected, "A"
+    return pair.rejected, pair.chosen, "B"
