@@ -1,0 +1,242 @@
+"""Turn record files into tokenized ``array_record`` datasets (a TFDS builder, no TensorFlow).
+
+Rows are read and validated (``file:line`` errors or counted skips), rendered into judge
+conversations, tokenized with the run's tokenizer and chat template, checked against the
+maximum length, and written once through TFDS. Reading back is ``tfds`` random access
+(``ArrayRecordDataSource``), which the grain pipeline shuffles and shards per host.
+
+Each build lives in its own directory keyed by a fingerprint of the inputs (files, sizes,
+modification times, tokenizer, template, lengths, options): change any of them and the
+records are rebuilt; otherwise they are reused. The read/skip counts are stored beside the
+records so a reused build still reports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+
+from rmr1_jax.data.readers import ReadStats, iter_rows
+from rmr1_jax.data.schemas import JudgeExample, parse_judge_record, parse_pair
+from rmr1_jax.errors import DataError
+
+Kind = Literal["sft", "prompt"]
+
+_TFDS_BUILDER = None
+
+
+def _builder_cls():
+    """The TFDS builder class, defined lazily so importing this module stays cheap."""
+    global _TFDS_BUILDER
+    if _TFDS_BUILDER is not None:
+        return _TFDS_BUILDER
+    import tensorflow_datasets as tfds
+
+    class Rmr1Records(tfds.core.GeneratorBasedBuilder):
+        """Tokenized judge records of one build (see module docstring)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, *, split_examples: dict[str, Callable[[], Iterator]] | None = None, **kwargs):
+            self._split_examples = split_examples or {}
+            super().__init__(**kwargs)
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict({
+                    "id": tfds.features.Text(),
+                    "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+                    "winner": tfds.features.Text(),
+                    "prompt_len": tfds.features.Scalar(dtype=np.int32),
+                }),
+            )
+
+        def _split_generators(self, dl_manager):
+            return {name: fn() for name, fn in self._split_examples.items()}
+
+        def _generate_examples(self):  # pragma: no cover - splits come from _split_generators
+            raise NotImplementedError
+
+    _TFDS_BUILDER = Rmr1Records
+    return Rmr1Records
+
+
+@dataclasses.dataclass
+class RecordOptions:
+    kind: Kind = "sft"
+    max_length: int = 2048
+    on_error: Literal["raise", "skip"] = "raise"  # malformed rows
+    overlong: Literal["error", "skip", "truncate"] = "error"  # rows longer than max_length
+    position_seed: int = 0  # A/B placement for generic pairs
+
+
+@dataclasses.dataclass
+class BuildStats:
+    read: ReadStats = dataclasses.field(default_factory=ReadStats)
+    written: int = 0
+    truncated: int = 0
+    overlong_skipped: int = 0
+    max_tokens: int = 0
+
+    def to_json(self) -> dict:
+        return {"read": self.read.read, "skipped": dict(self.read.skipped), "written": self.written,
+                "truncated": self.truncated, "overlong_skipped": self.overlong_skipped,
+                "max_tokens": self.max_tokens}
+
+    @staticmethod
+    def summary_of(d: dict) -> str:
+        skipped = sum(d["skipped"].values())
+        reasons = ", ".join(f"{n} x {r}" for r, n in d["skipped"].items())
+        parts = [f"{d['written']} written of {d['read'] + skipped} rows"]
+        if skipped:
+            parts.append(f"{skipped} malformed skipped ({reasons})")
+        if d["overlong_skipped"]:
+            parts.append(f"{d['overlong_skipped']} over max length skipped")
+        if d["truncated"]:
+            parts.append(f"{d['truncated']} truncated to max length")
+        return "; ".join(parts)
+
+
+def to_judge_example(row: dict, fallback_id: str, index: int, position_seed: int, template) -> JudgeExample:
+    """Any accepted record shape -> JudgeExample (generic pairs get their A/B placement here)."""
+    if "prompt" in row or "chosen" in row or "rejected" in row:
+        from rmr1_jax.text.prompts import pair_to_example
+
+        return pair_to_example(parse_pair(row, fallback_id), index, position_seed, template)
+    return parse_judge_record(row, fallback_id)
+
+
+def tokenize_example(ex: JudgeExample, tokenizer, kind: Kind) -> tuple[np.ndarray, np.ndarray, int]:
+    """(input_ids, loss_mask, prompt_len). SFT: full conversation, mask on the judge's reply.
+    Prompt (for generation): the conversation up to the assistant turn."""
+    if kind == "sft":
+        if ex.target is None:
+            raise DataError("record has no target reply to learn (expected a trace)")
+        from rmr1_jax.text.chat_template import assistant_spans
+
+        ids, mask = assistant_spans(tokenizer, ex.messages + [{"role": "assistant", "content": ex.target}])
+        ids, mask = np.asarray(ids, np.int32), np.asarray(mask, np.uint8)
+        prompt_len = int(np.argmax(mask)) if mask.any() else len(ids)
+        return ids, mask, prompt_len
+    if ex.winner is None:
+        raise DataError("record has no winner label")
+    text = tokenizer.apply_chat_template(ex.messages, add_generation_prompt=True)
+    ids = np.asarray(tokenizer.encode(text), np.int32)
+    return ids, np.zeros(0, np.uint8), len(ids)
+
+
+def fingerprint(files: dict[str, list[str]], tokenizer, template, opts: RecordOptions) -> str:
+    h = hashlib.sha256()
+    for split in sorted(files):
+        for path in files[split]:
+            st = os.stat(path)
+            h.update(f"{split}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(tokenizer_fingerprint(tokenizer).encode())
+    h.update(json.dumps(dataclasses.asdict(template) if template is not None else None, sort_keys=True).encode())
+    h.update(json.dumps(dataclasses.asdict(opts), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    probe = "Fingerprint <|im_start|>user\n12 + 7 = ? Ünïcödé ✓<|im_end|>"
+    ids = tokenizer.encode(probe)
+    return hashlib.sha256(json.dumps([type(tokenizer).__name__, tokenizer.vocab_size, ids,
+                                      tokenizer.chat_template]).encode()).hexdigest()[:16]
+
+
+def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats: BuildStats):
+    index = 0
+    for path in paths:
+        for lineno, row in iter_rows(path):
+            where = f"{path}:{lineno}"
+            try:
+                if isinstance(row, Exception):
+                    raise row
+                ex = to_judge_example(row, f"{os.path.basename(path)}:{lineno}", index, opts.position_seed,
+                                      template)
+                ids, mask, prompt_len = tokenize_example(ex, tokenizer, opts.kind)
+            except DataError as e:
+                if opts.on_error == "raise":
+                    raise DataError(f"{where}: {e}") from None
+                stats.read.skipped[str(e).split(" (")[0][:80]] += 1
+                continue
+            index += 1
+            stats.read.read += 1
+            if len(ids) > opts.max_length:
+                if opts.overlong == "error":
+                    raise DataError(f"{where}: record is {len(ids)} tokens, longer than "
+                                    f"data.max_length={opts.max_length} (set data.overlong=skip or truncate)")
+                if opts.overlong == "skip" or opts.kind == "prompt" or prompt_len >= opts.max_length:
+                    stats.overlong_skipped += 1
+                    continue
+                ids, mask = ids[: opts.max_length], mask[: opts.max_length]
+                stats.truncated += 1
+            stats.max_tokens = max(stats.max_tokens, int(len(ids)))
+            stats.written += 1
+            yield f"{ex.id}#{index}", {"id": ex.id, "input_ids": ids, "loss_mask": mask,
+                                       "winner": ex.winner or "", "prompt_len": np.int32(prompt_len)}
+
+
+def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, template=None,
+                  opts: RecordOptions | None = None, log: Callable[[str], None] = print):
+    """Build (or reuse) tokenized records for ``files`` ({split: [paths]}).
+
+    Returns ``(sources, stats)``: ``{split: random-access source}`` and ``{split: stats dict}``.
+    On multi-host runs process 0 builds while the others wait, then all read.
+    """
+    import jax
+
+    opts = opts or RecordOptions()
+    for split, paths in files.items():
+        for p in paths:
+            if not os.path.isfile(p):
+                raise DataError(f"{p}: data file not found (split {split!r})")
+    key = fingerprint(files, tokenizer, template, opts)
+    data_dir = os.path.join(cache_dir, f"records-{opts.kind}-{key}")
+    stats_path = os.path.join(data_dir, "build_stats.json")
+    cls = _builder_cls()
+    if jax.process_index() == 0 and not os.path.isfile(stats_path):
+        stats = {split: BuildStats() for split in files}
+
+        def split_fn(split):
+            return lambda: _examples(files[split], tokenizer, template, opts, stats[split])
+
+        builder = cls(data_dir=data_dir, file_format="array_record",
+                      split_examples={s: split_fn(s) for s in files})
+        _quiet_tfds()
+        builder.download_and_prepare()
+        for split, st in stats.items():
+            if st.written == 0:
+                raise DataError(f"{', '.join(files[split])}: no usable records in split {split!r} "
+                                f"({BuildStats.summary_of(st.to_json())})")
+        tmp = stats_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({s: st.to_json() for s, st in stats.items()}, f)
+        os.replace(tmp, stats_path)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"records-{key}")
+    with open(stats_path) as f:
+        stats_json = json.load(f)
+    builder = cls(data_dir=data_dir, file_format="array_record")
+    sources = builder.as_data_source()
+    for split in files:
+        log(f"data[{split}]: {BuildStats.summary_of(stats_json[split])}")
+    return {s: sources[s] for s in files}, stats_json
+
+
+def _quiet_tfds():
+    import logging
+
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    logging.getLogger("absl").setLevel(logging.WARNING)

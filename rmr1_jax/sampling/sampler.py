@@ -1,0 +1,207 @@
+"""Batched generation over the decoder's KV cache.
+
+Prompts of different lengths are left-padded into one batch; positions come from the count of
+real tokens and padding slots are never attended. One jitted prefill fills the cache, which is
+then repeated ``n`` times for ``n`` samples per prompt (no repeated prefill). Decoding runs in
+compiled chunks of ``chunk`` tokens (``lax.fori_loop``); between chunks the host checks stop
+strings and stops early once every sequence has finished.
+
+Returned log-probs are those of the model's own distribution (``log_softmax(logits)``) for
+the chosen tokens, whatever the sampling temperature: they are what a teacher-forced forward
+pass gives, which GRPO uses as the old-policy log-probs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmr1_jax.models.decoder import init_cache
+from rmr1_jax.parallel.sharding import activation_sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    n: int = 1  # samples per prompt
+    stop_strings: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Generation:
+    """Per sequence (prompt-major: prompt i's samples are rows i*n ... i*n+n-1)."""
+
+    tokens: np.ndarray  # [R, max_new] int32, pad after the end
+    logprobs: np.ndarray  # [R, max_new] float32, 0 after the end
+    lengths: np.ndarray  # [R] generated tokens kept (EOS included, stop-string tail excluded)
+    finished: np.ndarray  # [R] bool: ended by EOS or a stop string (False = truncated)
+    texts: list[str] | None = None
+
+
+def _bucket(n: int, multiple: int = 32) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None = None):
+    length = length or _bucket(max(len(p) for p in prompts))
+    ids = np.full((len(prompts), length), pad_id, np.int32)
+    mask = np.zeros((len(prompts), length), bool)
+    for i, p in enumerate(prompts):
+        if len(p) > length:
+            raise ValueError(f"prompt {i} has {len(p)} tokens, more than {length}")
+        if len(p):
+            ids[i, length - len(p):] = p
+            mask[i, length - len(p):] = True
+    return ids, mask
+
+
+def _filter_logits(logits, temperature, top_k, top_p):
+    logits = logits / jnp.maximum(temperature, 1e-6)
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+class Sampler:
+    """Reusable, compiled generation for one model. Compiles once per (batch, prompt length
+    bucket, max_new_tokens, sampling settings)."""
+
+    def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, chunk: int = 64,
+                 cache_dtype: str | None = None):
+        self.model = model
+        self.eos_ids = jnp.asarray(sorted(set(int(e) for e in eos_ids)), jnp.int32)
+        self.pad_id = int(pad_id)
+        self.mesh = mesh
+        self.chunk = chunk
+        self.cache_dtype = cache_dtype
+        self._prefill = jax.jit(self._prefill_impl, static_argnames=("n", "max_len"))
+        self._decode = jax.jit(self._decode_impl, static_argnames=("steps", "greedy", "temperature", "top_k",
+                                                                    "top_p"), donate_argnums=(1,))
+
+    def _prefill_impl(self, params, ids, mask, n: int, max_len: int):
+        b = ids.shape[0]
+        cache = init_cache(self.model.cfg, b, max_len, self.cache_dtype)
+        logits, cache = self.model.apply({"params": params}, ids, attention_mask=mask, cache=cache, cache_index=0)
+        last = logits[:, -1]
+        if n > 1:
+            cache = {"k": jnp.repeat(cache["k"], n, axis=1), "v": jnp.repeat(cache["v"], n, axis=1),
+                     "valid": jnp.repeat(cache["valid"], n, axis=0)}
+            last = jnp.repeat(last, n, axis=0)
+        return last, cache
+
+    def _decode_impl(self, params, carry, start, rng, steps: int, greedy: bool, temperature: float,
+                     top_k: int, top_p: float):
+        prompt_len = carry["prompt_len"]
+
+        def body(i, c):
+            t = start + i
+            logits = c["last"]
+            logp_all = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            if greedy:
+                tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            else:
+                key = jax.random.fold_in(rng, t)
+                tok = jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+            lp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+            done = c["done"]
+            tok = jnp.where(done, self.pad_id, tok)
+            lp = jnp.where(done, 0.0, lp)
+            tokens = jax.lax.dynamic_update_slice(c["tokens"], tok[:, None], (0, t))
+            logprobs = jax.lax.dynamic_update_slice(c["logprobs"], lp[:, None], (0, t))
+            is_eos = jnp.any(tok[:, None] == self.eos_ids[None, :], axis=-1) & ~done
+            lengths = c["lengths"] + (~done).astype(jnp.int32)
+            new_done = done | is_eos
+            logits, cache = self.model.apply({"params": params}, tok[:, None], attention_mask=~done[:, None],
+                                             cache=c["cache"], cache_index=prompt_len + t)
+            return dict(c, last=logits[:, -1], cache=cache, tokens=tokens, logprobs=logprobs, done=new_done,
+                        eos=c["eos"] | is_eos, lengths=lengths)
+
+        return jax.lax.fori_loop(0, steps, body, carry)
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None,
+                 tokenizer=None, prompt_length: int | None = None) -> Generation:
+        """Generate for a batch of token-id prompts. ``tokenizer`` (with ``decode``) is needed
+        for stop strings and returns texts."""
+        if sp.stop_strings and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer to decode with")
+        rng = jax.random.key(0) if rng is None else rng
+        ids, mask = left_pad(prompts, self.pad_id, prompt_length)
+        p = ids.shape[1]
+        steps_total = _bucket(sp.max_new_tokens, self.chunk) if sp.max_new_tokens > self.chunk else sp.max_new_tokens
+        max_len = p + steps_total
+        greedy = sp.temperature == 0.0
+        with activation_sharding(self.mesh):
+            last, cache = self._prefill(params, jnp.asarray(ids), jnp.asarray(mask), n=sp.n, max_len=max_len)
+            r = last.shape[0]
+            carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p),
+                     "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),
+                     "logprobs": jnp.zeros((r, steps_total), jnp.float32),
+                     "done": jnp.zeros((r,), bool), "eos": jnp.zeros((r,), bool),
+                     "lengths": jnp.zeros((r,), jnp.int32)}
+            stop_at = np.full(r, -1)
+            t = 0
+            while t < sp.max_new_tokens:
+                steps = min(self.chunk, steps_total - t)
+                carry = self._decode(params, carry, jnp.int32(t), rng, steps=steps, greedy=greedy,
+                                     temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
+                t += steps
+                done = np.array(carry["done"])
+                if sp.stop_strings:
+                    done = self._check_stops(carry, tokenizer, sp.stop_strings, stop_at, done)
+                    carry["done"] = jnp.asarray(done)
+                if done.all():
+                    break
+        tokens = np.array(carry["tokens"])[:, : sp.max_new_tokens]
+        logprobs = np.array(carry["logprobs"])[:, : sp.max_new_tokens]
+        lengths = np.minimum(np.array(carry["lengths"]), sp.max_new_tokens)
+        finished = np.asarray(carry["eos"]).copy()
+        for i in np.nonzero(stop_at >= 0)[0]:
+            lengths[i] = stop_at[i]
+            finished[i] = True
+        for i in range(len(lengths)):
+            tokens[i, lengths[i]:] = self.pad_id
+            logprobs[i, lengths[i]:] = 0.0
+        texts = None
+        if tokenizer is not None:
+            texts = [self._text(tokenizer, tokens[i, : lengths[i]], sp.stop_strings) for i in range(len(lengths))]
+        return Generation(tokens, logprobs, lengths, finished, texts)
+
+    def _check_stops(self, carry, tokenizer, stops, stop_at, done):
+        toks = np.asarray(carry["tokens"])
+        lens = np.asarray(carry["lengths"])
+        for i in range(len(done)):
+            if stop_at[i] >= 0 or (done[i] and not stops):
+                continue
+            text = tokenizer.decode(toks[i, : lens[i]].tolist())
+            if any(s in text for s in stops):
+                # shortest prefix of tokens whose text contains a stop string: keep those tokens
+                for k in range(1, lens[i] + 1):
+                    if any(s in tokenizer.decode(toks[i, :k].tolist()) for s in stops):
+                        stop_at[i] = k
+                        break
+                done[i] = True
+        return done
+
+    @staticmethod
+    def _text(tokenizer, toks, stops):
+        text = tokenizer.decode(toks.tolist(), skip_special_tokens=True)
+        for s in stops:
+            j = text.find(s)
+            if j >= 0:
+                text = text[: j + len(s)]
+        return text

@@ -1,0 +1,261 @@
+"""The one training loop. Every objective plugs in a loss function
+
+    loss_fn(params, batch, rng) -> (loss_sum, (count, {name: (sum, count)}))
+
+returning *sums and counts*, never means, so gradient accumulation over micro-batches and
+across devices is exact: the update uses sum(grad of loss_sum) / sum(count).
+
+The loop owns: the jitted sharded step (state donated), AdamW via ``optim``, metrics to
+TensorBoard and JSONL, a progress bar, periodic held-out evaluation, Orbax checkpoints every
+N steps and on SIGTERM, exact resume (params, optimizer, data position; per-step RNG is
+derived from the seed and the step), and a stop on a non-finite loss that never writes the
+bad state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rmr1_jax.errors import ConfigError, UserError
+from rmr1_jax.parallel.sharding import activation_sharding, logical_to_spec
+from rmr1_jax.train.metrics import MetricsLogger
+
+
+class TrainingDiverged(UserError):
+    """Loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    run_dir: str = "runs/default"
+    global_batch: int = 128  # rows per optimizer step (packed rows when packing)
+    micro_batch: int | None = None  # rows per accumulation step; None = global_batch
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end
+    eval_limit: int | None = None  # held-out records per evaluation (None = all)
+    progress: bool = True
+    peak_flops: float | None = None  # MFU denominator for the whole mesh; None = measured at start
+
+    def validate(self, where: str):
+        if self.global_batch <= 0:
+            raise ConfigError(f"{where}: train.global_batch must be positive")
+        mb = self.micro_batch or self.global_batch
+        if mb <= 0 or self.global_batch % mb:
+            raise ConfigError(f"{where}: train.micro_batch={self.micro_batch} must divide "
+                              f"train.global_batch={self.global_batch}")
+
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    spec = logical_to_spec(("act_batch",) + (None,) * (ndim - 1), None, mesh)
+    return NamedSharding(mesh, spec)
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host-local batch rows -> one global array per key, rows sharded over (data, fsdp)."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v) for k, v in batch.items()}
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule, accum: int,
+                    mesh: Mesh, state_shardings=None):
+    """jit(step)(state, batch, rng) -> (state, metrics). ``batch`` rows are split into
+    ``accum`` micro-batches, each spread over all data shards (rows i, i+accum, ...)."""
+
+    def step(state, batch, rng):
+        params = state["params"]
+
+        def split(x):
+            micro = x.shape[0] // accum
+            return x.reshape(micro, accum, *x.shape[1:]).swapaxes(0, 1)
+
+        micro_batches = jax.tree.map(split, batch)
+
+        def grad_of(mb, i):
+            (loss, (count, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+                params, mb, jax.random.fold_in(rng, i))
+            return grads, loss, count, metrics
+
+        if accum == 1:
+            grads, loss, count, metrics = grad_of(jax.tree.map(lambda x: x[0], micro_batches), 0)
+        else:
+            first = jax.tree.map(lambda x: x[0], micro_batches)
+            shapes = jax.eval_shape(grad_of, first, 0)
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+            def body(carry, xs):
+                mb, i = xs
+                out = grad_of(mb, i)
+                return jax.tree.map(jnp.add, carry, out), None
+
+            (grads, loss, count, metrics), _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(accum)))
+        denom = jnp.maximum(count, 1).astype(jnp.float32)
+        grads = jax.tree.map(lambda g: g / denom, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+        new_params = optax.apply_updates(params, updates)
+        out = {"loss": loss / denom, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+               "loss_tokens": count.astype(jnp.float32)}
+        for k, (s, n) in metrics.items():
+            out[k] = s / jnp.maximum(n, 1)
+        return {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}, out
+
+    kwargs = {}
+    if state_shardings is not None:
+        kwargs = dict(out_shardings=(state_shardings, None))
+    jitted = jax.jit(step, donate_argnums=(0,), **kwargs)
+
+    def run(state, batch, rng):
+        with activation_sharding(mesh):
+            return jitted(state, batch, rng)
+
+    return run
+
+
+def init_state(params, optimizer: optax.GradientTransformation):
+    opt_state = jax.jit(optimizer.init)(params)
+    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+
+
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    stopped_early: bool
+    last_metrics: dict
+    eval_metrics: dict
+
+
+class _StopFlag:
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+
+def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, total_steps: int,
+          spec: TrainSpec, ckpt, tokens_per_step_fn: Callable[[dict], float] | None = None,
+          flops_per_token: float | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
+          config_dict: dict | None = None, metadata: dict | None = None, save_every: int = 0,
+          log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
+    """Run (or resume) training to ``total_steps``. ``ckpt`` is a CheckpointManager or None;
+    ``batches`` a CheckpointableIterator of host-local numpy batches."""
+    from rmr1_jax.checkpoint.manager import abstract_like
+
+    accum = spec.global_batch // (spec.micro_batch or spec.global_batch)
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = make_train_step(loss_fn, optimizer, schedule, accum, mesh, state_shardings)
+    start = 0
+    if ckpt is not None and ckpt.latest_step() is not None:
+        restored = ckpt.restore(target=abstract_like(state))
+        state = restored.state
+        start = restored.step
+        if restored.extra and "data" in restored.extra:
+            batches.restore(restored.extra["data"])
+        log(f"resumed from {ckpt.directory} at step {start}")
+    logger = MetricsLogger(spec.run_dir)
+    base_rng = jax.random.key(spec.seed)
+    peak = spec.peak_flops
+    if peak is None and flops_per_token:
+        from rmr1_jax.train.flops import measure_matmul_peak
+
+        peak = measure_matmul_peak(size=1024 if jax.default_backend() == "cpu" else 4096)
+    stop = _StopFlag()
+    old_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+    bar = _progress(spec, total_steps, start)
+    metrics: dict = {}
+    eval_metrics: dict = {}
+    stopped_early = False
+    step = start
+    t_last = time.perf_counter()
+    try:
+        while step < total_steps:
+            try:
+                local = next(batches)
+            except StopIteration:
+                log(f"data exhausted at step {step}")
+                break
+            batch = to_global(local, mesh)
+            rng = jax.random.fold_in(base_rng, step)
+            state, m = step_fn(state, batch, rng)
+            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            now = time.perf_counter()
+            dt, t_last = now - t_last, now
+            step += 1
+            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                    f"lr={m['lr']:.3g}); stopped without saving, the last good checkpoint is kept")
+            tokens = tokens_per_step_fn(local) * jax.process_count() if tokens_per_step_fn else None
+            if tokens:
+                m["tokens_per_s"] = tokens / dt
+                if flops_per_token and peak:
+                    m["mfu"] = tokens * flops_per_token / dt / peak
+            m["step_time_s"] = dt
+            metrics = m
+            if step % spec.log_every == 0 or step == total_steps or step == start + 1:
+                logger.write(step, m, "train")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}",
+                                **({"tok/s": f"{m['tokens_per_s']:.0f}"} if "tokens_per_s" in m else {}))
+            if eval_fn is not None and spec.eval_every and step % spec.eval_every == 0 and step < total_steps:
+                eval_metrics = eval_fn(state["params"], step)
+                logger.write(step, eval_metrics, "eval")
+                t_last = time.perf_counter()
+            if ckpt is not None and save_every and step % save_every == 0:
+                ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata)
+            if stop.signal is not None:
+                log(f"received signal {stop.signal}: saving step {step} and stopping")
+                if ckpt is not None:
+                    ckpt.save(step, state, config=config_dict, extra={"data": batches.state()},
+                              metadata=metadata, force=True)
+                stopped_early = True
+                break
+        if not stopped_early:
+            if eval_fn is not None:
+                eval_metrics = eval_fn(state["params"], step)
+                logger.write(step, eval_metrics, "eval")
+            if ckpt is not None and step > start and step not in ckpt.all_steps():
+                ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
+                          force=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if ckpt is not None:
+            ckpt.wait_until_finished()
+        logger.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    return state, TrainResult(step, stopped_early, metrics, eval_metrics)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _progress(spec: TrainSpec, total: int, start: int):
+    if not spec.progress or jax.process_index() != 0:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True,
+                file=sys.stderr, mininterval=1.0)
