@@ -1,1 +1,2 @@
 from rmr1_jax.checkpoint.hf import load_hf, save_hf
+from rmr1_jax.checkpoint.manager import CheckpointManager, Restored, abstract_like, read_metadata, restore_params

@@ -1,0 +1,451 @@
+"""Training checkpoints: a thin manager over :class:`orbax.checkpoint.CheckpointManager`.
+
+One checkpoint step is a directory holding up to four Orbax items:
+
+* ``state``    -- the training pytree (params, optimizer state, step ...), written as sharded
+  arrays by every process (Orbax coordinates multi-host writes; nothing here special-cases
+  process 0);
+* ``metadata`` -- JSON: ``format_version``, ``layer_layout`` (``"scanned"``/``"unrolled"``),
+  ``model_config`` and whatever else the caller adds;
+* ``config``   -- JSON: the resolved run config (only when given);
+* ``extra``    -- JSON: other small state, e.g. the data iterator position (only when given).
+
+Why a wrapper and not Orbax directly: the trainer, the evaluator and export all need the same
+handful of policies, and each is easy to get subtly wrong --
+
+* saves are asynchronous by default and a step that was interrupted mid-write never becomes
+  "latest" (Orbax writes into a temporary directory and renames it on commit; leftovers are
+  removed when a writable manager is opened);
+* an existing step is never overwritten, and saying so is an error, not a silent no-op;
+* every failure a user can cause (missing directory, absent step, a target that does not match
+  what was saved) is a one-line :class:`~rmr1_jax.errors.CheckpointError` that names the
+  directory, step and key;
+* :func:`restore_params` loads only the parameters onto any mesh and converts between the
+  scanned and unrolled layer layouts, so a checkpoint does not pin the parallelism or the
+  ``scan_layers`` choice of the run that wrote it.
+
+Usage::
+
+    with CheckpointManager(run_dir / "ckpt", max_to_keep=3) as ckpt:
+        ckpt.save(step, {"params": params, "opt_state": opt_state, "step": step},
+                  config=cfg_dict, extra={"data": it.state()},
+                  metadata={"model_config": model_cfg})
+    ...
+    restored = CheckpointManager(run_dir / "ckpt").restore(target=abstract_like(state, shardings))
+    params = restore_params(run_dir / "ckpt", model_cfg, mesh)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.sharding import Mesh, Sharding
+
+from rmr1_jax.errors import CheckpointError, ConfigError
+from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.models.decoder import DecoderLM
+from rmr1_jax.models.params import abstract_params, param_shardings, stack_layers, unstack_layers
+
+FORMAT_VERSION = 1
+
+STATE_ITEM = "state"
+METADATA_ITEM = "metadata"
+CONFIG_ITEM = "config"
+EXTRA_ITEM = "extra"
+_JSON_ITEMS = (CONFIG_ITEM, EXTRA_ITEM, METADATA_ITEM)
+
+SCANNED = "scanned"
+UNROLLED = "unrolled"
+_LAYER_RE = re.compile(r"layers_\d+$")
+
+# How many offending keys an error message lists before eliding the rest (it stays one line).
+_MAX_KEYS_IN_MESSAGE = 4
+
+
+@dataclasses.dataclass
+class Restored:
+    """One restored checkpoint step. JSON items that were not saved come back as ``None``."""
+
+    step: int
+    state: Any
+    config: dict | None
+    extra: dict | None
+    metadata: dict
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Handlers for every item, registered up front.
+
+    Registering them (rather than letting Orbax infer them from the first save) lets a fresh
+    manager read item metadata before restoring, which is how targets are validated. The
+    ``state`` item also accepts ``PyTreeRestore``: the on-disk format is the same as
+    ``StandardSave``'s, and only ``PyTreeRestore`` can restore a subtree (``partial_restore``),
+    which :func:`restore_params` needs to avoid loading the optimizer state.
+    """
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    standard = ocp.StandardCheckpointHandler()
+    registry.add(STATE_ITEM, ocp.args.StandardSave, standard)
+    registry.add(STATE_ITEM, ocp.args.StandardRestore, standard)
+    registry.add(STATE_ITEM, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+    for name in _JSON_ITEMS:
+        handler = ocp.JsonCheckpointHandler()
+        registry.add(name, ocp.args.JsonSave, handler)
+        registry.add(name, ocp.args.JsonRestore, handler)
+    return registry
+
+
+def _key_str(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def _path_str(path) -> str:
+    """``opt_state/0/mu/layers/...``. Named-tuple fields (``GetAttrKey``) and dict keys print the
+    same, because Orbax stores named tuples as dicts: the saved tree and a target then agree."""
+    return "/".join(_key_str(p) for p in path)
+
+
+def _flat(tree) -> dict[str, Any]:
+    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _short_list(keys) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
+    more = len(keys) - _MAX_KEYS_IN_MESSAGE
+    return shown + (f" (+{more} more)" if more > 0 else "")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _layout_of(params) -> str | None:
+    """``scanned`` when layers are stacked under ``layers``, ``unrolled`` for ``layers_<i>``."""
+    if not isinstance(params, dict):
+        return None
+    if "layers" in params:
+        return SCANNED
+    if any(_LAYER_RE.match(str(k)) for k in params):
+        return UNROLLED
+    return None
+
+
+def _json_ready(name: str, value):
+    """Fail in the caller's thread: a value that is not JSON would otherwise only surface as an
+    exception in Orbax's background writer, after the training step moved on."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint item {name!r} is not JSON-serializable: {e}") from None
+    return value
+
+
+def abstract_like(tree, shardings=None):
+    """A restore target: ``tree`` with every array replaced by a :class:`jax.ShapeDtypeStruct`.
+
+    ``shardings`` is a pytree matching ``tree`` (or one :class:`~jax.sharding.Sharding` for all
+    arrays); without it each jax array keeps its own sharding. Restoring onto a different mesh
+    is exactly "pass the new mesh's shardings here". Numpy arrays without a sharding restore as
+    numpy arrays; Python scalars and strings are kept as they are (Orbax restores them as that
+    type).
+    """
+
+    def leaf(x, sharding):
+        if isinstance(x, (jax.ShapeDtypeStruct, jax.Array)):
+            if sharding is None:
+                sharding = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        if isinstance(x, (np.ndarray, np.generic)):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+        return x
+
+    if shardings is None or isinstance(shardings, Sharding):
+        return jax.tree.map(lambda x: leaf(x, shardings), tree)
+    return jax.tree.map(leaf, tree, shardings)
+
+
+class CheckpointManager:
+    """Saves and restores training state, keeping the newest ``max_to_keep`` steps.
+
+    Call every method on every process of a multi-host job (Orbax synchronizes them). Not
+    thread-safe, and not for two jobs writing one directory: an evaluator that reads a
+    directory a trainer is writing must open it with ``read_only=True``, which neither
+    creates, cleans up nor deletes anything.
+
+    Args:
+      directory: local path or any path :mod:`etils.epath` understands (``gs://...``).
+      max_to_keep: steps kept on disk; older ones are deleted after a newer save commits.
+        ``None`` keeps all.
+      save_interval_steps: :meth:`save` writes steps that are a multiple of this, the
+        first save into an empty directory, and any step at which a preemption notice arrived
+        (Orbax's default policy); other calls return ``False`` unless ``force``. A trainer can
+        therefore call it every step.
+      async_save: :meth:`save` returns once Orbax has snapshotted the arrays and the write
+        runs in a background thread, so training continues during I/O. The next save,
+        :meth:`restore`, :meth:`wait_until_finished` and :meth:`close` wait for it.
+      read_only: open an existing directory for restoring only.
+    """
+
+    def __init__(self, directory: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+                 async_save: bool = True, read_only: bool = False):
+        self.directory = epath.Path(directory)
+        self.read_only = read_only
+        self._existed = self.directory.exists()
+        if read_only and not self._existed:
+            raise CheckpointError(f"{self.directory}: checkpoint directory does not exist")
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ConfigError(f"checkpoint max_to_keep={max_to_keep}: must be >= 1 or None (keep all)")
+        if save_interval_steps < 1:
+            raise ConfigError(f"checkpoint save_interval_steps={save_interval_steps}: must be >= 1")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None if read_only else max_to_keep,
+            save_interval_steps=0 if read_only else save_interval_steps,
+            enable_async_checkpointing=async_save,
+            # Removes temporary directories of saves that were interrupted before they
+            # committed; they are never visible as steps, this only reclaims the space.
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
+        )
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
+        self._closed = False
+
+    # --- queries --------------------------------------------------------------------------
+
+    def all_steps(self) -> list[int]:
+        """Committed steps, plus the one being written asynchronously (if any), ascending."""
+        return sorted(self._mngr.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._mngr.latest_step()
+
+    def reload(self) -> None:
+        """Re-read the step list from storage (for a reader polling a directory another job writes)."""
+        self._mngr.reload()
+
+    # --- save -----------------------------------------------------------------------------
+
+    def save(self, step: int, state, *, config: dict | None = None, extra: dict | None = None,
+             metadata: dict | None = None, force: bool = False) -> bool:
+        """Start saving ``state`` (and the JSON items) as ``step``. Returns whether a save started.
+
+        Returns ``False`` when ``step`` is not newer than the latest step, or is off the
+        ``save_interval_steps`` schedule (see the class docstring); ``force=True`` saves anyway. Saving a step that
+        already exists raises: overwriting a committed checkpoint is never what a resumed run
+        wants, and silently skipping it would hide a step-counter bug.
+
+        ``metadata`` is merged over the defaults ``{"format_version": 1, "layer_layout": ...,
+        "model_config": None}``; ``layer_layout`` is inferred from ``state["params"]`` (or
+        ``state`` itself) and ``model_config`` may be a :class:`ModelConfig`.
+        """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: cannot save step {step}, the manager was opened read-only")
+        if step in self._mngr.all_steps():
+            raise CheckpointError(f"{self.directory}: step {step} already exists; refusing to overwrite it")
+        args = {
+            STATE_ITEM: ocp.args.StandardSave(state),
+            METADATA_ITEM: ocp.args.JsonSave(_json_ready(METADATA_ITEM, self._build_metadata(state, metadata))),
+        }
+        # Items that are None are not written at all (JSON ``null`` is not a valid item);
+        # restore reports them as None by checking which items the step holds.
+        if config is not None:
+            args[CONFIG_ITEM] = ocp.args.JsonSave(_json_ready(CONFIG_ITEM, config))
+        if extra is not None:
+            args[EXTRA_ITEM] = ocp.args.JsonSave(_json_ready(EXTRA_ITEM, extra))
+        try:
+            return self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
+        except ocp.checkpoint_manager.StepAlreadyExistsError:
+            raise CheckpointError(
+                f"{self.directory}: step {step} already exists; refusing to overwrite it") from None
+
+    @staticmethod
+    def _build_metadata(state, metadata: dict | None) -> dict:
+        params = state.get("params", state) if isinstance(state, dict) else getattr(state, "params", None)
+        out = {"format_version": FORMAT_VERSION, "layer_layout": _layout_of(params), "model_config": None}
+        for key, value in (metadata or {}).items():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = dataclasses.asdict(value)
+            out[key] = value
+        out["format_version"] = FORMAT_VERSION  # describes this writer; a caller cannot change it
+        return out
+
+    # --- restore --------------------------------------------------------------------------
+
+    def _resolve_step(self, step: int | None) -> int:
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                why = "directory does not exist" if not self._existed else "no committed step in it"
+                raise CheckpointError(f"{self.directory}: no checkpoint found ({why})")
+            return steps[-1]
+        if step not in steps:
+            have = ", ".join(map(str, steps)) if steps else "none"
+            raise CheckpointError(f"{self.directory}: no checkpoint for step {step} (available steps: {have})")
+        return step
+
+    def _items(self, step: int) -> dict[str, Any]:
+        """Item name -> Orbax item metadata (a ``TreeMetadata`` for ``state``) of one step."""
+        try:
+            return dict(self._mngr.item_metadata(step).items())
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{self.directory} step {step}: unreadable checkpoint ({_first_line(e)})") from e
+
+    def _saved_state_tree(self, step: int, items: dict[str, Any]):
+        if STATE_ITEM not in items:
+            raise CheckpointError(f"{self.directory} step {step}: checkpoint has no {STATE_ITEM!r} item")
+        meta = items[STATE_ITEM]
+        return getattr(meta, "tree", meta)
+
+    def _check_target(self, step: int, saved_tree, target, prefix: str = "") -> None:
+        """Compare key paths and shapes before Orbax sees the target: its own mismatch errors are
+        multi-screen tree dumps, or (for shapes) sharding errors that do not name the key.
+        Dtypes may differ on purpose (Orbax casts, e.g. float32 -> bfloat16)."""
+        where = f"{self.directory} step {step}"
+        saved = _flat(saved_tree)
+        wanted = _flat(target)
+        pre = f"{prefix}/" if prefix else ""
+        missing = set(wanted) - set(saved)
+        if missing:
+            raise CheckpointError(
+                f"{where}: target keys not in the checkpoint: {_short_list(pre + k for k in missing)}")
+        unexpected = set(saved) - set(wanted)
+        if unexpected:
+            raise CheckpointError(
+                f"{where}: checkpoint keys missing from the target: {_short_list(pre + k for k in unexpected)}")
+        for key, leaf in wanted.items():
+            want_shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
+            have_shape = getattr(saved[key], "shape", None)
+            if have_shape is not None and tuple(have_shape) != want_shape:
+                raise CheckpointError(
+                    f"{where}: {pre}{key} has shape {tuple(have_shape)} in the checkpoint "
+                    f"but {want_shape} in the target")
+
+    def restore(self, step: int | None = None, *, target=None) -> Restored:
+        """Restore ``step`` (default: the latest committed one).
+
+        ``target`` is a pytree of :class:`jax.ShapeDtypeStruct` with ``.sharding`` set (see
+        :func:`abstract_like`): arrays are read straight into those shardings, so a checkpoint
+        written on one mesh restores onto any other. With ``target=None`` the state comes back
+        with the shardings it was saved with, which needs the same devices (single-host
+        convenience); named tuples then come back as dicts/lists.
+        """
+        step = self._resolve_step(step)
+        # The step may be this manager's own save still being written: let it commit first.
+        self._mngr.wait_until_finished()
+        items = self._items(step)
+        saved_tree = self._saved_state_tree(step, items)
+        if target is not None:
+            self._check_target(step, saved_tree, target)
+        args = {STATE_ITEM: ocp.args.StandardRestore(target)}
+        args.update({name: ocp.args.JsonRestore() for name in _JSON_ITEMS if name in items})
+        out = self._run_restore(step, args)
+        metadata = out.get(METADATA_ITEM) or {}
+        return Restored(step=step, state=out[STATE_ITEM], config=out.get(CONFIG_ITEM),
+                        extra=out.get(EXTRA_ITEM), metadata=dict(metadata))
+
+    def _run_restore(self, step: int, args: dict) -> dict:
+        try:
+            out = self._mngr.restore(step, args=ocp.args.Composite(**args))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{self.directory} step {step}: restore failed ({_first_line(e)})") from e
+        return {name: out[name] for name in args}
+
+    def _saved_subtree(self, step: int, items: dict[str, Any], key: str):
+        """Metadata of ``state[key]`` (``key`` may be a ``/`` path such as ``params/decoder``)."""
+        node = self._saved_state_tree(step, items)
+        parts = key.split("/")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise CheckpointError(
+                    f"{self.directory} step {step}: no key {'/'.join(parts[:i + 1])!r} in the saved state")
+            node = node[part]
+        return node
+
+    def _read_metadata(self, step: int, items: dict[str, Any]) -> dict:
+        if METADATA_ITEM not in items:
+            return {}
+        return dict(self._run_restore(step, {METADATA_ITEM: ocp.args.JsonRestore()})[METADATA_ITEM] or {})
+
+    def _restore_subtree(self, step: int, items: dict[str, Any], key: str, target):
+        """Restore only ``state[key]`` into ``target``; the rest of the state (the optimizer
+        moments are twice the parameters for Adam) is never read."""
+        self._check_target(step, self._saved_subtree(step, items, key), target, prefix=key)
+        parts = key.split("/")
+        wrapped = target
+        for part in reversed(parts):
+            wrapped = {part: wrapped}
+        args = {STATE_ITEM: ocp.args.PyTreeRestore(
+            item=wrapped, restore_args=ocp.checkpoint_utils.construct_restore_args(wrapped), partial_restore=True)}
+        sub = self._run_restore(step, args)[STATE_ITEM]
+        for part in parts:
+            sub = sub[part]
+        return sub
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def wait_until_finished(self) -> None:
+        """Block until a pending asynchronous save has committed (and old steps are pruned)."""
+        self._mngr.wait_until_finished()
+
+    def close(self) -> None:
+        """Wait for pending saves, then release Orbax's threads. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._mngr.close()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def restore_params(directory: str, model_cfg: ModelConfig, mesh: Mesh, step: int | None = None,
+                   key: str = "params"):
+    """The parameters of a checkpoint, sharded on ``mesh`` for ``model_cfg``.
+
+    Reads only ``state[key]``, directly into the shardings :func:`param_shardings` gives on
+    ``mesh`` (never whole on one device), cast to ``model_cfg.param_dtype``. When the checkpoint
+    was written with the other layer layout than ``model_cfg.scan_layers`` asks for, the layers
+    are stacked or unstacked in one compiled step that writes the final shardings. The layout
+    comes from the saved keys (``layers`` vs ``layers_<i>``), falling back to the checkpoint's
+    ``layer_layout`` metadata.
+    """
+    with CheckpointManager(directory, read_only=True) as mgr:
+        step = mgr._resolve_step(step)
+        items = mgr._items(step)
+        saved_params = mgr._saved_subtree(step, items, key)
+        # The saved keys are the ground truth; the metadata's layer_layout (which describes
+        # ``state["params"]``) only decides when the keys cannot, e.g. a model without layers.
+        layout = _layout_of(saved_params) or mgr._read_metadata(step, items).get("layer_layout")
+        want = SCANNED if model_cfg.scan_layers else UNROLLED
+        saved_cfg = model_cfg if layout in (None, want) else model_cfg.replace(scan_layers=layout == SCANNED)
+        shapes = abstract_params(DecoderLM(saved_cfg))
+        target = abstract_like(shapes, param_shardings(shapes, mesh))
+        params = mgr._restore_subtree(step, items, key, target)
+    if layout in (None, want):
+        return params
+    final_shapes = abstract_params(DecoderLM(model_cfg))
+    convert = stack_layers if want == SCANNED else (lambda p: unstack_layers(p, model_cfg.num_hidden_layers))
+    return jax.jit(convert, out_shardings=param_shardings(final_shapes, mesh))(params)
+
+
+def read_metadata(directory: str, step: int | None = None) -> dict:
+    """The metadata item of a checkpoint step (latest by default), without reading arrays."""
+    with CheckpointManager(directory, read_only=True) as mgr:
+        step = mgr._resolve_step(step)
+        meta = mgr._read_metadata(step, mgr._items(step))
+    meta.setdefault("step", step)
+    return meta
