@@ -187,7 +187,8 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
     try:
         while step < total_steps:
             try:
-                local = next(batches)
+                # Sources that generate data with the current policy (GRPO rollouts) see it.
+                local = batches.next_for(state["params"]) if hasattr(batches, "next_for") else next(batches)
             except StopIteration:
                 log(f"data exhausted at step {step}")
                 break
@@ -208,6 +209,8 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
                 if flops_per_token and peak:
                     m["mfu"] = tokens * flops_per_token / dt / peak
             m["step_time_s"] = dt
+            if hasattr(batches, "pop_metrics"):
+                m.update(batches.pop_metrics())
             metrics = m
             if step % spec.log_every == 0 or step == total_steps or step == start + 1:
                 logger.write(step, m, "train")

@@ -1,0 +1,55 @@
+"""Judging with generation: verdicts for batches of judge prompts, held-out verdict accuracy,
+and position consistency (the same pair judged with A and B swapped)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from rmr1_jax.sampling.sampler import Sampler, SamplingParams
+from rmr1_jax.text.verdict import parse_verdict
+
+
+@dataclasses.dataclass
+class Judgment:
+    text: str
+    verdict: str | None
+    finished: bool
+    num_tokens: int
+
+
+def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
+                  max_new_tokens: int, temperature: float = 0.0, rng=None) -> list[Judgment]:
+    """Generate a judgment for each tokenized prompt, ``batch_size`` at a time (the last batch
+    is padded with a copy of its first prompt so every batch compiles to one shape)."""
+    out: list[Judgment] = []
+    sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    plen = max((len(p) for p in prompt_ids), default=1)
+    plen = -(-plen // 32) * 32
+    for i in range(0, len(prompt_ids), batch_size):
+        chunk = list(prompt_ids[i:i + batch_size])
+        real = len(chunk)
+        chunk += [chunk[0]] * (batch_size - real)
+        g = sampler.generate(params, chunk, sp, rng=rng, tokenizer=tokenizer, prompt_length=plen)
+        for j in range(real):
+            out.append(Judgment(g.texts[j], parse_verdict(g.texts[j]) if g.finished[j] else None,
+                                bool(g.finished[j]), int(g.lengths[j])))
+    return out
+
+
+def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> dict:
+    """Accuracy (no verdict counts as wrong), and the share of outputs with no verdict."""
+    n = len(judgments)
+    correct = sum(j.verdict == w for j, w in zip(judgments, winners))
+    missing = sum(j.verdict is None for j in judgments)
+    return {"accuracy": correct / max(n, 1), "no_verdict_rate": missing / max(n, 1),
+            "mean_tokens": float(np.mean([j.num_tokens for j in judgments])) if n else 0.0, "n": n}
+
+
+def position_consistency(forward: Sequence[Judgment], swapped: Sequence[Judgment]) -> float:
+    """Share of pairs whose verdict names the same response in both orders (A->B swapped)."""
+    flip = {"A": "B", "B": "A"}
+    same = sum(f.verdict is not None and s.verdict == flip[f.verdict] for f, s in zip(forward, swapped))
+    return same / max(len(forward), 1)

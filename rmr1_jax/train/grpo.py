@@ -1,0 +1,325 @@
+"""Stage 2 of RM-R1: GRPO with the verifiable judgment reward.
+
+Each rollout step samples ``n`` judgments per prompt from the current policy, rewards each
+with :func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment
+gets the failure reward), normalizes rewards within each prompt's group, computes reference
+(and old-policy) log-probs, and feeds mini-batches to the one training loop, where the
+clipped-ratio loss plus the k3 KL term is minimized. All loss choices are fields of
+:class:`GRPOSpec`, printed with the resolved config at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmr1_jax.config import CheckpointSpec, ModelSpec, load, to_dict
+from rmr1_jax.errors import ConfigError
+from rmr1_jax.parallel.mesh import MeshConfig
+from rmr1_jax.parallel.sharding import activation_sharding
+from rmr1_jax.train import grpo_math
+from rmr1_jax.train.losses import lm_head_kernel, token_logprobs
+from rmr1_jax.train.loop import TrainSpec, to_global
+from rmr1_jax.train.optim import OptimSpec
+from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
+
+
+@dataclasses.dataclass
+class GRPOSpec:
+    n: int = 7  # rollouts per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_prompt_tokens: int = 4096
+    max_response_tokens: int = 8192
+    prompts_per_step: int = 1024  # prompts per rollout step
+    minibatch_prompts: int = 128  # prompts per optimizer update (8 updates per step)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    rollout_steps: int | None = None  # None: one pass over the prompts
+    advantage: Literal["group_norm", "group_center"] = "group_norm"
+    adv_eps: float = 1e-6
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    log_ratio_clamp: float = 20.0
+    kl_estimator: Literal["k1", "k2", "k3", "none"] = "k3"
+    kl_coef: float = 0.001
+    kl_clamp: float = 10.0
+    loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = "token_mean"
+    entropy_coef: float = 0.0
+    reward_correct: float = 1.0
+    reward_wrong: float = -1.0  # also for no verdict and truncated output
+    old_logprobs: Literal["recompute", "sampler"] = "recompute"
+    rollout_batch: int = 64  # prompts per sampler call
+    logprob_batch: int = 32  # rows per reference/old log-prob forward
+
+    def validate(self, where: str):
+        if self.prompts_per_step % self.minibatch_prompts:
+            raise ConfigError(f"{where}: grpo.minibatch_prompts must divide grpo.prompts_per_step")
+        if self.n < 2:
+            raise ConfigError(f"{where}: grpo.n must be at least 2 (advantages compare samples of one prompt)")
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    tokenizer: TokenizerSpec = dataclasses.field(default_factory=TokenizerSpec)
+    prompt: PromptSpec = dataclasses.field(default_factory=PromptSpec)
+    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    optim: OptimSpec = dataclasses.field(default_factory=lambda: OptimSpec(lr=1e-6, schedule="constant",
+                                                                            warmup_ratio=0.0, weight_decay=0.0))
+    grpo: GRPOSpec = dataclasses.field(default_factory=GRPOSpec)
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
+    checkpoint: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
+    eval_max_new_tokens: int | None = None  # held-out judging budget (default: grpo.max_response_tokens)
+
+
+def response_logprobs(model, params, batch, chunk: int = 512, with_entropy: bool = False):
+    """log p of each next token [R, T] (position t scores token t+1) over prompt+response rows."""
+    hidden = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                         return_hidden=True)
+    targets = jnp.concatenate([batch["input_ids"][:, 1:], jnp.zeros_like(batch["input_ids"][:, :1])], axis=1)
+    return token_logprobs(hidden, lm_head_kernel(params, model.cfg), targets, chunk=chunk, with_entropy=with_entropy)
+
+
+def grpo_loss_fn(model, spec: GRPOSpec):
+    agg = grpo_math.AGGREGATIONS[spec.loss_agg]
+
+    def loss_fn(params, batch, rng):
+        del rng
+        mask = batch["response_mask"].astype(jnp.float32)
+        logp, ent = response_logprobs(model, params, batch, with_entropy=True)
+        adv = batch["advantages"][:, None]
+        pg, clipped = grpo_math.clipped_policy_loss(logp, batch["old_logp"], adv, spec.clip_low, spec.clip_high,
+                                                    spec.log_ratio_clamp)
+        per_token = pg
+        if spec.kl_estimator != "none":
+            kl = jnp.clip(grpo_math.KL_ESTIMATORS[spec.kl_estimator](logp, batch["ref_logp"]),
+                          -spec.kl_clamp, spec.kl_clamp)
+            per_token = per_token + spec.kl_coef * kl
+        else:
+            kl = jnp.zeros_like(logp)
+        if spec.entropy_coef:
+            per_token = per_token - spec.entropy_coef * ent
+        loss_sum, count = agg(per_token, mask)
+        ntok = jnp.sum(mask)
+        metrics = {"kl": (jnp.sum(kl * mask), ntok), "clip_fraction": (jnp.sum(clipped * mask), ntok),
+                   "entropy": (jnp.sum(ent * mask), ntok), "policy_loss": (jnp.sum(pg * mask), ntok)}
+        return loss_sum, (count, metrics)
+
+    return loss_fn
+
+
+class RolloutSource:
+    """Feeds the training loop: when its queue is empty it runs a rollout step with the current
+    params and splits the result into ``updates`` mini-batches (times ``ppo_epochs``)."""
+
+    def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec: GRPOSpec, mesh, per_host_prompts: int,
+                 per_host_minibatch_prompts: int, seed: int):
+        self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
+        self.prompts, self.spec, self.mesh = prompts, spec, mesh
+        self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
+        self.seed = seed
+        self.queue: list[dict] = []
+        self._metrics: dict = {}
+        self._rollouts = 0
+        self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b))
+
+    def state(self) -> dict:
+        return {"prompts": self.prompts.state(), "rollouts": self._rollouts}
+
+    def restore(self, state: dict) -> None:
+        self.prompts.restore(state["prompts"])
+        self._rollouts = state["rollouts"]
+        self.queue = []
+
+    def pop_metrics(self) -> dict:
+        m, self._metrics = self._metrics, {}
+        return m
+
+    def next_for(self, params):
+        if not self.queue:
+            self._rollout(params)
+        return self.queue.pop(0)
+
+    def _logprobs(self, params, rows: dict[str, np.ndarray]) -> np.ndarray:
+        out = []
+        bs = self.spec.logprob_batch
+        n = rows["input_ids"].shape[0]
+        with activation_sharding(self.mesh):
+            for i in range(0, n, bs):
+                sub = {k: v[i:i + bs] for k, v in rows.items()}
+                real = sub["input_ids"].shape[0]
+                if real < bs:
+                    sub = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in sub.items()}
+                out.append(np.asarray(jax.device_get(self._lp(params, to_global(sub, self.mesh))))[:real])
+        return np.concatenate(out)
+
+    def _rollout(self, params):
+        spec = self.spec
+        t0 = time.perf_counter()
+        recs = [next(self.prompts) for _ in range(self.k)]
+        prompt_ids = [np.asarray(r["input_ids"])[-spec.max_prompt_tokens:].tolist() for r in recs]
+        winners = [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"] for r in recs]
+        from rmr1_jax.sampling.sampler import SamplingParams, left_pad
+        from rmr1_jax.text.verdict import judgment_reward
+
+        sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
+                            top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
+        plen = -(-max(len(p) for p in prompt_ids) // 32) * 32
+        toks, lps, lens, fin, texts = [], [], [], [], []
+        rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
+        for i in range(0, len(prompt_ids), spec.rollout_batch):
+            g = self.sampler.generate(params, prompt_ids[i:i + spec.rollout_batch], sp,
+                                      rng=jax.random.fold_in(rng, i), tokenizer=self.tokenizer, prompt_length=plen)
+            toks.append(g.tokens), lps.append(g.logprobs), lens.append(g.lengths), fin.append(g.finished)
+            texts += g.texts
+        tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
+        lengths, finished = np.concatenate(lens), np.concatenate(fin)
+        t_gen = time.perf_counter() - t0
+        rewards = np.array([judgment_reward(texts[j], winners[j // spec.n]) if finished[j] else -1.0
+                            for j in range(len(texts))], np.float32)
+        rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)
+        adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps).reshape(-1)
+        # rows: left-padded prompt (plen) + response (max_response_tokens)
+        pid, pmask = left_pad(prompt_ids, self.sampler.pad_id, plen)
+        pid, pmask = np.repeat(pid, spec.n, axis=0), np.repeat(pmask, spec.n, axis=0)
+        L = tokens.shape[1]
+        resp_mask = np.arange(L)[None, :] < lengths[:, None]
+        ids = np.concatenate([pid, tokens], axis=1).astype(np.int32)
+        attn = np.concatenate([pmask, resp_mask], axis=1).astype(np.int32)
+        target_mask = np.zeros_like(attn)
+        target_mask[:, plen - 1:plen - 1 + L] = resp_mask  # position t scores token t+1
+        rows = {"input_ids": ids, "attention_mask": attn}
+        t1 = time.perf_counter()
+        ref_lp = self._logprobs(self.ref_params, rows) if spec.kl_estimator != "none" else np.zeros(ids.shape,
+                                                                                                     np.float32)
+        t_ref = time.perf_counter() - t1
+        if spec.old_logprobs == "recompute":
+            old_lp = self._logprobs(params, rows)
+        else:
+            old_lp = np.zeros(ids.shape, np.float32)
+            old_lp[:, plen - 1:plen - 1 + L] = sampler_lp
+        t_old = time.perf_counter() - t1 - t_ref
+        full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
+                "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
+        rows_per_mb = self.mb * spec.n
+        for _ in range(spec.ppo_epochs):
+            for i in range(0, ids.shape[0], rows_per_mb):
+                self.queue.append({k: v[i:i + rows_per_mb] for k, v in full.items()})
+        self._rollouts += 1
+        verdicts_ok = rewards > 0
+        gen_tokens = float(lengths.sum())
+        self._metrics = {
+            "reward_mean": float(rewards.mean()), "verdict_accuracy": float(verdicts_ok.mean()),
+            "format_failure_rate": float(np.mean([not f or _no_verdict(t) for f, t in zip(finished, texts)])),
+            "truncated_rate": float(1.0 - finished.mean()), "response_length": float(lengths.mean()),
+            "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
+            "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
+        }
+
+
+def _no_verdict(text: str) -> bool:
+    from rmr1_jax.text.verdict import parse_verdict
+
+    return parse_verdict(text) is None
+
+
+def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
+    """Stage 2 end to end. Returns (model, params, TrainResult, tokenizer)."""
+    from rmr1_jax.checkpoint.convert import checkpoint_metadata
+    from rmr1_jax.data.pipeline import CheckpointableIterator
+    from rmr1_jax.data.records import RecordOptions, build_records
+    from rmr1_jax.sampling.sampler import Sampler
+    from rmr1_jax.train import setup
+    from rmr1_jax.train.flops import train_flops_per_token
+    from rmr1_jax.train.loop import init_state, train
+    from rmr1_jax.train.optim import make_optimizer
+    import grain
+
+    spec = cfg.grpo
+    run_dir = cfg.train.run_dir
+    setup.prepare_run_dir(run_dir, cfg, log)
+    mesh = setup.mesh_from(cfg.mesh)
+    tokenizer = setup.load_tokenizer_for(cfg.tokenizer, cfg.model)
+    template = setup.load_template(cfg.prompt)
+    files = {"train": list(cfg.data.train)}
+    if cfg.data.eval:
+        files["eval"] = list(cfg.data.eval)
+    opts = RecordOptions(kind="prompt", max_length=spec.max_prompt_tokens, on_error=cfg.data.on_error,
+                         overlong="skip" if cfg.data.overlong != "error" else "error",
+                         position_seed=cfg.data.position_seed)
+    sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
+                               opts, log=log)
+    model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
+    ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen, sharded like the policy
+    n_proc, p_idx = jax.process_count(), jax.process_index()
+    for name, v in (("grpo.prompts_per_step", spec.prompts_per_step), ("grpo.minibatch_prompts", spec.minibatch_prompts)):
+        if v % n_proc:
+            raise ConfigError(f"{name}={v} must be divisible by the {n_proc} processes")
+    n_prompts = len(sources["train"])
+    rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
+    updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
+    total_steps = rollout_steps * updates
+    train_spec = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)
+    if train_spec.micro_batch and train_spec.global_batch % train_spec.micro_batch:
+        raise ConfigError(f"train.micro_batch={train_spec.micro_batch} must divide the update batch of "
+                          f"{train_spec.global_batch} rows (grpo.minibatch_prompts x grpo.n)")
+    ds = grain.MapDataset.source(sources["train"])
+    ds = ds[p_idx::n_proc] if n_proc > 1 else ds
+    prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())
+    eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
+    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh)
+    source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer, prompts=prompts,
+                           spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
+                           per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed)
+    optimizer, schedule = make_optimizer(cfg.optim, total_steps)
+    state = init_state(params, optimizer)
+    log(f"GRPO: {rollout_steps} rollout steps x {updates} updates = {total_steps} optimizer steps; "
+        f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout; loss: {spec.loss_agg}, "
+        f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
+        f"advantage {spec.advantage} (eps {spec.adv_eps}), entropy coef {spec.entropy_coef}")
+    seq_len = spec.max_prompt_tokens + spec.max_response_tokens
+
+    def eval_fn(p, step):
+        out = {}
+        if "eval" in sources:
+            from rmr1_jax.eval.judge import judge_prompts, verdict_accuracy
+
+            src = sources["eval"]
+            n = len(src) if cfg.train.eval_limit is None else min(cfg.train.eval_limit, len(src))
+            recs = [src[i] for i in range(n)]
+            js = judge_prompts(sampler, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
+                               batch_size=spec.rollout_batch, max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
+            out.update(verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
+                                             for r in recs]))
+        if eval_hook is not None:
+            out.update(eval_hook(model, p, step))
+        return out
+
+    ckpt = setup.checkpoint_manager(cfg.checkpoint, run_dir)
+    save_every = cfg.checkpoint.save_every
+    if save_every % updates:
+        save_every = max(updates, save_every // updates * updates)  # only at rollout boundaries
+    try:
+        state, result = train(
+            state=state, loss_fn=grpo_loss_fn(model, spec), optimizer=optimizer, schedule=schedule, mesh=mesh,
+            batches=source, total_steps=total_steps, spec=train_spec, ckpt=ckpt,
+            tokens_per_step_fn=lambda b: float(np.sum(b["attention_mask"])),
+            flops_per_token=train_flops_per_token(model.cfg, seq_len),
+            eval_fn=eval_fn if ("eval" in sources or eval_hook) else None,
+            config_dict=to_dict(cfg), metadata=checkpoint_metadata(model.cfg), save_every=save_every, log=log)
+    finally:
+        ckpt.close()
+    return model, state["params"], result, tokenizer
+
+
+def load_grpo_config(path: str | None, overrides: list[str] | None = None) -> GRPOConfig:
+    return load(GRPOConfig, path, overrides)
