@@ -44,9 +44,54 @@ def cmd_convert_orbax_to_hf(args) -> None:
     print(f"wrote Hugging Face directory {out}")
 
 
+def cmd_demo(args) -> None:
+    from rmr1_jax.demo import DemoSettings, run_demo
+
+    s = DemoSettings(out_dir=args.out, seed=args.seed)
+    if args.quick:
+        s = DemoSettings(out_dir=args.out, seed=args.seed, n_distill=400, n_rl=400, n_eval=32, distill_steps=6,
+                         grpo_rollouts=1, grpo_prompts=8, grpo_n=2, max_new_tokens=32, eval_batch=32)
+    run_demo(s)
+
+
+def cmd_distill(args) -> None:
+    from rmr1_jax.train.sft import load_distill_config, run_distill
+
+    cfg = load_distill_config(args.config, args.overrides)
+    _, _, result, _ = run_distill(cfg)
+    print(f"distillation finished at step {result.step}: {_fmt(result.last_metrics)}"
+          + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
+
+
+def cmd_grpo(args) -> None:
+    from rmr1_jax.train.grpo import load_grpo_config, run_grpo
+
+    cfg = load_grpo_config(args.config, args.overrides)
+    _, _, result, _ = run_grpo(cfg)
+    print(f"GRPO finished at step {result.step}: {_fmt(result.last_metrics)}"
+          + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
+
+
+def _fmt(m: dict) -> str:
+    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "perplexity") if k in m]
+    return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole pipeline on the embedded default (synthetic tasks, CPU)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (no learning expected)")
+    demo.set_defaults(func=cmd_demo)
+    for name, func, text in (("distill", cmd_distill, "stage 1: distill reasoning traces (SFT)"),
+                             ("grpo", cmd_grpo, "stage 2: GRPO with the verifiable verdict reward")):
+        sp = sub.add_parser(name, help=text)
+        sp.add_argument("config", help="YAML recipe (configs/...)")
+        sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
+        sp.set_defaults(func=func)
 
     conv = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Orbax")
     csub = conv.add_subparsers(dest="direction", required=True)
@@ -69,7 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _QuietReadOnly:
+    """Orbax warns each time a checkpoint directory is opened read-only, which is exactly
+    what restoring for conversion or judging does."""
+
+    def filter(self, record) -> bool:
+        return "read only" not in record.getMessage()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.getLogger("absl").addFilter(_QuietReadOnly())
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

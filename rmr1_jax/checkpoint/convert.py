@@ -20,6 +20,8 @@ def hf_to_orbax(hf_dir: str, out: str, *, dtype: str = "float32", mesh_cfg: Mesh
     from rmr1_jax.checkpoint.hf import load_hf
     from rmr1_jax.checkpoint.manager import CheckpointManager
 
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CheckpointError(f"{out}: exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out):
         raise CheckpointError(f"{out}: already exists and is not empty")
     mesh = make_mesh(mesh_cfg)

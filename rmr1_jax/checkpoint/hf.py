@@ -13,6 +13,7 @@ temporary sibling directory that is renamed into place only when complete.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -129,7 +130,9 @@ def _weight_map(path: str) -> dict[str, str]:
             with open(index) as f:
                 wm = json.load(f)["weight_map"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: malformed safetensors index ({e})") from None
+            raise CheckpointError(f"{index}: malformed safetensors index ({type(e).__name__}: {e})") from None
+        if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+            raise CheckpointError(f"{index}: 'weight_map' must map tensor names to file names")
         files = {os.path.join(path, v) for v in wm.values()}
         for fn in sorted(files):
             if not os.path.isfile(fn):
@@ -157,7 +160,11 @@ def _keys(fn: str) -> list[str]:
         with safe_open(fn, framework="np") as f:
             return list(f.keys())
     except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{fn}: unreadable safetensors file ({e})") from None
+        raise CheckpointError(f"{fn}: unreadable safetensors file ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
 
 
 def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig) -> None:
@@ -165,7 +172,8 @@ def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig
     by_file: dict[str, list[TensorSpec]] = {}
     for s in specs:
         if s.hf_name not in wm:
-            raise CheckpointError(f"tensor {s.hf_name} is missing from the checkpoint")
+            where = os.path.dirname(next(iter(wm.values()))) if wm else "checkpoint"
+            raise CheckpointError(f"{where}: tensor {s.hf_name} is missing from the checkpoint")
         by_file.setdefault(wm[s.hf_name], []).append(s)
     for name, fn in wm.items():
         if name in expected or name.endswith(_IGNORED_TENSORS):
@@ -176,8 +184,15 @@ def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig
             f"{fn}: unexpected tensor {name} (not part of a {cfg.model_type} causal LM with this config.json)"
         )
     for fn, group in by_file.items():
-        with safe_open(fn, framework="np") as f:
+        try:
+            f = safe_open(fn, framework="np")
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f"{fn}: unreadable safetensors file ({_one_line(e)})") from None
+        with f:
+            present = set(f.keys())
             for s in group:
+                if s.hf_name not in present:
+                    raise CheckpointError(f"{fn}: tensor {s.hf_name} is not in this file (the index says it is)")
                 sl = f.get_slice(s.hf_name)
                 shape = tuple(sl.get_shape())
                 if shape != s.hf_shape:
@@ -191,8 +206,21 @@ def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig
 
 def _read(fn: str, name: str) -> np.ndarray:
     # One open per tensor keeps the file's mapped pages from piling up in resident memory.
-    with safe_open(fn, framework="np") as f:
-        return f.get_tensor(name)
+    try:
+        with safe_open(fn, framework="np") as f:
+            return f.get_tensor(name)
+    except Exception as e:  # a file truncated after its header was checked
+        raise CheckpointError(f"{fn}: cannot read tensor {name} ({_one_line(e)})") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _stack_fns(shape: tuple, dtype, sharding):
+    """Compiled (zeros, write-layer-i) for one stacked parameter kind; cached so all layers
+    and all loads of the same architecture reuse them."""
+    zeros = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+    write = jax.jit(lambda b, x, i: jax.lax.dynamic_update_index_in_dim(b, x, i, 0),
+                    donate_argnums=0, out_shardings=sharding)
+    return zeros, write
 
 
 # --- import -----------------------------------------------------------------------------
@@ -246,12 +274,11 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
         full_sharding = sharding_for(tp, full.shape)
         layer_sharding = NamedSharding(full_sharding.mesh, PartitionSpec(*full_sharding.spec[1:])) \
             if isinstance(full_sharding, NamedSharding) else full_sharding
-        buf = jax.jit(lambda: jnp.zeros(full.shape, np_dtype), out_shardings=full_sharding)()
-        write = jax.jit(lambda b, x, i: jax.lax.dynamic_update_index_in_dim(b, x, i, 0),
-                        donate_argnums=0, out_shardings=full_sharding)
+        zeros, write = _stack_fns(tuple(full.shape), np.dtype(np_dtype), full_sharding)
+        buf = zeros()
         for s in sorted(layer_specs, key=lambda s: s.layer):
             arr = np.ascontiguousarray(s.to_ours(_read(wm[s.hf_name], s.hf_name)).astype(np_dtype))
-            buf = write(buf, to_device(arr, layer_sharding), s.layer)
+            buf = write(buf, to_device(arr, layer_sharding), np.int32(s.layer))
             del arr
         _set(params, tp, buf)
 

@@ -109,6 +109,8 @@ class ModelConfig:
         """Accepts both the classic layout (``rope_theta``/``rope_scaling`` at top level,
         ``torch_dtype``) and the transformers-5 layout (``rope_parameters``, ``dtype``,
         possibly ``head_dim: null``)."""
+        if not isinstance(hf, dict):
+            raise CheckpointError(f"{source}: must be a JSON object, got {type(hf).__name__}")
         model_type = hf.get("model_type")
         if model_type is None:
             for arch in hf.get("architectures") or []:
@@ -123,8 +125,21 @@ class ModelConfig:
             )
         required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"]
         for key in required:
-            if not isinstance(hf.get(key), int):
-                raise CheckpointError(f"{source}: key {key!r} is missing or not an integer")
+            v = hf.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise CheckpointError(f"{source}: key {key!r} is missing or not a positive integer")
+        for key in ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+            v = hf.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+                raise CheckpointError(f"{source}: key {key!r} must be a positive integer, got {v!r}")
+        for key in ("rms_norm_eps", "rope_theta"):
+            v = hf.get(key)
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0):
+                raise CheckpointError(f"{source}: key {key!r} must be a positive number, got {v!r}")
+        if hf.get("rope_parameters") is not None and not isinstance(hf["rope_parameters"], dict):
+            raise CheckpointError(f"{source}: key 'rope_parameters' must be an object")
+        if hf.get("rope_scaling") is not None and not isinstance(hf["rope_scaling"], dict):
+            raise CheckpointError(f"{source}: key 'rope_scaling' must be an object")
         if hf.get("use_sliding_window"):
             raise CheckpointError(f"{source}: use_sliding_window=true is not supported")
         rope_params = hf.get("rope_parameters") or {}
@@ -173,7 +188,10 @@ class ModelConfig:
         if kw["mlp_bias"]:
             raise CheckpointError(f"{source}: mlp_bias=true is not supported")
         kw.update(overrides)
-        return cls(**kw)
+        try:
+            return cls(**kw)
+        except CheckpointError as e:
+            raise CheckpointError(f"{source}: {e}") from None
 
     @classmethod
     def from_hf_dir(cls, path: str, **overrides) -> "ModelConfig":

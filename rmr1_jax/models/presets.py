@@ -41,7 +41,9 @@ PRESETS: dict[str, dict] = {
     "llama-3.2-3b": _llama(3072, 8192, 28, 24, 8, True, 32.0, head_dim=128),
     # ~100M parameters: the benchmark model.
     "bench-100m": _qwen(768, 2048, 12, 12, 4, 32000, False, max_pos=4096),
-    # a few hundred thousand parameters: tests and the demo.
+    # about a million parameters (with a 1K vocabulary): the demo judge.
+    "demo": _qwen(128, 384, 4, 4, 2, 1024, False, max_pos=2048),
+    # a few hundred thousand parameters: tests.
     "tiny": _qwen(64, 128, 2, 4, 2, 512, False, max_pos=2048),
     "tiny-llama": _llama(64, 128, 2, 4, 2, False, 8.0),
 }

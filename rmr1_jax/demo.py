@@ -1,0 +1,186 @@
+"""``rmr1 demo``: the whole RM-R1 pipeline on the embedded default, on a laptop CPU.
+
+1. Generate seeded synthetic judging tasks whose right verdict a program can check.
+2. Train a SentencePiece tokenizer on them.
+3. Stage 1: distill a small judge on oracle Chain-of-Rubrics traces (a deliberately small
+   budget, so stage 2 has room to improve).
+4. Stage 2: GRPO with the +1/-1 verdict reward.
+5. Judge held-out pairs in both A/B orders after each stage; print the accuracy table, draw
+   the curves, and export the final judge as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+from rmr1_jax.config import CheckpointSpec, ModelSpec
+from rmr1_jax.parallel.mesh import MeshConfig
+from rmr1_jax.train.loop import TrainSpec
+from rmr1_jax.train.optim import OptimSpec
+from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
+
+# A compact judge protocol for the demo's small model (the built-in instruct protocol is
+# longer); it is written to a file and loaded like any user-supplied template.
+DEMO_SYSTEM = """\
+You judge which chatbot reply is better. First write <type>Reasoning</type> or <type>Chat</type>. \
+For Reasoning, solve it in <solution>...</solution>; for Chat, write a weighted <rubric> with a \
+<justify> inside. Compare both replies in <eval> with <quote_A>, <summary_A>, <quote_B>, \
+<summary_B>. End with <answer>[[A]]</answer> or <answer>[[B]]</answer>."""
+
+
+@dataclasses.dataclass
+class DemoSettings:
+    out_dir: str = "runs/demo"
+    seed: int = 0
+    kinds: tuple[str, ...] = ("add", "sub", "compare", "count", "caps_word", "starts_with", "word_count",
+                              "avoid_letter")
+    n_distill: int = 3000
+    n_rl: int = 3000
+    n_eval: int = 256
+    vocab_size: int = 1024
+    max_length: int = 384
+    distill_steps: int = 120
+    distill_batch: int = 16
+    distill_lr: float = 3e-3
+    grpo_rollouts: int = 12
+    grpo_prompts: int = 32
+    grpo_n: int = 6
+    grpo_lr: float = 3e-4
+    max_new_tokens: int = 176
+    eval_batch: int = 64
+
+
+def _files(s: DemoSettings, log):
+    from rmr1_jax.data import synthetic
+    from rmr1_jax.text.prompts import JudgeTemplate
+
+    data = os.path.join(s.out_dir, "data")
+    os.makedirs(data, exist_ok=True)
+    pairs = synthetic.generate_pairs(s.n_distill + s.n_rl, seed=s.seed, kinds=s.kinds)
+    seen = {p.prompt[-1]["content"] for p in pairs}
+    held = [p for p in synthetic.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
+            if p.prompt[-1]["content"] not in seen][: s.n_eval]
+    system_file = os.path.join(s.out_dir, "prompts", "system.txt")
+    os.makedirs(os.path.dirname(system_file), exist_ok=True)
+    with open(system_file, "w") as f:
+        f.write(DEMO_SYSTEM + "\n")
+    template = JudgeTemplate.from_files("instruct", system_file=system_file)
+    traces = synthetic.make_distillation_examples(pairs[: s.n_distill], seed=s.seed, template=template)
+    paths = {"distill": os.path.join(data, "distill_traces.jsonl"), "rl": os.path.join(data, "rl_pairs.jsonl"),
+             "eval": os.path.join(data, "heldout_pairs.jsonl")}
+    synthetic.write_traces_jsonl(paths["distill"], traces)
+    synthetic.write_pairs_jsonl(paths["rl"], pairs[s.n_distill:])
+    synthetic.write_pairs_jsonl(paths["eval"], held)
+    log(f"data: {len(traces)} distillation traces, {s.n_rl} RL pairs, {len(held)} held-out pairs "
+        f"(kinds: {', '.join(s.kinds)})")
+    return paths, template, traces, held, system_file
+
+
+def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
+    """Held-out accuracy in the original A/B order and swapped, and position consistency."""
+    from rmr1_jax.eval.judge import judge_prompts, position_consistency, verdict_accuracy
+    from rmr1_jax.sampling.sampler import Sampler
+    from rmr1_jax.text.prompts import build_judge_messages
+
+    sampler = Sampler(model, eos_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id, mesh=mesh)
+    fwd, swp, winners = [], [], []
+    for i, p in enumerate(held):
+        a, b, w = (p.chosen, p.rejected, "A") if i % 2 == 0 else (p.rejected, p.chosen, "B")
+        fwd.append(tokenizer.encode(tokenizer.apply_chat_template(build_judge_messages(p.prompt, a, b, template),
+                                                                  add_generation_prompt=True)))
+        swp.append(tokenizer.encode(tokenizer.apply_chat_template(build_judge_messages(p.prompt, b, a, template),
+                                                                  add_generation_prompt=True)))
+        winners.append(w)
+    jf = judge_prompts(sampler, params, fwd, tokenizer, batch_size=s.eval_batch, max_new_tokens=s.max_new_tokens)
+    js = judge_prompts(sampler, params, swp, tokenizer, batch_size=s.eval_batch, max_new_tokens=s.max_new_tokens)
+    flip = {"A": "B", "B": "A"}
+    acc_f = verdict_accuracy(jf, winners)
+    acc_s = verdict_accuracy(js, [flip[w] for w in winners])
+    return {"accuracy": (acc_f["accuracy"] + acc_s["accuracy"]) / 2,
+            "no_verdict_rate": (acc_f["no_verdict_rate"] + acc_s["no_verdict_rate"]) / 2,
+            "position_consistency": position_consistency(jf, js), "example": jf[0].text}
+
+
+def run_demo(s: DemoSettings | None = None, log=print) -> dict:
+    import jax
+
+    from rmr1_jax.checkpoint.hf import save_hf
+    from rmr1_jax.parallel.mesh import make_mesh
+    from rmr1_jax.text.tokenizer import train_sentencepiece
+    from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, run_grpo
+    from rmr1_jax.train.metrics import plot_curves
+    from rmr1_jax.train.sft import DistillConfig, run_distill
+
+    s = s or DemoSettings()
+    t0 = time.perf_counter()
+    os.makedirs(s.out_dir, exist_ok=True)
+    paths, template, traces, held, system_file = _files(s, log)
+    tok_dir = os.path.join(s.out_dir, "tokenizer")
+    texts = []
+    for ex in traces[:1500]:
+        texts += [m["content"] for m in ex.messages] + [ex.target]
+    tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=s.vocab_size, seed=s.seed)
+    log(f"tokenizer: SentencePiece, {tokenizer.vocab_size} pieces, pad={tokenizer.pad_id}, eos={tokenizer.eos_id}")
+    mesh_cfg = MeshConfig(data=-1)
+    mesh = make_mesh(mesh_cfg)
+    model_spec = ModelSpec(preset="demo", param_dtype="float32", dtype="float32", vocab_size=tokenizer.vocab_size)
+    prompt = PromptSpec(variant="instruct", system_file=system_file)
+    d1 = os.path.join(s.out_dir, "stage1")
+    distill_cfg = DistillConfig(
+        model=model_spec, mesh=mesh_cfg, tokenizer=TokenizerSpec(path=tok_dir), prompt=prompt,
+        data=DataSpec(train=[paths["distill"]], max_length=s.max_length, overlong="skip"),
+        optim=OptimSpec(lr=s.distill_lr, schedule="cosine", min_lr_ratio=0.1, warmup_ratio=0.05, b2=0.95,
+                        weight_decay=0.0, grad_clip=1.0),
+        train=TrainSpec(run_dir=d1, global_batch=s.distill_batch, max_steps=s.distill_steps, seed=s.seed,
+                        log_every=5, progress=True),
+        checkpoint=CheckpointSpec(dir=os.path.join(d1, "checkpoints"), save_every=s.distill_steps, keep=1))
+    log("== stage 1: distillation ==")
+    model, params, r1, _ = run_distill(distill_cfg, log=log)
+    results = {"chance": {"accuracy": 0.5}}
+    results["stage1"] = _evaluate(model, params, tokenizer, template, held, s, mesh)
+    log(f"stage 1 held-out accuracy {results['stage1']['accuracy']:.3f}")
+    d2 = os.path.join(s.out_dir, "stage2")
+    grpo_cfg = GRPOConfig(
+        model=dataclasses.replace(model_spec, preset=None, init_checkpoint=os.path.join(d1, "checkpoints")),
+        mesh=mesh_cfg, tokenizer=TokenizerSpec(path=tok_dir), prompt=prompt,
+        data=DataSpec(train=[paths["rl"]], max_length=s.max_length),
+        optim=OptimSpec(lr=s.grpo_lr, schedule="constant", warmup_ratio=0.0, b2=0.99, weight_decay=0.0,
+                        grad_clip=1.0),
+        grpo=GRPOSpec(n=s.grpo_n, max_prompt_tokens=s.max_length, max_response_tokens=s.max_new_tokens,
+                      prompts_per_step=s.grpo_prompts, minibatch_prompts=s.grpo_prompts // 2,
+                      rollout_steps=s.grpo_rollouts, rollout_batch=s.grpo_prompts, logprob_batch=48),
+        train=TrainSpec(run_dir=d2, seed=s.seed, log_every=1, progress=True),
+        checkpoint=CheckpointSpec(dir=os.path.join(d2, "checkpoints"), save_every=10**9, keep=1))
+    log("== stage 2: GRPO ==")
+    model, params, r2, _ = run_grpo(grpo_cfg, log=log)
+    results["stage2"] = _evaluate(model, params, tokenizer, template, held, s, mesh)
+    log(f"stage 2 held-out accuracy {results['stage2']['accuracy']:.3f}")
+    plot_curves(os.path.join(d1, "metrics.jsonl"), os.path.join(s.out_dir, "stage1_loss.png"),
+                [("train", "loss", "stage 1 loss")], "Distillation")
+    plot_curves(os.path.join(d2, "metrics.jsonl"), os.path.join(s.out_dir, "stage2_curves.png"),
+                [("train", "reward_mean", "reward (mean)"), ("train", "verdict_accuracy", "rollout accuracy"),
+                 ("train", "response_length", "response tokens")], "GRPO")
+    export = os.path.join(s.out_dir, "judge_hf")
+    save_hf(model, params, export, dtype="float32", tokenizer_dir=tok_dir, overwrite=True)
+    results["seconds"] = time.perf_counter() - t0
+    table = _table(results)
+    log(table)
+    log(f"example judgment:\n{results['stage2']['example']}")
+    log(f"plots: {s.out_dir}/stage1_loss.png, {s.out_dir}/stage2_curves.png; TensorBoard: {d1}/tb, {d2}/tb; "
+        f"HF export: {export}")
+    with open(os.path.join(s.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results
+
+
+def _table(r: dict) -> str:
+    rows = ["| judge | held-out accuracy | no verdict | position consistency |", "|---|---|---|---|",
+            "| chance | 50.0% | - | - |"]
+    for key, name in (("stage1", "after stage 1 (distillation)"), ("stage2", "after stage 2 (GRPO)")):
+        x = r[key]
+        rows.append(f"| {name} | {100 * x['accuracy']:.1f}% | {100 * x['no_verdict_rate']:.1f}% | "
+                    f"{100 * x['position_consistency']:.1f}% |")
+    return "\n".join(rows)

@@ -1,0 +1,149 @@
+"""Random tiny Hugging Face models, built offline with ``transformers`` and saved to a directory.
+
+These are the outside reference for the checkpoint and sharding tests: the torch model a
+helper returns is what our import must reproduce, logit for logit.
+
+* ``make_qwen2``: Qwen2 with q/k/v biases; biases ~ N(0, 0.5) and RMSNorm weights
+  1 + N(0, 0.1) so that a loader that drops or misplaces them is caught. ``tied=True`` ties the
+  LM head to the embeddings (no ``lm_head.weight`` in the file).
+* ``make_llama3``: Llama with GQA (4 heads, 2 KV heads) and Llama-3 rope scaling whose
+  ``original_max_position_embeddings`` (64) is small enough that the scaling changes the
+  frequencies that matter at test sequence lengths.
+* ``layout="v5"`` keeps what transformers 5 writes (``rope_parameters``, ``dtype``);
+  ``layout="classic"`` rewrites ``config.json`` to the transformers-4 layout (``rope_theta`` /
+  ``rope_scaling`` at top level, ``torch_dtype``, no ``rope_parameters``).
+* ``make_sharded`` saves with a small ``max_shard_size``: several safetensors files plus
+  ``model.safetensors.index.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+import transformers
+
+VOCAB = 300
+HIDDEN = 64
+INTERMEDIATE = 128
+HEADS = 4
+KV_HEADS = 2
+# A wider initialization than HF's default 0.02 keeps logits O(1), so that parity tolerances
+# are meaningful (with 0.02 every logit is ~0 and anything matches).
+INIT_RANGE = 0.08
+
+LLAMA3_SCALING = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+
+
+def _randomize(model: torch.nn.Module, seed: int) -> None:
+    """Make biases and norm weights non-trivial (HF initializes them to 0 and 1)."""
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif name.endswith("norm.weight"):
+                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.1)
+
+
+def _finish(model, path, layout: str, max_shard_size=None):
+    model.eval()
+    os.makedirs(path, exist_ok=True)
+    kw = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    model.save_pretrained(path, **kw)
+    if layout == "classic":
+        to_classic_layout(path)
+    elif layout != "v5":
+        raise ValueError(f"layout must be 'v5' or 'classic', not {layout!r}")
+    return model
+
+
+def to_classic_layout(path) -> dict:
+    """Rewrite ``path/config.json`` from the transformers-5 layout to the classic one."""
+    cfg_path = os.path.join(path, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    rope = cfg.pop("rope_parameters", None) or {}
+    cfg["rope_theta"] = rope.get("rope_theta", 10000.0)
+    scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+    cfg["rope_scaling"] = scaling if scaling.get("rope_type", "default") != "default" else None
+    if "dtype" in cfg:
+        cfg["torch_dtype"] = cfg.pop("dtype")
+    cfg.pop("layer_types", None)
+    cfg["transformers_version"] = "4.46.0"
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f, indent=2)
+    return cfg
+
+
+def qwen2_config(*, tied=False, layers=2) -> transformers.Qwen2Config:
+    return transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
+        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
+        tie_word_embeddings=tied, initializer_range=INIT_RANGE, bos_token_id=1, eos_token_id=2,
+        use_sliding_window=False,
+    )
+
+
+def llama3_config(*, layers=3) -> transformers.LlamaConfig:
+    return transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
+        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
+        rms_norm_eps=1e-5, rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING},
+        tie_word_embeddings=False, initializer_range=INIT_RANGE, bos_token_id=1, eos_token_id=[2, 3],
+        attention_bias=False, mlp_bias=False,
+    )
+
+
+def _build(config, seed: int):
+    torch.manual_seed(seed)
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _randomize(model, seed)
+    return model
+
+
+def make_qwen2(path, *, tied=False, layout="v5", seed=0, max_shard_size=None):
+    """Random tiny Qwen2 (q/k/v biases; ``tied``: tied embeddings) saved to ``path``."""
+    return _finish(_build(qwen2_config(tied=tied), seed), path, layout, max_shard_size)
+
+
+def make_llama3(path, *, layout="v5", seed=0, max_shard_size=None):
+    """Random tiny Llama with GQA and Llama-3 rope scaling saved to ``path``."""
+    return _finish(_build(llama3_config(), seed), path, layout, max_shard_size)
+
+
+def make_sharded(path, *, kind="qwen2", layout="v5", seed=0, max_shard_size="40KB"):
+    """Like ``make_qwen2``/``make_llama3`` but saved as several safetensors files plus an index."""
+    maker = {"qwen2": make_qwen2, "llama3": make_llama3}[kind]
+    model = maker(path, layout=layout, seed=seed, max_shard_size=max_shard_size)
+    files = [f for f in os.listdir(path) if f.endswith(".safetensors")]
+    assert os.path.isfile(os.path.join(path, "model.safetensors.index.json")), os.listdir(path)
+    assert len(files) >= 3, files
+    return model
+
+
+MAKERS = {
+    "qwen2-bias": lambda path, **kw: make_qwen2(path, tied=False, **kw),
+    "qwen2-tied": lambda path, **kw: make_qwen2(path, tied=True, **kw),
+    "llama3-gqa": lambda path, **kw: make_llama3(path, **kw),
+}
+
+
+def hf_logits(model, ids, mask, position_ids=None):
+    """float32 numpy logits of a transformers model for numpy ``ids``/``mask`` [B, T]."""
+    with torch.no_grad():
+        kw = {}
+        if position_ids is not None:
+            kw["position_ids"] = torch.as_tensor(position_ids, dtype=torch.long)
+        out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
+                    attention_mask=torch.as_tensor(mask, dtype=torch.long), use_cache=False, **kw)
+    return out.logits.float().numpy()
