@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("absl").addFilter(_QuietReadOnly())
     args = build_parser().parse_args(argv)
     try:
+        from rmr1_jax.parallel.mesh import initialize_distributed
+
+        initialize_distributed()  # a no-op unless this is one process of a multi-host job
         args.func(args)
     except UserError as e:
         print(f"rmr1 {args.command}: error: {e}", file=sys.stderr)

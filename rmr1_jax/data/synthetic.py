@@ -519,12 +519,15 @@ def _quote(text: str) -> str:
     return text if len(text) <= _QUOTE_MAX else text[: _QUOTE_MAX - 3].rstrip() + "..."
 
 
-def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | None = None) -> str:
+def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | None = None,
+                 style: str = "full") -> str:
     """The CoR judgment a perfect teacher writes for this A/B placement (ends with the verdict).
 
     ``winner`` (``"A"``/``"B"``/``"model_a"``/...) must agree with :func:`oracle_verdict`;
     a disagreeing label raises ``ValueError`` rather than producing a self-contradicting trace.
-    ``None`` uses the oracle's own verdict.
+    ``None`` uses the oracle's own verdict. ``style="compact"`` keeps the CoR structure (type,
+    solution or rubric with justification, per-response summaries, answer) but drops the
+    quotes: about a third of the length, for the demo's small model on a CPU.
     """
     chk, verdict, (ta, ok_a, note_a), (tb, ok_b, note_b) = _judge(pair, response_a, response_b)
     if winner is not None and normalize_winner(winner) != verdict:
@@ -534,6 +537,10 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
     def note(text_note: str, ok: bool, table) -> str:
         return _cap((table[v][0] if ok else table[v][1]).format(n=text_note))
 
+    if style == "compact":
+        return _compact_trace(chk, verdict, (note_a, ok_a), (note_b, ok_b))
+    if style != "full":
+        raise ValueError(f"trace style {style!r} is not 'full' or 'compact'")
     if chk.task_type == "Reasoning":
         head = f"<type>Reasoning</type>\n<solution>{chk.solution}</solution>\n"
         sa, sb = note(note_a, ok_a, _REASONING_NOTES), note(note_b, ok_b, _REASONING_NOTES)
@@ -544,6 +551,16 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
     return (f"{head}<eval><quote_A>{_quote(ta)}</quote_A><summary_A>{sa}</summary_A>\n"
             f"<quote_B>{_quote(tb)}</quote_B><summary_B>{sb}</summary_B></eval>\n"
             f"<answer>[[{verdict}]]</answer>")
+
+
+def _compact_trace(chk: _Check, verdict: str, a: tuple[str, bool], b: tuple[str, bool]) -> str:
+    mark = {True: "right", False: "wrong"} if chk.task_type == "Reasoning" else {True: "kept", False: "broken"}
+    if chk.task_type == "Reasoning":
+        head = f"<type>Reasoning</type>\n<solution>{chk.solution}</solution>\n"
+    else:
+        head = f"<type>Chat</type>\n<rubric>Rule: {chk.rule} (80%).<justify>The rule decides.</justify></rubric>\n"
+    return (f"{head}<eval><summary_A>{_cap(a[0])}, {mark[a[1]]}.</summary_A>"
+            f"<summary_B>{_cap(b[0])}, {mark[b[1]]}.</summary_B></eval>\n<answer>[[{verdict}]]</answer>")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,15 +575,16 @@ def make_judge_examples(pairs: Sequence[PreferencePair], seed: int, template=Non
     return [pair_to_example(p, i, seed, template) for i, p in enumerate(pairs)]
 
 
-def make_distillation_examples(pairs: Sequence[PreferencePair], seed: int, template=None) -> list[JudgeExample]:
-    """Judge prompts whose ``target`` is the oracle trace for that placement."""
+def make_distillation_examples(pairs: Sequence[PreferencePair], seed: int, template=None,
+                               style: str = "full") -> list[JudgeExample]:
+    """Judge prompts whose ``target`` is the oracle trace (of ``style``) for that placement."""
     from rmr1_jax.text.prompts import pair_to_example
 
     out = []
     for i, p in enumerate(pairs):
         ex = pair_to_example(p, i, seed, template)
         a, b, winner = assign_positions(p, i, seed)
-        ex.target = oracle_trace(p, a, b, winner)
+        ex.target = oracle_trace(p, a, b, winner, style=style)
         out.append(ex)
     return out
 
