@@ -9,6 +9,7 @@ and the dotted key. Overrides from the command line use the same dotted keys
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -44,6 +45,9 @@ class CheckpointSpec:
     save_every: int = 500
     keep: int = 3
     async_save: bool = True
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _is_dataclass_type(t) -> bool:
@@ -89,6 +93,8 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key} must be a mapping, got {value!r}")
         return dict(value)
     if typ is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 2e-6 (no dot) as a string; YAML 1.2 and users do not
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}={value!r} must be a number")
         return float(value)

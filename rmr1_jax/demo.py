@@ -29,6 +29,13 @@ You judge which chatbot reply is better. First write <type>Reasoning</type> or <
 For Reasoning, solve it in <solution>...</solution>; for Chat, write a weighted <rubric> with a \
 <justify> inside. Compare both replies in <eval> with <quote_A>, <summary_A>, <quote_B>, \
 <summary_B>. End with <answer>[[A]]</answer> or <answer>[[B]]</answer>."""
+DEMO_USER = """Question: {question}
+[A] {response_a}
+[B] {response_b}"""
+DEMO_USER_MULTITURN = """[A]
+{conversation_a}
+[B]
+{conversation_b}"""
 
 
 @dataclasses.dataclass
@@ -43,15 +50,15 @@ class DemoSettings:
     n_rl: int = 3000
     n_eval: int = 256
     vocab_size: int = 1024
-    max_length: int = 384
-    distill_steps: int = 160
+    max_length: int = 256
+    distill_steps: int = 200
     distill_batch: int = 16
     distill_lr: float = 3e-3
     grpo_rollouts: int = 12
-    grpo_prompts: int = 32
-    grpo_n: int = 6
+    grpo_prompts: int = 24
+    grpo_n: int = 4
     grpo_lr: float = 3e-4
-    max_new_tokens: int = 96
+    max_new_tokens: int = 80
     eval_batch: int = 64
 
 
@@ -65,11 +72,15 @@ def _files(s: DemoSettings, log):
     seen = {p.prompt[-1]["content"] for p in pairs}
     held = [p for p in synthetic.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
             if p.prompt[-1]["content"] not in seen][: s.n_eval]
-    system_file = os.path.join(s.out_dir, "prompts", "system.txt")
-    os.makedirs(os.path.dirname(system_file), exist_ok=True)
-    with open(system_file, "w") as f:
-        f.write(DEMO_SYSTEM + "\n")
-    template = JudgeTemplate.from_files("instruct", system_file=system_file)
+    prompt_dir = os.path.join(s.out_dir, "prompts")
+    os.makedirs(prompt_dir, exist_ok=True)
+    files = {}
+    for name, text in (("system", DEMO_SYSTEM), ("user", DEMO_USER), ("user_multiturn", DEMO_USER_MULTITURN)):
+        files[name] = os.path.join(prompt_dir, f"{name}.txt")
+        with open(files[name], "w") as f:
+            f.write(text + "\n")
+    template = JudgeTemplate.from_files("instruct", system_file=files["system"], user_file=files["user"],
+                                        user_multiturn_file=files["user_multiturn"])
     traces = synthetic.make_distillation_examples(pairs[: s.n_distill], seed=s.seed, template=template,
                                                   style=s.trace_style)
     paths = {"distill": os.path.join(data, "distill_traces.jsonl"), "rl": os.path.join(data, "rl_pairs.jsonl"),
@@ -79,7 +90,7 @@ def _files(s: DemoSettings, log):
     synthetic.write_pairs_jsonl(paths["eval"], held)
     log(f"data: {len(traces)} distillation traces, {s.n_rl} RL pairs, {len(held)} held-out pairs "
         f"(kinds: {', '.join(s.kinds)})")
-    return paths, template, traces, held, system_file
+    return paths, template, traces, held, files
 
 
 def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
@@ -120,7 +131,7 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
     s = s or DemoSettings()
     t0 = time.perf_counter()
     os.makedirs(s.out_dir, exist_ok=True)
-    paths, template, traces, held, system_file = _files(s, log)
+    paths, template, traces, held, prompt_files = _files(s, log)
     tok_dir = os.path.join(s.out_dir, "tokenizer")
     texts = []
     for ex in traces[:1500]:
@@ -132,7 +143,8 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
     # Unrolled layers: on CPU the backward pass of a scanned stack is slower for a model this small.
     model_spec = ModelSpec(preset="demo", param_dtype="float32", dtype="float32", vocab_size=tokenizer.vocab_size,
                            scan_layers=False)
-    prompt = PromptSpec(variant="instruct", system_file=system_file)
+    prompt = PromptSpec(variant="instruct", system_file=prompt_files["system"], user_file=prompt_files["user"],
+                        user_multiturn_file=prompt_files["user_multiturn"])
     d1 = os.path.join(s.out_dir, "stage1")
     distill_cfg = DistillConfig(
         model=model_spec, mesh=mesh_cfg, tokenizer=TokenizerSpec(path=tok_dir), prompt=prompt,
@@ -156,7 +168,9 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
                         grad_clip=1.0),
         grpo=GRPOSpec(n=s.grpo_n, max_prompt_tokens=s.max_length, max_response_tokens=s.max_new_tokens,
                       prompts_per_step=s.grpo_prompts, minibatch_prompts=s.grpo_prompts // 2,
-                      rollout_steps=s.grpo_rollouts, rollout_batch=s.grpo_prompts, logprob_batch=48),
+                      rollout_steps=s.grpo_rollouts, rollout_batch=s.grpo_prompts, logprob_batch=48,
+                      # float32 end to end: the sampler's log-probs are the teacher-forced ones
+                      old_logprobs="sampler"),
         train=TrainSpec(run_dir=d2, seed=s.seed, log_every=1, progress=True),
         checkpoint=CheckpointSpec(dir=os.path.join(d2, "checkpoints"), save_every=10**9, keep=1))
     log("== stage 2: GRPO ==")

@@ -53,8 +53,13 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict | Exception]]:
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, DataError(f"not valid UTF-8 (byte {e.start})")
+                continue
             if not line.strip():
                 continue
             try:

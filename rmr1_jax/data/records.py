@@ -206,16 +206,18 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
         stats = {split: BuildStats() for split in files}
 
         def split_fn(split):
-            return lambda: _examples(files[split], tokenizer, template, opts, stats[split])
+            def gen():
+                yield from _examples(files[split], tokenizer, template, opts, stats[split])
+                if stats[split].written == 0:  # raised here: TFDS would fail on an empty split first
+                    raise DataError(f"{', '.join(files[split])}: no usable records in split {split!r} "
+                                    f"({BuildStats.summary_of(stats[split].to_json())})")
+
+            return gen
 
         builder = cls(data_dir=data_dir, file_format="array_record",
                       split_examples={s: split_fn(s) for s in files})
         _quiet_tfds()
         builder.download_and_prepare()
-        for split, st in stats.items():
-            if st.written == 0:
-                raise DataError(f"{', '.join(files[split])}: no usable records in split {split!r} "
-                                f"({BuildStats.summary_of(st.to_json())})")
         tmp = stats_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump({s: st.to_json() for s, st in stats.items()}, f)

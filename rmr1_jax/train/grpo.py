@@ -80,6 +80,12 @@ class GRPOConfig:
     checkpoint: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
     eval_max_new_tokens: int | None = None  # held-out judging budget (default: grpo.max_response_tokens)
 
+    def __post_init__(self):
+        # One optimizer update consumes minibatch_prompts x n rollouts; train.global_batch is
+        # derived from them (so train.micro_batch is checked against the real update size).
+        if isinstance(self.train, TrainSpec) and isinstance(self.grpo, GRPOSpec):
+            self.train.global_batch = self.grpo.minibatch_prompts * self.grpo.n
+
 
 def response_logprobs(model, params, batch, chunk: int = 512, with_entropy: bool = False):
     """log p of each next token [R, T] (position t scores token t+1) over prompt+response rows."""
@@ -269,9 +275,6 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
     total_steps = rollout_steps * updates
     train_spec = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)
-    if train_spec.micro_batch and train_spec.global_batch % train_spec.micro_batch:
-        raise ConfigError(f"train.micro_batch={train_spec.micro_batch} must divide the update batch of "
-                          f"{train_spec.global_batch} rows (grpo.minibatch_prompts x grpo.n)")
     ds = grain.MapDataset.source(sources["train"])
     ds = ds[p_idx::n_proc] if n_proc > 1 else ds
     prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())

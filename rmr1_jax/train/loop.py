@@ -129,8 +129,16 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
 
 
 def init_state(params, optimizer: optax.GradientTransformation):
+    """{"params", "opt_state", "step"}. Optimizer moments follow their parameters' shardings;
+    scalars (step counts) are replicated over the parameters' mesh."""
     opt_state = jax.jit(optimizer.init)(params)
-    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    mesh = next((x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x.sharding, NamedSharding)), None)
+    if mesh is None:
+        return state
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
+                        state)
 
 
 @dataclasses.dataclass
@@ -226,7 +234,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
                 ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata)
             if stop.signal is not None:
                 log(f"received signal {stop.signal}: saving step {step} and stopping")
-                if ckpt is not None:
+                if ckpt is not None and step not in ckpt.all_steps():
                     ckpt.save(step, state, config=config_dict, extra={"data": batches.state()},
                               metadata=metadata, force=True)
                 stopped_early = True

@@ -1,0 +1,270 @@
+"""The KV-cache sampler against transformers (the outside reference).
+
+Random tiny Qwen2 and Llama models are built with ``transformers``, saved, and imported with
+``load_hf``. Greedy decoding must reproduce ``model.generate(do_sample=False)`` token for
+token, alone and in a left-padded batch of mixed prompt lengths; the returned log-probs must be
+those of a teacher-forced transformers forward pass over prompt + generated tokens.
+
+Compiles are the cost here, so one ``Sampler`` per model is shared by most tests (same batch
+shapes, same prompt-length bucket, same ``max_new_tokens``). Its chunk of 4 decode steps makes
+every run go through the host loop between chunks (3 chunks for 12 new tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import hf_models
+import rmr1_jax as rj
+from rmr1_jax.sampling.sampler import Sampler, SamplingParams
+
+MAX_NEW = 12
+CHUNK = 4
+PAD = 0
+_rng = np.random.default_rng(0)
+PROMPTS = [_rng.integers(4, hf_models.VOCAB, n).tolist() for n in (5, 11, 17)]  # one 32-token bucket
+GREEDY = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0)
+
+
+# --- transformers references --------------------------------------------------------------
+
+
+def hf_greedy(hf, prompt, max_new, eos):
+    ids = torch.tensor([prompt], dtype=torch.long)
+    with torch.no_grad():
+        out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                          max_new_tokens=max_new, eos_token_id=eos, pad_token_id=PAD)
+    return out[0, len(prompt):].tolist()
+
+
+def hf_token_logprobs(hf, prompt, generated):
+    """log p(generated[j] | prompt, generated[:j]) from one teacher-forced forward pass."""
+    ids = np.array([list(prompt) + list(generated)])
+    logits = hf_models.hf_logits(hf, ids, np.ones_like(ids))[0].astype(np.float64)
+    lsm = logits - logits.max(-1, keepdims=True)
+    lsm = lsm - np.log(np.exp(lsm).sum(-1, keepdims=True))
+    p = len(prompt)
+    return np.array([lsm[p - 1 + j, generated[j]] for j in range(len(generated))])
+
+
+def char_tokenizer():
+    """Token i <-> one distinct character (a CJK ideograph), decoded by concatenation."""
+    from tokenizers import Tokenizer, decoders, models
+
+    vocab = {chr(0x4E00 + i): i for i in range(hf_models.VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=chr(0x4E00)))
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def text_of(tokens):
+    return "".join(chr(0x4E00 + t) for t in tokens)
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    path: str
+    hf: object
+    model: object
+    params: object
+    eos_never: int  # an id greedy decoding never emits here
+    ref: list  # HF greedy continuation of each prompt (MAX_NEW tokens, eos_never)
+    sampler: Sampler  # eos = eos_never
+
+
+@pytest.fixture(scope="module", params=["qwen2", "llama3"])
+def case(request, tmp_path_factory):
+    name = request.param
+    path = str(tmp_path_factory.mktemp(name))
+    maker = {"qwen2": hf_models.make_qwen2, "llama3": hf_models.make_llama3}[name]
+    hf = maker(path)
+    model, params = rj.load_hf(path)
+    for eos in range(hf_models.VOCAB - 1, 3, -1):
+        ref = [hf_greedy(hf, p, MAX_NEW, eos) for p in PROMPTS]
+        if all(len(r) == MAX_NEW and eos not in r for r in ref):
+            break
+    # the random model does not just repeat one token: the comparison is meaningful
+    assert len(set(sum(ref, []))) >= 8 and sum(len(set(r)) >= 4 for r in ref) >= 2, ref
+    sampler = Sampler(model, eos_ids=[eos], pad_id=PAD, chunk=CHUNK)
+    return Case(name, path, hf, model, params, eos, ref, sampler)
+
+
+@pytest.fixture(scope="module")
+def batch_greedy(case):
+    return case.sampler.generate(case.params, PROMPTS, GREEDY)
+
+
+def _assert_logprobs_match_hf(hf, prompts_per_row, gen):
+    for i, prompt in enumerate(prompts_per_row):
+        n = int(gen.lengths[i])
+        want = hf_token_logprobs(hf, prompt, gen.tokens[i, :n].tolist())
+        np.testing.assert_allclose(gen.logprobs[i, :n], want, atol=1e-4, rtol=0, err_msg=f"row {i}")
+        assert np.all(gen.logprobs[i, n:] == 0.0)
+
+
+# --- greedy parity ------------------------------------------------------------------------------
+
+
+def test_greedy_single_prompts_match_transformers(case):
+    for prompt, ref in zip(PROMPTS, case.ref):
+        g = case.sampler.generate(case.params, [prompt], GREEDY)
+        assert g.tokens.shape == (1, MAX_NEW) and g.logprobs.shape == (1, MAX_NEW)
+        assert g.tokens[0].tolist() == ref
+        assert g.lengths.tolist() == [MAX_NEW]
+        assert g.finished.tolist() == [False]  # truncated, not ended
+        assert g.texts is None
+        _assert_logprobs_match_hf(case.hf, [prompt], g)
+
+
+def test_greedy_mixed_length_batch_matches_transformers(case, batch_greedy):
+    g = batch_greedy
+    assert g.tokens.shape == (len(PROMPTS), MAX_NEW)
+    assert g.tokens.dtype == np.int32 and g.logprobs.dtype == np.float32
+    for i, ref in enumerate(case.ref):
+        assert g.tokens[i].tolist() == ref, f"prompt {i} (length {len(PROMPTS[i])})"
+    assert g.lengths.tolist() == [MAX_NEW] * len(PROMPTS)
+    assert not g.finished.any()
+    _assert_logprobs_match_hf(case.hf, PROMPTS, g)
+
+
+def test_greedy_stops_at_eos(case):
+    """EOS = a token greedy first emits midway through one prompt's continuation: that row
+    ends there (EOS kept, counted in the length, pad after), as transformers' generate does."""
+    row, j = next((i, j) for j in range(MAX_NEW - 3, 1, -1) for i, r in enumerate(case.ref) if r[j] not in r[:j])
+    eos = case.ref[row][j]
+    refs = [hf_greedy(case.hf, p, MAX_NEW, eos) for p in PROMPTS]
+    assert len(refs[row]) == j + 1 and refs[row][-1] == eos
+    sampler = Sampler(case.model, eos_ids=[eos, case.eos_never], pad_id=PAD, chunk=CHUNK)
+    g = sampler.generate(case.params, PROMPTS, GREEDY)
+    for i, ref in enumerate(refs):
+        n = len(ref)
+        assert int(g.lengths[i]) == n, i
+        assert g.tokens[i, :n].tolist() == ref, i
+        assert np.all(g.tokens[i, n:] == PAD) and np.all(g.logprobs[i, n:] == 0.0)
+        assert bool(g.finished[i]) == (ref[-1] == eos), i
+    assert g.finished[row] and not g.finished.all() or len(set(map(len, refs))) > 1
+    _assert_logprobs_match_hf(case.hf, PROMPTS, g)
+
+
+# --- several samples per prompt ---------------------------------------------------------------
+
+
+def test_greedy_n3_repeats_n1(case, batch_greedy):
+    if case.name != "qwen2":
+        pytest.skip("sampling settings are model-independent; checked on qwen2 only")
+    g3 = case.sampler.generate(case.params, PROMPTS, dataclasses.replace(GREEDY, n=3))
+    assert g3.tokens.shape == (3 * len(PROMPTS), MAX_NEW)
+    for i in range(len(PROMPTS)):
+        for k in range(3):
+            np.testing.assert_array_equal(g3.tokens[3 * i + k], batch_greedy.tokens[i])
+            np.testing.assert_allclose(g3.logprobs[3 * i + k], batch_greedy.logprobs[i], atol=1e-6)
+    assert g3.lengths.tolist() == [MAX_NEW] * 9
+
+
+def test_temperature_samples(case):
+    if case.name != "qwen2":
+        pytest.skip("sampling settings are model-independent; checked on qwen2 only")
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0, n=3)
+    g = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(7))
+    assert g.tokens.shape == (9, MAX_NEW) and g.logprobs.shape == (9, MAX_NEW)
+    assert g.lengths.shape == (9,) and g.finished.shape == (9,)
+    for i in range(len(PROMPTS)):
+        rows = [tuple(g.tokens[3 * i + k]) for k in range(3)]
+        assert len(set(rows)) == 3, f"the 3 samples of prompt {i} coincide"
+    # prompt-major rows: row 3i+k continues prompt i (its log-probs are prompt i's)
+    _assert_logprobs_match_hf(case.hf, [p for p in PROMPTS for _ in range(3)], g)
+    # same rng, same samples; another rng, other samples
+    again = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(7))
+    np.testing.assert_array_equal(again.tokens, g.tokens)
+    np.testing.assert_array_equal(again.logprobs, g.logprobs)
+    other = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(8))
+    assert not np.array_equal(other.tokens, g.tokens)
+
+
+def test_top_k_1_is_greedy(case, batch_greedy):
+    if case.name != "qwen2":
+        pytest.skip("sampling settings are model-independent; checked on qwen2 only")
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0, top_k=1)
+    g = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(3))
+    np.testing.assert_array_equal(g.tokens, batch_greedy.tokens)
+    np.testing.assert_allclose(g.logprobs, batch_greedy.logprobs, atol=1e-6)
+
+
+# --- stop strings ----------------------------------------------------------------------------------
+
+
+def test_stop_strings(case, batch_greedy):
+    if case.name != "qwen2":
+        pytest.skip("stop strings are model-independent; checked on qwen2 only")
+    tok = char_tokenizer()
+    ref0 = case.ref[0]
+    stop = text_of(ref0[4:6])  # spans two tokens of prompt 0's continuation
+    g = case.sampler.generate(case.params, PROMPTS, dataclasses.replace(GREEDY, stop_strings=(stop,)),
+                              tokenizer=tok)
+    assert g.texts is not None and len(g.texts) == len(PROMPTS)
+    for i, ref in enumerate(case.ref):
+        text = text_of(ref)
+        if stop in text:
+            k = text.index(stop) + len(stop)  # one character per token: k tokens are kept
+            assert int(g.lengths[i]) == k and bool(g.finished[i]), i
+            assert g.texts[i] == text[:k] and g.texts[i].endswith(stop)
+        else:
+            assert int(g.lengths[i]) == MAX_NEW and not g.finished[i], i
+            assert g.texts[i] == text
+        n = int(g.lengths[i])
+        assert g.tokens[i, :n].tolist() == ref[:n]
+        assert np.all(g.tokens[i, n:] == PAD) and np.all(g.logprobs[i, n:] == 0.0)
+        np.testing.assert_allclose(g.logprobs[i, :n], batch_greedy.logprobs[i, :n], atol=1e-6)
+    assert int(g.lengths[0]) <= 6 and g.finished[0]
+
+    # a stop string that never occurs: every row is truncated, finished=False, full text
+    g = case.sampler.generate(case.params, PROMPTS, dataclasses.replace(GREEDY, stop_strings=("\n\n",)),
+                              tokenizer=tok)
+    assert not g.finished.any() and g.lengths.tolist() == [MAX_NEW] * 3
+    assert g.texts == [text_of(r) for r in case.ref]
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        case.sampler.generate(case.params, PROMPTS, dataclasses.replace(GREEDY, stop_strings=("x",)))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "sampler bug: when max_new_tokens > chunk and is not a multiple of it, decoding runs to the "
+    "bucketed step count, and an EOS emitted after max_new_tokens marks a truncated row finished"))
+def test_eos_after_the_budget_is_not_finished(case):
+    if case.name != "qwen2":
+        pytest.skip("model-independent")
+    max_new = 14  # chunk 4: decoding runs 16 steps, then keeps 14
+    ext = hf_greedy(case.hf, PROMPTS[0], 16, case.eos_never)
+    late = next((t for t in ext[14:] if t not in ext[:14]), None)
+    if late is None:
+        pytest.skip("no token first emitted at step 15 or 16 for this model")
+    sampler = Sampler(case.model, eos_ids=[late], pad_id=PAD, chunk=CHUNK)
+    g = sampler.generate(case.params, [PROMPTS[0]], SamplingParams(max_new_tokens=max_new, temperature=0.0))
+    assert g.tokens[0].tolist() == ext[:14] and int(g.lengths[0]) == 14
+    assert not g.finished[0], "14 tokens without EOS were kept: the row is truncated, not finished"
+
+
+# --- sharded -----------------------------------------------------------------------------------------
+
+
+def test_sharded_mesh_matches_single_device(case, batch_greedy):
+    if case.name != "qwen2":
+        pytest.skip("one model suffices for the mesh check")
+    mesh = rj.make_mesh((2, 2, 2))
+    model, params = rj.load_hf(case.path, mesh=mesh)
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(params)}
+    assert any("tensor" in s for s in specs) and any("fsdp" in s for s in specs), specs
+    sampler = Sampler(model, eos_ids=[case.eos_never], pad_id=PAD, mesh=mesh, chunk=CHUNK)
+    g = sampler.generate(params, PROMPTS, GREEDY)
+    np.testing.assert_array_equal(g.tokens, batch_greedy.tokens)
+    np.testing.assert_allclose(g.logprobs, batch_greedy.logprobs, atol=1e-5)
+    assert g.lengths.tolist() == batch_greedy.lengths.tolist()
