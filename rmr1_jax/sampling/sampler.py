@@ -118,7 +118,8 @@ class Sampler:
                 key = jax.random.fold_in(rng, t)
                 tok = jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
             lp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
-            done = c["done"]
+            # steps past the budget (the last chunk is rounded up) change nothing
+            done = c["done"] | (t >= c["max_new"])
             tok = jnp.where(done, self.pad_id, tok)
             lp = jnp.where(done, 0.0, lp)
             tokens = jax.lax.dynamic_update_slice(c["tokens"], tok[:, None], (0, t))
@@ -148,7 +149,7 @@ class Sampler:
         with activation_sharding(self.mesh):
             last, cache = self._prefill(params, jnp.asarray(ids), jnp.asarray(mask), n=sp.n, max_len=max_len)
             r = last.shape[0]
-            carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p),
+            carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p), "max_new": jnp.int32(sp.max_new_tokens),
                      "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),
                      "logprobs": jnp.zeros((r, steps_total), jnp.float32),
                      "done": jnp.zeros((r,), bool), "eos": jnp.zeros((r,), bool),
