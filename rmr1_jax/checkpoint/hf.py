@@ -265,8 +265,11 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
             stacked.setdefault(s.path, []).append(s)
             continue
         tp = _tree_path(s, scan_layers)
-        arr = s.to_ours(_read(wm[s.hf_name], s.hf_name)).astype(np_dtype)
-        _set(params, tp, to_device(np.ascontiguousarray(arr), sharding_for(tp, arr.shape)))
+        # one conversion (layout + dtype) and a blocking transfer: at most one host copy alive
+        arr = np.ascontiguousarray(s.to_ours(_read(wm[s.hf_name], s.hf_name)), dtype=np_dtype)
+        leaf = to_device(arr, sharding_for(tp, arr.shape))
+        leaf.block_until_ready()
+        _set(params, tp, leaf)
         del arr
 
     for tp, layer_specs in stacked.items():
@@ -277,8 +280,9 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
         zeros, write = _stack_fns(tuple(full.shape), np.dtype(np_dtype), full_sharding)
         buf = zeros()
         for s in sorted(layer_specs, key=lambda s: s.layer):
-            arr = np.ascontiguousarray(s.to_ours(_read(wm[s.hf_name], s.hf_name)).astype(np_dtype))
+            arr = np.ascontiguousarray(s.to_ours(_read(wm[s.hf_name], s.hf_name)), dtype=np_dtype)
             buf = write(buf, to_device(arr, layer_sharding), np.int32(s.layer))
+            buf.block_until_ready()
             del arr
         _set(params, tp, buf)
 
