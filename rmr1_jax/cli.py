@@ -72,6 +72,45 @@ def cmd_grpo(args) -> None:
           + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
 
 
+def cmd_judge(args) -> None:
+    import json
+
+    from rmr1_jax.data.readers import read_records, write_jsonl
+    from rmr1_jax.data.schemas import parse_pair
+    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.eval.loading import load_judge
+    from rmr1_jax.parallel import make_mesh
+
+    if args.pairs is None and None in (args.prompt, args.a, args.b):
+        raise UserError("give --prompt, --a and --b, or --pairs FILE.jsonl")
+    judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
+                       prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
+    if args.pairs:
+        rows = list(read_records(args.pairs, lambda row, fid: (row, fid)))
+        items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
+                 for row, fid in rows]
+        for fid, p, a, b in items:
+            if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
+                    isinstance(b, (str, list)) and b):
+                raise UserError(f"{args.pairs}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
+    else:
+        items = [("cli", args.prompt, args.a, args.b)]
+    out = judge_pairs(judge, [(p, a, b) for _, p, a, b in items], both_orders=args.both_orders,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    for (rid, *_), r in zip(items, out):
+        r["id"] = rid
+    if args.out:
+        write_jsonl(args.out, out)
+        print(f"wrote {len(out)} judgments to {args.out}")
+    else:
+        for r in out:
+            print(r["judgment"])
+            line = f"verdict: {r['verdict']}"
+            if args.both_orders:
+                line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
+            print(line)
+
+
 def _fmt(m: dict) -> str:
     keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "perplexity") if k in m]
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
@@ -92,6 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("config", help="YAML recipe (configs/...)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
         sp.set_defaults(func=func)
+
+    jd = sub.add_parser("judge", help="judge a pair (or a JSONL file of pairs) with a trained judge")
+    jd.add_argument("--ckpt", required=True, help="Orbax checkpoint directory or HF directory")
+    jd.add_argument("--prompt", help="the client question")
+    jd.add_argument("--a", help="response A")
+    jd.add_argument("--b", help="response B")
+    jd.add_argument("--pairs", help="JSONL with prompt, a, b per line")
+    jd.add_argument("--out", help="write judgments as JSONL here")
+    jd.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped")
+    jd.add_argument("--max-new-tokens", type=int, default=1024)
+    jd.add_argument("--batch-size", type=int, default=16)
+    jd.add_argument("--tokenizer", default=None, help="tokenizer path (default: from the checkpoint)")
+    jd.add_argument("--prompt-variant", choices=["instruct", "reasoning"], default=None)
+    jd.add_argument("--system-file", default=None)
+    jd.add_argument("--user-file", default=None)
+    jd.add_argument("--mesh", default=None)
+    jd.set_defaults(func=cmd_judge)
 
     conv = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Orbax")
     csub = conv.add_subparsers(dest="direction", required=True)

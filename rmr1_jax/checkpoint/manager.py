@@ -449,3 +449,13 @@ def read_metadata(directory: str, step: int | None = None) -> dict:
         meta = mgr._read_metadata(step, mgr._items(step))
     meta.setdefault("step", step)
     return meta
+
+
+def read_config(directory: str, step: int | None = None) -> dict | None:
+    """The resolved run config saved with a checkpoint step (latest by default), or None."""
+    with CheckpointManager(directory, read_only=True) as mgr:
+        step = mgr._resolve_step(step)
+        items = mgr._items(step)
+        if CONFIG_ITEM not in items:
+            return None
+        return mgr._run_restore(step, {CONFIG_ITEM: ocp.args.JsonRestore()})[CONFIG_ITEM]

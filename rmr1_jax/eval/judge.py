@@ -53,3 +53,30 @@ def position_consistency(forward: Sequence[Judgment], swapped: Sequence[Judgment
     flip = {"A": "B", "B": "A"}
     same = sum(f.verdict is not None and s.verdict == flip[f.verdict] for f, s in zip(forward, swapped))
     return same / max(len(forward), 1)
+
+
+def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
+                batch_size: int = 16) -> list[dict]:
+    """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
+    Returns dicts with the judgment text and verdict, and with ``both_orders`` the verdict
+    with A and B swapped (mapped back to the original labels) and position consistency."""
+    from rmr1_jax.text.prompts import build_judge_messages
+
+    tok, tpl = judge.tokenizer, judge.template
+    sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+
+    def encode(p, a, b):
+        return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl), add_generation_prompt=True))
+
+    fwd = judge_prompts(sampler, judge.params, [encode(p, a, b) for p, a, b in pairs], tok,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens)
+    out = [{"judgment": j.text, "verdict": j.verdict, "finished": j.finished} for j in fwd]
+    if both_orders:
+        swp = judge_prompts(sampler, judge.params, [encode(p, b, a) for p, a, b in pairs], tok,
+                            batch_size=batch_size, max_new_tokens=max_new_tokens)
+        flip = {"A": "B", "B": "A", None: None}
+        for r, j in zip(out, swp):
+            r["judgment_swapped"] = j.text
+            r["verdict_swapped"] = flip[j.verdict]
+            r["consistent"] = r["verdict"] is not None and r["verdict"] == r["verdict_swapped"]
+    return out

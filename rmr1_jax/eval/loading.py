@@ -1,0 +1,62 @@
+"""Load a judge for inference from an Orbax training checkpoint or a Hugging Face directory,
+together with its tokenizer and judge prompt template."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from rmr1_jax.errors import UserError
+
+
+@dataclasses.dataclass
+class LoadedJudge:
+    model: object
+    params: object
+    tokenizer: object
+    template: object
+    source: str
+
+
+def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_variant: str | None = None,
+               system_file: str | None = None, user_file: str | None = None,
+               user_multiturn_file: str | None = None, dtype: str = "float32") -> LoadedJudge:
+    """``path`` is an HF directory (has config.json) or an Orbax checkpoint directory written by
+    training (its saved run config names the tokenizer and prompt files). Explicit arguments
+    override what the checkpoint says."""
+    from rmr1_jax.text.prompts import JudgeTemplate
+    from rmr1_jax.text.tokenizer import load_tokenizer
+
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: checkpoint directory not found")
+    prompt_cfg: dict = {}
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from rmr1_jax.checkpoint.hf import load_hf
+
+        model, params = load_hf(path, dtype=dtype, mesh=mesh, scan_layers=False)
+        tok_path = tokenizer_path or path
+    else:
+        from rmr1_jax.checkpoint.manager import read_config, read_metadata, restore_params
+        from rmr1_jax.models.config import ModelConfig
+        from rmr1_jax.models.decoder import DecoderLM
+
+        meta = read_metadata(path)
+        if not meta.get("model_config"):
+            raise UserError(f"{path}: checkpoint metadata has no model_config")
+        cfg = ModelConfig.from_dict(meta["model_config"], source=f"{path} metadata").replace(
+            scan_layers=False, dtype=dtype)
+        params = restore_params(path, cfg, mesh)
+        model = DecoderLM(cfg)
+        run_cfg = read_config(path) or {}
+        prompt_cfg = run_cfg.get("prompt") or {}
+        tok_path = tokenizer_path or (run_cfg.get("tokenizer") or {}).get("path") or \
+            (run_cfg.get("model") or {}).get("hf_dir")
+        if tok_path is None:
+            raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
+    tokenizer = load_tokenizer(tok_path)
+    template = JudgeTemplate.from_files(
+        prompt_variant or prompt_cfg.get("variant", "instruct"),
+        system_file=system_file or prompt_cfg.get("system_file"),
+        user_file=user_file or prompt_cfg.get("user_file"),
+        user_multiturn_file=user_multiturn_file or prompt_cfg.get("user_multiturn_file"))
+    return LoadedJudge(model, params, tokenizer, template, path)

@@ -1,0 +1,200 @@
+"""Running a reward model over benchmark tasks, writing one results row per finished example.
+
+Two kinds of models:
+
+* a **scalar** reward model (:class:`ScalarRewardModel`: one number per prompt + response,
+  e.g. the Bradley-Terry model) - :func:`run_scalar` scores both responses of each task;
+* a **generative** judge - :func:`run_generative` takes ``judge_fn(batch)`` where ``batch``
+  is a list of ``(prompt_messages, response_A, response_B)`` and the result is one verdict
+  per entry: ``"A"``, ``"B"`` or ``None`` (no verdict), or an object with a ``verdict``
+  attribute such as :class:`rmr1_jax.eval.judge.Judgment`.
+
+Both append rows through a :class:`~rmr1_jax.eval.scoring.ResultsWriter` (one fsynced write
+per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,
+so rerunning an interrupted evaluation finishes only what is missing. Row format: see
+:mod:`rmr1_jax.eval.scoring`; the ``correct`` written there uses the default rules (no
+verdict 0, scalar tie 0.5) and is recomputed at scoring time.
+
+A/B positions: ``order="random"`` shows the better response as A or B by a coin flip that
+depends only on ``(seed, benchmark, item_id, pair_index)`` - reproducible, and unchanged when
+a run resumes. ``order="both"`` judges every pair twice (as given, then swapped); the row's
+``correct`` is the mean over the two orders and the run reports position consistency (share
+of pairs whose two verdicts name the same response).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+
+from rmr1_jax.eval.benchmarks import ComparisonTask
+from rmr1_jax.eval.scoring import ResultsWriter, example_correct
+
+Prompt = list  # list of {"role", "content"} messages
+
+
+@runtime_checkable
+class ScalarRewardModel(Protocol):
+    """Anything with ``score(prompts, responses) -> list[float]``: one reward per
+    (conversation so far, assistant response) pair, higher is better."""
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        ...
+
+
+@dataclasses.dataclass
+class RunStats:
+    total: int = 0  # tasks given
+    skipped: int = 0  # already in the results file
+    written: int = 0  # judged in this run
+    no_verdict: int = 0  # judgments in this run without a verdict (generative)
+    both_orders: int = 0  # pairs judged in both orders in this run
+    consistent: int = 0  # of those, pairs whose two verdicts name the same response
+
+    @property
+    def position_consistency(self) -> float | None:
+        return self.consistent / self.both_orders if self.both_orders else None
+
+
+def _open(writer: ResultsWriter | str, benchmark: str | None) -> tuple[ResultsWriter, bool]:
+    if isinstance(writer, ResultsWriter):
+        return writer, False
+    return ResultsWriter(str(writer), benchmark), True
+
+
+def _pending(tasks: Sequence[ComparisonTask], writer: ResultsWriter, stats: RunStats) -> list[ComparisonTask]:
+    seen: set = set()
+    out = []
+    for t in tasks:
+        if t.key in seen:
+            raise ValueError(f"two tasks share the key {t.key} (item_id, pair_index)")
+        seen.add(t.key)
+        if t.key in writer.done:
+            stats.skipped += 1
+        else:
+            out.append(t)
+    return out
+
+
+def _base_row(task: ComparisonTask, model_name: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"benchmark": task.benchmark, "item_id": task.item_id, "subset": task.subset,
+                           "pair_index": task.pair_index}
+    if model_name:
+        row["model"] = model_name
+    if task.meta:
+        row["meta"] = dict(task.meta)
+    return row
+
+
+def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *,
+               batch_size: int = 16, model_name: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> RunStats:
+    """Score ``response_1`` and ``response_2`` of every task not yet in the results file
+    (``batch_size`` tasks, i.e. ``2 * batch_size`` responses, per ``model.score`` call)."""
+    tasks = list(tasks)
+    w, owned = _open(writer, tasks[0].benchmark if tasks else None)
+    stats = RunStats(total=len(tasks))
+    try:
+        todo = _pending(tasks, w, stats)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            prompts = [t.prompt for t in chunk for _ in (0, 1)]
+            responses = [r for t in chunk for r in (t.response_1, t.response_2)]
+            scores = list(model.score(prompts, responses))
+            if len(scores) != len(responses):
+                raise ValueError(f"model.score returned {len(scores)} scores for {len(responses)} responses")
+            rows = []
+            for k, t in enumerate(chunk):
+                s1, s2 = float(scores[2 * k]), float(scores[2 * k + 1])
+                if not (math.isfinite(s1) and math.isfinite(s2)):
+                    raise ValueError(f"model.score returned a non-finite score for item {t.item_id!r} "
+                                     f"pair {t.pair_index}: {s1}, {s2}")
+                row = _base_row(t, model_name)
+                row.update(scores=[s1, s2], first_is_better=t.first_is_better)
+                row["correct"] = example_correct(row)
+                rows.append(row)
+            stats.written += w.write(rows)
+            if progress:
+                progress(stats.skipped + stats.written, stats.total)
+    finally:
+        if owned:
+            w.close()
+    return stats
+
+
+def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
+    """The seeded coin flip for ``order="random"``: is ``response_1`` shown as A?"""
+    h = hashlib.sha256(f"ab:{seed}:{task.benchmark}:{task.item_id}:{task.pair_index}".encode()).digest()
+    return h[0] % 2 == 0
+
+
+def _verdict(x: Any) -> str | None:
+    v = getattr(x, "verdict", x)
+    if v is None:
+        return None
+    s = str(v).strip()
+    if s.upper() in ("A", "B"):
+        return s.upper()
+    if s.lower() in ("model_a", "model_b"):
+        return s[-1].upper()
+    raise ValueError(f"judge_fn returned {v!r}; expected 'A', 'B' or None (or an object with .verdict)")
+
+
+def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[Any]],
+                   tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *, order: str = "random",
+                   seed: int = 0, batch_size: int = 16, model_name: str | None = None, keep_text: bool = False,
+                   progress: Callable[[int, int], None] | None = None) -> RunStats:
+    """Judge every task not yet in the results file. ``order``: ``"random"`` (one judgment,
+    A/B by the seeded coin flip) or ``"both"`` (two judgments, both orders, in the same
+    ``judge_fn`` call). With ``keep_text`` the judgments' ``.text`` (if the judge returns
+    objects that have one) is stored in the row as ``judgment``."""
+    if order not in ("random", "both"):
+        raise ValueError(f"order must be 'random' or 'both', got {order!r}")
+    tasks = list(tasks)
+    w, owned = _open(writer, tasks[0].benchmark if tasks else None)
+    stats = RunStats(total=len(tasks))
+    try:
+        todo = _pending(tasks, w, stats)
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i:i + batch_size]
+            inputs: list[tuple[Prompt, str, str]] = []
+            winners: list[list[str]] = []
+            for t in chunk:
+                flips = [first_shown_as_a(t, seed)] if order == "random" else [True, False]
+                ws = []
+                for first_a in flips:
+                    a, b = (t.response_1, t.response_2) if first_a else (t.response_2, t.response_1)
+                    inputs.append((t.prompt, a, b))
+                    ws.append("A" if first_a == t.first_is_better else "B")
+                winners.append(ws)
+            outs = list(judge_fn(inputs))
+            if len(outs) != len(inputs):
+                raise ValueError(f"judge_fn returned {len(outs)} verdicts for {len(inputs)} prompts")
+            rows, pos = [], 0
+            for t, ws in zip(chunk, winners):
+                got = outs[pos:pos + len(ws)]
+                pos += len(ws)
+                vs = [_verdict(x) for x in got]
+                row = _base_row(t, model_name)
+                if len(ws) == 1:
+                    row.update(verdict=vs[0], winner=ws[0])
+                else:
+                    row.update(verdict=vs, winner=ws)
+                    stats.both_orders += 1
+                    picks = [v == wn for v, wn in zip(vs, ws)]
+                    stats.consistent += all(v is not None for v in vs) and picks[0] == picks[1]
+                if keep_text and all(isinstance(getattr(x, "text", None), str) for x in got):
+                    texts = [x.text for x in got]
+                    row["judgment"] = texts[0] if len(texts) == 1 else texts
+                row["correct"] = example_correct(row)
+                stats.no_verdict += sum(v is None for v in vs)
+                rows.append(row)
+            stats.written += w.write(rows)
+            if progress:
+                progress(stats.skipped + stats.written, stats.total)
+    finally:
+        if owned:
+            w.close()
+    return stats
