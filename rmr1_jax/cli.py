@@ -111,6 +111,46 @@ def cmd_judge(args) -> None:
             print(line)
 
 
+def cmd_eval(args) -> None:
+    import os
+
+    from rmr1_jax.eval.scoring import score_and_report, summary_line
+
+    if args.mode == "score":
+        if not args.results:
+            raise UserError("rmr1 eval score needs --results FILE")
+        summary, paths = score_and_report(args.benchmark, args.results, args.out, args.no_verdict)
+        print(summary_line(summary))
+        if paths:
+            print(f"report: {paths.get('markdown', args.out)}")
+        return
+    if not (args.ckpt and args.data):
+        raise UserError("rmr1 eval needs --ckpt DIR and --data PATH (or: rmr1 eval score --results FILE)")
+    from rmr1_jax.eval.benchmarks import load_benchmark
+    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.eval.loading import load_judge
+    from rmr1_jax.eval.scalar import run_generative
+    from rmr1_jax.parallel import make_mesh
+
+    tasks = load_benchmark(args.benchmark, args.data)
+    if args.limit:
+        tasks = tasks[: args.limit]
+    out = args.out or os.path.join("runs", "eval", args.benchmark)
+    os.makedirs(out, exist_ok=True)
+    results = os.path.join(out, "results.jsonl")
+    judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer)
+
+    def judge_fn(batch):
+        return judge_pairs(judge, batch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+
+    stats = run_generative(judge_fn, tasks, results, order=args.order, seed=args.seed, batch_size=args.batch_size,
+                           model_name=os.path.basename(os.path.normpath(args.ckpt)), keep_text=args.keep_text)
+    summary, paths = score_and_report(args.benchmark, results, out, args.no_verdict, expected=tasks)
+    print(f"judged {stats.written} new examples ({stats.total - stats.written} already in {results})")
+    print(summary_line(summary))
+    print(f"report: {out}")
+
+
 def _fmt(m: dict) -> str:
     keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "perplexity") if k in m]
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
@@ -148,6 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
     jd.add_argument("--user-file", default=None)
     jd.add_argument("--mesh", default=None)
     jd.set_defaults(func=cmd_judge)
+
+    ev = sub.add_parser("eval", help="RewardBench / RM-Bench / RMB with the official formulas")
+    ev.add_argument("mode", nargs="?", choices=["run", "score"], default="run",
+                    help="run (judge, then score) or score (re-score a results file)")
+    ev.add_argument("--benchmark", required=True, choices=["rewardbench", "rm-bench", "rmb"])
+    ev.add_argument("--ckpt", help="judge checkpoint (Orbax or HF directory)")
+    ev.add_argument("--data", help="benchmark file or directory (JSON / JSONL / Parquet)")
+    ev.add_argument("--results", help="per-example results JSONL (for score)")
+    ev.add_argument("--out", help="output directory (results.jsonl, report.md, summary JSON, charts)")
+    ev.add_argument("--no-verdict", choices=["zero", "half"], default="zero",
+                    help="score of an output without a verdict: 0 (RM-R1) or 0.5 (upstream RewardBench)")
+    ev.add_argument("--order", choices=["random", "both"], default="random",
+                    help="A/B order: seeded random per example, or both orders (position consistency)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--max-new-tokens", type=int, default=4096)
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--limit", type=int, default=None, help="judge only the first N comparisons")
+    ev.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
+    ev.add_argument("--tokenizer", default=None)
+    ev.add_argument("--mesh", default=None)
+    ev.set_defaults(func=cmd_eval)
 
     conv = sub.add_parser("convert", help="convert checkpoints between Hugging Face and Orbax")
     csub = conv.add_subparsers(dest="direction", required=True)

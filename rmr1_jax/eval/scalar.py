@@ -6,8 +6,9 @@ Two kinds of models:
   e.g. the Bradley-Terry model) - :func:`run_scalar` scores both responses of each task;
 * a **generative** judge - :func:`run_generative` takes ``judge_fn(batch)`` where ``batch``
   is a list of ``(prompt_messages, response_A, response_B)`` and the result is one verdict
-  per entry: ``"A"``, ``"B"`` or ``None`` (no verdict), or an object with a ``verdict``
-  attribute such as :class:`rmr1_jax.eval.judge.Judgment`.
+  per entry: ``"A"``, ``"B"`` or ``None`` (no verdict), an object with a ``verdict``
+  attribute such as :class:`rmr1_jax.eval.judge.Judgment`, or a dict with a ``"verdict"``
+  key (as :func:`rmr1_jax.eval.judge.judge_pairs` returns).
 
 Both append rows through a :class:`~rmr1_jax.eval.scoring.ResultsWriter` (one fsynced write
 per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,
@@ -131,7 +132,7 @@ def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
 
 
 def _verdict(x: Any) -> str | None:
-    v = getattr(x, "verdict", x)
+    v = x.get("verdict") if isinstance(x, dict) else getattr(x, "verdict", x)
     if v is None:
         return None
     s = str(v).strip()
@@ -142,14 +143,18 @@ def _verdict(x: Any) -> str | None:
     raise ValueError(f"judge_fn returned {v!r}; expected 'A', 'B' or None (or an object with .verdict)")
 
 
+def _text(x: Any) -> str | None:
+    return x.get("judgment", x.get("text")) if isinstance(x, dict) else getattr(x, "text", None)
+
+
 def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[Any]],
                    tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *, order: str = "random",
                    seed: int = 0, batch_size: int = 16, model_name: str | None = None, keep_text: bool = False,
                    progress: Callable[[int, int], None] | None = None) -> RunStats:
     """Judge every task not yet in the results file. ``order``: ``"random"`` (one judgment,
     A/B by the seeded coin flip) or ``"both"`` (two judgments, both orders, in the same
-    ``judge_fn`` call). With ``keep_text`` the judgments' ``.text`` (if the judge returns
-    objects that have one) is stored in the row as ``judgment``."""
+    ``judge_fn`` call). With ``keep_text`` the judgment texts (``.text`` of objects, or the
+    ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``."""
     if order not in ("random", "both"):
         raise ValueError(f"order must be 'random' or 'both', got {order!r}")
     tasks = list(tasks)
@@ -185,8 +190,8 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
                     stats.both_orders += 1
                     picks = [v == wn for v, wn in zip(vs, ws)]
                     stats.consistent += all(v is not None for v in vs) and picks[0] == picks[1]
-                if keep_text and all(isinstance(getattr(x, "text", None), str) for x in got):
-                    texts = [x.text for x in got]
+                texts = [_text(x) for x in got]
+                if keep_text and all(isinstance(t, str) for t in texts):
                     row["judgment"] = texts[0] if len(texts) == 1 else texts
                 row["correct"] = example_correct(row)
                 stats.no_verdict += sum(v is None for v in vs)

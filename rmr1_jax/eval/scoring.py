@@ -46,6 +46,21 @@ Formulas (REFERENCE.md section 3)
   overall = mean of pairwise-helpfulness, pairwise-harmlessness, BoN-helpfulness,
   BoN-harmlessness.
 
+Summary (what :func:`score_results` returns; :func:`write_report` saves it)
+-----------------------------------------------------------------------
+``benchmark``, ``model``, ``model_type`` (``generative``/``scalar``), ``scoring`` (the rules
+above), ``n_examples``, ``n_judgments``, ``n_no_verdict``, ``no_verdict_rate``,
+``n_both_orders``, ``position_consistency``; ``subsets`` (``{name: {accuracy, n}}``: RewardBench
+subsets, RM-Bench domains as spelled in the data, RMB ``group/scenario``); ``sections`` (the
+headline numbers: RewardBench ``Chat``/``Chat Hard``/``Safety``/``Reasoning``, RM-Bench
+``Chat``/``Safety``/``Math``/``Code``, RMB the four groups) and ``overall`` (``None`` unless
+every section has results); RM-Bench adds ``domains`` (hard/normal/easy/score/matrix per
+domain) and ``difficulty`` (``Hard``/``Normal``/``Easy`` averaged over domains).
+``warnings`` lists what is missing (examples absent from the results when ``expected`` is
+given, else subset sizes that differ from the released RewardBench / RM-Bench sets; RM-Bench
+items without all 9 cells; BoN items without all losers) and ``complete`` is true only
+without warnings.
+
 Accuracies are fractions in [0, 1]; reports print percentages.
 """
 
@@ -352,13 +367,16 @@ def _score_rewardbench(rows, values, summary, warnings, weights, *, check_counts
     if missing_sec:
         warnings.append(f"no results for section(s) {', '.join(missing_sec)}: Overall is not reported")
     missing_sub = [s for s in REWARDBENCH_COUNTS if s not in subsets]
-    if missing_sub and not missing_sec:
-        warnings.append(f"no results for subset(s) {', '.join(missing_sub)}")
+    if missing_sub:
+        more = f" and {len(missing_sub) - 4} more" if len(missing_sub) > 4 else ""
+        warnings.append(f"no results for subset(s) {', '.join(missing_sub[:4])}{more}")
     if check_counts:
         off = [f"{s} {subsets[s]['n']}/{REWARDBENCH_COUNTS[s]}" for s in REWARDBENCH_COUNTS
                if s in subsets and subsets[s]["n"] != REWARDBENCH_COUNTS[s]]
         if off:
-            warnings.append("subset sizes differ from the filtered split (results/released): " + ", ".join(off))
+            more = f" and {len(off) - 4} more" if len(off) > 4 else ""
+            warnings.append(f"{len(rows)} results for the {sum(REWARDBENCH_COUNTS.values())} rows of the filtered "
+                            f"split; subset sizes differ (results/released): {', '.join(off[:4])}{more}")
     summary["subsets"] = {s: subsets[s] for s in REWARDBENCH_COUNTS if s in subsets}
     summary["sections"] = sections
     summary["overall"] = None if missing_sec else sum(sections.values()) / len(sections)
@@ -405,8 +423,10 @@ def _score_rm_bench(rows, values, summary, warnings, *, check_counts, source):
     summary["styles"] = list(RM_BENCH_STYLES)
     summary["domains"] = domains
     summary["subsets"] = {s: {"accuracy": sum(v) / len(v), "n": len(v)} for s, v in sorted(raw_by.items())}
-    summary["sections"] = {d: (domains[d]["score"] if d in domains else None) for d in RM_BENCH_DOMAIN_ORDER}
-    summary["difficulty"] = {lvl: _mean([domains[d][lvl] for d in domains]) for lvl in ("hard", "normal", "easy")}
+    summary["sections"] = {d.capitalize(): (domains[d]["score"] if d in domains else None)
+                           for d in RM_BENCH_DOMAIN_ORDER}
+    summary["difficulty"] = {lvl.capitalize(): _mean([domains[d][lvl] for d in domains])
+                             for lvl in ("hard", "normal", "easy")}
     summary["overall"] = None if missing else _mean(summary["sections"].values())
 
 
@@ -493,7 +513,7 @@ def headline(summary: dict) -> dict[str, float | None]:
     """The benchmark's headline numbers in report order (sections, then overall)."""
     out = dict(summary["sections"])
     if summary["benchmark"] == "rm-bench":
-        out.update({k.capitalize(): v for k, v in summary["difficulty"].items()})
+        out.update(summary["difficulty"])
     out[_OVERALL[summary["benchmark"]]] = summary["overall"]
     return out
 
@@ -560,7 +580,7 @@ def _slug(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "x"
 
 
-def _bar_png(path: str, labels: list[str], values: list[float | None], title: str) -> str:
+def _bar_png(path: str, labels: list[str], values: list[float | None], title: str, note: str = "") -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -581,13 +601,16 @@ def _bar_png(path: str, labels: list[str], values: list[float | None], title: st
         bars = ax.bar(range(len(labels)), vals, color="tab:blue")
         ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right"
                       if len(labels) > 3 else "center", fontsize=8)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 109)
+        ax.set_yticks(range(0, 101, 20))
         ax.set_ylabel("accuracy %")
         ax.grid(alpha=0.3, axis="y")
         for rect, v, raw in zip(bars, vals, values):
             ax.text(rect.get_x() + rect.get_width() / 2, v + 1, "-" if raw is None else f"{v:.1f}",
                     ha="center", va="bottom", fontsize=7)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(title, fontsize=10, loc="left")
+    if note:
+        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.35")
     fig.tight_layout()
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
@@ -601,18 +624,20 @@ def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
     paths = []
     h = headline(summary)
     paths.append(_bar_png(os.path.join(out_dir, f"{name}-overview.png"), list(h), list(h.values()),
-                          f"{_TITLES[b]}: {model}"))
+                          f"{_TITLES[b]}: {model}", rules_text(summary)))
     if b == "rewardbench":
         for sec, subs in REWARDBENCH_SECTIONS.items():
             present = [s for s in subs if s in summary["subsets"]]
             if present:
                 paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(sec)}.png"), present,
                                       [summary["subsets"][s]["accuracy"] for s in present],
-                                      f"{_TITLES[b]} {sec}: {_pct(summary['sections'][sec])}"))
+                                      f"{_TITLES[b]} {sec}: {_pct(summary['sections'][sec])}",
+                                      rules_text(summary)))
     elif b == "rm-bench":
         for dom, v in summary["domains"].items():
             paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(dom)}.png"), ["hard", "normal", "easy"],
-                                  [v["hard"], v["normal"], v["easy"]], f"{_TITLES[b]} {dom}: {_pct(v['score'])}"))
+                                  [v["hard"], v["normal"], v["easy"]], f"{_TITLES[b]} {dom}: {_pct(v['score'])}",
+                                  rules_text(summary)))
     else:
         for g in RMB_GROUPS:
             keys = [k for k in summary["subsets"] if k.startswith(g + "/")]
@@ -620,7 +645,8 @@ def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
                 paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(g)}.png"),
                                       [k[len(g) + 1:] for k in keys],
                                       [summary["subsets"][k]["accuracy"] for k in keys],
-                                      f"{_TITLES[b]} {g}: {_pct(summary['sections'][g])}"))
+                                      f"{_TITLES[b]} {g}: {_pct(summary['sections'][g])}",
+                                      rules_text(summary)))
     return paths
 
 
@@ -674,3 +700,12 @@ def compare(summaries: Mapping[str, dict]) -> str:
                 for k in subs]
         out += [_table(["Subset"] + names, rows), ""]
     return "\n".join(out)
+
+
+def score_and_report(benchmark: str, results_path: str, out_dir: str | None = None, no_verdict: str = "zero", *,
+                     name: str | None = None, expected: Iterable | None = None, **kw) -> tuple[dict, dict | None]:
+    """What ``rmr1 eval score`` does: score ``results_path`` and, with ``out_dir``, write the
+    report files there. Returns ``(summary, paths or None)``; print :func:`summary_line`."""
+    summary = score_results(benchmark, results_path, no_verdict, expected=expected, **kw)
+    paths = write_report(summary, out_dir, name) if out_dir else None
+    return summary, paths

@@ -1,0 +1,63 @@
+"""`rmr1 eval` end to end on fixture benchmark files with a small judge exported as an HF
+directory (random weights: what is checked is the pipeline, resume and re-scoring, not skill)."""
+
+import json
+import os
+
+import jax
+import pytest
+
+from rmr1_jax import cli
+from rmr1_jax.checkpoint.hf import save_hf
+from rmr1_jax.data import synthetic
+from rmr1_jax.models import DecoderLM, init_params, preset
+from rmr1_jax.text.tokenizer import train_sentencepiece
+
+from test_eval_runners import rewardbench_file
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge")
+    pairs = synthetic.generate_pairs(200, seed=1)
+    texts = [p.prompt[-1]["content"] + " " + p.chosen[0]["content"] for p in pairs]
+    tok = train_sentencepiece(texts, str(root / "tok"), vocab_size=512)
+    cfg = preset("tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
+    model = DecoderLM(cfg)
+    out = str(root / "hf")
+    save_hf(model, init_params(model, jax.random.key(0)), out, dtype="float32", tokenizer_dir=str(root / "tok"))
+    return out
+
+
+def _rows(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_eval_runs_resumes_and_rescores(tmp_path, judge_dir, capsys):
+    data = rewardbench_file(tmp_path, n=12)
+    out = str(tmp_path / "out")
+    base = ["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", data, "--out", out,
+            "--max-new-tokens", "6", "--batch-size", "4"]
+    assert cli.main(base + ["--limit", "5"]) == 0  # an "interrupted" run: 5 of 12 done
+    assert len(_rows(os.path.join(out, "results.jsonl"))) == 5
+    assert cli.main(base) == 0
+    rows = _rows(os.path.join(out, "results.jsonl"))
+    assert len(rows) == 12 and len({(r["item_id"], r["pair_index"]) for r in rows}) == 12
+    text = capsys.readouterr().out
+    assert "judged 7 new examples" in text
+    assert "no verdict" in text.lower() or "no_verdict" in text.lower()
+    assert any(f.endswith(".md") for f in os.listdir(out)) and any(f.endswith(".png") for f in os.listdir(out))
+    # re-scoring the same results file gives the same scores
+    assert cli.main(["eval", "score", "--benchmark", "rewardbench", "--results", os.path.join(out, "results.jsonl")]) == 0
+    again = capsys.readouterr().out.strip().splitlines()[-1]
+    assert again.split(" [")[0] in text
+
+
+def test_eval_bad_benchmark_file_is_one_line(tmp_path, judge_dir, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": 1, "prompt": "q", "chosen": "a", "rejected": "b", "subset": "nope"}) + "\n")
+    rc = cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", str(bad),
+                   "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "bad.jsonl:1" in err[0] and "nope" in err[0]
