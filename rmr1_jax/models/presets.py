@@ -42,7 +42,7 @@ PRESETS: dict[str, dict] = {
     # ~100M parameters: the benchmark model.
     "bench-100m": _qwen(768, 2048, 12, 12, 4, 32000, False, max_pos=4096),
     # about a million parameters (with a 1K vocabulary): the demo judge.
-    "demo": _qwen(128, 384, 4, 4, 2, 1024, False, max_pos=2048),
+    "demo": _qwen(128, 384, 4, 4, 2, 1024, False, theta=1e4, max_pos=2048),
     # a few hundred thousand parameters: tests.
     "tiny": _qwen(64, 128, 2, 4, 2, 512, False, max_pos=2048),
     "tiny-llama": _llama(64, 128, 2, 4, 2, False, 8.0),

@@ -20,8 +20,8 @@ def test_blocked_equals_full_attention():
     seg = jnp.asarray(seg)
     causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
     mask = causal & (seg[:, None, :, None] == seg[:, None, None, :]) & (seg > 0)[:, None, None, :]
-    full = jax.nn.dot_product_attention(q, kk, v, mask=mask, scale=0.25)
-    blocked = blocked_causal_attention(q, kk, v, mask, 0.25, block=64)
+    full = jax.jit(lambda *a: jax.nn.dot_product_attention(*a[:3], mask=a[3], scale=0.25))(q, kk, v, mask)
+    blocked = jax.jit(lambda *a: blocked_causal_attention(*a, 0.25, block=64))(q, kk, v, mask)
     valid = np.asarray(seg > 0)
     np.testing.assert_allclose(np.asarray(blocked)[valid], np.asarray(full)[valid], atol=1e-5)
 
@@ -32,6 +32,8 @@ def test_model_uses_same_logits_blocked_or_not():
     seg = np.ones((2, 290), np.int32)
     seg[1, 100:] = 2
     params = init_params(DecoderLM(cfg), jax.random.key(0))
-    auto = DecoderLM(cfg).apply({"params": params}, ids, segment_ids=jnp.asarray(seg))  # blocked on CPU
-    full = DecoderLM(cfg.replace(attention_impl="xla")).apply({"params": params}, ids, segment_ids=jnp.asarray(seg))
+    seg = jnp.asarray(seg)
+    run = lambda c: jax.jit(lambda p, i, s: DecoderLM(c).apply({"params": p}, i, segment_ids=s))(params, ids, seg)
+    auto = run(cfg)  # blocked on CPU
+    full = run(cfg.replace(attention_impl="xla"))
     np.testing.assert_allclose(np.asarray(auto), np.asarray(full), atol=1e-5)
