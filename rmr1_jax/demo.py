@@ -57,7 +57,7 @@ class DemoSettings:
     grpo_rollouts: int = 12
     grpo_prompts: int = 24
     grpo_n: int = 4
-    grpo_lr: float = 3e-4
+    grpo_lr: float = 5e-5
     max_new_tokens: int = 80
     eval_batch: int = 64
 

@@ -63,7 +63,9 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
-    sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+    if judge.sampler is None:  # one Sampler per judge: its compiled functions are reused across calls
+        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+    sampler = judge.sampler
 
     def encode(p, a, b):
         return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl), add_generation_prompt=True))

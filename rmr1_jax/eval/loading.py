@@ -16,6 +16,7 @@ class LoadedJudge:
     tokenizer: object
     template: object
     source: str
+    sampler: object = None  # created on first use, then reused (compiled once)
 
 
 def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_variant: str | None = None,
