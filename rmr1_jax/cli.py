@@ -118,8 +118,21 @@ def cmd_eval(args) -> None:
 
     if args.mode == "score":
         if not args.results:
-            raise UserError("rmr1 eval score needs --results FILE")
-        summary, paths = score_and_report(args.benchmark, args.results, args.out, args.no_verdict)
+            raise UserError("rmr1 eval score needs --results FILE [FILE ...]")
+        if len(args.results) > 1:  # several models side by side
+            from rmr1_jax.eval.scoring import compare, score_results
+
+            names = [os.path.basename(os.path.dirname(os.path.abspath(r))) or r for r in args.results]
+            if len(set(names)) < len(names):
+                names = args.results
+            table = compare({n: score_results(args.benchmark, r, args.no_verdict) for n, r in zip(names, args.results)})
+            print(table)
+            if args.out:
+                os.makedirs(args.out, exist_ok=True)
+                with open(os.path.join(args.out, f"compare-{args.benchmark}.md"), "w") as f:
+                    f.write(table + "\n")
+            return
+        summary, paths = score_and_report(args.benchmark, args.results[0], args.out, args.no_verdict)
         print(summary_line(summary))
         if paths:
             print(f"report: {paths.get('markdown', args.out)}")
@@ -195,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--benchmark", required=True, choices=["rewardbench", "rm-bench", "rmb"])
     ev.add_argument("--ckpt", help="judge checkpoint (Orbax or HF directory)")
     ev.add_argument("--data", help="benchmark file or directory (JSON / JSONL / Parquet)")
-    ev.add_argument("--results", help="per-example results JSONL (for score)")
+    ev.add_argument("--results", nargs="+", help="per-example results JSONL (for score); several: side by side")
     ev.add_argument("--out", help="output directory (results.jsonl, report.md, summary JSON, charts)")
     ev.add_argument("--no-verdict", choices=["zero", "half"], default="zero",
                     help="score of an output without a verdict: 0 (RM-R1) or 0.5 (upstream RewardBench)")

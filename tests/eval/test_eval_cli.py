@@ -52,6 +52,14 @@ def test_eval_runs_resumes_and_rescores(tmp_path, judge_dir, capsys):
     assert cli.main(["eval", "score", "--benchmark", "rewardbench", "--results", os.path.join(out, "results.jsonl")]) == 0
     again = capsys.readouterr().out.strip().splitlines()[-1]
     assert again.split(" [")[0] in text
+    # two results files side by side
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "results.jsonl").write_text(open(os.path.join(out, "results.jsonl")).read())
+    assert cli.main(["eval", "score", "--benchmark", "rewardbench", "--results", os.path.join(out, "results.jsonl"),
+                     str(other / "results.jsonl")]) == 0
+    table = capsys.readouterr().out
+    assert "| out |" in table.replace("  ", " ") or ("out" in table and "other" in table)
 
 
 def test_eval_bad_benchmark_file_is_one_line(tmp_path, judge_dir, capsys):
