@@ -19,82 +19,16 @@ Rows:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
-import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-
-def build_hf_model(out_dir: str, seed: int = 0):
-    import torch
-    import transformers
-
-    from rmr1_jax.models.presets import PRESETS
-
-    p = PRESETS["bench-100m"]
-    hf_cfg = transformers.Qwen2Config(
-        vocab_size=p["vocab_size"], hidden_size=p["hidden_size"], intermediate_size=p["intermediate_size"],
-        num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
-        num_key_value_heads=p["num_key_value_heads"], rms_norm_eps=p["rms_norm_eps"],
-        rope_theta=p["rope_theta"], max_position_embeddings=p["max_position_embeddings"],
-        tie_word_embeddings=p["tie_word_embeddings"], use_sliding_window=False,
-        # the preset's Qwen token ids lie outside this 32000-token vocabulary: leave them unset
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(hf_cfg).to(torch.float32).eval()
-    # Qwen2 q/k/v biases are zero-initialized; randomize them so the bias path is exercised.
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0.0, 0.02)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return model
-
-
-def busy_cores(seconds: float = 1.0) -> float | None:
-    """Cores kept busy by OTHER processes while this one sleeps (from /proc/stat; Linux only).
-    A shared machine with other work running makes both sides slower, and not equally: torch's
-    OpenMP regions wait at barriers for the slowest thread, so one stolen core hurts it more."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + v[4]  # idle + iowait
-        return sum(v[:8]) - idle, sum(v[:8])
-    try:
-        b0, t0 = read()
-        time.sleep(seconds)
-        b1, t1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (b1 - b0) / max(t1 - t0, 1) * (os.cpu_count() or 1)
-
-
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def timed(fn, n_warmup: int = 1):
-    for _ in range(n_warmup):
-        fn()
-
-    def once():
-        c0, t0 = time.process_time(), time.perf_counter()
-        fn()
-        return time.perf_counter() - t0, time.process_time() - c0
-
-    return once
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (append_json, build_hf_model, busy_cores, machine_info, timed,  # noqa: E402
+                    usable_cpus)
 
 
 def main(argv=None) -> dict:
@@ -181,7 +115,7 @@ def main(argv=None) -> dict:
     threads = torch.get_num_threads()
     print(f"\nbench-100m ({n_params / 1e6:.1f}M params), batch {b} x seq {t} = {tokens} tokens, "
           f"{args.repeats} alternating repeats (median), warm-up {args.warmup}; "
-          f"torch threads {threads}, usable cpus {_usable_cpus()} of {os.cpu_count()}, "
+          f"torch threads {threads}, usable cpus {usable_cpus()} of {os.cpu_count()}, "
           f"jax {jax.__version__} "
           f"({jax.default_backend()}), torch {torch.__version__}")
     print(f"{'side':<26}{'median s':>10}{'min s':>10}{'max s':>10}{'tokens/s':>12}{'median CPU s':>14}")
@@ -208,10 +142,7 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "forward_vs_torch", "model": "bench-100m", "params": n_params, "batch": b, "seq": t,
-        "repeats": args.repeats, "warmup": args.warmup, "torch_threads": threads, "cpu_count": os.cpu_count(),
-        "affinity_cpus": _usable_cpus(),
-        "jax": jax.__version__, "torch": torch.__version__, "backend": jax.default_backend(),
-        "platform": platform.platform(),
+        "repeats": args.repeats, "warmup": args.warmup, **machine_info(),
         "median_s": med, "tokens_per_s": tps, "times_s": times,
         "ratio_ours_over_torch": ratio,
         "ratio_min_times": min(times["torch_f32"]) / min(times["ours_f32"]),
@@ -222,9 +153,7 @@ def main(argv=None) -> dict:
         "logits_max_abs_diff": max_abs, "logits_rel_diff": rel, "logits_agree": agree,
         "bf16_logits_max_abs_diff": bf16_err,
     }
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    append_json(args.json, result)
     if not agree:
         print("ERROR: logits disagree; the timings do not compare the same computation", file=sys.stderr)
         sys.exit(1)

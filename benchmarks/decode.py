@@ -1,0 +1,265 @@
+"""Greedy decode throughput: ``rmr1_jax.sampling.Sampler.generate`` vs transformers ``generate``.
+
+Builds the random ``bench-100m`` Qwen2 (124.7M parameters) with transformers (offline), saves it
+and imports it with ``rmr1_jax.load_hf`` (float32; both sides float32). For each batch size,
+random prompts of ``--prompt`` tokens (no padding) are decoded greedily for exactly ``--new``
+tokens on both sides, with a KV cache:
+
+  ours    Sampler(model, eos_ids=[vocab_size], pad_id=0, chunk=--chunk).generate(params, prompts,
+          SamplingParams(max_new_tokens=N, temperature=0.0)). The EOS id lies outside the
+          vocabulary, so it is never produced and every row decodes N tokens.
+  torch   model.generate(input_ids, attention_mask, max_new_tokens=N, min_new_tokens=N,
+          do_sample=False, use_cache=True) under inference_mode (no EOS id configured).
+
+Tokens/s = batch x N / median wall time of the whole call (prefill of the prompt included on
+both sides). Before timing, the greedy tokens are compared: the first ``--check`` tokens of every
+row must agree (random weights leave near-ties, so a later divergence from rounding is possible
+and is reported as the mean agreeing prefix).
+
+    python benchmarks/decode.py [--batches 8,32] [--prompt 64] [--new 256] [--repeats 2]
+                                [--profile] [--json out.jsonl]
+
+``--profile`` (first batch size): prefill vs per-token decode time, the time to read the weights
+once (measured bandwidth), the KV-cache bytes, a sweep over the sampler's chunk size, the
+unrolled-layer model, and an op-level profile of one compiled decode chunk (``jax.profiler``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (alternate, append_json, build_hf_model, busy_flagged, busy_line, first_call,  # noqa: E402
+                    format_profile, machine_info, machine_line, median, op_profile, summarize_profile, table,
+                    timed)
+
+
+def decode_category(op_name: str, hlo_op: str) -> str:
+    if "self_attn/vmap(" in op_name or "dot_product_attention" in op_name:
+        return "attention core (QK^T, softmax, PV)"
+    if "self_attn" in op_name:
+        if "dynamic_update_slice" in op_name or "dynamic-update-slice" in hlo_op:
+            return "KV-cache write"
+        return "attention projections, rope, cache read"
+    if "/mlp/" in op_name:
+        return "MLP"
+    if "layernorm" in op_name or "/norm/" in op_name:
+        return "RMSNorm"
+    if "index_in_dim" in op_name:
+        return "layer loop (scan: slice weights / cache per layer)"
+    if "DecoderLM" in op_name and "dot_general" in op_name:
+        return "LM head"
+    if "DecoderLM" in op_name:
+        return "decoder other (embed, mask, positions)"
+    if not op_name:
+        return "unattributed (fusions without op metadata)"
+    return "sampling loop (argmax, log_softmax, bookkeeping)"
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", default="8,32", help="comma list of batch sizes")
+    ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
+    ap.add_argument("--new", type=int, default=256, help="generated tokens per row")
+    ap.add_argument("--chunk", type=int, default=64, help="Sampler chunk (decode steps per compiled call)")
+    ap.add_argument("--repeats", type=int, default=2, help="timed calls per side and batch size")
+    ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree")
+    ap.add_argument("--profile", action="store_true", help="profile the decode loop at the first batch size")
+    ap.add_argument("--json", default=None, help="append one JSON line with the results to this file")
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    import rmr1_jax
+    from rmr1_jax.sampling.sampler import Sampler, SamplingParams
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    batches = [int(x) for x in args.batches.split(",") if x]
+    P, N = args.prompt, args.new
+    with tempfile.TemporaryDirectory(prefix="rmr1-bench-decode-") as tmp:
+        hf_model = build_hf_model(tmp)
+        model, params = rmr1_jax.load_hf(tmp, dtype="float32")
+        model_unrolled = params_unrolled = None
+        if args.profile:
+            model_unrolled, params_unrolled = rmr1_jax.load_hf(tmp, dtype="float32", scan_layers=False)
+    V = model.cfg.vocab_size
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    sp = SamplingParams(max_new_tokens=N, temperature=0.0)
+    sampler = Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk)
+
+    results = {}
+    for b in batches:
+        prompts = np.random.default_rng(b).integers(0, V, size=(b, P)).astype(np.int32)
+        plist = prompts.tolist()
+        ids_t = torch.from_numpy(prompts.astype(np.int64))
+        box = {}
+
+        def run_ours():
+            box["ours"] = sampler.generate(params, plist, sp)
+
+        def run_torch():
+            with torch.inference_mode():
+                box["torch"] = hf_model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t),
+                                                 max_new_tokens=N, min_new_tokens=N, do_sample=False,
+                                                 use_cache=True, pad_token_id=0)
+
+        t_first_ours, _ = first_call(run_ours)
+        t_first_torch, _ = first_call(run_torch)
+        ours_tok = box["ours"].tokens
+        torch_tok = box["torch"][:, P:].numpy()
+        assert ours_tok.shape == (b, N) and (box["ours"].lengths == N).all(), "ours did not decode N tokens"
+        assert torch_tok.shape == (b, N), f"torch decoded {torch_tok.shape[1]} tokens, not {N}"
+        k = min(args.check, N)
+        rows_ok = int(np.sum(np.all(ours_tok[:, :k] == torch_tok[:, :k], axis=1)))
+        mism = ours_tok != torch_tok
+        prefix = np.where(mism.any(axis=1), mism.argmax(axis=1), N)
+        agree = rows_ok == b
+        log(f"batch {b}: first {k} greedy tokens agree in {rows_ok}/{b} rows "
+            f"({'OK' if agree else 'MISMATCH'}); agreeing prefix mean {prefix.mean():.1f} of {N} "
+            f"(min {prefix.min()}); first calls: ours {t_first_ours:.1f} s (compiles), torch {t_first_torch:.1f} s")
+
+        runners = {"ours": timed(run_ours, 0), "torch": timed(run_torch, 0)}
+        times, cpu, bb, ba = alternate(runners, args.repeats)
+        med = {s: median(v) for s, v in times.items()}
+        tps = {s: b * N / m for s, m in med.items()}
+        results[b] = {"median_s": med, "times_s": times, "cpu_s": cpu, "tokens_per_s": tps,
+                      "ratio_ours_over_torch": tps["ours"] / tps["torch"],
+                      "ratio_min_times": min(times["torch"]) / min(times["ours"]),
+                      "first_call_s": {"ours": t_first_ours, "torch": t_first_torch},
+                      "rows_agree_first_k": rows_ok, "check_k": k, "agree": agree,
+                      "agreeing_prefix_mean": float(prefix.mean()), "agreeing_prefix_min": int(prefix.min()),
+                      "other_busy_cores_before": bb, "other_busy_cores_after": ba,
+                      "busy_flagged": busy_flagged(bb, ba)}
+
+    log(f"\nbench-100m ({n_params / 1e6:.1f}M params, f32), greedy, prompt {P} + {N} new tokens, KV cache, "
+        f"{args.repeats} alternating repeats (median); {machine_line()}")
+    rows = []
+    for b, r in results.items():
+        rows.append((str(b), f"{r['tokens_per_s']['ours']:.1f}", f"{r['tokens_per_s']['torch']:.1f}",
+                     f"{r['ratio_ours_over_torch']:.3f}", f"{r['ratio_min_times']:.3f}",
+                     f"{1e3 * r['median_s']['ours'] / N:.1f}", f"{1e3 * r['median_s']['torch'] / N:.1f}"))
+    log(table(rows, ("batch", "ours tok/s", "torch tok/s", "ours/torch", "(min)", "ours ms/step", "torch ms/step"),
+              (7, 12, 13, 12, 9, 14, 15)))
+    log("ours/torch: ratio of tokens/s from the medians (>1: ours faster; goal >= 3); (min): from the fastest "
+        "calls; ms/step = call time / new tokens (prefill included)")
+    for b, r in results.items():
+        bl = busy_line(r["other_busy_cores_before"], r["other_busy_cores_after"])
+        if bl:
+            log(f"batch {b}: {bl}")
+
+    prof = {}
+    if args.profile:
+        b = batches[0]
+        prof = profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, args.chunk, V, log)
+
+    result = {"benchmark": "decode", "model": "bench-100m", "params": n_params, "prompt": P, "new_tokens": N,
+              "chunk": args.chunk, "repeats": args.repeats, **machine_info(),
+              "results": {str(b): r for b, r in results.items()}, "profile": prof}
+    append_json(args.json, result)
+    if not all(r["agree"] for r in results.values()):
+        print("ERROR: greedy tokens disagree with transformers in the first positions", file=sys.stderr)
+        sys.exit(1)
+    return result
+
+
+def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chunk, V, log) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from rmr1_jax.sampling.sampler import Sampler, SamplingParams, _bucket
+
+    out = {}
+    log(f"\nprofile, batch {b}:")
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    read = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
+    read(params).block_until_ready()
+    t_read = min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
+    steps_total = _bucket(N, chunk) if N > chunk else N
+    cfg = model.cfg
+    cache_bytes = 2 * cfg.num_hidden_layers * b * (P + steps_total) * cfg.num_key_value_heads * cfg.dim_head * 4
+    out.update(param_bytes=nbytes, weight_read_s=t_read, bandwidth_GBps=nbytes / t_read / 1e9,
+               kv_cache_bytes=cache_bytes)
+    log(f"  weights {nbytes / 1e6:.0f} MB: one full read {1e3 * t_read:.1f} ms ({nbytes / t_read / 1e9:.1f} GB/s, "
+        f"jitted sum of every parameter); KV cache (k and v, f32) {cache_bytes / 1e6:.1f} MB")
+
+    sp = SamplingParams(max_new_tokens=N, temperature=0.0)
+    prompts = np.random.default_rng(b).integers(0, V, size=(b, P)).astype(np.int32)
+    ids, mask = jnp.asarray(prompts), jnp.ones((b, P), bool)
+    sampler = Sampler(model, eos_ids=[V], pad_id=0, chunk=chunk)
+    sampler.generate(params, prompts.tolist(), sp)
+    t_gen = min(_time(lambda: sampler.generate(params, prompts.tolist(), sp)) for _ in range(2))
+    prefill = lambda: jax.block_until_ready(sampler._prefill(params, ids, mask, n=1, max_len=P + steps_total))  # noqa
+    prefill()
+    t_pre = min(_time(prefill) for _ in range(3))
+    per_tok = (t_gen - t_pre) / N
+    out.update(generate_s=t_gen, prefill_s=t_pre, decode_step_s=per_tok,
+               decode_step_over_weight_read=per_tok / t_read)
+    log(f"  generate {t_gen:.2f} s = prefill {t_pre:.2f} s + {N} steps x {1e3 * per_tok:.1f} ms; one step = "
+        f"{per_tok / t_read:.1f}x the weight-read time (a memory-bound decoder would be ~1x at this batch)")
+
+    sweep = {}
+    for c in sorted({16, chunk, 256} - {0}):
+        s = Sampler(model, eos_ids=[V], pad_id=0, chunk=c)
+        s.generate(params, prompts.tolist(), sp)
+        sweep[c] = b * N / _time(lambda: s.generate(params, prompts.tolist(), sp))
+    out["chunk_sweep_tokens_per_s"] = sweep
+    log("  chunk sweep (tokens/s, one call each): " + ", ".join(f"chunk {c}: {v:.1f}" for c, v in sweep.items()))
+
+    s_unr = None
+    if model_unrolled is not None:
+        s_unr = Sampler(model_unrolled, eos_ids=[V], pad_id=0, chunk=chunk)
+        s_unr.generate(params_unrolled, prompts.tolist(), sp)
+        t_unr = _time(lambda: s_unr.generate(params_unrolled, prompts.tolist(), sp))
+        out["unrolled_tokens_per_s"] = b * N / t_unr
+        log(f"  unrolled layers (scan_layers=False): {b * N / t_unr:.1f} tokens/s vs scanned {b * N / t_gen:.1f}")
+
+    # op-level profile of one compiled decode chunk (the executable generate() runs)
+    variants = [("scanned", sampler, params)]
+    if s_unr is not None:
+        variants.append(("unrolled", s_unr, params_unrolled))
+    out["op_profile"] = {}
+    for name, smp, prm in variants:
+        steps = min(chunk, steps_total)
+        rows, wall = _op_profile_decode(smp, prm, ids, mask, P, N, steps_total, steps)
+        summary = summarize_profile(rows, decode_category)
+        out["op_profile"][name] = {"steps": steps, "wall_s": wall, "summary": summary,
+                                   "top_ops": [r[:4] for r in rows[:15]]}
+        log(f"  op profile of one decode chunk, {name} layers ({steps} steps, {1e3 * wall / steps:.1f} ms/step "
+            f"under the profiler; seconds summed over thunks):")
+        log(format_profile(summary, rows, top=10))
+    return out
+
+
+def _op_profile_decode(sampler, params, ids, mask, P, N, steps_total, steps):
+    import jax
+    import jax.numpy as jnp
+
+    b = ids.shape[0]
+    last, cache = sampler._prefill(params, ids, mask, n=1, max_len=P + steps_total)
+    carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(P), "max_new": jnp.int32(N),
+             "tokens": jnp.zeros((b, steps_total), jnp.int32), "logprobs": jnp.zeros((b, steps_total), jnp.float32),
+             "done": jnp.zeros((b,), bool), "eos": jnp.zeros((b,), bool), "lengths": jnp.zeros((b,), jnp.int32)}
+    static = dict(steps=steps, greedy=True, temperature=0.0, top_k=0, top_p=1.0)
+    rng = jax.random.key(0)
+    compiled = sampler._decode.lower(params, carry, jnp.int32(0), rng, **static).compile()
+    carry = compiled(params, carry, jnp.int32(0), rng)  # warm-up (the carry is donated)
+    rows, wall, _ = op_profile(compiled, (params, carry, jnp.int32(steps), rng), runs=1)
+    return rows, wall
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    main()
