@@ -131,14 +131,12 @@ class DecoderLM(nn.Module):
             )(cfg, name="layers")
             x, new_kv = stack(x, kv, cos, sin, mask, cache_index)
         else:
-            new_k, new_v = [], []
+            new_kv = kv
             for i in range(cfg.num_hidden_layers):
-                layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
+                layer_kv = (new_kv[0], new_kv[1], i) if kv is not None else None
                 x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index)
                 if c is not None:
-                    new_k.append(c[0])
-                    new_v.append(c[1])
-            new_kv = (jnp.stack(new_k), jnp.stack(new_v)) if kv is not None else None
+                    new_kv = (c[0], c[1])
 
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
         if return_hidden:

@@ -115,7 +115,16 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin)
         kk = apply_rope(kk, cos, sin)
         new_cache = None
-        if kv_cache is not None:
+        if kv_cache is not None and len(kv_cache) == 3:
+            # the whole [L, B, S, K, H] cache and this layer's index: write only the new slots in
+            # place (no per-step copy of the cache), read this layer's slice
+            k_all, v_all, layer = kv_cache
+            idx = (layer, 0, cache_index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, kk.astype(k_all.dtype)[None], idx)
+            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], idx)
+            new_cache = (k_all, v_all, layer)
+            kk, v = k_all[layer].astype(dt), v_all[layer].astype(dt)
+        elif kv_cache is not None:
             k_cache, v_cache = kv_cache
             idx = (0, cache_index, 0, 0)
             k_cache = jax.lax.dynamic_update_slice(k_cache, kk.astype(k_cache.dtype), idx)
