@@ -197,7 +197,7 @@ def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
         head = rest.split(", metadata=")[0]
         oc = _OPCODE.search(head)
         opcode = oc.group(1) if oc else ""
-        if opcode in ("while", "conditional", "call"):
+        if opcode in ("while", "conditional", "call") or name.startswith(("while", "conditional")):
             kind = "control"
         elif opcode == "dot" or any(t in rest for t in ("__ynn_fusion", "__xnn_fusion", "onednn")) \
                 or name.startswith(("dot", "ynn", "xnn")):
