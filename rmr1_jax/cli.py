@@ -151,7 +151,8 @@ def cmd_eval(args) -> None:
     out = args.out or os.path.join("runs", "eval", args.benchmark)
     os.makedirs(out, exist_ok=True)
     results = os.path.join(out, "results.jsonl")
-    judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer)
+    judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
+                       prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
 
     def judge_fn(batch):
         return judge_pairs(judge, batch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="judge only the first N comparisons")
     ev.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
     ev.add_argument("--tokenizer", default=None)
+    ev.add_argument("--prompt-variant", choices=["instruct", "reasoning"], default=None)
+    ev.add_argument("--system-file", default=None)
+    ev.add_argument("--user-file", default=None)
     ev.add_argument("--mesh", default=None)
     ev.set_defaults(func=cmd_eval)
 
