@@ -73,10 +73,7 @@ def cmd_grpo(args) -> None:
 
 
 def cmd_judge(args) -> None:
-    import json
-
     from rmr1_jax.data.readers import read_records, write_jsonl
-    from rmr1_jax.data.schemas import parse_pair
     from rmr1_jax.eval.judge import judge_pairs
     from rmr1_jax.eval.loading import load_judge
     from rmr1_jax.parallel import make_mesh
@@ -112,8 +109,6 @@ def cmd_judge(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    import os
-
     from rmr1_jax.eval.scoring import score_and_report, summary_line
 
     if args.mode == "score":

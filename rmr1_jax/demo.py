@@ -119,8 +119,6 @@ def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
 
 
 def run_demo(s: DemoSettings | None = None, log=print) -> dict:
-    import jax
-
     from rmr1_jax.checkpoint.hf import save_hf
     from rmr1_jax.parallel.mesh import make_mesh
     from rmr1_jax.text.tokenizer import train_sentencepiece

@@ -14,10 +14,9 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")

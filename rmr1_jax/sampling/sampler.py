@@ -14,7 +14,6 @@ pass gives, which GRPO uses as the old-policy log-probs.
 from __future__ import annotations
 
 import dataclasses
-from functools import partial
 from typing import Sequence
 
 import jax

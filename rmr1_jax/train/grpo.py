@@ -11,8 +11,6 @@ clipped-ratio loss plus the k3 KL term is minimized. All loss choices are fields
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import time
 from typing import Literal
 
@@ -242,7 +240,6 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     """Stage 2 end to end. Returns (model, params, TrainResult, tokenizer)."""
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.data.pipeline import CheckpointableIterator
-    from rmr1_jax.data.records import RecordOptions, build_records
     from rmr1_jax.sampling.sampler import Sampler
     from rmr1_jax.train import setup
     from rmr1_jax.train.flops import train_flops_per_token
@@ -252,18 +249,8 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
 
     spec = cfg.grpo
     run_dir = cfg.train.run_dir
-    setup.prepare_run_dir(run_dir, cfg, log)
-    mesh = setup.mesh_from(cfg.mesh)
-    tokenizer = setup.load_tokenizer_for(cfg.tokenizer, cfg.model)
-    template = setup.load_template(cfg.prompt)
-    files = {"train": list(cfg.data.train)}
-    if cfg.data.eval:
-        files["eval"] = list(cfg.data.eval)
-    opts = RecordOptions(kind="prompt", max_length=spec.max_prompt_tokens, on_error=cfg.data.on_error,
-                         overlong="skip" if cfg.data.overlong != "error" else "error",
-                         position_seed=cfg.data.position_seed)
-    sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
-                               opts, log=log)
+    mesh, tokenizer, _, sources = setup.prepare_job(
+        cfg, "prompt", spec.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error", log)
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen, sharded like the policy
     n_proc, p_idx = jax.process_count(), jax.process_index()

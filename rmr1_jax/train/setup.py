@@ -125,3 +125,24 @@ def checkpoint_manager(spec: CheckpointSpec, run_dir: str):
 
     return CheckpointManager(spec.dir or os.path.join(run_dir, "checkpoints"), max_to_keep=spec.keep,
                              async_save=spec.async_save)
+
+
+def prepare_job(cfg, kind: str, max_length: int, overlong: str, log=print):
+    """The start every training job shares: run directory and resolved config, mesh,
+    tokenizer, judge template, and the tokenized records of ``data.train`` (and
+    ``data.eval``). Returns ``(mesh, tokenizer, template, sources)``."""
+    from rmr1_jax.data.records import RecordOptions, build_records
+
+    run_dir = cfg.train.run_dir
+    prepare_run_dir(run_dir, cfg, log)
+    mesh = mesh_from(cfg.mesh)
+    tokenizer = load_tokenizer_for(cfg.tokenizer, cfg.model)
+    template = load_template(cfg.prompt)
+    files = {"train": list(cfg.data.train)}
+    if cfg.data.eval:
+        files["eval"] = list(cfg.data.eval)
+    opts = RecordOptions(kind=kind, max_length=max_length, on_error=cfg.data.on_error, overlong=overlong,
+                         position_seed=cfg.data.position_seed)
+    sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
+                               opts, log=log)
+    return mesh, tokenizer, template, sources

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -72,24 +71,13 @@ def run_distill(cfg: DistillConfig, log=print, eval_hook=None):
     """Stage 1 end to end. Returns (model, params, TrainResult)."""
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.data.pipeline import CheckpointableIterator, eval_batches, sft_dataset
-    from rmr1_jax.data.records import RecordOptions, build_records
     from rmr1_jax.train import setup
     from rmr1_jax.train.flops import train_flops_per_token
     from rmr1_jax.train.loop import init_state, train
     from rmr1_jax.train.optim import make_optimizer
 
     run_dir = cfg.train.run_dir
-    setup.prepare_run_dir(run_dir, cfg, log)
-    mesh = setup.mesh_from(cfg.mesh)
-    tokenizer = setup.load_tokenizer_for(cfg.tokenizer, cfg.model)
-    template = setup.load_template(cfg.prompt)
-    files = {"train": list(cfg.data.train)}
-    if cfg.data.eval:
-        files["eval"] = list(cfg.data.eval)
-    opts = RecordOptions(kind="sft", max_length=cfg.data.max_length, on_error=cfg.data.on_error,
-                         overlong=cfg.data.overlong, position_seed=cfg.data.position_seed)
-    sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
-                               opts, log=log)
+    mesh, tokenizer, _, sources = setup.prepare_job(cfg, "sft", cfg.data.max_length, cfg.data.overlong, log)
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
     n_proc, p_idx = jax.process_count(), jax.process_index()
     if cfg.train.global_batch % n_proc:
