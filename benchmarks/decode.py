@@ -16,7 +16,7 @@ both sides). Before timing, the greedy tokens are compared: the first ``--check`
 row must agree (random weights leave near-ties, so a later divergence from rounding is possible
 and is reported as the mean agreeing prefix).
 
-    python benchmarks/decode.py [--batches 8,32] [--prompt 64] [--new 256] [--repeats 2]
+    python benchmarks/decode.py [--batches 8,32] [--prompt 64] [--new 256] [--repeats 1]
                                 [--profile] [--json out.jsonl]
 
 ``--profile`` (first batch size): prefill vs per-token decode time, the time to read the weights
@@ -68,14 +68,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new", type=int, default=256, help="generated tokens per row")
     ap.add_argument("--chunk", type=int, default=64, help="Sampler chunk (decode steps per compiled call)")
-    ap.add_argument("--repeats", type=int, default=2, help="timed calls per side and batch size")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timed calls per side and batch size, after the first (warm-up) call; 1 keeps the "
+                         "default run near 4 min on 2 cores; the calls are long, so single calls vary little")
     ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree")
     ap.add_argument("--profile", action="store_true", help="profile the decode loop at the first batch size")
     ap.add_argument("--json", default=None, help="append one JSON line with the results to this file")
     args = ap.parse_args(argv)
 
     import jax
-    import jax.numpy as jnp
     import torch
 
     import rmr1_jax

@@ -237,9 +237,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", default=None, help="append one JSON line with the results to this file")
     args = ap.parse_args(argv)
 
-    import jax
     import jax.numpy as jnp
-    import torch
 
     from rmr1_jax import preset
     from rmr1_jax.parallel import make_mesh
