@@ -117,7 +117,7 @@ class Sampler:
                 key = jax.random.fold_in(rng, t)
                 tok = jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
             lp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
-            # steps past the budget (the last chunk is rounded up) change nothing
+            # spare steps past the budget (equal chunks may overshoot by a few) change nothing
             done = c["done"] | (t >= c["max_new"])
             tok = jnp.where(done, self.pad_id, tok)
             lp = jnp.where(done, 0.0, lp)
@@ -142,7 +142,11 @@ class Sampler:
         rng = jax.random.key(0) if rng is None else rng
         ids, mask = left_pad(prompts, self.pad_id, prompt_length)
         p = ids.shape[1]
-        steps_total = _bucket(sp.max_new_tokens, self.chunk) if sp.max_new_tokens > self.chunk else sp.max_new_tokens
+        # equal chunks that tile the budget (at most n_chunks - 1 spare steps): one compiled
+        # chunk, and no decode steps wasted past max_new_tokens
+        n_chunks = -(-sp.max_new_tokens // self.chunk)
+        step = -(-sp.max_new_tokens // n_chunks)
+        steps_total = n_chunks * step
         max_len = p + steps_total
         greedy = sp.temperature == 0.0
         with activation_sharding(self.mesh):
@@ -155,11 +159,10 @@ class Sampler:
                      "lengths": jnp.zeros((r,), jnp.int32)}
             stop_at = np.full(r, -1)
             t = 0
-            while t < sp.max_new_tokens:
-                steps = min(self.chunk, steps_total - t)
-                carry = self._decode(params, carry, jnp.int32(t), rng, steps=steps, greedy=greedy,
+            while t < steps_total:
+                carry = self._decode(params, carry, jnp.int32(t), rng, steps=step, greedy=greedy,
                                      temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
-                t += steps
+                t += step
                 done = np.array(carry["done"])
                 if sp.stop_strings:
                     done = self._check_stops(carry, tokenizer, sp.stop_strings, stop_at, done)
