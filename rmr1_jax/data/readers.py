@@ -60,17 +60,17 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict | Exception]]:
             except UnicodeDecodeError as e:
                 yield lineno, DataError(f"not valid UTF-8 (byte {e.start})")
                 continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, DataError(f"invalid JSON ({e.msg} at column {e.colno})")
-                continue
-            if not isinstance(row, dict):
-                yield lineno, DataError("row is not a JSON object")
-                continue
-            yield lineno, row
+            if line.strip():
+                yield lineno, parse_json_line(line)
+
+
+def parse_json_line(line: str) -> dict | DataError:
+    """One JSON Lines row: the object, or the error that says why it is not one."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return DataError(f"invalid JSON ({e.msg} at column {e.colno})")
+    return row if isinstance(row, dict) else DataError("row is not a JSON object")
 
 
 def read_records(path: str, parse: Callable[[dict, str], T], on_error: str = "raise",

@@ -49,7 +49,7 @@ import json
 import os
 from typing import Any, Callable, Iterator
 
-from rmr1_jax.data.readers import iter_rows
+from rmr1_jax.data.readers import iter_rows, parse_json_line
 from rmr1_jax.errors import DataError
 
 Message = dict
@@ -163,14 +163,8 @@ def _iter_json_file(path: str) -> Iterator[tuple[str, dict | Exception]]:
 
 def _iter_jsonl_text(text: str) -> Iterator[tuple[int, dict | Exception]]:
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield lineno, DataError(f"invalid JSON ({e.msg} at column {e.colno})")
-            continue
-        yield lineno, row if isinstance(row, dict) else DataError("row is not a JSON object")
+        if line.strip():
+            yield lineno, parse_json_line(line)
 
 
 def iter_file_rows(path: str) -> Iterator[tuple[str, dict]]:
