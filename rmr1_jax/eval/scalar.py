@@ -89,40 +89,51 @@ def _base_row(task: ComparisonTask, model_name: str | None) -> dict[str, Any]:
     return row
 
 
-def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *,
-               batch_size: int = 16, model_name: str | None = None,
-               progress: Callable[[int, int], None] | None = None) -> RunStats:
-    """Score ``response_1`` and ``response_2`` of every task not yet in the results file
-    (``batch_size`` tasks, i.e. ``2 * batch_size`` responses, per ``model.score`` call)."""
+def _run(tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, batch_size: int,
+         progress: Callable[[int, int], None] | None,
+         rows_for: Callable[[list[ComparisonTask], RunStats], list[dict[str, Any]]]) -> RunStats:
+    """What both runners share: skip finished tasks, judge/score the rest ``batch_size`` at a
+    time with ``rows_for``, append each batch's rows to the results file as it finishes."""
     tasks = list(tasks)
     w, owned = _open(writer, tasks[0].benchmark if tasks else None)
     stats = RunStats(total=len(tasks))
     try:
         todo = _pending(tasks, w, stats)
         for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            prompts = [t.prompt for t in chunk for _ in (0, 1)]
-            responses = [r for t in chunk for r in (t.response_1, t.response_2)]
-            scores = list(model.score(prompts, responses))
-            if len(scores) != len(responses):
-                raise ValueError(f"model.score returned {len(scores)} scores for {len(responses)} responses")
-            rows = []
-            for k, t in enumerate(chunk):
-                s1, s2 = float(scores[2 * k]), float(scores[2 * k + 1])
-                if not (math.isfinite(s1) and math.isfinite(s2)):
-                    raise ValueError(f"model.score returned a non-finite score for item {t.item_id!r} "
-                                     f"pair {t.pair_index}: {s1}, {s2}")
-                row = _base_row(t, model_name)
-                row.update(scores=[s1, s2], first_is_better=t.first_is_better)
-                row["correct"] = example_correct(row)
-                rows.append(row)
-            stats.written += w.write(rows)
+            stats.written += w.write(rows_for(todo[i:i + batch_size], stats))
             if progress:
                 progress(stats.skipped + stats.written, stats.total)
     finally:
         if owned:
             w.close()
     return stats
+
+
+def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *,
+               batch_size: int = 16, model_name: str | None = None,
+               progress: Callable[[int, int], None] | None = None) -> RunStats:
+    """Score ``response_1`` and ``response_2`` of every task not yet in the results file
+    (``batch_size`` tasks, i.e. ``2 * batch_size`` responses, per ``model.score`` call)."""
+
+    def rows_for(chunk, stats):
+        prompts = [t.prompt for t in chunk for _ in (0, 1)]
+        responses = [r for t in chunk for r in (t.response_1, t.response_2)]
+        scores = list(model.score(prompts, responses))
+        if len(scores) != len(responses):
+            raise ValueError(f"model.score returned {len(scores)} scores for {len(responses)} responses")
+        rows = []
+        for k, t in enumerate(chunk):
+            s1, s2 = float(scores[2 * k]), float(scores[2 * k + 1])
+            if not (math.isfinite(s1) and math.isfinite(s2)):
+                raise ValueError(f"model.score returned a non-finite score for item {t.item_id!r} "
+                                 f"pair {t.pair_index}: {s1}, {s2}")
+            row = _base_row(t, model_name)
+            row.update(scores=[s1, s2], first_is_better=t.first_is_better)
+            row["correct"] = example_correct(row)
+            rows.append(row)
+        return rows
+
+    return _run(tasks, writer, batch_size, progress, rows_for)
 
 
 def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
@@ -157,49 +168,40 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
     ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``."""
     if order not in ("random", "both"):
         raise ValueError(f"order must be 'random' or 'both', got {order!r}")
-    tasks = list(tasks)
-    w, owned = _open(writer, tasks[0].benchmark if tasks else None)
-    stats = RunStats(total=len(tasks))
-    try:
-        todo = _pending(tasks, w, stats)
-        for i in range(0, len(todo), batch_size):
-            chunk = todo[i:i + batch_size]
-            inputs: list[tuple[Prompt, str, str]] = []
-            winners: list[list[str]] = []
-            for t in chunk:
-                flips = [first_shown_as_a(t, seed)] if order == "random" else [True, False]
-                ws = []
-                for first_a in flips:
-                    a, b = (t.response_1, t.response_2) if first_a else (t.response_2, t.response_1)
-                    inputs.append((t.prompt, a, b))
-                    ws.append("A" if first_a == t.first_is_better else "B")
-                winners.append(ws)
-            outs = list(judge_fn(inputs))
-            if len(outs) != len(inputs):
-                raise ValueError(f"judge_fn returned {len(outs)} verdicts for {len(inputs)} prompts")
-            rows, pos = [], 0
-            for t, ws in zip(chunk, winners):
-                got = outs[pos:pos + len(ws)]
-                pos += len(ws)
-                vs = [_verdict(x) for x in got]
-                row = _base_row(t, model_name)
-                if len(ws) == 1:
-                    row.update(verdict=vs[0], winner=ws[0])
-                else:
-                    row.update(verdict=vs, winner=ws)
-                    stats.both_orders += 1
-                    picks = [v == wn for v, wn in zip(vs, ws)]
-                    stats.consistent += all(v is not None for v in vs) and picks[0] == picks[1]
-                texts = [_text(x) for x in got]
-                if keep_text and all(isinstance(t, str) for t in texts):
-                    row["judgment"] = texts[0] if len(texts) == 1 else texts
-                row["correct"] = example_correct(row)
-                stats.no_verdict += sum(v is None for v in vs)
-                rows.append(row)
-            stats.written += w.write(rows)
-            if progress:
-                progress(stats.skipped + stats.written, stats.total)
-    finally:
-        if owned:
-            w.close()
-    return stats
+
+    def rows_for(chunk, stats):
+        inputs: list[tuple[Prompt, str, str]] = []
+        winners: list[list[str]] = []
+        for t in chunk:
+            flips = [first_shown_as_a(t, seed)] if order == "random" else [True, False]
+            ws = []
+            for first_a in flips:
+                a, b = (t.response_1, t.response_2) if first_a else (t.response_2, t.response_1)
+                inputs.append((t.prompt, a, b))
+                ws.append("A" if first_a == t.first_is_better else "B")
+            winners.append(ws)
+        outs = list(judge_fn(inputs))
+        if len(outs) != len(inputs):
+            raise ValueError(f"judge_fn returned {len(outs)} verdicts for {len(inputs)} prompts")
+        rows, pos = [], 0
+        for t, ws in zip(chunk, winners):
+            got = outs[pos:pos + len(ws)]
+            pos += len(ws)
+            vs = [_verdict(x) for x in got]
+            row = _base_row(t, model_name)
+            if len(ws) == 1:
+                row.update(verdict=vs[0], winner=ws[0])
+            else:
+                row.update(verdict=vs, winner=ws)
+                stats.both_orders += 1
+                picks = [v == wn for v, wn in zip(vs, ws)]
+                stats.consistent += all(v is not None for v in vs) and picks[0] == picks[1]
+            texts = [_text(x) for x in got]
+            if keep_text and all(isinstance(t, str) for t in texts):
+                row["judgment"] = texts[0] if len(texts) == 1 else texts
+            row["correct"] = example_correct(row)
+            stats.no_verdict += sum(v is None for v in vs)
+            rows.append(row)
+        return rows
+
+    return _run(tasks, writer, batch_size, progress, rows_for)
