@@ -109,13 +109,14 @@ def cmd_judge(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from rmr1_jax.eval.scoring import score_and_report, summary_line
+    from rmr1_jax.eval.report import score_and_report, summary_line
 
     if args.mode == "score":
         if not args.results:
             raise UserError("rmr1 eval score needs --results FILE [FILE ...]")
         if len(args.results) > 1:  # several models side by side
-            from rmr1_jax.eval.scoring import compare, score_results
+            from rmr1_jax.eval.report import compare
+            from rmr1_jax.eval.scoring import score_results
 
             names = [os.path.basename(os.path.dirname(os.path.abspath(r))) or r for r in args.results]
             if len(set(names)) < len(names):

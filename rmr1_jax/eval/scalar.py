@@ -10,7 +10,7 @@ Two kinds of models:
   attribute such as :class:`rmr1_jax.eval.judge.Judgment`, or a dict with a ``"verdict"``
   key (as :func:`rmr1_jax.eval.judge.judge_pairs` returns).
 
-Both append rows through a :class:`~rmr1_jax.eval.scoring.ResultsWriter` (one fsynced write
+Both append rows through a :class:`~rmr1_jax.eval.results.ResultsWriter` (one fsynced write
 per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,
 so rerunning an interrupted evaluation finishes only what is missing. Row format: see
 :mod:`rmr1_jax.eval.scoring`; the ``correct`` written there uses the default rules (no
@@ -31,7 +31,8 @@ import math
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
 from rmr1_jax.eval.benchmarks import ComparisonTask
-from rmr1_jax.eval.scoring import ResultsWriter, example_correct
+from rmr1_jax.eval.results import ResultsWriter
+from rmr1_jax.eval.scoring import example_correct
 
 Prompt = list  # list of {"role", "content"} messages
 

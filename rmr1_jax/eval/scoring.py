@@ -1,6 +1,7 @@
-"""Per-example results files, the benchmarks' official scores, and reports.
+"""The benchmarks' official scores of per-example results files (rows written by
+:mod:`rmr1_jax.eval.results`; reports in :mod:`rmr1_jax.eval.report`).
 
-Results file
+Results rows
 ------------
 One JSON object per judged pair (JSON Lines), appended as examples finish
 (:class:`ResultsWriter`), so an interrupted run resumes where it stopped
@@ -67,10 +68,8 @@ Accuracies are fractions in [0, 1]; reports print percentages.
 from __future__ import annotations
 
 import collections
-import json
 import os
-import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable
 
 from rmr1_jax.errors import DataError
 from rmr1_jax.eval.benchmarks import (
@@ -83,6 +82,8 @@ from rmr1_jax.eval.benchmarks import (
     rm_bench_scored_domain,
 )
 
+from rmr1_jax.eval.results import read_results, row_key
+
 NO_VERDICT_RULES = {"zero": 0.0, "half": 0.5}
 NO_VERDICT_TEXT = {"zero": "no verdict counts 0 (RM-R1 rule)",
                    "half": "no verdict counts 0.5 (upstream RewardBench tie rule)"}
@@ -91,112 +92,6 @@ RM_BENCH_DOMAIN_ORDER = ("chat", "safety", "math", "code")
 
 
 # ============================================================================ results files
-
-
-def _key(row: dict) -> tuple[str, int]:
-    return (str(row["item_id"]), int(row["pair_index"]))
-
-
-def _parse_lines(path: str) -> Iterable[tuple[int, dict]]:
-    """(line number, row) of a results file. A last line cut off by an interrupted write (no
-    newline and not valid JSON) is ignored; a bad line anywhere else is an error."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: results file not found")
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    last = len(lines) - 1  # the piece after the final newline ("" for a complete file)
-    for i, raw in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if i == last:  # truncated tail of an interrupted run
-                return
-            raise DataError(f"{path}:{i + 1}: corrupt results line ({e})") from None
-        if not isinstance(row, dict) or "item_id" not in row or "pair_index" not in row:
-            raise DataError(f"{path}:{i + 1}: results row needs 'item_id' and 'pair_index'")
-        yield i + 1, row
-
-
-def read_results(path: str, benchmark: str | None = None) -> list[dict]:
-    """The rows of a results file, one per ``(item_id, pair_index)`` (a later duplicate
-    replaces an earlier one). With ``benchmark``, rows of another benchmark are an error."""
-    want = canonical_benchmark(benchmark) if benchmark else None
-    rows: dict[tuple[str, int], dict] = {}
-    for lineno, row in _parse_lines(path):
-        if want is not None and row.get("benchmark") is not None and \
-                canonical_benchmark(row["benchmark"]) != want:
-            raise DataError(f"{path}:{lineno}: row is from benchmark {row['benchmark']!r}, not {want!r}")
-        row["_line"] = lineno
-        rows[_key(row)] = row
-    return list(rows.values())
-
-
-def done_keys(path: str, benchmark: str | None = None) -> set[tuple[str, int]]:
-    """``(item_id, pair_index)`` of every finished example in ``path`` (empty if the file does
-    not exist yet). A truncated last line from an interrupted run is not counted."""
-    if not os.path.exists(path):
-        return set()
-    return {_key(r) for r in read_results(path, benchmark)}
-
-
-def _repair_tail(path: str) -> None:
-    """Make the file end at a line boundary before appending: drop a cut-off last line, or
-    terminate a complete one that merely lacks its newline."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:].decode("utf-8"))
-            f.write(b"\n")
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-class ResultsWriter:
-    """Appends result rows to a JSONL file, one line per finished example, flushed and
-    fsynced after each :meth:`write` (one call per batch). ``done`` holds the keys already in
-    the file, so a rerun can skip them; a line cut off by a crash is dropped on open."""
-
-    def __init__(self, path: str, benchmark: str | None = None):
-        self.path = path
-        self.benchmark = canonical_benchmark(benchmark) if benchmark else None
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        _repair_tail(path)
-        self.done: set[tuple[str, int]] = done_keys(path, self.benchmark)
-        self._f = open(path, "a", encoding="utf-8")
-
-    def write(self, rows: Iterable[dict]) -> int:
-        n = 0
-        for r in rows:
-            self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            self.done.add(_key(r))
-            n += 1
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        return n
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "ResultsWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# ============================================================================ per-example value
 
 
 def _as_list(x) -> list:
@@ -298,7 +193,7 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
     warnings: list[str] = []
     if expected is not None:
         want = {t.key if hasattr(t, "key") else (str(t[0]), int(t[1])) for t in expected}
-        have = {_key(r) for r in rows}
+        have = {row_key(r) for r in rows}
         missing = want - have
         extra = have - want
         summary["n_expected"] = len(want)
@@ -486,226 +381,3 @@ def _score_rmb(rows, values, summary, warnings, *, source):
 
 
 # ============================================================================ reports
-
-_TITLES = {"rewardbench": "RewardBench", "rm-bench": "RM-Bench", "rmb": "RMB"}
-_OVERALL = {"rewardbench": "Overall", "rm-bench": "Total", "rmb": "Overall"}
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def rules_text(summary: dict) -> str:
-    sc = summary["scoring"]
-    parts = []
-    if "generative" in summary["model_type"]:
-        parts.append(sc["no_verdict_rule"])
-    if "scalar" in summary["model_type"]:
-        parts.append(f"scalar ties count {sc['scalar_tie']:g}")
-    if summary["benchmark"] == "rewardbench":
-        parts.append(f"section weights: {sc.get('weights', 'official')} (math-prm weighted {MATH_PRM_WEIGHT})"
-                     if sc.get("weights", "official") == "official" else
-                     "section weights: observed counts (math-prm weighted as all code rows)")
-    return "; ".join(parts)
-
-
-def headline(summary: dict) -> dict[str, float | None]:
-    """The benchmark's headline numbers in report order (sections, then overall)."""
-    out = dict(summary["sections"])
-    if summary["benchmark"] == "rm-bench":
-        out.update(summary["difficulty"])
-    out[_OVERALL[summary["benchmark"]]] = summary["overall"]
-    return out
-
-
-def summary_line(summary: dict) -> str:
-    """One line for the terminal: the headline scores and the rules used."""
-    h = headline(summary)
-    ov = _OVERALL[summary["benchmark"]]
-    body = ", ".join(f"{k} {_pct(v)}" for k, v in h.items() if k != ov)
-    nv = ""
-    if summary["n_judgments"]:
-        nv = f"; {summary['n_no_verdict']} of {summary['n_judgments']} judgments without a verdict"
-    pc = "" if summary["position_consistency"] is None else \
-        f"; position consistency {_pct(summary['position_consistency'])}"
-    part = "" if summary["complete"] else " [INCOMPLETE: " + "; ".join(summary["warnings"]) + "]"
-    return (f"{_TITLES[summary['benchmark']]} {summary['model']}: {ov} {_pct(summary['overall'])} ({body})"
-            f" [{rules_text(summary)}{nv}{pc}]{part}")
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def to_markdown(summary: dict) -> str:
-    b = summary["benchmark"]
-    out = [f"## {_TITLES[b]}: {summary['model']}", ""]
-    out.append(f"Scoring: {rules_text(summary)}.")
-    facts = [f"{summary['n_examples']} examples"]
-    if summary["n_judgments"]:
-        facts.append(f"{summary['n_no_verdict']} of {summary['n_judgments']} judgments without a verdict "
-                     f"({_pct(summary['no_verdict_rate'])}%)")
-    if summary["position_consistency"] is not None:
-        facts.append(f"position consistency {_pct(summary['position_consistency'])}% over "
-                     f"{summary['n_both_orders']} pairs judged in both orders")
-    out += ["", "; ".join(facts) + ".", ""]
-    if not summary["complete"]:
-        out += ["**Incomplete:** " + "; ".join(summary["warnings"]) + ".", ""]
-    out.append(_table(["Score", "%"], [[k, _pct(v)] for k, v in headline(summary).items()]))
-    out.append("")
-    if b == "rm-bench":
-        rows = [[d, _pct(v["hard"]), _pct(v["normal"]), _pct(v["easy"]), _pct(v["score"]), str(v["n_items"])]
-                for d, v in summary["domains"].items()]
-        out += [_table(["Domain", "Hard", "Normal", "Easy", "Score", "Items"], rows), ""]
-    label = {"rewardbench": "Subset", "rm-bench": "Domain (as in the data)", "rmb": "Group/scenario"}[b]
-    rows = [[s, _pct(v["accuracy"]), str(v["n"])] for s, v in summary["subsets"].items()]
-    out += [_table([label, "Accuracy %", "N"], rows), ""]
-    return "\n".join(out)
-
-
-def to_results_json(summary: dict) -> dict:
-    """A RewardBench-results-style object: model, model type, one key per subset accuracy and
-    per section score, then the rest of the summary."""
-    out: dict[str, Any] = {"model": summary["model"], "model_type": summary["model_type"],
-                           "benchmark": summary["benchmark"]}
-    out.update({s: v["accuracy"] for s, v in summary["subsets"].items()})
-    out.update(headline(summary))
-    out.update({k: v for k, v in summary.items() if k not in out})
-    return out
-
-
-def _slug(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-").lower() or "x"
-
-
-def _bar_png(path: str, labels: list[str], values: list[float | None], title: str, note: str = "") -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    vals = [0.0 if v is None else 100 * v for v in values]
-    horizontal = len(labels) > 8
-    if horizontal:
-        fig, ax = plt.subplots(figsize=(7.0, 0.28 * len(labels) + 1.2))
-        ax.barh(range(len(labels)), vals, color="tab:blue")
-        ax.set_yticks(range(len(labels)), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 100)
-        ax.set_xlabel("accuracy %")
-        ax.grid(alpha=0.3, axis="x")
-    else:
-        fig, ax = plt.subplots(figsize=(max(4.5, 1.0 * len(labels) + 1.5), 3.6))
-        bars = ax.bar(range(len(labels)), vals, color="tab:blue")
-        ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0, ha="right"
-                      if len(labels) > 3 else "center", fontsize=8)
-        ax.set_ylim(0, 109)
-        ax.set_yticks(range(0, 101, 20))
-        ax.set_ylabel("accuracy %")
-        ax.grid(alpha=0.3, axis="y")
-        for rect, v, raw in zip(bars, vals, values):
-            ax.text(rect.get_x() + rect.get_width() / 2, v + 1, "-" if raw is None else f"{v:.1f}",
-                    ha="center", va="bottom", fontsize=7)
-    ax.set_title(title, fontsize=10, loc="left")
-    if note:
-        fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.35")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
-    b, model = summary["benchmark"], summary["model"]
-    paths = []
-    h = headline(summary)
-    paths.append(_bar_png(os.path.join(out_dir, f"{name}-overview.png"), list(h), list(h.values()),
-                          f"{_TITLES[b]}: {model}", rules_text(summary)))
-    if b == "rewardbench":
-        for sec, subs in REWARDBENCH_SECTIONS.items():
-            present = [s for s in subs if s in summary["subsets"]]
-            if present:
-                paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(sec)}.png"), present,
-                                      [summary["subsets"][s]["accuracy"] for s in present],
-                                      f"{_TITLES[b]} {sec}: {_pct(summary['sections'][sec])}",
-                                      rules_text(summary)))
-    elif b == "rm-bench":
-        for dom, v in summary["domains"].items():
-            paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(dom)}.png"), ["hard", "normal", "easy"],
-                                  [v["hard"], v["normal"], v["easy"]], f"{_TITLES[b]} {dom}: {_pct(v['score'])}",
-                                  rules_text(summary)))
-    else:
-        for g in RMB_GROUPS:
-            keys = [k for k in summary["subsets"] if k.startswith(g + "/")]
-            if keys:
-                paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(g)}.png"),
-                                      [k[len(g) + 1:] for k in keys],
-                                      [summary["subsets"][k]["accuracy"] for k in keys],
-                                      f"{_TITLES[b]} {g}: {_pct(summary['sections'][g])}",
-                                      rules_text(summary)))
-    return paths
-
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[str, Any]:
-    """Write ``NAME.md`` (tables), ``NAME.json`` (RewardBench-results-style summary) and PNG
-    bar charts (``NAME-overview.png`` and one per section) into ``out_dir``. ``name`` defaults
-    to ``<model>-<benchmark>``. Returns ``{"md": path, "json": path, "png": [paths]}``."""
-    os.makedirs(out_dir, exist_ok=True)
-    name = name or f"{_slug(summary['model'])}-{summary['benchmark']}"
-    md = os.path.join(out_dir, f"{name}.md")
-    js = os.path.join(out_dir, f"{name}.json")
-    pngs = _plots(summary, out_dir, name)
-    _atomic_write(js, json.dumps(to_results_json(summary), indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(md, f"# {_TITLES[summary['benchmark']]} report\n\n" + to_markdown(summary))
-    return {"md": md, "json": js, "png": pngs}
-
-
-def compare(summaries: Mapping[str, dict]) -> str:
-    """Markdown putting several models side by side: per benchmark, one table of headline
-    scores (and the scoring rules / no-verdict rate) and one of per-subset accuracies, one
-    column per model name."""
-    by_bench: dict[str, list[tuple[str, dict]]] = collections.defaultdict(list)
-    for name, s in summaries.items():
-        by_bench[s["benchmark"]].append((name, s))
-    out = []
-    for b in ("rewardbench", "rm-bench", "rmb"):
-        if b not in by_bench:
-            continue
-        group = by_bench[b]
-        names = [n for n, _ in group]
-        out += [f"## {_TITLES[b]}", ""]
-        keys: list[str] = []
-        for _, s in group:
-            keys += [k for k in headline(s) if k not in keys]
-        rows = [[k] + [_pct(headline(s).get(k)) for _, s in group] for k in keys]
-        rows.append(["No verdict %"] + [_pct(s["no_verdict_rate"]) for _, s in group])
-        rows.append(["Complete"] + ["yes" if s["complete"] else "no" for _, s in group])
-        out += [_table(["Score"] + names, rows), ""]
-        out += ["Scoring: " + "; ".join(f"{n}: {rules_text(s)}" for n, s in group) + ".", ""]
-        subs: list[str] = []
-        for _, s in group:
-            subs += [k for k in s["subsets"] if k not in subs]
-        rows = [[k] + [_pct(s["subsets"][k]["accuracy"]) if k in s["subsets"] else "-" for _, s in group]
-                for k in subs]
-        out += [_table(["Subset"] + names, rows), ""]
-    return "\n".join(out)
-
-
-def score_and_report(benchmark: str, results_path: str, out_dir: str | None = None, no_verdict: str = "zero", *,
-                     name: str | None = None, expected: Iterable | None = None, **kw) -> tuple[dict, dict | None]:
-    """What ``rmr1 eval score`` does: score ``results_path`` and, with ``out_dir``, write the
-    report files there. Returns ``(summary, paths or None)``; print :func:`summary_line`."""
-    summary = score_results(benchmark, results_path, no_verdict, expected=expected, **kw)
-    paths = write_report(summary, out_dir, name) if out_dir else None
-    return summary, paths

@@ -6,17 +6,9 @@ import json
 import pytest
 
 from rmr1_jax.errors import DataError
-from rmr1_jax.eval.scoring import (
-    ResultsWriter,
-    compare,
-    done_keys,
-    read_results,
-    score_and_report,
-    score_results,
-    score_rows,
-    summary_line,
-    write_report,
-)
+from rmr1_jax.eval.report import compare, score_and_report, summary_line, write_report
+from rmr1_jax.eval.results import ResultsWriter, done_keys, read_results
+from rmr1_jax.eval.scoring import score_results, score_rows
 
 
 def gen(bench, item, subset, ok, *, pair=0, winner="A", meta=None):
