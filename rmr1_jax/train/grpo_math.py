@@ -18,8 +18,10 @@ AGGREGATIONS: dict[str, Callable] = {}
 
 
 def _register(table):
+    """Register ``adv_x`` / ``kl_x`` / ``agg_x`` under the config name ``x``."""
+
     def deco(fn):
-        table[fn.__name__.split("_", 1)[1] if fn.__name__.startswith(("adv_", "kl_", "agg_")) else fn.__name__] = fn
+        table[fn.__name__.split("_", 1)[1]] = fn
         return fn
 
     return deco
