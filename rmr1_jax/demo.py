@@ -95,27 +95,23 @@ def _files(s: DemoSettings, log):
 
 def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
     """Held-out accuracy in the original A/B order and swapped, and position consistency."""
-    from rmr1_jax.eval.judge import judge_prompts, position_consistency, verdict_accuracy
-    from rmr1_jax.sampling.sampler import Sampler
-    from rmr1_jax.text.prompts import build_judge_messages
+    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.eval.loading import LoadedJudge
 
-    sampler = Sampler(model, eos_ids=tokenizer.eos_ids, pad_id=tokenizer.pad_id, mesh=mesh)
-    fwd, swp, winners = [], [], []
+    judge = LoadedJudge(model, params, tokenizer, template, source="demo")
+    triples, winners = [], []
     for i, p in enumerate(held):
         a, b, w = (p.chosen, p.rejected, "A") if i % 2 == 0 else (p.rejected, p.chosen, "B")
-        fwd.append(tokenizer.encode(tokenizer.apply_chat_template(build_judge_messages(p.prompt, a, b, template),
-                                                                  add_generation_prompt=True)))
-        swp.append(tokenizer.encode(tokenizer.apply_chat_template(build_judge_messages(p.prompt, b, a, template),
-                                                                  add_generation_prompt=True)))
+        triples.append((p.prompt, a, b))
         winners.append(w)
-    jf = judge_prompts(sampler, params, fwd, tokenizer, batch_size=s.eval_batch, max_new_tokens=s.max_new_tokens)
-    js = judge_prompts(sampler, params, swp, tokenizer, batch_size=s.eval_batch, max_new_tokens=s.max_new_tokens)
-    flip = {"A": "B", "B": "A"}
-    acc_f = verdict_accuracy(jf, winners)
-    acc_s = verdict_accuracy(js, [flip[w] for w in winners])
-    return {"accuracy": (acc_f["accuracy"] + acc_s["accuracy"]) / 2,
-            "no_verdict_rate": (acc_f["no_verdict_rate"] + acc_s["no_verdict_rate"]) / 2,
-            "position_consistency": position_consistency(jf, js), "example": jf[0].text}
+    out = judge_pairs(judge, triples, both_orders=True, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch,
+                      mesh=mesh)
+    n = max(len(out), 1)
+    verdicts = [v for r in out for v in (r["verdict"], r["verdict_swapped"])]
+    right = sum(r["verdict"] == w for r, w in zip(out, winners)) + sum(r["verdict_swapped"] == w
+                                                                       for r, w in zip(out, winners))
+    return {"accuracy": right / (2 * n), "no_verdict_rate": sum(v is None for v in verdicts) / (2 * n),
+            "position_consistency": sum(r["consistent"] for r in out) / n, "example": out[0]["judgment"]}
 
 
 def run_demo(s: DemoSettings | None = None, log=print) -> dict:

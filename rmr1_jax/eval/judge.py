@@ -48,15 +48,8 @@ def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> d
             "mean_tokens": float(np.mean([j.num_tokens for j in judgments])) if n else 0.0, "n": n}
 
 
-def position_consistency(forward: Sequence[Judgment], swapped: Sequence[Judgment]) -> float:
-    """Share of pairs whose verdict names the same response in both orders (A->B swapped)."""
-    flip = {"A": "B", "B": "A"}
-    same = sum(f.verdict is not None and s.verdict == flip[f.verdict] for f, s in zip(forward, swapped))
-    return same / max(len(forward), 1)
-
-
 def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
-                batch_size: int = 16) -> list[dict]:
+                batch_size: int = 16, mesh=None) -> list[dict]:
     """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
     Returns dicts with the judgment text and verdict, and with ``both_orders`` the verdict
     with A and B swapped (mapped back to the original labels) and position consistency."""
@@ -64,7 +57,7 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
 
     tok, tpl = judge.tokenizer, judge.template
     if judge.sampler is None:  # one Sampler per judge: its compiled functions are reused across calls
-        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id)
+        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh)
     sampler = judge.sampler
 
     def encode(p, a, b):
