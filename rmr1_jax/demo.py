@@ -25,10 +25,8 @@ from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 # A compact judge protocol for the demo's small model (the built-in instruct protocol is
 # longer); it is written to a file and loaded like any user-supplied template.
 DEMO_SYSTEM = """\
-You judge which chatbot reply is better. First write <type>Reasoning</type> or <type>Chat</type>. \
-For Reasoning, solve it in <solution>...</solution>; for Chat, write a weighted <rubric> with a \
-<justify> inside. Compare both replies in <eval> with <quote_A>, <summary_A>, <quote_B>, \
-<summary_B>. End with <answer>[[A]]</answer> or <answer>[[B]]</answer>."""
+Judge which reply is better: type, solution or rubric, eval, then <answer>[[A]]</answer> or \
+<answer>[[B]]</answer>."""
 DEMO_USER = """Question: {question}
 [A] {response_a}
 [B] {response_b}"""
@@ -42,24 +40,34 @@ DEMO_USER_MULTITURN = """[A]
 class DemoSettings:
     out_dir: str = "runs/demo"
     seed: int = 0
-    # Tasks whose check a ~1M-parameter model can pick up in a few hundred CPU steps (it does
-    # not learn arithmetic or letter counting that fast), with compact traces.
-    kinds: tuple[str, ...] = ("compare", "caps_word", "starts_with")
+    # Instruction-following tasks whose check a ~1M-parameter model learns in a few hundred
+    # CPU steps. It does not learn arithmetic, letter counting or number comparison that fast
+    # (``compare`` stays at chance after 600 steps); any kind can be chosen here.
+    kinds: tuple[str, ...] = ("caps_word", "starts_with")
     trace_style: str = "compact"
-    n_distill: int = 3000
+    n_distill: int = 12000
     n_rl: int = 3000
     n_eval: int = 256
     vocab_size: int = 1024
-    max_length: int = 256
-    distill_steps: int = 300
-    distill_batch: int = 16
+    max_length: int = 384  # two compact traces (~190 tokens each) per packed row
+    distill_steps: int = 450
+    distill_batch: int = 10
     distill_lr: float = 3e-3
     grpo_rollouts: int = 12
     grpo_prompts: int = 24
     grpo_n: int = 4
-    grpo_lr: float = 5e-5
-    max_new_tokens: int = 80
+    grpo_lr: float = 1e-4
+    max_new_tokens: int = 128
     eval_batch: int = 64
+
+
+def _pair_key(p) -> tuple[str, frozenset]:
+    reply = lambda r: r[-1]["content"]  # noqa: E731
+    return p.prompt[-1]["content"], frozenset((reply(p.chosen), reply(p.rejected)))
+
+
+def _kind(p) -> str:
+    return p.id.rsplit("-", 1)[-1]
 
 
 def _files(s: DemoSettings, log):
@@ -69,9 +77,12 @@ def _files(s: DemoSettings, log):
     data = os.path.join(s.out_dir, "data")
     os.makedirs(data, exist_ok=True)
     pairs = synthetic.generate_pairs(s.n_distill + s.n_rl, seed=s.seed, kinds=s.kinds)
-    seen = {p.prompt[-1]["content"] for p in pairs}
+    # Held out: a different seed, and no pair whose question and two replies occur in training
+    # (in either order). Questions alone may repeat: for the instruction kinds the question
+    # space is small, and a judge must still read the replies to place the verdict.
+    seen = {_pair_key(p) for p in pairs}
     held = [p for p in synthetic.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
-            if p.prompt[-1]["content"] not in seen][: s.n_eval]
+            if _pair_key(p) not in seen][: s.n_eval]
     prompt_dir = os.path.join(s.out_dir, "prompts")
     os.makedirs(prompt_dir, exist_ok=True)
     files = {}
@@ -108,10 +119,14 @@ def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
                       mesh=mesh)
     n = max(len(out), 1)
     verdicts = [v for r in out for v in (r["verdict"], r["verdict_swapped"])]
-    right = sum(r["verdict"] == w for r, w in zip(out, winners)) + sum(r["verdict_swapped"] == w
-                                                                       for r, w in zip(out, winners))
-    return {"accuracy": right / (2 * n), "no_verdict_rate": sum(v is None for v in verdicts) / (2 * n),
-            "position_consistency": sum(r["consistent"] for r in out) / n, "example": out[0]["judgment"]}
+    scores = [(r["verdict"] == w) + (r["verdict_swapped"] == w) for r, w in zip(out, winners)]
+    by_kind: dict[str, list[int]] = {}
+    for p, sc in zip(held, scores):
+        by_kind.setdefault(_kind(p), []).append(sc)
+    return {"accuracy": sum(scores) / (2 * n), "no_verdict_rate": sum(v is None for v in verdicts) / (2 * n),
+            "position_consistency": sum(r["consistent"] for r in out) / n,
+            "by_kind": {k: sum(v) / (2 * len(v)) for k, v in sorted(by_kind.items())},
+            "example": out[0]["judgment"]}
 
 
 def run_demo(s: DemoSettings | None = None, log=print) -> dict:

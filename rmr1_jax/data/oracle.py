@@ -133,13 +133,21 @@ def _build_compare(m) -> _Check:
     which, x, y = m.group(1), int(m.group(2)), int(m.group(3))
     best = max(x, y) if which == "larger" else min(x, y)
     other = min(x, y) if which == "larger" else max(x, y)
+    # Digit by digit from the left (the numbers have equal length), so each step is one
+    # single-digit comparison a small model can learn.
+    work = []
+    for dx, dy in zip(str(x), str(y)):
+        work.append(f"{dx} {'>' if dx > dy else '<' if dx < dy else '='} {dy}")
+        if dx != dy:
+            break
     sign = ">" if which == "larger" else "<"
 
-    def check(text):
+    def check(text):  # the note puts the reply's number next to the answer it is checked against
         got = _first_int(text)
-        return got == best, ("names no number" if got is None else f"picks {got}")
+        return got == best, ("names no number" if got is None else f"picks {got}, answer {best}")
 
-    return _Check("compare", "Reasoning", check, solution=f"{best} {sign} {other}, so {best} is {which}.")
+    solution = f"{x} vs {y}: {', '.join(work)}, so {best} is {which}."
+    return _Check("compare", "Reasoning", check, solution=solution)
 
 
 def _build_count(m) -> _Check:
@@ -185,7 +193,7 @@ def _build_starts_with(m) -> _Check:
         t = text.lstrip()
         first = _words(t)[:1]
         ok = t.startswith(word) and not t[len(word):len(word) + 1].isalpha()
-        return ok, f"starts with '{first[0] if first else t[:8]}'"
+        return ok, f"first word '{first[0] if first else t[:8]}', wanted '{word}'"
 
     return _Check("starts_with", "Chat", check, rule=f"start with '{word}'")
 
@@ -246,8 +254,8 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
     ``winner`` (``"A"``/``"B"``/``"model_a"``/...) must agree with :func:`oracle_verdict`;
     a disagreeing label raises ``ValueError`` rather than producing a self-contradicting trace.
     ``None`` uses the oracle's own verdict. ``style="compact"`` keeps the CoR structure (type,
-    solution or rubric with justification, per-response summaries, answer) but drops the
-    quotes: about a third of the length, for the demo's small model on a CPU.
+    solution or rubric with justification, quotes and summaries, answer) in about half the
+    length, for the demo's small model on a CPU.
     """
     chk, verdict, (ta, ok_a, note_a), (tb, ok_b, note_b) = _judge(pair, response_a, response_b)
     if winner is not None and normalize_winner(winner) != verdict:
@@ -258,7 +266,7 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
         return cap((table[v][0] if ok else table[v][1]).format(n=text_note))
 
     if style == "compact":
-        return _compact_trace(chk, verdict, (note_a, ok_a), (note_b, ok_b))
+        return _compact_trace(chk, verdict, (ta, note_a, ok_a), (tb, note_b, ok_b))
     if style != "full":
         raise ValueError(f"trace style {style!r} is not 'full' or 'compact'")
     if chk.task_type == "Reasoning":
@@ -273,11 +281,15 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
             f"<answer>[[{verdict}]]</answer>")
 
 
-def _compact_trace(chk: _Check, verdict: str, a: tuple[str, bool], b: tuple[str, bool]) -> str:
+def _compact_trace(chk: _Check, verdict: str, a: tuple[str, str, bool], b: tuple[str, str, bool]) -> str:
+    """Type, solution or rubric, then per reply a verbatim quote and a one-line check of it,
+    and the verdict. The quotes keep every check next to a copy of what it checks: a small
+    model learns to copy long before it learns to look up a word deep in the prompt."""
     mark = {True: "right", False: "wrong"} if chk.task_type == "Reasoning" else {True: "kept", False: "broken"}
     if chk.task_type == "Reasoning":
         head = f"<type>Reasoning</type>\n<solution>{chk.solution}</solution>\n"
     else:
         head = f"<type>Chat</type>\n<rubric>Rule: {chk.rule} (80%).<justify>The rule decides.</justify></rubric>\n"
-    return (f"{head}<eval><summary_A>{cap(a[0])}, {mark[a[1]]}.</summary_A>"
-            f"<summary_B>{cap(b[0])}, {mark[b[1]]}.</summary_B></eval>\n<answer>[[{verdict}]]</answer>")
+    return (f"{head}<eval><quote_A>{_quote(a[0])}</quote_A><summary_A>{cap(a[1])}, {mark[a[2]]}.</summary_A>\n"
+            f"<quote_B>{_quote(b[0])}</quote_B><summary_B>{cap(b[1])}, {mark[b[2]]}.</summary_B></eval>\n"
+            f"<answer>[[{verdict}]]</answer>")

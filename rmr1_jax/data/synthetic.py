@@ -104,9 +104,26 @@ _YES_QUESTIONS = [
     ("do whales breathe air?", "whales breathe air."),
     ("is a square a rectangle?", "a square is a rectangle."),
     ("can sound travel through water?", "sound travels in water."),
+    ("is Tokyo in Japan?", "Tokyo is in Japan."),
+    ("do cows eat grass?", "cows eat grass."),
+    ("is the moon smaller than the earth?", "the moon is smaller."),
+    ("can owls see at night?", "owls see at night."),
+    ("is salt made of sodium and chlorine?", "salt is sodium chloride."),
+    ("do trees have roots?", "trees have roots."),
+    ("is a whale a mammal?", "a whale is a mammal."),
+    ("does the earth orbit the sun?", "the earth orbits the sun."),
+    ("is seven a prime number?", "seven is prime."),
+    ("can ants lift heavy loads?", "ants lift heavy loads."),
+    ("is copper a good conductor?", "copper conducts well."),
+    ("do birds lay eggs?", "birds lay eggs."),
+    ("is Rome in Italy?", "Rome is in Italy."),
+    ("can frogs jump far?", "frogs jump far."),
+    ("is snow made of ice?", "snow is made of ice."),
+    ("do spiders spin webs?", "spiders spin webs."),
 ]
-_START_WORDS = ["Yes", "Indeed", "Absolutely"]
-_OTHER_STARTS = ["Sure", "Of course", "Definitely", "Certainly", "Right", "Correct"]
+_START_WORDS = ["Yes", "Indeed", "Absolutely", "Sure", "Certainly", "Definitely", "Right", "Correct",
+                "True", "Naturally", "Clearly", "Exactly", "Surely", "Agreed", "Affirmative", "Totally"]
+_OTHER_STARTS = ["Of course", "Well", "Okay", "Yep", "Obviously", "Positively"]
 
 # ---------------------------------------------------------------------------------------------
 # Generators: rng, difficulty -> (question, chosen, rejected)

@@ -27,11 +27,20 @@ _REMAT = {
 }
 
 
-def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> dict[str, jax.Array]:
-    """An empty KV cache: k/v [L, B, S, K, H] and ``valid`` [B, S] (slots holding real tokens)."""
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> dict[str, Any]:
+    """An empty KV cache and ``valid`` [B, S] (slots holding real tokens). Keys and values are
+    stored [B, K, S, H], the layout the attention reads without a transpose: one array per layer
+    (tuples of L arrays, each updated in place) for unrolled layers, stacked [L, B, K, S, H] for
+    ``nn.scan``."""
     dt = dtype_of(dtype or cfg.dtype)
-    shape = (cfg.num_hidden_layers, batch, max_len, cfg.num_key_value_heads, cfg.dim_head)
-    return {"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt), "valid": jnp.zeros((batch, max_len), bool)}
+    shape = (batch, cfg.num_key_value_heads, max_len, cfg.dim_head)
+    if cfg.scan_layers:
+        k = jnp.zeros((cfg.num_hidden_layers, *shape), dt)
+        v = jnp.zeros((cfg.num_hidden_layers, *shape), dt)
+    else:
+        k = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_hidden_layers))
+        v = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_hidden_layers))
+    return {"k": k, "v": v, "valid": jnp.zeros((batch, max_len), bool)}
 
 
 def _positions_from_mask(mask_bt):
@@ -131,12 +140,14 @@ class DecoderLM(nn.Module):
             )(cfg, name="layers")
             x, new_kv = stack(x, kv, cos, sin, mask, cache_index)
         else:
-            new_kv = kv
+            ks, vs = [], []
             for i in range(cfg.num_hidden_layers):
-                layer_kv = (new_kv[0], new_kv[1], i) if kv is not None else None
+                layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
                 x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index)
                 if c is not None:
-                    new_kv = (c[0], c[1])
+                    ks.append(c[0])
+                    vs.append(c[1])
+            new_kv = (tuple(ks), tuple(vs)) if kv is not None else None
 
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
         if return_hidden:

@@ -89,6 +89,19 @@ def blocked_causal_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, scale: float, bl
     return jnp.concatenate(outs, axis=1)
 
 
+def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float):
+    """Attention of T queries over a KV cache stored [B, K, S, H] (grouped-query: N = K * G
+    query heads), without moving the cache. Scores and softmax in float32."""
+    b, t, n, h = q_btnh.shape
+    k = k_bksh.shape[1]
+    q = q_btnh.reshape(b, t, k, n // k, h)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q, k_bksh, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask_b1ts[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_bksh)
+    return out.reshape(b, t, n, h)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -115,26 +128,17 @@ class Attention(nn.Module):
         q = apply_rope(q, cos, sin)
         kk = apply_rope(kk, cos, sin)
         new_cache = None
-        if kv_cache is not None and len(kv_cache) == 3:
-            # the whole [L, B, S, K, H] cache and this layer's index: write only the new slots in
-            # place (no per-step copy of the cache), read this layer's slice
-            k_all, v_all, layer = kv_cache
-            idx = (layer, 0, cache_index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, kk.astype(k_all.dtype)[None], idx)
-            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], idx)
-            new_cache = (k_all, v_all, layer)
-            kk, v = k_all[layer].astype(dt), v_all[layer].astype(dt)
-        elif kv_cache is not None:
-            k_cache, v_cache = kv_cache
-            idx = (0, cache_index, 0, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, kk.astype(k_cache.dtype), idx)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), idx)
-            new_cache = (k_cache, v_cache)
-            kk, v = k_cache.astype(dt), v_cache.astype(dt)
         scale = 1.0 / math.sqrt(cfg.dim_head)
         t = q.shape[1]
-        if kv_cache is None and cfg.attention_impl is None and t >= 2 * CPU_ATTN_BLOCK \
-                and jax.default_backend() == "cpu":
+        if kv_cache is not None:
+            # cache [B, K, S, H]: write the new slots in place, attend over every slot
+            k_cache, v_cache = kv_cache
+            idx = (0, 0, cache_index, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, kk.transpose(0, 2, 1, 3).astype(k_cache.dtype), idx)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), idx)
+            new_cache = (k_cache, v_cache)
+            out = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_b1ts, scale)
+        elif cfg.attention_impl is None and t >= 2 * CPU_ATTN_BLOCK and jax.default_backend() == "cpu":
             out = blocked_causal_attention(q, kk, v, mask_b1ts, scale)
         else:
             out = jax.nn.dot_product_attention(q, kk, v, mask=mask_b1ts, scale=scale,

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmr1_jax.models.decoder import init_cache
+from rmr1_jax.models.params import unstack_layers
 from rmr1_jax.parallel.sharding import activation_sharding
 
 
@@ -83,6 +84,15 @@ class Sampler:
     def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, chunk: int = 64,
                  cache_dtype: str | None = None):
         self.model = model
+        # Decoding runs the unrolled layer stack whatever the training layout: with scanned
+        # layers every decode step would slice each layer's weights and restack the KV cache
+        # through the scan; unrolled, the cache is updated in place. Scanned parameters are
+        # split per layer once per compiled call (outside the decode loop).
+        cfg = model.cfg
+        self._unstack = cfg.scan_layers
+        self._decode_model = model
+        if cfg.scan_layers or cfg.remat_policy != "none":
+            self._decode_model = type(model)(dataclasses.replace(cfg, scan_layers=False, remat_policy="none"))
         self.eos_ids = jnp.asarray(sorted(set(int(e) for e in eos_ids)), jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh
@@ -92,20 +102,24 @@ class Sampler:
         self._decode = jax.jit(self._decode_impl, static_argnames=("steps", "greedy", "temperature", "top_k",
                                                                     "top_p"), donate_argnums=(1,))
 
+    def _decode_params(self, params):
+        return unstack_layers(params, self.model.cfg.num_hidden_layers) if self._unstack else params
+
     def _prefill_impl(self, params, ids, mask, n: int, max_len: int):
         b = ids.shape[0]
-        cache = init_cache(self.model.cfg, b, max_len, self.cache_dtype)
-        logits, cache = self.model.apply({"params": params}, ids, attention_mask=mask, cache=cache, cache_index=0)
+        cache = init_cache(self._decode_model.cfg, b, max_len, self.cache_dtype)
+        logits, cache = self._decode_model.apply({"params": self._decode_params(params)}, ids, attention_mask=mask,
+                                                 cache=cache, cache_index=0)
         last = logits[:, -1]
         if n > 1:
-            cache = {"k": jnp.repeat(cache["k"], n, axis=1), "v": jnp.repeat(cache["v"], n, axis=1),
-                     "valid": jnp.repeat(cache["valid"], n, axis=0)}
+            cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)  # per-layer [B, ...] arrays
             last = jnp.repeat(last, n, axis=0)
         return last, cache
 
     def _decode_impl(self, params, carry, start, rng, steps: int, greedy: bool, temperature: float,
                      top_k: int, top_p: float):
         prompt_len = carry["prompt_len"]
+        params = self._decode_params(params)
 
         def body(i, c):
             t = start + i
@@ -126,7 +140,7 @@ class Sampler:
             is_eos = jnp.any(tok[:, None] == self.eos_ids[None, :], axis=-1) & ~done
             lengths = c["lengths"] + (~done).astype(jnp.int32)
             new_done = done | is_eos
-            logits, cache = self.model.apply({"params": params}, tok[:, None], attention_mask=~done[:, None],
+            logits, cache = self._decode_model.apply({"params": params}, tok[:, None], attention_mask=~done[:, None],
                                              cache=c["cache"], cache_index=prompt_len + t)
             return dict(c, last=logits[:, -1], cache=cache, tokens=tokens, logprobs=logprobs, done=new_done,
                         eos=c["eos"] | is_eos, lengths=lengths)

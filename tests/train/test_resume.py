@@ -38,7 +38,7 @@ def _config(root, name, data, tok_dir):
         "mesh": {"data": 2, "fsdp": 2, "tensor": 2},
         "tokenizer": {"path": tok_dir},
         "prompt": {"variant": "reasoning"},
-        "data": {"train": [data], "max_length": 512, "overlong": "skip"},
+        "data": {"train": [data], "max_length": 768, "overlong": "skip"},
         "optim": {"lr": 1e-3, "warmup_steps": 2},
         "train": {"run_dir": str(root / name), "global_batch": 4, "micro_batch": 2, "max_steps": 2 * N,
                   "progress": False, "peak_flops": 1e12, "log_every": 1},
