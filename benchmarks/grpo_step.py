@@ -208,8 +208,10 @@ def main(argv=None) -> dict:
 
 
 def decode_steps(max_new: int, chunk: int) -> int:
-    """Decode steps the sampler runs for ``max_new`` tokens (whole chunks; sampler._bucket)."""
-    return max(chunk, -(-max_new // chunk) * chunk) if max_new > chunk else max_new
+    """Decode steps the sampler runs for ``max_new`` tokens: equal chunks that tile the budget
+    (as ``Sampler.generate`` splits it)."""
+    n_chunks = -(-max_new // chunk)
+    return n_chunks * -(-max_new // n_chunks)
 
 
 def machine_line_short() -> str:
