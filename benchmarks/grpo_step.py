@@ -39,17 +39,11 @@ PHASES = ("rollout", "reference_logprobs", "old_logprobs", "policy_update")
 def build_prompts(tmp: str, n_pairs: int, seed: int, vocab: int, log):
     """(tokenizer, [{"input_ids", "winner"}]) from synthetic pairs, like the demo."""
     from rmr1_jax.data import synthetic
-    from rmr1_jax.demo import DEMO_SYSTEM, DEMO_USER, DEMO_USER_MULTITURN, DemoSettings
-    from rmr1_jax.text.prompts import JudgeTemplate, build_judge_messages
+    from rmr1_jax.demo import DemoSettings, write_demo_prompts
+    from rmr1_jax.text.prompts import build_judge_messages
     from rmr1_jax.text.tokenizer import train_sentencepiece
 
-    files = {}
-    for name, text in (("system", DEMO_SYSTEM), ("user", DEMO_USER), ("user_multiturn", DEMO_USER_MULTITURN)):
-        files[name] = os.path.join(tmp, f"{name}.txt")
-        with open(files[name], "w") as f:
-            f.write(text + "\n")
-    template = JudgeTemplate.from_files("instruct", system_file=files["system"], user_file=files["user"],
-                                        user_multiturn_file=files["user_multiturn"])
+    _, template = write_demo_prompts(tmp)
     kinds = DemoSettings().kinds
     pairs = synthetic.generate_pairs(n_pairs + 300, seed=seed, kinds=kinds)
     traces = synthetic.make_distillation_examples(pairs[n_pairs:], seed=seed, template=template,

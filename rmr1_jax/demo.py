@@ -70,9 +70,24 @@ def _kind(p) -> str:
     return p.id.rsplit("-", 1)[-1]
 
 
+def write_demo_prompts(prompt_dir: str):
+    """Write the demo's judge templates as text files in ``prompt_dir`` and load them like any
+    user-supplied template. Returns ({"system"|"user"|"user_multiturn": path}, JudgeTemplate)."""
+    from rmr1_jax.text.prompts import JudgeTemplate
+
+    os.makedirs(prompt_dir, exist_ok=True)
+    files = {}
+    for name, text in (("system", DEMO_SYSTEM), ("user", DEMO_USER), ("user_multiturn", DEMO_USER_MULTITURN)):
+        files[name] = os.path.join(prompt_dir, f"{name}.txt")
+        with open(files[name], "w") as f:
+            f.write(text + "\n")
+    template = JudgeTemplate.from_files("instruct", system_file=files["system"], user_file=files["user"],
+                                        user_multiturn_file=files["user_multiturn"])
+    return files, template
+
+
 def _files(s: DemoSettings, log):
     from rmr1_jax.data import synthetic
-    from rmr1_jax.text.prompts import JudgeTemplate
 
     data = os.path.join(s.out_dir, "data")
     os.makedirs(data, exist_ok=True)
@@ -83,15 +98,7 @@ def _files(s: DemoSettings, log):
     seen = {_pair_key(p) for p in pairs}
     held = [p for p in synthetic.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
             if _pair_key(p) not in seen][: s.n_eval]
-    prompt_dir = os.path.join(s.out_dir, "prompts")
-    os.makedirs(prompt_dir, exist_ok=True)
-    files = {}
-    for name, text in (("system", DEMO_SYSTEM), ("user", DEMO_USER), ("user_multiturn", DEMO_USER_MULTITURN)):
-        files[name] = os.path.join(prompt_dir, f"{name}.txt")
-        with open(files[name], "w") as f:
-            f.write(text + "\n")
-    template = JudgeTemplate.from_files("instruct", system_file=files["system"], user_file=files["user"],
-                                        user_multiturn_file=files["user_multiturn"])
+    files, template = write_demo_prompts(os.path.join(s.out_dir, "prompts"))
     traces = synthetic.make_distillation_examples(pairs[: s.n_distill], seed=s.seed, template=template,
                                                   style=s.trace_style)
     paths = {"distill": os.path.join(data, "distill_traces.jsonl"), "rl": os.path.join(data, "rl_pairs.jsonl"),

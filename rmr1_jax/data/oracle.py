@@ -132,7 +132,6 @@ def _build_arith(m) -> _Check:
 def _build_compare(m) -> _Check:
     which, x, y = m.group(1), int(m.group(2)), int(m.group(3))
     best = max(x, y) if which == "larger" else min(x, y)
-    other = min(x, y) if which == "larger" else max(x, y)
     # Digit by digit from the left (the numbers have equal length), so each step is one
     # single-digit comparison a small model can learn.
     work = []
@@ -140,7 +139,6 @@ def _build_compare(m) -> _Check:
         work.append(f"{dx} {'>' if dx > dy else '<' if dx < dy else '='} {dy}")
         if dx != dy:
             break
-    sign = ">" if which == "larger" else "<"
 
     def check(text):  # the note puts the reply's number next to the answer it is checked against
         got = _first_int(text)

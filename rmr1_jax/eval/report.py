@@ -113,6 +113,7 @@ def _bar_png(path: str, labels: list[str], values: list[float | None], title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from rmr1_jax.train.metrics import save_figure
 
     vals = [0.0 if v is None else 100 * v for v in values]
     horizontal = len(labels) > 8
@@ -139,12 +140,7 @@ def _bar_png(path: str, labels: list[str], values: list[float | None], title: st
     ax.set_title(title, fontsize=10, loc="left")
     if note:
         fig.text(0.99, 0.01, note, ha="right", va="bottom", fontsize=6, color="0.35")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 def _plots(summary: dict, out_dir: str, name: str) -> list[str]:

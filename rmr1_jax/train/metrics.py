@@ -69,9 +69,16 @@ def plot_curves(path: str, out_png: str, panels: Iterable[tuple[str, str, str]],
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    return save_figure(fig, out_png)
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out, write atomically (a temporary file, then rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    tmp = out_png + ".tmp.png"
+    tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, out_png)
-    return out_png
+    os.replace(tmp, path)
+    return path
