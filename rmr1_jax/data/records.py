@@ -52,6 +52,9 @@ def _builder_cls():
                 features=tfds.features.FeaturesDict({
                     "id": tfds.features.Text(),
                     "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+                    # prompt records built with both_orders: the same pair with A and B swapped
+                    # (its right verdict is the other letter); empty otherwise
+                    "input_ids_swapped": tfds.features.Tensor(shape=(None,), dtype=np.int32),
                     "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
                     "winner": tfds.features.Text(),
                     "prompt_len": tfds.features.Scalar(dtype=np.int32),
@@ -75,6 +78,7 @@ class RecordOptions:
     on_error: Literal["raise", "skip"] = "raise"  # malformed rows
     overlong: Literal["error", "skip", "truncate"] = "error"  # rows longer than max_length
     position_seed: int = 0  # A/B placement for generic pairs
+    both_orders: bool = False  # prompt records: also tokenize the A/B-swapped prompt (generic pairs only)
 
 
 @dataclasses.dataclass
@@ -104,13 +108,30 @@ class BuildStats:
         return "; ".join(parts)
 
 
-def to_judge_example(row: dict, fallback_id: str, index: int, position_seed: int, template) -> JudgeExample:
-    """Any accepted record shape -> JudgeExample (generic pairs get their A/B placement here)."""
-    if "prompt" in row or "chosen" in row or "rejected" in row:
+def _is_generic_pair(row: dict) -> bool:
+    return "prompt" in row or "chosen" in row or "rejected" in row
+
+
+def to_judge_example(row: dict, fallback_id: str, index: int, position_seed: int, template,
+                     swap: bool = False) -> JudgeExample:
+    """Any accepted record shape -> JudgeExample (generic pairs get their A/B placement here;
+    ``swap`` places them the other way round)."""
+    if _is_generic_pair(row):
         from rmr1_jax.text.prompts import pair_to_example
 
-        return pair_to_example(parse_pair(row, fallback_id), index, position_seed, template)
+        return pair_to_example(parse_pair(row, fallback_id), index, position_seed, template, swap=swap)
     return parse_judge_record(row, fallback_id)
+
+
+def _swapped_prompt(row: dict, fallback_id: str, index: int, opts: RecordOptions, tokenizer, template):
+    """Token ids of the A/B-swapped judge prompt of a generic pair (``both_orders``)."""
+    if not (opts.both_orders and opts.kind == "prompt"):
+        return np.zeros(0, np.int32)
+    if not _is_generic_pair(row):
+        raise DataError("both A/B orders need a prompt/chosen/rejected pair; this record is an already "
+                        "rendered judge prompt")
+    swapped = to_judge_example(row, fallback_id, index, opts.position_seed, template, swap=True)
+    return tokenize_example(swapped, tokenizer, "prompt")[0]
 
 
 def tokenize_example(ex: JudgeExample, tokenizer, kind: Kind) -> tuple[np.ndarray, np.ndarray, int]:
@@ -162,6 +183,8 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
                 ex = to_judge_example(row, f"{os.path.basename(path)}:{lineno}", index, opts.position_seed,
                                       template)
                 ids, mask, prompt_len = tokenize_example(ex, tokenizer, opts.kind)
+                swapped = _swapped_prompt(row, f"{os.path.basename(path)}:{lineno}", index, opts, tokenizer,
+                                          template)
             except DataError as e:
                 if opts.on_error == "raise":
                     raise DataError(f"{where}: {e}") from None
@@ -169,9 +192,9 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
                 continue
             index += 1
             stats.read.read += 1
-            if len(ids) > opts.max_length:
+            if max(len(ids), len(swapped)) > opts.max_length:
                 if opts.overlong == "error":
-                    raise DataError(f"{where}: record is {len(ids)} tokens, longer than "
+                    raise DataError(f"{where}: record is {max(len(ids), len(swapped))} tokens, longer than "
                                     f"data.max_length={opts.max_length} (set data.overlong=skip or truncate)")
                 if opts.overlong == "skip" or opts.kind == "prompt" or prompt_len >= opts.max_length:
                     stats.overlong_skipped += 1
@@ -180,7 +203,7 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
                 stats.truncated += 1
             stats.max_tokens = max(stats.max_tokens, int(len(ids)))
             stats.written += 1
-            yield f"{ex.id}#{index}", {"id": ex.id, "input_ids": ids, "loss_mask": mask,
+            yield f"{ex.id}#{index}", {"id": ex.id, "input_ids": ids, "loss_mask": mask, "input_ids_swapped": swapped,
                                        "winner": ex.winner or "", "prompt_len": np.int32(prompt_len)}
 
 

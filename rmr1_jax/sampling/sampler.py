@@ -82,33 +82,50 @@ class Sampler:
     bucket, max_new_tokens, sampling settings)."""
 
     def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, chunk: int = 64,
-                 cache_dtype: str | None = None):
+                 cache_dtype: str | None = None, weights_dtype: str | None = None):
+        """``weights_dtype`` (e.g. ``"bfloat16"``): decode with the floating-point weights cast
+        to this dtype once per ``generate`` call and activations in it too (logits and
+        log-probs stay float32). Halves the weight bytes read per decoded token; the returned
+        log-probs are then those of the cast model, not the float32 one."""
         self.model = model
         # Decoding runs the unrolled layer stack whatever the training layout: with scanned
         # layers every decode step would slice each layer's weights and restack the KV cache
         # through the scan; unrolled, the cache is updated in place. Scanned parameters are
-        # split per layer once per compiled call (outside the decode loop).
+        # split per layer once per generate call (outside the decode loop).
         cfg = model.cfg
         self._unstack = cfg.scan_layers
+        self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
         self._decode_model = model
+        changes = {}
         if cfg.scan_layers or cfg.remat_policy != "none":
-            self._decode_model = type(model)(dataclasses.replace(cfg, scan_layers=False, remat_policy="none"))
+            changes.update(scan_layers=False, remat_policy="none")
+        if self.weights_dtype is not None:
+            changes.update(dtype=self.weights_dtype.name, param_dtype=self.weights_dtype.name)
+        if changes:
+            self._decode_model = type(model)(dataclasses.replace(cfg, **changes))
         self.eos_ids = jnp.asarray(sorted(set(int(e) for e in eos_ids)), jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh
         self.chunk = chunk
         self.cache_dtype = cache_dtype
+        self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("n", "max_len"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("steps", "greedy", "temperature", "top_k",
                                                                     "top_p"), donate_argnums=(1,))
 
-    def _decode_params(self, params):
-        return unstack_layers(params, self.model.cfg.num_hidden_layers) if self._unstack else params
+    def _prepare_impl(self, params):
+        """The decode model's parameters: unrolled layers, floating-point leaves cast."""
+        if self._unstack:
+            params = unstack_layers(params, self.model.cfg.num_hidden_layers)
+        if self.weights_dtype is not None:
+            dt = self.weights_dtype
+            params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+        return params
 
     def _prefill_impl(self, params, ids, mask, n: int, max_len: int):
         b = ids.shape[0]
         cache = init_cache(self._decode_model.cfg, b, max_len, self.cache_dtype)
-        logits, cache = self._decode_model.apply({"params": self._decode_params(params)}, ids, attention_mask=mask,
+        logits, cache = self._decode_model.apply({"params": params}, ids, attention_mask=mask,
                                                  cache=cache, cache_index=0)
         last = logits[:, -1]
         if n > 1:
@@ -119,7 +136,6 @@ class Sampler:
     def _decode_impl(self, params, carry, start, rng, steps: int, greedy: bool, temperature: float,
                      top_k: int, top_p: float):
         prompt_len = carry["prompt_len"]
-        params = self._decode_params(params)
 
         def body(i, c):
             t = start + i
@@ -164,6 +180,8 @@ class Sampler:
         max_len = p + steps_total
         greedy = sp.temperature == 0.0
         with activation_sharding(self.mesh):
+            if self._unstack or self.weights_dtype is not None:
+                params = self._prepare(params)
             last, cache = self._prefill(params, jnp.asarray(ids), jnp.asarray(mask), n=sp.n, max_len=max_len)
             r = last.shape[0]
             carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p), "max_new": jnp.int32(sp.max_new_tokens),

@@ -294,10 +294,13 @@ def build_judge_messages(prompt, response_a, response_b, template: JudgeTemplate
 
 
 def pair_to_example(pair: PreferencePair, index: int, seed: int,
-                    template: JudgeTemplate | None = None) -> JudgeExample:
+                    template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
     """Render a preference pair as a judge example, placing chosen/rejected at A/B with
-    :func:`rmr1_jax.data.schemas.assign_positions` (balanced, seeded)."""
+    :func:`rmr1_jax.data.schemas.assign_positions` (balanced, seeded); ``swap`` renders the
+    opposite placement (and label)."""
     a, b, winner = assign_positions(pair, index, seed)
+    if swap:
+        a, b, winner = b, a, ("B" if winner == "A" else "A")
     return JudgeExample(
         id=pair.id,
         messages=build_judge_messages(pair.prompt, a, b, template),

@@ -41,6 +41,11 @@ class GRPOSpec:
     minibatch_prompts: int = 128  # prompts per optimizer update (8 updates per step)
     ppo_epochs: int = 1  # passes over each rollout batch
     rollout_steps: int | None = None  # None: one pass over the prompts
+    # Judge every drawn pair in both A/B orders in the same rollout step (prompts_per_step
+    # counts both). The reward then cannot be gained by leaning towards one letter: any shift
+    # of the verdict prior helps one order and hurts the other, so the update follows the
+    # content. Needs prompt/chosen/rejected pairs (not already rendered judge prompts).
+    both_orders: bool = False
     advantage: Literal["group_norm", "group_center"] = "group_norm"
     adv_eps: float = 1e-6
     clip_low: float = 0.2
@@ -55,6 +60,9 @@ class GRPOSpec:
     reward_wrong: float = -1.0  # also for no verdict and truncated output
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
     rollout_batch: int = 64  # prompts per sampler call
+    # Sample rollouts with the weights cast to this dtype (e.g. bfloat16; None: as trained).
+    # Old-policy log-probs must then be recomputed in the training dtype.
+    rollout_dtype: str | None = None
     logprob_batch: int = 32  # rows per reference/old log-prob forward
 
     def validate(self, where: str):
@@ -62,6 +70,19 @@ class GRPOSpec:
             raise ConfigError(f"{where}: grpo.minibatch_prompts must divide grpo.prompts_per_step")
         if self.n < 2:
             raise ConfigError(f"{where}: grpo.n must be at least 2 (advantages compare samples of one prompt)")
+        if self.rollout_dtype is not None:
+            try:
+                if not jnp.issubdtype(jnp.dtype(self.rollout_dtype), jnp.floating):
+                    raise TypeError
+            except TypeError:
+                raise ConfigError(f"{where}: grpo.rollout_dtype={self.rollout_dtype!r} is not a floating-point "
+                                  f"dtype (e.g. bfloat16, float32)") from None
+        if self.rollout_dtype is not None and self.old_logprobs == "sampler":
+            raise ConfigError(f"{where}: grpo.rollout_dtype={self.rollout_dtype} samples with cast weights, so "
+                              f"grpo.old_logprobs must be 'recompute' (the sampler's log-probs are the cast model's)")
+        if self.both_orders and (self.prompts_per_step % 2 or self.minibatch_prompts % 2):
+            raise ConfigError(f"{where}: grpo.both_orders needs even grpo.prompts_per_step and "
+                              f"grpo.minibatch_prompts (each pair is judged in both orders)")
 
 
 @dataclasses.dataclass
@@ -169,9 +190,15 @@ class RolloutSource:
     def _rollout(self, params):
         spec = self.spec
         t0 = time.perf_counter()
-        recs = [next(self.prompts) for _ in range(self.k)]
-        prompt_ids = [np.asarray(r["input_ids"])[-spec.max_prompt_tokens:].tolist() for r in recs]
-        winners = [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"] for r in recs]
+        prompt_ids, winners = [], []
+        for _ in range(self.k // 2 if spec.both_orders else self.k):
+            r = next(self.prompts)
+            w = r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
+            prompt_ids.append(np.asarray(r["input_ids"])[-spec.max_prompt_tokens:].tolist())
+            winners.append(w)
+            if spec.both_orders:
+                prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
+                winners.append("B" if w == "A" else "A")
         from rmr1_jax.sampling.sampler import SamplingParams, left_pad
         from rmr1_jax.text.verdict import judgment_reward
 
@@ -250,14 +277,17 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     spec = cfg.grpo
     run_dir = cfg.train.run_dir
     mesh, tokenizer, _, sources = setup.prepare_job(
-        cfg, "prompt", spec.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error", log)
+        cfg, "prompt", spec.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error", log,
+        both_orders=spec.both_orders)
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
     ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen, sharded like the policy
     n_proc, p_idx = jax.process_count(), jax.process_index()
     for name, v in (("grpo.prompts_per_step", spec.prompts_per_step), ("grpo.minibatch_prompts", spec.minibatch_prompts)):
-        if v % n_proc:
-            raise ConfigError(f"{name}={v} must be divisible by the {n_proc} processes")
-    n_prompts = len(sources["train"])
+        per = 2 * n_proc if spec.both_orders else n_proc
+        if v % per:
+            raise ConfigError(f"{name}={v} must be divisible by {per} ({n_proc} processes"
+                              f"{', both A/B orders' if spec.both_orders else ''})")
+    n_prompts = len(sources["train"]) * (2 if spec.both_orders else 1)
     rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
     updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
     total_steps = rollout_steps * updates
@@ -266,14 +296,15 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     ds = ds[p_idx::n_proc] if n_proc > 1 else ds
     prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())
     eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
-    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh)
+    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
     source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer, prompts=prompts,
                            spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
                            per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed)
     optimizer, schedule = make_optimizer(cfg.optim, total_steps)
     state = init_state(params, optimizer)
     log(f"GRPO: {rollout_steps} rollout steps x {updates} updates = {total_steps} optimizer steps; "
-        f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout; loss: {spec.loss_agg}, "
+        f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout"
+        f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
         f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
         f"advantage {spec.advantage} (eps {spec.adv_eps}), entropy coef {spec.entropy_coef}")
     seq_len = spec.max_prompt_tokens + spec.max_response_tokens

@@ -127,7 +127,7 @@ def checkpoint_manager(spec: CheckpointSpec, run_dir: str):
                              async_save=spec.async_save)
 
 
-def prepare_job(cfg, kind: str, max_length: int, overlong: str, log=print):
+def prepare_job(cfg, kind: str, max_length: int, overlong: str, log=print, both_orders: bool = False):
     """The start every training job shares: run directory and resolved config, mesh,
     tokenizer, judge template, and the tokenized records of ``data.train`` (and
     ``data.eval``). Returns ``(mesh, tokenizer, template, sources)``."""
@@ -142,7 +142,7 @@ def prepare_job(cfg, kind: str, max_length: int, overlong: str, log=print):
     if cfg.data.eval:
         files["eval"] = list(cfg.data.eval)
     opts = RecordOptions(kind=kind, max_length=max_length, on_error=cfg.data.on_error, overlong=overlong,
-                         position_seed=cfg.data.position_seed)
+                         position_seed=cfg.data.position_seed, both_orders=both_orders)
     sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
                                opts, log=log)
     return mesh, tokenizer, template, sources

@@ -387,6 +387,32 @@ def test_positions_balanced_recorded_and_seeded(tmp_path, tok):
     assert order1 == [{"A": "B", "B": "A"}[w] for w in order0]
 
 
+def test_both_orders_stores_the_swapped_prompt(tmp_path, tok):
+    """``both_orders``: each pair's record also holds the prompt with A and B swapped, whose
+    right verdict is the other letter; already rendered judge prompts cannot be swapped."""
+    rows = _pair_rows(7)
+    path = _write(tmp_path / "pairs.jsonl", rows)
+    sources, stats = build_records(str(tmp_path / "both"), {"train": [path]}, tok, TEMPLATE,
+                                   RecordOptions(kind="prompt", max_length=BIG, both_orders=True), log=lambda s: None)
+    assert stats["train"]["written"] == len(rows)
+    for row in rows:
+        r = _by_id(sources["train"])[row["id"]]
+        a, b = _chosen_block(tok.decode(r["input_ids"]))
+        sa, sb = _chosen_block(tok.decode(r["input_ids_swapped"]))
+        assert (sa, sb) == (b, a)
+        chosen = row["chosen"][0]["content"]
+        assert _text(r["winner"]) == ("A" if a == chosen else "B")
+        assert tok.decode(r["input_ids_swapped"]).endswith(GEN_PROMPT)
+    # without the option the field is empty
+    plain, _ = _build(tmp_path / "plain", tok, [path], kind="prompt")
+    assert all(len(plain["train"][i]["input_ids_swapped"]) == 0 for i in range(len(rows)))
+    judge = _write(tmp_path / "judge.jsonl",
+                   [{"id": "j", "context_messages": [_user_msg("Judge: A or B?")], "winner": "model_a"}])
+    with pytest.raises(DataError, match=r"judge\.jsonl:1: both A/B orders need a prompt/chosen/rejected pair"):
+        build_records(str(tmp_path / "both-judge"), {"train": [judge]}, tok, TEMPLATE,
+                      RecordOptions(kind="prompt", max_length=BIG, both_orders=True), log=lambda s: None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Build reuse
 # ---------------------------------------------------------------------------------------------

@@ -150,6 +150,27 @@ def test_greedy_mixed_length_batch_matches_transformers(case, batch_greedy):
     _assert_logprobs_match_hf(case.hf, PROMPTS, g)
 
 
+def test_bf16_weights_decode_tracks_the_float32_model(case):
+    """``weights_dtype="bfloat16"``: every greedy token is the float32 transformers model's
+    argmax up to bfloat16 rounding (its f32 logit within 0.05 of the top one), and the
+    returned log-probs are within bfloat16 error of the f32 teacher-forced ones (and not
+    identical: the cast model really ran)."""
+    sampler = Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, chunk=CHUNK, weights_dtype="bfloat16")
+    g = sampler.generate(case.params, PROMPTS, GREEDY)
+    assert g.lengths.tolist() == [MAX_NEW] * len(PROMPTS)
+    max_dev = 0.0
+    for i, prompt in enumerate(PROMPTS):
+        gen = g.tokens[i].tolist()
+        ids = np.array([list(prompt) + gen])
+        logits = hf_models.hf_logits(case.hf, ids, np.ones_like(ids))[0, len(prompt) - 1:-1]
+        picked = logits[np.arange(MAX_NEW), gen]
+        assert np.all(logits.max(-1) - picked < 0.05), (i, logits.max(-1) - picked)
+        want = hf_token_logprobs(case.hf, prompt, gen)
+        np.testing.assert_allclose(g.logprobs[i], want, atol=0.05, rtol=0, err_msg=f"row {i}")
+        max_dev = max(max_dev, float(np.max(np.abs(g.logprobs[i] - want))))
+    assert max_dev > 1e-6
+
+
 @QWEN2_ONLY
 def test_greedy_stops_at_eos(case):
     """EOS = a token greedy first emits midway through one prompt's continuation: that row

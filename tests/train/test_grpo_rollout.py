@@ -1,0 +1,75 @@
+"""GRPO rollout assembly: which prompt each sample row came from, which label it is rewarded
+against, and how rows are grouped into mini-batches (plain and with both A/B orders)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from rmr1_jax.models import DecoderLM, init_params, preset
+from rmr1_jax.parallel import make_mesh
+from rmr1_jax.sampling.sampler import Sampler
+from rmr1_jax.text import verdict
+from rmr1_jax.train.grpo import GRPOSpec, RolloutSource
+
+N = 3  # samples per prompt
+
+
+class _Tok:
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join(map(str, ids))
+
+
+def _records(k):
+    """k prompt records; record i has a distinct prompt and a distinct swapped prompt."""
+    out = []
+    for i in range(k):
+        out.append({"input_ids": np.array([5, 6 + i, 7], np.int32),
+                    "input_ids_swapped": np.array([5, 40 + i, 8, 9], np.int32),
+                    "winner": b"A" if i % 2 == 0 else b"B"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = DecoderLM(preset("tiny", scan_layers=False))
+    return model, init_params(model, jax.random.key(0))
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
+    model, params = tiny
+    spec = GRPOSpec(n=N, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=4, minibatch_prompts=2,
+                    rollout_batch=4, logprob_batch=8, both_orders=both, old_logprobs="sampler")
+    recs = _records(4)
+    calls = []  # (text, winner) in sample order
+
+    def reward(text, winner):
+        calls.append((text, winner))
+        return 1.0 if len(calls) % 2 else -1.0
+
+    monkeypatch.setattr(verdict, "judgment_reward", reward)
+    mesh = make_mesh()
+    # every token ends a sequence: each sample is one finished token, so each is rewarded
+    src = RolloutSource(model=model, ref_params=params, sampler=Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh),
+                        tokenizer=_Tok(), prompts=iter(recs), spec=spec, mesh=mesh, per_host_prompts=4,
+                        per_host_minibatch_prompts=2, seed=0)
+    src._rollout(params)
+    if both:  # two pairs, each judged as drawn and swapped, the swapped one against the other letter
+        want_prompts = [recs[0]["input_ids"], recs[0]["input_ids_swapped"],
+                        recs[1]["input_ids"], recs[1]["input_ids_swapped"]]
+        want_winners = ["A", "B", "B", "A"]
+    else:
+        want_prompts = [r["input_ids"] for r in recs]
+        want_winners = ["A", "B", "A", "B"]
+    assert [w for _, w in calls] == [w for w in want_winners for _ in range(N)]
+    assert len(src.queue) == 2  # 4 prompts / 2 per mini-batch
+    rows = np.concatenate([b["input_ids"] for b in src.queue])
+    masks = np.concatenate([b["attention_mask"] for b in src.queue])
+    prompt_len = rows.shape[1] - spec.max_response_tokens
+    for j in range(4 * N):
+        got = rows[j, :prompt_len][masks[j, :prompt_len].astype(bool)]
+        np.testing.assert_array_equal(got, want_prompts[j // N])
+    adv = np.concatenate([b["advantages"] for b in src.queue]).reshape(4, N)
+    np.testing.assert_allclose(adv.mean(axis=1), 0.0, atol=1e-6)  # normalized within each prompt's group
