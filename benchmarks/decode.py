@@ -72,6 +72,9 @@ def main(argv=None) -> dict:
                     help="timed calls per side and batch size, after the first (warm-up) call; 1 keeps the "
                          "default run near 4 min on 2 cores; the calls are long, so single calls vary little")
     ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the bfloat16 pair (ours with Sampler(weights_dtype='bfloat16') vs torch with the "
+                         "model cast to bfloat16)")
     ap.add_argument("--profile", action="store_true", help="profile the decode loop at the first batch size")
     ap.add_argument("--json", default=None, help="append one JSON line with the results to this file")
     args = ap.parse_args(argv)
@@ -95,6 +98,12 @@ def main(argv=None) -> dict:
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     sp = SamplingParams(max_new_tokens=N, temperature=0.0)
     sampler = Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk)
+    sampler_bf16 = hf_bf16 = None
+    if not args.no_bf16:
+        import copy
+
+        sampler_bf16 = Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk, weights_dtype="bfloat16")
+        hf_bf16 = copy.deepcopy(hf_model).to(torch.bfloat16)
 
     results = {}
     for b in batches:
@@ -106,11 +115,16 @@ def main(argv=None) -> dict:
         def run_ours():
             box["ours"] = sampler.generate(params, plist, sp)
 
-        def run_torch():
+        def run_torch(m=hf_model, key="torch"):
             with torch.inference_mode():
-                box["torch"] = hf_model.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t),
-                                                 max_new_tokens=N, min_new_tokens=N, do_sample=False,
-                                                 use_cache=True, pad_token_id=0)
+                box[key] = m.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=N,
+                                      min_new_tokens=N, do_sample=False, use_cache=True, pad_token_id=0)
+
+        def run_ours_bf16():
+            box["ours_bf16"] = sampler_bf16.generate(params, plist, sp)
+
+        def run_torch_bf16():
+            run_torch(hf_bf16, "torch_bf16")
 
         t_first_ours, _ = first_call(run_ours)
         t_first_torch, _ = first_call(run_torch)
@@ -128,10 +142,27 @@ def main(argv=None) -> dict:
             f"(min {prefix.min()}); first calls: ours {t_first_ours:.1f} s (compiles), torch {t_first_torch:.1f} s")
 
         runners = {"ours": timed(run_ours, 0), "torch": timed(run_torch, 0)}
+        bf16 = {}
+        if sampler_bf16 is not None:
+            first_call(run_ours_bf16)
+            first_call(run_torch_bf16)
+            runners.update(ours_bf16=timed(run_ours_bf16, 0), torch_bf16=timed(run_torch_bf16, 0))
+            # bfloat16 rounding moves near-ties on random weights: agreement is reported, not required
+            for key in ("ours_bf16", "torch_bf16"):
+                got = box[key].tokens if key == "ours_bf16" else box[key][:, P:].numpy()
+                m = got != torch_tok
+                bf16[f"{key}_agreeing_prefix_mean_vs_torch_f32"] = float(
+                    np.where(m.any(axis=1), m.argmax(axis=1), N).mean())
+            log(f"batch {b}: bf16 greedy tokens, agreeing prefix with torch f32 (mean of {N}): ours "
+                f"{bf16['ours_bf16_agreeing_prefix_mean_vs_torch_f32']:.1f}, torch bf16 "
+                f"{bf16['torch_bf16_agreeing_prefix_mean_vs_torch_f32']:.1f}")
         times, cpu, bb, ba = alternate(runners, args.repeats)
         med = {s: median(v) for s, v in times.items()}
         tps = {s: b * N / m for s, m in med.items()}
-        results[b] = {"median_s": med, "times_s": times, "cpu_s": cpu, "tokens_per_s": tps,
+        if sampler_bf16 is not None:
+            bf16.update(ratio_ours_bf16_over_torch_bf16=tps["ours_bf16"] / tps["torch_bf16"],
+                        ratio_ours_bf16_over_torch_f32=tps["ours_bf16"] / tps["torch"])
+        results[b] = {"median_s": med, "times_s": times, "cpu_s": cpu, "tokens_per_s": tps, **bf16,
                       "ratio_ours_over_torch": tps["ours"] / tps["torch"],
                       "ratio_min_times": min(times["torch"]) / min(times["ours"]),
                       "first_call_s": {"ours": t_first_ours, "torch": t_first_torch},
@@ -151,6 +182,13 @@ def main(argv=None) -> dict:
               (7, 12, 13, 12, 9, 14, 15)))
     log("ours/torch: ratio of tokens/s from the medians (>1: ours faster; goal >= 3); (min): from the fastest "
         "calls; ms/step = call time / new tokens (prefill included)")
+    if sampler_bf16 is not None:
+        rows = [(str(b), f"{r['tokens_per_s']['ours_bf16']:.1f}", f"{r['tokens_per_s']['torch_bf16']:.1f}",
+                 f"{r['ratio_ours_bf16_over_torch_bf16']:.3f}", f"{r['ratio_ours_bf16_over_torch_f32']:.3f}")
+                for b, r in results.items()]
+        log("\nbfloat16 weights (ours: Sampler(weights_dtype='bfloat16'), f32 logits; torch: model.to(bfloat16)):")
+        log(table(rows, ("batch", "ours bf16 tok/s", "torch bf16 tok/s", "ours/torch bf16", "ours bf16/torch f32"),
+                  (7, 17, 18, 17, 21)))
     for b, r in results.items():
         bl = busy_line(r["other_busy_cores_before"], r["other_busy_cores_after"])
         if bl:
@@ -197,7 +235,8 @@ def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chun
     sampler = Sampler(model, eos_ids=[V], pad_id=0, chunk=chunk)
     sampler.generate(params, prompts.tolist(), sp)
     t_gen = min(_time(lambda: sampler.generate(params, prompts.tolist(), sp)) for _ in range(2))
-    prefill = lambda: jax.block_until_ready(sampler._prefill(params, ids, mask, n=1, max_len=P + steps_total))  # noqa
+    dparams = sampler._prepare(params)  # what generate() hands the prefill and decode
+    prefill = lambda: jax.block_until_ready(sampler._prefill(dparams, ids, mask, n=1, max_len=P + steps_total))  # noqa
     prefill()
     t_pre = min(_time(prefill) for _ in range(3))
     per_tok = (t_gen - t_pre) / N
@@ -244,6 +283,7 @@ def _op_profile_decode(sampler, params, ids, mask, P, N, steps_total, steps):
     import jax.numpy as jnp
 
     b = ids.shape[0]
+    params = sampler._prepare(params)
     last, cache = sampler._prefill(params, ids, mask, n=1, max_len=P + steps_total)
     carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(P), "max_new": jnp.int32(N),
              "tokens": jnp.zeros((b, steps_total), jnp.int32), "logprobs": jnp.zeros((b, steps_total), jnp.float32),

@@ -4,7 +4,7 @@
 2. Train a SentencePiece tokenizer on them.
 3. Stage 1: distill a small judge on oracle Chain-of-Rubrics traces (a deliberately small
    budget, so stage 2 has room to improve).
-4. Stage 2: GRPO with the +1/-1 verdict reward.
+4. Stage 2: GRPO with the +1/-1 verdict reward, each pair judged in both A/B orders.
 5. Judge held-out pairs in both A/B orders after each stage; print the accuracy table, draw
    the curves, and export the final judge as a Hugging Face directory.
 """
@@ -42,8 +42,9 @@ class DemoSettings:
     seed: int = 0
     # Instruction-following tasks whose check a ~1M-parameter model learns in a few hundred
     # CPU steps. It does not learn arithmetic, letter counting or number comparison that fast
-    # (``compare`` stays at chance after 600 steps); any kind can be chosen here.
-    kinds: tuple[str, ...] = ("caps_word", "starts_with")
+    # (``compare`` stays at chance after 600 steps), nor the first-word check of
+    # ``starts_with`` (57% after 450 steps, and GRPO does not move it); any kind can be chosen.
+    kinds: tuple[str, ...] = ("caps_word", "word_count")
     trace_style: str = "compact"
     n_distill: int = 12000
     n_rl: int = 3000
@@ -53,9 +54,9 @@ class DemoSettings:
     distill_steps: int = 450
     distill_batch: int = 10
     distill_lr: float = 3e-3
-    grpo_rollouts: int = 12
-    grpo_prompts: int = 24
-    grpo_n: int = 4
+    grpo_rollouts: int = 36
+    grpo_prompts: int = 24  # 12 pairs, each judged in both A/B orders
+    grpo_n: int = 8
     grpo_lr: float = 1e-4
     max_new_tokens: int = 128
     eval_batch: int = 64
@@ -185,6 +186,8 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
         grpo=GRPOSpec(n=s.grpo_n, max_prompt_tokens=s.max_length, max_response_tokens=s.max_new_tokens,
                       prompts_per_step=s.grpo_prompts, minibatch_prompts=s.grpo_prompts // 4,
                       rollout_steps=s.grpo_rollouts, rollout_batch=s.grpo_prompts, logprob_batch=48,
+                      # without it the verdict letter drifts with each batch's A/B label imbalance
+                      both_orders=True,
                       # float32 end to end: the sampler's log-probs are the teacher-forced ones
                       old_logprobs="sampler"),
         train=TrainSpec(run_dir=d2, seed=s.seed, log_every=1, progress=True),

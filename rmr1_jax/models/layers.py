@@ -102,6 +102,58 @@ def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float):
     return out.reshape(b, t, n, h)
 
 
+def dense(spec: str, x, kernel, dt):
+    """A projection in compute dtype ``dt`` with float32 accumulation: inputs cast to ``dt``,
+    the product accumulated and returned in float32, then cast to ``dt``. For bf16 this is the
+    MXU/tensor-core contract; on CPU, bf16 projections go through :func:`cpu_bf16_matmul`."""
+    x, kernel = x.astype(dt), kernel.astype(dt)
+    lhs, rhs = spec.split("->")[0].split(",")
+    k = len([c for c in lhs if c in rhs])
+    if use_cpu_bf16(dt) and lhs[len(lhs) - k:] == rhs[:k]:
+        # trailing dims of x contract with leading dims of the kernel: one 2-D matmul
+        m, n = x.shape[: x.ndim - k], kernel.shape[k:]
+        kk = math.prod(kernel.shape[:k])
+        y = cpu_bf16_matmul(x.reshape(-1, kk), kernel.reshape(kk, -1)).reshape(*m, *n)
+    else:
+        y = jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+    return y.astype(dt)
+
+
+def use_cpu_bf16(dt) -> bool:
+    return jnp.dtype(dt) == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+def _transposed_copy(a):
+    """``a.T`` materialized row-major. Left as a plain transpose, XLA folds it into the dot as a
+    transposed operand, and XLA:CPU sends such dots to its slow generic path."""
+    return jax.lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[1], a.shape[0])
+
+
+@jax.custom_vjp
+def cpu_bf16_matmul(x_mk, w_kn):
+    """[M, K] @ [K, N] bf16 -> float32, in the form XLA:CPU runs on its AMX/YNNPACK kernels
+    (bf16 x bf16 -> f32, row-major, untransposed operands), forward and backward: the
+    backward casts the cotangent to bf16 (as mixed-precision autocast does) and feeds the
+    transposed operands as materialized copies. Other bf16 dots on XLA:CPU are converted to
+    float32 and run at float32 speed."""
+    return jnp.dot(x_mk, w_kn, preferred_element_type=jnp.float32)
+
+
+def _cpu_bf16_matmul_fwd(x_mk, w_kn):
+    return cpu_bf16_matmul(x_mk, w_kn), (x_mk, w_kn)
+
+
+def _cpu_bf16_matmul_bwd(res, g_mn):
+    x_mk, w_kn = res
+    g = g_mn.astype(jnp.bfloat16)
+    dx = jnp.dot(g, _transposed_copy(w_kn), preferred_element_type=jnp.float32).astype(x_mk.dtype)
+    dw = jnp.dot(_transposed_copy(x_mk), g, preferred_element_type=jnp.float32).astype(w_kn.dtype)
+    return dx, dw
+
+
+cpu_bf16_matmul.defvjp(_cpu_bf16_matmul_fwd, _cpu_bf16_matmul_bwd)
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -110,7 +162,7 @@ class Attention(nn.Module):
         dt = dtype_of(cfg.dtype)
         kernel = self.param(name + "_kernel", default_init, (cfg.hidden_size, heads, cfg.dim_head),
                             dtype_of(cfg.param_dtype))
-        y = jnp.einsum("btd,dnh->btnh", x_btd, kernel.astype(dt))
+        y = dense("btd,dnh->btnh", x_btd, kernel, dt)
         if cfg.attention_bias:
             bias = self.param(name + "_bias", nn.initializers.zeros, (heads, cfg.dim_head),
                               dtype_of(cfg.param_dtype))
@@ -146,7 +198,7 @@ class Attention(nn.Module):
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         o_kernel = self.param("o_proj_kernel", default_init, (n, cfg.dim_head, cfg.hidden_size),
                               dtype_of(cfg.param_dtype))
-        y = jnp.einsum("btnh,nhd->btd", out, o_kernel.astype(dt))
+        y = dense("btnh,nhd->btd", out, o_kernel, dt)
         return y, new_cache
 
 
@@ -161,10 +213,10 @@ class MLP(nn.Module):
         gate = self.param("gate_proj_kernel", default_init, (d, f), pdt)
         up = self.param("up_proj_kernel", default_init, (d, f), pdt)
         down = self.param("down_proj_kernel", default_init, (f, d), pdt)
-        g = jnp.einsum("btd,df->btf", x_btd, gate.astype(dt))
-        u = jnp.einsum("btd,df->btf", x_btd, up.astype(dt))
+        g = dense("btd,df->btf", x_btd, gate, dt)
+        u = dense("btd,df->btf", x_btd, up, dt)
         h = constrain(nn.silu(g) * u, ("act_batch", "act_length", "act_mlp"))
-        return jnp.einsum("btf,fd->btd", h, down.astype(dt))
+        return dense("btf,fd->btd", h, down, dt)
 
 
 class DecoderLayer(nn.Module):

@@ -6,6 +6,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rmr1_jax.models.layers import use_cpu_bf16, cpu_bf16_matmul
+
 
 def lm_head_kernel(params, cfg):
     """[D, V] output projection (the embedding table, transposed, when tied)."""
@@ -30,7 +32,11 @@ def token_logprobs(hidden_btd, head_dv, targets_bt, chunk: int = 512, temperatur
 
     @jax.checkpoint
     def one(h_bcd, y_bc):
-        logits = jnp.einsum("bcd,dv->bcv", h_bcd, head_dv.astype(h_bcd.dtype), preferred_element_type=jnp.float32)
+        w = head_dv.astype(h_bcd.dtype)
+        if use_cpu_bf16(h_bcd.dtype):
+            logits = cpu_bf16_matmul(h_bcd.reshape(-1, d), w).reshape(*h_bcd.shape[:2], -1)
+        else:
+            logits = jnp.einsum("bcd,dv->bcv", h_bcd, w, preferred_element_type=jnp.float32)
         if temperature != 1.0:
             logits = logits / temperature
         logz = jax.nn.logsumexp(logits, axis=-1)
