@@ -105,7 +105,7 @@ def test_tiny_recipes_load_as_written():
     d = load_distill_config(TINY_DISTILL)
     assert d.data.train == ["runs/demo/data/distill_traces.jsonl"] and d.model.preset == "demo"
     g = load_grpo_config(TINY_GRPO)
-    assert g.grpo.n == 6 and g.grpo.minibatch_prompts == 16 and g.optim.b2 == 0.99
+    assert g.grpo.n == 8 and g.grpo.both_orders and g.grpo.minibatch_prompts == 16 and g.optim.b2 == 0.99
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,6 +156,9 @@ def test_bad_recipe_file(tmp_path, extra, key, what):
     (load_grpo_config, TINY_GRPO, "grpo.kl_estimator=k9", "grpo.kl_estimator", "is not one of"),
     (load_grpo_config, TINY_GRPO, "grpo.minibatch_prompts=7", "grpo.minibatch_prompts", "must divide"),
     (load_grpo_config, TINY_GRPO, "grpo.n=1", "grpo.n", "at least 2"),
+    (load_grpo_config, TINY_GRPO, "grpo.minibatch_prompts=1", "grpo.both_orders", "even"),
+    (load_grpo_config, TINY_GRPO, "grpo.rollout_dtype=bf17", "grpo.rollout_dtype", "not a floating-point dtype"),
+    (load_grpo_config, TINY_GRPO, "grpo.rollout_dtype=int8", "grpo.rollout_dtype", "not a floating-point dtype"),
     (load_grpo_config, TINY_GRPO, "mesh.sideways=2", "'mesh.sideways'", "unknown key"),
 ])
 def test_bad_override(loader, recipe, override, key, what):
@@ -164,6 +167,12 @@ def test_bad_override(loader, recipe, override, key, what):
     msg = str(ei.value)
     assert msg.startswith(recipe) and key in msg and what in msg, msg
     assert "\n" not in msg
+
+
+def test_rollout_dtype_needs_recomputed_old_logprobs():
+    assert load_grpo_config(TINY_GRPO, ["grpo.rollout_dtype=bfloat16"]).grpo.rollout_dtype == "bfloat16"
+    with pytest.raises(ConfigError, match=r"grpo\.old_logprobs must be 'recompute'"):
+        load_grpo_config(TINY_GRPO, ["grpo.rollout_dtype=bfloat16", "grpo.old_logprobs=sampler"])
 
 
 @pytest.mark.parametrize("text,line", [
