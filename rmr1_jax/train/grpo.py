@@ -297,6 +297,9 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())
     eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
     sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
+    # held-out judging uses the weights as trained, whatever the rollout dtype
+    eval_sampler = sampler if spec.rollout_dtype is None else Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id,
+                                                                        mesh=mesh)
     source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer, prompts=prompts,
                            spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
                            per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed)
@@ -317,7 +320,7 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
             src = sources["eval"]
             n = len(src) if cfg.train.eval_limit is None else min(cfg.train.eval_limit, len(src))
             recs = [src[i] for i in range(n)]
-            js = judge_prompts(sampler, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
+            js = judge_prompts(eval_sampler, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
                                batch_size=spec.rollout_batch, max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
             out.update(verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
                                              for r in recs]))

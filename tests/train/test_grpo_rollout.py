@@ -73,3 +73,24 @@ def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
         np.testing.assert_array_equal(got, want_prompts[j // N])
     adv = np.concatenate([b["advantages"] for b in src.queue]).reshape(4, N)
     np.testing.assert_allclose(adv.mean(axis=1), 0.0, atol=1e-6)  # normalized within each prompt's group
+
+
+def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
+    """``rollout_dtype``: samples come from the bf16-cast sampler, but the old-policy log-probs
+    in the update batch are the float32 model's teacher-forced ones (``old_logprobs=recompute``)."""
+    from rmr1_jax.train.grpo import response_logprobs
+
+    model, params = tiny
+    spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=5, prompts_per_step=2, minibatch_prompts=2,
+                    rollout_batch=2, logprob_batch=4, rollout_dtype="bfloat16", old_logprobs="recompute")
+    spec.validate("test")
+    mesh = make_mesh()
+    sampler = Sampler(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh, weights_dtype="bfloat16")
+    src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
+                        spec=spec, mesh=mesh, per_host_prompts=2, per_host_minibatch_prompts=2, seed=0)
+    src._rollout(params)
+    (batch,) = src.queue
+    want = np.asarray(response_logprobs(model, params, {k: batch[k] for k in ("input_ids", "attention_mask")}))
+    m = batch["response_mask"].astype(bool)
+    assert m.sum() == 4 * spec.max_response_tokens  # nothing ends early: the EOS id is outside the vocabulary
+    np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
