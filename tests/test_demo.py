@@ -17,6 +17,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--quick", "--out", out]) == 0
     text = capsys.readouterr().out
     assert "| after stage 1 (distillation) |" in text and "| after stage 2 (GRPO) |" in text
+    assert "(each pair in both A/B orders)" in text  # the demo's GRPO judges both orders per step
     for f in ("stage1_loss.png", "stage2_curves.png", "results.json"):
         assert os.path.getsize(os.path.join(out, f)) > 0
     assert os.listdir(os.path.join(out, "stage1", "tb")) and os.listdir(os.path.join(out, "stage2", "tb"))
