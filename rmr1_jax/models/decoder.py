@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from rmr1_jax.models.config import ModelConfig
-from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, rope_cos_sin
+from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, matmul_f32, rope_cos_sin
 from rmr1_jax.parallel.sharding import constrain
 
 _REMAT = {
@@ -158,7 +158,7 @@ class DecoderLM(nn.Module):
             else:
                 head = self.param("lm_head", default_init, (cfg.hidden_size, cfg.vocab_size),
                                   dtype_of(cfg.param_dtype))
-            out = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+            out = matmul_f32("btd,dv->btv", x, head.astype(dt))
             out = constrain(out, ("act_batch", "act_length", "act_vocab"))
         if cache is not None:
             return out, {"k": new_kv[0], "v": new_kv[1], "valid": valid}

@@ -103,20 +103,23 @@ def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float):
 
 
 def dense(spec: str, x, kernel, dt):
-    """A projection in compute dtype ``dt`` with float32 accumulation: inputs cast to ``dt``,
-    the product accumulated and returned in float32, then cast to ``dt``. For bf16 this is the
-    MXU/tensor-core contract; on CPU, bf16 projections go through :func:`cpu_bf16_matmul`."""
-    x, kernel = x.astype(dt), kernel.astype(dt)
+    """A projection in compute dtype ``dt``: inputs cast to ``dt``, accumulated in float32
+    (:func:`matmul_f32`), the result cast back to ``dt``."""
+    return matmul_f32(spec, x.astype(dt), kernel.astype(dt)).astype(dt)
+
+
+def matmul_f32(spec: str, x, kernel):
+    """``einsum(spec, x, kernel)`` accumulated and returned in float32, for specs whose
+    contracted dims are the trailing dims of ``x`` and the leading dims of ``kernel``. For bf16
+    this is the MXU/tensor-core contract; on CPU, bf16 operands go through
+    :func:`cpu_bf16_matmul` (one 2-D matmul) so forward and backward take the AMX path."""
     lhs, rhs = spec.split("->")[0].split(",")
     k = len([c for c in lhs if c in rhs])
-    if use_cpu_bf16(dt) and lhs[len(lhs) - k:] == rhs[:k]:
-        # trailing dims of x contract with leading dims of the kernel: one 2-D matmul
+    if use_cpu_bf16(x.dtype) and kernel.dtype == x.dtype and lhs[len(lhs) - k:] == rhs[:k]:
         m, n = x.shape[: x.ndim - k], kernel.shape[k:]
         kk = math.prod(kernel.shape[:k])
-        y = cpu_bf16_matmul(x.reshape(-1, kk), kernel.reshape(kk, -1)).reshape(*m, *n)
-    else:
-        y = jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
-    return y.astype(dt)
+        return cpu_bf16_matmul(x.reshape(-1, kk), kernel.reshape(kk, -1)).reshape(*m, *n)
+    return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
 
 
 def use_cpu_bf16(dt) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rmr1_jax.models.layers import use_cpu_bf16, cpu_bf16_matmul
+from rmr1_jax.models.layers import matmul_f32
 
 
 def lm_head_kernel(params, cfg):
@@ -32,11 +32,7 @@ def token_logprobs(hidden_btd, head_dv, targets_bt, chunk: int = 512, temperatur
 
     @jax.checkpoint
     def one(h_bcd, y_bc):
-        w = head_dv.astype(h_bcd.dtype)
-        if use_cpu_bf16(h_bcd.dtype):
-            logits = cpu_bf16_matmul(h_bcd.reshape(-1, d), w).reshape(*h_bcd.shape[:2], -1)
-        else:
-            logits = jnp.einsum("bcd,dv->bcv", h_bcd, w, preferred_element_type=jnp.float32)
+        logits = matmul_f32("bcd,dv->bcv", h_bcd, head_dv.astype(h_bcd.dtype))
         if temperature != 1.0:
             logits = logits / temperature
         logz = jax.nn.logsumexp(logits, axis=-1)
