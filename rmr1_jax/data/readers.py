@@ -8,6 +8,7 @@ rows are counted by reason in the returned :class:`ReadStats` and reading goes o
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -98,13 +99,30 @@ def _reason(msg: str) -> str:
     return msg.split(" (")[0][:80]
 
 
+@contextlib.contextmanager
+def atomic_open(path: str):
+    """Open ``path`` for writing text through a temporary file renamed over it on success: a
+    reader never sees a half-written file, and a failed write leaves the old one in place."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
 def write_jsonl(path: str, rows) -> int:
     """Write rows atomically (temporary file, then rename). Returns the row count."""
-    tmp = f"{path}.partial-{os.getpid()}"
     n = 0
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 
-from rmr1_jax.data.readers import ReadStats, iter_rows
+from rmr1_jax.data.readers import ReadStats, atomic_write_text, iter_rows
 from rmr1_jax.data.schemas import JudgeExample, parse_judge_record, parse_pair
 from rmr1_jax.errors import DataError
 
@@ -241,10 +241,7 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
                       split_examples={s: split_fn(s) for s in files})
         _quiet_tfds()
         builder.download_and_prepare()
-        tmp = stats_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({s: st.to_json() for s, st in stats.items()}, f)
-        os.replace(tmp, stats_path)
+        atomic_write_text(stats_path, json.dumps({s: st.to_json() for s, st in stats.items()}))
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 

@@ -10,8 +10,8 @@ import os
 import re
 from typing import Any, Iterable, Mapping
 
+from rmr1_jax.data.readers import atomic_write_text
 from rmr1_jax.eval.benchmarks import REWARDBENCH_SECTIONS, RMB_GROUPS
-
 from rmr1_jax.eval.scoring import MATH_PRM_WEIGHT, score_results
 
 
@@ -174,13 +174,6 @@ def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
     return paths
 
 
-def _atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.partial-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[str, Any]:
     """Write ``NAME.md`` (tables), ``NAME.json`` (RewardBench-results-style summary) and PNG
     bar charts (``NAME-overview.png`` and one per section) into ``out_dir``. ``name`` defaults
@@ -190,8 +183,8 @@ def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[s
     md = os.path.join(out_dir, f"{name}.md")
     js = os.path.join(out_dir, f"{name}.json")
     pngs = _plots(summary, out_dir, name)
-    _atomic_write(js, json.dumps(to_results_json(summary), indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(md, f"# {_TITLES[summary['benchmark']]} report\n\n" + to_markdown(summary))
+    atomic_write_text(js, json.dumps(to_results_json(summary), indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md, f"# {_TITLES[summary['benchmark']]} report\n\n" + to_markdown(summary))
     return {"md": md, "json": js, "png": pngs}
 
 

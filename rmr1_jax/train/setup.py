@@ -109,11 +109,10 @@ def prepare_run_dir(run_dir: str, cfg, log=print) -> None:
     text = dump(cfg)
     log("resolved config:\n" + "\n".join("  " + line for line in text.splitlines()))
     if jax.process_index() == 0:
+        from rmr1_jax.data.readers import atomic_write_text
+
         os.makedirs(run_dir, exist_ok=True)
-        tmp = os.path.join(run_dir, "config.yaml.tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(run_dir, "config.yaml"))
+        atomic_write_text(os.path.join(run_dir, "config.yaml"), text)
 
 
 def mesh_from(cfg: MeshConfig):
