@@ -35,7 +35,7 @@ def orbax_to_hf(ckpt: str, out: str, *, step: int | None = None, dtype: str = "b
                 tokenizer_dir: str | None = None, overwrite: bool = False,
                 mesh_cfg: MeshConfig | None = None) -> str:
     from rmr1_jax.checkpoint.hf import save_hf
-    from rmr1_jax.checkpoint.manager import read_metadata, restore_params
+    from rmr1_jax.checkpoint.reading import read_metadata, restore_params
 
     meta = read_metadata(ckpt, step)
     if not meta.get("model_config"):

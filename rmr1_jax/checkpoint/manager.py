@@ -20,9 +20,9 @@ handful of policies, and each is easy to get subtly wrong --
 * every failure a user can cause (missing directory, absent step, a target that does not match
   what was saved) is a one-line :class:`~rmr1_jax.errors.CheckpointError` that names the
   directory, step and key;
-* :func:`restore_params` loads only the parameters onto any mesh and converts between the
-  scanned and unrolled layer layouts, so a checkpoint does not pin the parallelism or the
-  ``scan_layers`` choice of the run that wrote it.
+* :func:`rmr1_jax.checkpoint.reading.restore_params` loads only the parameters onto any mesh
+  and converts between the scanned and unrolled layer layouts, so a checkpoint does not pin
+  the parallelism or the ``scan_layers`` choice of the run that wrote it.
 
 Usage::
 
@@ -46,12 +46,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import Mesh, Sharding
+from jax.sharding import Sharding
 
 from rmr1_jax.errors import CheckpointError, ConfigError
-from rmr1_jax.models.config import ModelConfig
-from rmr1_jax.models.decoder import DecoderLM
-from rmr1_jax.models.params import abstract_params, param_shardings, stack_layers, unstack_layers
 
 FORMAT_VERSION = 1
 
@@ -247,7 +244,7 @@ class CheckpointManager:
 
         ``metadata`` is merged over the defaults ``{"format_version": 1, "layer_layout": ...,
         "model_config": None}``; ``layer_layout`` is inferred from ``state["params"]`` (or
-        ``state`` itself) and ``model_config`` may be a :class:`ModelConfig`.
+        ``state`` itself) and ``model_config`` may be a :class:`~rmr1_jax.models.config.ModelConfig`.
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory}: cannot save step {step}, the manager was opened read-only")
@@ -410,52 +407,3 @@ class CheckpointManager:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def restore_params(directory: str, model_cfg: ModelConfig, mesh: Mesh, step: int | None = None,
-                   key: str = "params"):
-    """The parameters of a checkpoint, sharded on ``mesh`` for ``model_cfg``.
-
-    Reads only ``state[key]``, directly into the shardings :func:`param_shardings` gives on
-    ``mesh`` (never whole on one device), cast to ``model_cfg.param_dtype``. When the checkpoint
-    was written with the other layer layout than ``model_cfg.scan_layers`` asks for, the layers
-    are stacked or unstacked in one compiled step that writes the final shardings. The layout
-    comes from the saved keys (``layers`` vs ``layers_<i>``), falling back to the checkpoint's
-    ``layer_layout`` metadata.
-    """
-    with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        items = mgr._items(step)
-        saved_params = mgr._saved_subtree(step, items, key)
-        # The saved keys are the ground truth; the metadata's layer_layout (which describes
-        # ``state["params"]``) only decides when the keys cannot, e.g. a model without layers.
-        layout = _layout_of(saved_params) or mgr._read_metadata(step, items).get("layer_layout")
-        want = SCANNED if model_cfg.scan_layers else UNROLLED
-        saved_cfg = model_cfg if layout in (None, want) else model_cfg.replace(scan_layers=layout == SCANNED)
-        shapes = abstract_params(DecoderLM(saved_cfg))
-        target = abstract_like(shapes, param_shardings(shapes, mesh))
-        params = mgr._restore_subtree(step, items, key, target)
-    if layout in (None, want):
-        return params
-    final_shapes = abstract_params(DecoderLM(model_cfg))
-    convert = stack_layers if want == SCANNED else (lambda p: unstack_layers(p, model_cfg.num_hidden_layers))
-    return jax.jit(convert, out_shardings=param_shardings(final_shapes, mesh))(params)
-
-
-def read_metadata(directory: str, step: int | None = None) -> dict:
-    """The metadata item of a checkpoint step (latest by default), without reading arrays."""
-    with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        meta = mgr._read_metadata(step, mgr._items(step))
-    meta.setdefault("step", step)
-    return meta
-
-
-def read_config(directory: str, step: int | None = None) -> dict | None:
-    """The resolved run config saved with a checkpoint step (latest by default), or None."""
-    with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        items = mgr._items(step)
-        if CONFIG_ITEM not in items:
-            return None
-        return mgr._run_restore(step, {CONFIG_ITEM: ocp.args.JsonRestore()})[CONFIG_ITEM]

@@ -37,7 +37,7 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
         model, params = load_hf(path, dtype=dtype, mesh=mesh, scan_layers=False)
         tok_path = tokenizer_path or path
     else:
-        from rmr1_jax.checkpoint.manager import read_config, read_metadata, restore_params
+        from rmr1_jax.checkpoint.reading import read_config, read_metadata, restore_params
         from rmr1_jax.models.config import ModelConfig
         from rmr1_jax.models.decoder import DecoderLM
 

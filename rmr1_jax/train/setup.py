@@ -81,7 +81,7 @@ def build_model(spec: ModelSpec, mesh, tokenizer=None, seed: int = 0):
                                 scan_layers=spec.scan_layers, remat_policy=spec.remat_policy)
         return model, params
     if spec.init_checkpoint:
-        from rmr1_jax.checkpoint.manager import read_metadata, restore_params
+        from rmr1_jax.checkpoint.reading import read_metadata, restore_params
 
         meta = read_metadata(spec.init_checkpoint)
         cfg = ModelConfig.from_dict(meta["model_config"], source=f"{spec.init_checkpoint} metadata")
