@@ -19,6 +19,13 @@ and is reported as the mean agreeing prefix).
     python benchmarks/decode.py [--batches 8,32] [--prompt 64] [--new 256] [--repeats 1]
                                 [--profile] [--json out.jsonl]
 
+Roofline (always printed): per decode step, the compute floor (forward FLOPs of ``batch`` rows
+at the mean context, at this machine's float32 matmul peak measured in the same run) and the
+memory floor (the weights the step reads, less the embedding table, plus the KV cache at the
+mean context, at the bandwidth of a jitted sum over every parameter). Their maximum is the
+fastest step any implementation could take here; torch's step over it is the largest
+ours/torch ratio this machine allows.
+
 ``--profile`` (first batch size): prefill vs per-token decode time, the time to read the weights
 once (measured bandwidth), the KV-cache bytes, a sweep over the sampler's chunk size, the
 unrolled-layer model, and an op-level profile of one compiled decode chunk (``jax.profiler``).
@@ -194,6 +201,8 @@ def main(argv=None) -> dict:
         if bl:
             log(f"batch {b}: {bl}")
 
+    roof = roofline(model.cfg, params, results, P, N, log)
+
     prof = {}
     if args.profile:
         b = batches[0]
@@ -201,12 +210,50 @@ def main(argv=None) -> dict:
 
     result = {"benchmark": "decode", "model": "bench-100m", "params": n_params, "prompt": P, "new_tokens": N,
               "chunk": args.chunk, "repeats": args.repeats, **machine_info(),
-              "results": {str(b): r for b, r in results.items()}, "profile": prof}
+              "results": {str(b): r for b, r in results.items()}, "roofline": roof, "profile": prof}
     append_json(args.json, result)
     if not all(r["agree"] for r in results.values()):
         print("ERROR: greedy tokens disagree with transformers in the first positions", file=sys.stderr)
         sys.exit(1)
     return result
+
+
+def roofline(cfg, params, results, P, N, log) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from rmr1_jax.train.flops import forward_flops_per_token, measure_matmul_peak
+
+    peak = measure_matmul_peak(size=1024, dtype=jnp.float32)
+    read = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
+    read(params).block_until_ready()
+    t_read = min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
+    nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    bandwidth = nbytes / t_read
+    ctx = P + N / 2
+    # an untied embedding table is read only at the step's b rows
+    step_bytes = nbytes - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size * 4)
+    kv_bytes_per_row = 2 * cfg.num_hidden_layers * ctx * cfg.num_key_value_heads * cfg.dim_head * 4
+    out = {"peak_f32_flops": peak, "bandwidth_Bps": bandwidth, "mean_context": ctx, "batches": {}}
+    rows = []
+    for b, r in results.items():
+        compute = b * forward_flops_per_token(cfg, int(ctx)) / peak
+        memory = (step_bytes + b * kv_bytes_per_row) / bandwidth
+        floor = max(compute, memory)
+        ours, torch_ = r["median_s"]["ours"] / N, r["median_s"]["torch"] / N
+        out["batches"][str(b)] = {"compute_floor_s": compute, "memory_floor_s": memory, "floor_s": floor,
+                                  "ours_of_roofline": floor / ours, "torch_of_roofline": floor / torch_,
+                                  "max_ratio_over_torch": torch_ / floor}
+        rows.append((str(b), f"{1e3 * compute:.1f}", f"{1e3 * memory:.1f}", f"{1e3 * ours:.1f}",
+                     f"{100 * floor / ours:.0f}%", f"{1e3 * torch_:.1f}", f"{100 * floor / torch_:.0f}%",
+                     f"{torch_ / floor:.2f}x"))
+    log(f"\nroofline (float32): matmul peak {peak / 1e9:.1f} GFLOP/s (1024^3, this run), weight-read bandwidth "
+        f"{bandwidth / 1e9:.1f} GB/s, mean context {ctx:.0f}")
+    log(table(rows, ("batch", "compute ms", "memory ms", "ours ms", "ours/roof", "torch ms", "torch/roof",
+                     "max ours/torch"), (7, 12, 11, 9, 11, 10, 12, 16)))
+    log("compute/memory ms: the step's floors; ours/torch ms: measured ms/step (as above); x/roof: floor / "
+        "measured step; max ours/torch: torch's step / floor, the largest ratio any decoder could reach here")
+    return out
 
 
 def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chunk, V, log) -> dict:

@@ -28,18 +28,19 @@ _REMAT = {
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> dict[str, Any]:
-    """An empty KV cache and ``valid`` [B, S] (slots holding real tokens). Keys and values are
-    stored [B, K, S, H], the layout the attention reads without a transpose: one array per layer
-    (tuples of L arrays, each updated in place) for unrolled layers, stacked [L, B, K, S, H] for
-    ``nn.scan``."""
+    """An empty KV cache and ``valid`` [B, S] (slots holding real tokens). Keys are stored
+    [B, K, H, S] and values [B, K, S, H], the layouts in which both attention matmuls (q k^T and
+    p v) read the cache as plain, untransposed operands: one array per layer (tuples of L arrays,
+    each updated in place) for unrolled layers, stacked with a leading L for ``nn.scan``."""
     dt = dtype_of(dtype or cfg.dtype)
-    shape = (batch, cfg.num_key_value_heads, max_len, cfg.dim_head)
+    k_shape = (batch, cfg.num_key_value_heads, cfg.dim_head, max_len)
+    v_shape = (batch, cfg.num_key_value_heads, max_len, cfg.dim_head)
     if cfg.scan_layers:
-        k = jnp.zeros((cfg.num_hidden_layers, *shape), dt)
-        v = jnp.zeros((cfg.num_hidden_layers, *shape), dt)
+        k = jnp.zeros((cfg.num_hidden_layers, *k_shape), dt)
+        v = jnp.zeros((cfg.num_hidden_layers, *v_shape), dt)
     else:
-        k = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_hidden_layers))
-        v = tuple(jnp.zeros(shape, dt) for _ in range(cfg.num_hidden_layers))
+        k = tuple(jnp.zeros(k_shape, dt) for _ in range(cfg.num_hidden_layers))
+        v = tuple(jnp.zeros(v_shape, dt) for _ in range(cfg.num_hidden_layers))
     return {"k": k, "v": v, "valid": jnp.zeros((batch, max_len), bool)}
 
 

@@ -89,17 +89,20 @@ def blocked_causal_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, scale: float, bl
     return jnp.concatenate(outs, axis=1)
 
 
-def cached_attention(q_btnh, k_bksh, v_bksh, mask_b1ts, scale: float):
-    """Attention of T queries over a KV cache stored [B, K, S, H] (grouped-query: N = K * G
-    query heads), without moving the cache. Scores and softmax in float32."""
+def cached_attention(q_btnh, k_bkhs, v_bksh, mask_b1ts, scale: float):
+    """Attention of T queries over a KV cache of keys [B, K, H, S] and values [B, K, S, H]
+    (grouped-query: N = K * G query heads), without moving the cache. Scores and softmax in
+    float32."""
     b, t, n, h = q_btnh.shape
-    k = k_bksh.shape[1]
-    q = q_btnh.reshape(b, t, k, n // k, h)
-    scores = jnp.einsum("btkgh,bksh->bkgts", q, k_bksh, preferred_element_type=jnp.float32) * scale
+    k = k_bkhs.shape[1]
+    # both dots in dot_general's natural order (batch dims, then lhs free, then rhs free): an
+    # output permuted inside the dot sends XLA:CPU to a slow path (6x on the decode step's PV)
+    q = q_btnh.reshape(b, t, k, n // k, h).transpose(0, 2, 3, 1, 4)
+    scores = jnp.einsum("bkgth,bkhs->bkgts", q, k_bkhs, preferred_element_type=jnp.float32) * scale
     scores = jnp.where(mask_b1ts[:, :, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
-    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_bksh)
-    return out.reshape(b, t, n, h)
+    out = jnp.einsum("bkgts,bksh->bkgth", probs, v_bksh)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
 
 
 def dense(spec: str, x, kernel, dt):
@@ -115,11 +118,17 @@ def matmul_f32(spec: str, x, kernel):
     :func:`cpu_bf16_matmul` (one 2-D matmul) so forward and backward take the AMX path."""
     lhs, rhs = spec.split("->")[0].split(",")
     k = len([c for c in lhs if c in rhs])
-    if use_cpu_bf16(x.dtype) and kernel.dtype == x.dtype and lhs[len(lhs) - k:] == rhs[:k]:
-        m, n = x.shape[: x.ndim - k], kernel.shape[k:]
-        kk = math.prod(kernel.shape[:k])
-        return cpu_bf16_matmul(x.reshape(-1, kk), kernel.reshape(kk, -1)).reshape(*m, *n)
-    return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+    if lhs[len(lhs) - k:] != rhs[:k]:
+        return jnp.einsum(spec, x, kernel, preferred_element_type=jnp.float32)
+    # one 2-D matmul over the flattened contracted dims: einsum may order several contracted
+    # dims differently from their layout (o_proj's "nh"), and XLA then transposes the kernel,
+    # a full weight copy on every call (every decode step)
+    m, n = x.shape[: x.ndim - k], kernel.shape[k:]
+    kk = math.prod(kernel.shape[:k])
+    x2, w2 = x.reshape(-1, kk), kernel.reshape(kk, -1)
+    if use_cpu_bf16(x.dtype) and kernel.dtype == x.dtype:
+        return cpu_bf16_matmul(x2, w2).reshape(*m, *n)
+    return jnp.dot(x2, w2, preferred_element_type=jnp.float32).reshape(*m, *n)
 
 
 def use_cpu_bf16(dt) -> bool:
@@ -186,11 +195,13 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(cfg.dim_head)
         t = q.shape[1]
         if kv_cache is not None:
-            # cache [B, K, S, H]: write the new slots in place, attend over every slot
+            # keys [B, K, H, S], values [B, K, S, H]: write the new slots in place, attend over
+            # every slot
             k_cache, v_cache = kv_cache
-            idx = (0, 0, cache_index, 0)
-            k_cache = jax.lax.dynamic_update_slice(k_cache, kk.transpose(0, 2, 1, 3).astype(k_cache.dtype), idx)
-            v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype), idx)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, kk.transpose(0, 2, 3, 1).astype(k_cache.dtype),
+                                                   (0, 0, 0, cache_index))
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
+                                                   (0, 0, cache_index, 0))
             new_cache = (k_cache, v_cache)
             out = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_b1ts, scale)
         elif cfg.attention_impl is None and t >= 2 * CPU_ATTN_BLOCK and jax.default_backend() == "cpu":

@@ -172,6 +172,23 @@ def test_bf16_weights_decode_tracks_the_float32_model(case):
 
 
 @QWEN2_ONLY
+def test_xla_default_dots_decode_the_same_tokens(case, batch_greedy):
+    """On CPU the float32 decode loop compiles its dots outside YNNPACK (faster at decode's few
+    rows); XLA's default compile gives the same tokens and log-probs, and a bfloat16 decode
+    keeps the defaults."""
+    from rmr1_jax.sampling.sampler import cpu_decode_compiler_options
+
+    assert case.sampler.compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert cpu_decode_compiler_options("bfloat16") is None
+    assert Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, weights_dtype="bfloat16").compiler_options == {}
+    plain = Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, chunk=CHUNK, compiler_options={})
+    assert plain.compiler_options == {}
+    g = plain.generate(case.params, PROMPTS, GREEDY)
+    assert g.tokens.tolist() == batch_greedy.tokens.tolist()
+    np.testing.assert_allclose(g.logprobs, batch_greedy.logprobs, atol=1e-5, rtol=0)
+
+
+@QWEN2_ONLY
 def test_greedy_stops_at_eos(case):
     """EOS = a token greedy first emits midway through one prompt's continuation: that row
     ends there (EOS kept, counted in the length, pad after), as transformers' generate does."""
