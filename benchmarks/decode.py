@@ -337,7 +337,7 @@ def _op_profile_decode(sampler, params, ids, mask, P, N, steps_total, steps):
              "done": jnp.zeros((b,), bool), "eos": jnp.zeros((b,), bool), "lengths": jnp.zeros((b,), jnp.int32)}
     static = dict(steps=steps, greedy=True, temperature=0.0, top_k=0, top_p=1.0)
     rng = jax.random.key(0)
-    compiled = sampler._decode.lower(params, carry, jnp.int32(0), rng, **static).compile()
+    compiled = sampler.decode_fn(b).lower(params, carry, jnp.int32(0), rng, **static).compile()
     carry = jax.block_until_ready(compiled(params, carry, jnp.int32(0), rng))  # warm-up (the carry is donated)
     rows, wall, _ = op_profile(compiled, (params, carry, jnp.int32(steps), rng), runs=1)
     return rows, wall

@@ -63,27 +63,30 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None =
     return ids, mask
 
 
-# XLA:CPU compiles dots into YNNPACK fusions by default. For the decode loop's small-row
-# float32 matmuls ([batch, D] x [D, F]) its Eigen path is about 2x faster (measured on AVX2
-# CPUs: benchmarks/decode.py --profile); YNNPACK stays for bfloat16 and for the prefill.
-_CPU_SMALL_BATCH_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# XLA:CPU compiles dots into YNNPACK fusions by default. For the decode loop's float32 matmuls
+# with few rows ([rows, D] x [D, F]) its Eigen path is faster: about 2x at 8 rows and 1.4x at 32
+# (bench-100m on an AVX2 CPU: benchmarks/decode.py), even at 64, and YNNPACK wins from about
+# 128 rows (9% at 192 rows of the demo model). bfloat16 decodes and the prefill keep YNNPACK.
+_CPU_FEW_ROWS_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+FEW_ROWS = 64
 _accepted_options: dict = {}
 
 
-def cpu_decode_compiler_options(dtype) -> dict | None:
-    """XLA compiler options for the compiled decode loop: on CPU with float32 weights, dots
-    outside YNNPACK; otherwise none. ``None`` too where this XLA does not know the option."""
-    if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32:
+def cpu_decode_compiler_options(dtype, rows: int) -> dict | None:
+    """XLA compiler options for a compiled decode loop over ``rows`` sequences: on CPU with
+    float32 weights and at most :data:`FEW_ROWS` rows, dots outside YNNPACK; otherwise none.
+    ``None`` too where this XLA does not know the option."""
+    if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or rows > FEW_ROWS:
         return None
     key = "ynn"
     if key not in _accepted_options:
         try:
-            jax.jit(lambda x: x @ x, compiler_options=_CPU_SMALL_BATCH_OPTIONS).lower(
+            jax.jit(lambda x: x @ x, compiler_options=_CPU_FEW_ROWS_OPTIONS).lower(
                 jnp.zeros((2, 2), jnp.float32)).compile()
             _accepted_options[key] = True
         except Exception:  # an XLA without the option: keep its defaults
             _accepted_options[key] = False
-    return dict(_CPU_SMALL_BATCH_OPTIONS) if _accepted_options[key] else None
+    return dict(_CPU_FEW_ROWS_OPTIONS) if _accepted_options[key] else None
 
 
 def _filter_logits(logits, temperature, top_k, top_p):
@@ -112,9 +115,9 @@ class Sampler:
         log-probs stay float32). Halves the weight bytes read per decoded token; the returned
         log-probs are then those of the cast model, not the float32 one.
 
-        ``compiler_options``: XLA options for the compiled decode loop; by default
-        :func:`cpu_decode_compiler_options` (on CPU with float32 weights, small-batch dots
-        outside YNNPACK), ``{}`` for XLA's defaults."""
+        ``compiler_options``: XLA options for the compiled decode loop, for every batch; by
+        default :func:`cpu_decode_compiler_options` per batch (on CPU with float32 weights and
+        few rows, dots outside YNNPACK); ``{}`` for XLA's defaults."""
         self.model = model
         # Decoding runs the unrolled layer stack whatever the training layout: with scanned
         # layers every decode step would slice each layer's weights and restack the KV cache
@@ -138,12 +141,25 @@ class Sampler:
         self.cache_dtype = cache_dtype
         self._prepare = jax.jit(self._prepare_impl)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("n", "max_len"))
-        if compiler_options is None:
-            compiler_options = cpu_decode_compiler_options(self.weights_dtype or cfg.dtype)
-        self.compiler_options = dict(compiler_options or {})
-        self._decode = jax.jit(self._decode_impl, static_argnames=("steps", "greedy", "temperature", "top_k",
-                                                                    "top_p"), donate_argnums=(1,),
-                               compiler_options=self.compiler_options or None)
+        self.compiler_options = None if compiler_options is None else dict(compiler_options)
+        self._decoders: dict = {}
+
+    def decode_options(self, rows: int) -> dict:
+        """The XLA compiler options the decode loop over ``rows`` sequences is compiled with."""
+        if self.compiler_options is not None:
+            return dict(self.compiler_options)
+        dt = self.weights_dtype or self._decode_model.cfg.dtype
+        return cpu_decode_compiler_options(dt, rows) or {}
+
+    def decode_fn(self, rows: int):
+        """The jitted decode chunk used for ``rows`` sequences (one jit per set of options)."""
+        opts = self.decode_options(rows)
+        key = tuple(sorted(opts.items()))
+        if key not in self._decoders:
+            self._decoders[key] = jax.jit(
+                self._decode_impl, static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"),
+                donate_argnums=(1,), compiler_options=opts or None)
+        return self._decoders[key]
 
     def _prepare_impl(self, params):
         """The decode model's parameters: unrolled layers, floating-point leaves cast."""
@@ -221,10 +237,11 @@ class Sampler:
                      "logprobs": jnp.zeros((r, steps_total), jnp.float32),
                      "done": jnp.zeros((r,), bool), "eos": jnp.zeros((r,), bool),
                      "lengths": jnp.zeros((r,), jnp.int32)}
+            decode = self.decode_fn(r)
             stop_at = np.full(r, -1)
             t = 0
             while t < steps_total:
-                carry = self._decode(params, carry, jnp.int32(t), rng, steps=step, greedy=greedy,
+                carry = decode(params, carry, jnp.int32(t), rng, steps=step, greedy=greedy,
                                      temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
                 t += step
                 done = np.array(carry["done"])

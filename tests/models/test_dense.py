@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rmr1_jax.models.layers import cpu_bf16_matmul, dense
+from rmr1_jax.models.layers import cpu_bf16_matmul, dense, matmul_f32
 from rmr1_jax.train.losses import token_logprobs
 
 SPECS = {  # the model's projections: spec, x shape, kernel shape
@@ -21,6 +21,28 @@ SPECS = {  # the model's projections: spec, x shape, kernel shape
 def _rounded(shape, seed):
     x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
     return jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32)  # exactly representable in bf16
+
+
+@pytest.mark.parametrize("name", sorted(SPECS) + ["non_trailing"])
+def test_matmul_f32_float32_equals_numpy(name):
+    """float32 projections (one 2-D matmul over the flattened contracted dims) and their
+    gradients against NumPy's float64 einsum; a spec whose contracted dims are not the trailing
+    ones of x keeps the einsum path."""
+    spec, xs, ws = SPECS.get(name, ("bdt,dnh->btnh", (3, 16, 5), (16, 4, 8)))
+    rng = np.random.default_rng(3)
+    x, w = rng.normal(size=xs).astype(np.float32), rng.normal(size=ws).astype(np.float32)
+    want = np.einsum(spec, x.astype(np.float64), w.astype(np.float64))
+    g = rng.normal(size=want.shape)
+    y = jax.jit(lambda a, b: matmul_f32(spec, a, b))(x, w)
+    assert y.dtype == jnp.float32 and y.shape == want.shape
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-5, atol=1e-4)
+    dx, dw = jax.grad(lambda a, b: jnp.sum(matmul_f32(spec, a, b) * g), argnums=(0, 1))(x, w)
+    lhs, rhs_out = spec.split(",")
+    rhs, out = rhs_out.split("->")
+    want_dx = np.einsum(f"{out},{rhs}->{lhs}", g, w.astype(np.float64))
+    want_dw = np.einsum(f"{lhs},{out}->{rhs}", x.astype(np.float64), g)
+    np.testing.assert_allclose(np.asarray(dx), want_dx, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), want_dw, rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))

@@ -173,16 +173,19 @@ def test_bf16_weights_decode_tracks_the_float32_model(case):
 
 @QWEN2_ONLY
 def test_xla_default_dots_decode_the_same_tokens(case, batch_greedy):
-    """On CPU the float32 decode loop compiles its dots outside YNNPACK (faster at decode's few
-    rows); XLA's default compile gives the same tokens and log-probs, and a bfloat16 decode
-    keeps the defaults."""
-    from rmr1_jax.sampling.sampler import cpu_decode_compiler_options
+    """On CPU the float32 decode loop over few rows compiles its dots outside YNNPACK (faster
+    there); XLA's default compile gives the same tokens and log-probs. Many rows and bfloat16
+    decodes keep the defaults, and explicit options apply to every batch."""
+    from rmr1_jax.sampling.sampler import FEW_ROWS
 
-    assert case.sampler.compiler_options == {"xla_cpu_experimental_ynn_fusion_type": ""}
-    assert cpu_decode_compiler_options("bfloat16") is None
-    assert Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, weights_dtype="bfloat16").compiler_options == {}
+    few = {"xla_cpu_experimental_ynn_fusion_type": ""}
+    assert case.sampler.decode_options(len(PROMPTS)) == few
+    assert case.sampler.decode_options(FEW_ROWS) == few
+    assert case.sampler.decode_options(FEW_ROWS + 1) == {}
+    bf16 = Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, weights_dtype="bfloat16")
+    assert bf16.decode_options(1) == {}
     plain = Sampler(case.model, eos_ids=[case.eos_never], pad_id=PAD, chunk=CHUNK, compiler_options={})
-    assert plain.compiler_options == {}
+    assert plain.decode_options(1) == {} and plain.decode_options(1000) == {}
     g = plain.generate(case.params, PROMPTS, GREEDY)
     assert g.tokens.tolist() == batch_greedy.tokens.tolist()
     np.testing.assert_allclose(g.logprobs, batch_greedy.logprobs, atol=1e-5, rtol=0)
