@@ -14,6 +14,7 @@ pass gives, which GRPO uses as the old-policy log-probs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -69,7 +70,15 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, length: int | None =
 # 128 rows (9% at 192 rows of the demo model). bfloat16 decodes and the prefill keep YNNPACK.
 _CPU_FEW_ROWS_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 FEW_ROWS = 64
-_accepted_options: dict = {}
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_accepts_few_rows_options() -> bool:
+    try:
+        jax.jit(lambda x: x @ x, compiler_options=_CPU_FEW_ROWS_OPTIONS).lower(jnp.zeros((2, 2))).compile()
+        return True
+    except Exception:  # an XLA without the option: keep its defaults
+        return False
 
 
 def cpu_decode_compiler_options(dtype, rows: int) -> dict | None:
@@ -78,15 +87,7 @@ def cpu_decode_compiler_options(dtype, rows: int) -> dict | None:
     ``None`` too where this XLA does not know the option."""
     if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or rows > FEW_ROWS:
         return None
-    key = "ynn"
-    if key not in _accepted_options:
-        try:
-            jax.jit(lambda x: x @ x, compiler_options=_CPU_FEW_ROWS_OPTIONS).lower(
-                jnp.zeros((2, 2), jnp.float32)).compile()
-            _accepted_options[key] = True
-        except Exception:  # an XLA without the option: keep its defaults
-            _accepted_options[key] = False
-    return dict(_CPU_FEW_ROWS_OPTIONS) if _accepted_options[key] else None
+    return dict(_CPU_FEW_ROWS_OPTIONS) if _xla_accepts_few_rows_options() else None
 
 
 def _filter_logits(logits, temperature, top_k, top_p):
@@ -242,7 +243,7 @@ class Sampler:
             t = 0
             while t < steps_total:
                 carry = decode(params, carry, jnp.int32(t), rng, steps=step, greedy=greedy,
-                                     temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
+                               temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
                 t += step
                 done = np.array(carry["done"])
                 if sp.stop_strings:
