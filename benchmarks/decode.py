@@ -218,6 +218,16 @@ def main(argv=None) -> dict:
     return result
 
 
+def weight_read_s(params) -> float:
+    """Seconds to read every parameter once: a jitted sum over all leaves, best of 5."""
+    import jax
+    import jax.numpy as jnp
+
+    read = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
+    read(params).block_until_ready()
+    return min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
+
+
 def roofline(cfg, params, results, P, N, log) -> dict:
     import jax
     import jax.numpy as jnp
@@ -225,11 +235,8 @@ def roofline(cfg, params, results, P, N, log) -> dict:
     from rmr1_jax.train.flops import forward_flops_per_token, measure_matmul_peak
 
     peak = measure_matmul_peak(size=1024, dtype=jnp.float32)
-    read = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
-    read(params).block_until_ready()
-    t_read = min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
     nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    bandwidth = nbytes / t_read
+    bandwidth = nbytes / weight_read_s(params)
     ctx = P + N / 2
     # an untied embedding table is read only at the step's b rows
     step_bytes = nbytes - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size * 4)
@@ -265,9 +272,7 @@ def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chun
     out = {}
     log(f"\nprofile, batch {b}:")
     nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    read = jax.jit(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)))
-    read(params).block_until_ready()
-    t_read = min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
+    t_read = weight_read_s(params)
     steps_total = _bucket(N, chunk) if N > chunk else N
     cfg = model.cfg
     cache_bytes = 2 * cfg.num_hidden_layers * b * (P + steps_total) * cfg.num_key_value_heads * cfg.dim_head * 4
