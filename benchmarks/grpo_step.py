@@ -39,7 +39,7 @@ PHASES = ("rollout", "reference_logprobs", "old_logprobs", "policy_update")
 def build_prompts(tmp: str, n_pairs: int, seed: int, vocab: int, log):
     """(tokenizer, [{"input_ids", "winner"}]) from synthetic pairs, like the demo."""
     from rmr1_jax.data import synthetic
-    from rmr1_jax.demo import DemoSettings, write_demo_prompts
+    from rmr1_jax.demo import PROTOCOL_SYMBOLS, DemoSettings, write_demo_prompts
     from rmr1_jax.text.prompts import build_judge_messages
     from rmr1_jax.text.tokenizer import train_sentencepiece
 
@@ -52,7 +52,8 @@ def build_prompts(tmp: str, n_pairs: int, seed: int, vocab: int, log):
     for ex in traces:
         texts += [m["content"] for m in ex.messages] + [ex.target]
     t0 = time.perf_counter()
-    tok = train_sentencepiece(texts, os.path.join(tmp, "tokenizer"), vocab_size=vocab, seed=seed)
+    tok = train_sentencepiece(texts, os.path.join(tmp, "tokenizer"), vocab_size=vocab, seed=seed,
+                              extra_symbols=PROTOCOL_SYMBOLS)
     log(f"tokenizer: SentencePiece, {tok.vocab_size} pieces, trained in {time.perf_counter() - t0:.2f} s "
         f"(pad {tok.pad_id}, eos {tok.eos_ids})")
     recs = []
@@ -91,7 +92,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--minibatch", type=int, default=8, help="prompts per optimizer update")
     ap.add_argument("--response", type=int, default=80, help="max response tokens")
     ap.add_argument("--old-logprobs", default="recompute", choices=("recompute", "sampler"))
-    ap.add_argument("--chunk", type=int, default=64, help="Sampler decode chunk (run_grpo uses the default, 64)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="Sampler decode chunk (default, as run_grpo: 1/8 of --response, 16 to 64)")
     ap.add_argument("--scan", action="store_true", help="scan over layers (default unrolled, as the demo on CPU)")
     ap.add_argument("--steps", type=int, default=3, help="timed GRPO steps after the warm-up step")
     ap.add_argument("--seed", type=int, default=0)
@@ -136,7 +138,7 @@ def main(argv=None) -> dict:
         f"{'scanned' if args.scan else 'unrolled'} layers); prompts {min(lens)}-{max(lens)} tokens "
         f"(padded to {-(-max(lens) // 32) * 32}); {args.prompts} prompts x {args.n} samples x <= {args.response} "
         f"tokens per step, {updates} updates of {args.minibatch * args.n} rows; old log-probs: {args.old_logprobs}; "
-        f"sampler chunk {args.chunk} ({decode_steps(args.response, args.chunk)} decode steps for "
+        f"sampler chunk {args.chunk or 'default'} ({decode_steps(args.response, args.chunk)} decode steps for "
         f"{args.response} tokens)")
 
     def grpo_step(state, step_idx):
@@ -201,9 +203,12 @@ def main(argv=None) -> dict:
     return result
 
 
-def decode_steps(max_new: int, chunk: int) -> int:
-    """Decode steps the sampler runs for ``max_new`` tokens: equal chunks that tile the budget
-    (as ``Sampler.generate`` splits it)."""
+def decode_steps(max_new: int, chunk: int | None) -> int:
+    """Decode steps the sampler runs for ``max_new`` tokens when no sequence ends early: equal
+    chunks that tile the budget (as ``Sampler.generate`` splits it)."""
+    from rmr1_jax.sampling.sampler import default_chunk
+
+    chunk = chunk or default_chunk(max_new)
     n_chunks = -(-max_new // chunk)
     return n_chunks * -(-max_new // n_chunks)
 

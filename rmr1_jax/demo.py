@@ -22,18 +22,29 @@ from rmr1_jax.train.loop import TrainSpec
 from rmr1_jax.train.optim import OptimSpec
 from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 
+_TAGS = ("type", "rubric", "justify", "solution", "eval", "quote_A", "summary_A", "quote_B", "summary_B", "answer")
+
 # A compact judge protocol for the demo's small model (the built-in instruct protocol is
 # longer); it is written to a file and loaded like any user-supplied template.
 DEMO_SYSTEM = """\
 Judge which reply is better: type, solution or rubric, eval, then <answer>[[A]]</answer> or \
 <answer>[[B]]</answer>."""
 DEMO_USER = """Question: {question}
-[A] {response_a}
-[B] {response_b}"""
+[A]
+{response_a}
+[B]
+{response_b}"""
 DEMO_USER_MULTITURN = """[A]
 {conversation_a}
 [B]
 {conversation_b}"""
+
+# The demo tokenizer keeps the judge protocol's tags, the reply labels and the line break as
+# single pieces. Tags then cost one token each (a compact trace is ~60 tokens instead of ~95),
+# and a reply starts on its own line, so the trace's quote of it is the same token sequence
+# as the reply in the prompt: copying it is exact, not a re-segmentation of the first word.
+PROTOCOL_SYMBOLS = tuple(
+    [f"<{t}>" for t in _TAGS] + [f"</{t}>" for t in _TAGS] + ["[[A]]", "[[B]]", "[A]", "[B]", "\n"])
 
 
 @dataclasses.dataclass
@@ -50,8 +61,8 @@ class DemoSettings:
     n_rl: int = 3000
     n_eval: int = 256
     vocab_size: int = 1024
-    max_length: int = 384  # two compact traces (~190 tokens each) per packed row
-    distill_steps: int = 450
+    max_length: int = 160  # one compact trace (120-152 tokens) per row
+    distill_steps: int = 600
     distill_batch: int = 10
     distill_lr: float = 3e-3
     grpo_rollouts: int = 36
@@ -153,7 +164,8 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
     texts = []
     for ex in traces[:1500]:
         texts += [m["content"] for m in ex.messages] + [ex.target]
-    tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=s.vocab_size, seed=s.seed)
+    tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=s.vocab_size, seed=s.seed,
+                                    extra_symbols=PROTOCOL_SYMBOLS)
     log(f"tokenizer: SentencePiece, {tokenizer.vocab_size} pieces, pad={tokenizer.pad_id}, eos={tokenizer.eos_id}")
     mesh_cfg = MeshConfig(data=-1)
     mesh = make_mesh(mesh_cfg)
@@ -189,7 +201,10 @@ def run_demo(s: DemoSettings | None = None, log=print) -> dict:
                       # without it the verdict letter drifts with each batch's A/B label imbalance
                       both_orders=True,
                       # float32 end to end: the sampler's log-probs are the teacher-forced ones
-                      old_logprobs="sampler"),
+                      old_logprobs="sampler",
+                      # no KL term: at RM-R1's 0.001 it is inert over 36 steps (KL < 0.02 per
+                      # token), and the reference forward would cost a fifth of each step
+                      kl_estimator="none", kl_coef=0.0),
         train=TrainSpec(run_dir=d2, seed=s.seed, log_every=1, progress=True),
         checkpoint=CheckpointSpec(dir=os.path.join(d2, "checkpoints"), save_every=10**9, keep=1))
     log("== stage 2: GRPO ==")

@@ -29,3 +29,34 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         logits = hf(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert np.isfinite(logits.numpy()).all()
     assert os.path.isfile(os.path.join(out, "judge_hf", "tokenizer.model"))
+
+
+def test_demo_quotes_are_exact_token_copies_of_the_replies(tmp_path):
+    """The demo tokenizer keeps tags, reply labels and line breaks as single pieces, so each
+    trace's <quote_X> is token for token the reply as the prompt shows it."""
+    import re
+
+    from rmr1_jax.data import synthetic
+    from rmr1_jax.demo import PROTOCOL_SYMBOLS, write_demo_prompts
+    from rmr1_jax.text.tokenizer import train_sentencepiece
+
+    _, template = write_demo_prompts(str(tmp_path / "prompts"))
+    pairs = synthetic.generate_pairs(300, seed=0, kinds=("caps_word", "word_count"))
+    traces = synthetic.make_distillation_examples(pairs, seed=0, template=template, style="compact")
+    texts = [t for ex in traces for t in [m["content"] for m in ex.messages] + [ex.target]]
+    tok = train_sentencepiece(texts, str(tmp_path / "tok"), vocab_size=600, extra_symbols=PROTOCOL_SYMBOLS)
+    tag_ids = tok.encode("<quote_A></quote_A><quote_B></quote_B>")
+    assert len(tag_ids) == 4  # one piece per tag
+    for ex in traces[:100]:
+        prompt = tok.encode(ex.messages[-1]["content"])
+        target = tok.encode(ex.target)
+        for label in "AB":
+            quote = re.search(f"<quote_{label}>(.*?)</quote_{label}>", ex.target).group(1)
+            ids = tok.encode(quote)
+            assert _contains(target, tok.encode(f"<quote_{label}>") + ids + tok.encode(f"</quote_{label}>"))
+            # in the prompt the reply follows "[X]" and a line break, and ends the line
+            assert _contains(prompt, tok.encode(f"[{label}]\n") + ids)
+
+
+def _contains(seq, sub):
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))

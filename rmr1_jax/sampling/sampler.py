@@ -104,11 +104,17 @@ def _filter_logits(logits, temperature, top_k, top_p):
     return logits
 
 
+def default_chunk(max_new_tokens: int) -> int:
+    """Decode steps per compiled call by default: 1/8 of the budget, within 16 to 64. The loop
+    runs at most that many steps past the one where every sequence has ended."""
+    return min(64, max(16, -(-max_new_tokens // 8)))
+
+
 class Sampler:
     """Reusable, compiled generation for one model. Compiles once per (batch, prompt length
     bucket, max_new_tokens, sampling settings)."""
 
-    def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, chunk: int = 64,
+    def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, chunk: int | None = None,
                  cache_dtype: str | None = None, weights_dtype: str | None = None,
                  compiler_options: dict | None = None):
         """``weights_dtype`` (e.g. ``"bfloat16"``): decode with the floating-point weights cast
@@ -118,7 +124,10 @@ class Sampler:
 
         ``compiler_options``: XLA options for the compiled decode loop, for every batch; by
         default :func:`cpu_decode_compiler_options` per batch (on CPU with float32 weights and
-        few rows, dots outside YNNPACK); ``{}`` for XLA's defaults."""
+        few rows, dots outside YNNPACK); ``{}`` for XLA's defaults.
+
+        ``chunk``: decode steps per compiled call; between calls the host checks whether every
+        sequence has ended. Default: 1/8 of ``max_new_tokens``, within 16 to 64."""
         self.model = model
         # Decoding runs the unrolled layer stack whatever the training layout: with scanned
         # layers every decode step would slice each layer's weights and restack the KV cache
@@ -223,7 +232,8 @@ class Sampler:
         p = ids.shape[1]
         # equal chunks that tile the budget (at most n_chunks - 1 spare steps): one compiled
         # chunk, and no decode steps wasted past max_new_tokens
-        n_chunks = -(-sp.max_new_tokens // self.chunk)
+        chunk = self.chunk or default_chunk(sp.max_new_tokens)
+        n_chunks = -(-sp.max_new_tokens // chunk)
         step = -(-sp.max_new_tokens // n_chunks)
         steps_total = n_chunks * step
         max_len = p + steps_total

@@ -214,6 +214,11 @@ class RolloutSource:
             texts += g.texts
         tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
         lengths, finished = np.concatenate(lens), np.concatenate(fin)
+        # The sampler returns max_response_tokens columns; train on the columns any response
+        # reaches, bucketed so that only a few shapes are compiled.
+        bucket = max(32, spec.max_response_tokens // 8)
+        width = min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)
+        tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
         t_gen = time.perf_counter() - t0
         rewards = np.array([judgment_reward(texts[j], winners[j // spec.n]) if finished[j] else -1.0
                             for j in range(len(texts))], np.float32)

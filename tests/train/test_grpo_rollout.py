@@ -94,3 +94,24 @@ def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
     m = batch["response_mask"].astype(bool)
     assert m.sum() == 4 * spec.max_response_tokens  # nothing ends early: the EOS id is outside the vocabulary
     np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
+
+
+def test_rows_keep_only_the_columns_responses_reach(tiny):
+    """Responses that end early are not padded to max_response_tokens in the update batch:
+    the rows stop at the longest response, rounded up to the bucket (32 columns here)."""
+    model, params = tiny
+    spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=96, prompts_per_step=2, minibatch_prompts=2,
+                    rollout_batch=2, logprob_batch=4, old_logprobs="sampler")
+    mesh = make_mesh()
+    # every token ends a sequence: each response is one token long
+    sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
+    src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
+                        spec=spec, mesh=mesh, per_host_prompts=2, per_host_minibatch_prompts=2, seed=0)
+    src._rollout(params)
+    (batch,) = src.queue
+    plen = 32  # prompts of 3 tokens, left-padded to the 32-token bucket
+    assert batch["input_ids"].shape == (4, plen + 32)
+    m = batch["response_mask"].astype(bool)
+    assert m.sum(axis=1).tolist() == [1, 1, 1, 1]
+    assert m[:, plen - 1].all()  # position plen-1 scores the first response token
+    assert (batch["old_logp"][m] < 0).all() and (batch["old_logp"][~m] == 0).all()
