@@ -281,8 +281,9 @@ def oracle_trace(pair: PreferencePair, response_a, response_b, winner: str | Non
 
 def _compact_trace(chk: _Check, verdict: str, a: tuple[str, str, bool], b: tuple[str, str, bool]) -> str:
     """Type, solution or rubric, then per reply a verbatim quote and a one-line check of it,
-    and the verdict. The quotes keep every check next to a copy of what it checks: a small
-    model learns to copy long before it learns to look up a word deep in the prompt."""
+    and the verdict. The quotes keep every check next to a copy of what it checks. (The demo's
+    ~1M-parameter judge learns the counts before it learns to copy the words exactly: its
+    quotes come out the right length well before they are verbatim.)"""
     mark = {True: "right", False: "wrong"} if chk.task_type == "Reasoning" else {True: "kept", False: "broken"}
     if chk.task_type == "Reasoning":
         head = f"<type>Reasoning</type>\n<solution>{chk.solution}</solution>\n"
