@@ -267,13 +267,14 @@ def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chun
     import jax
     import jax.numpy as jnp
 
-    from rmr1_jax.sampling.sampler import Sampler, SamplingParams, _bucket
+    from rmr1_jax.sampling.sampler import Sampler, SamplingParams, decode_schedule
 
     out = {}
     log(f"\nprofile, batch {b}:")
     nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
     t_read = weight_read_s(params)
-    steps_total = _bucket(N, chunk) if N > chunk else N
+    step, n_chunks = decode_schedule(N, chunk)
+    steps_total = step * n_chunks
     cfg = model.cfg
     cache_bytes = 2 * cfg.num_hidden_layers * b * (P + steps_total) * cfg.num_key_value_heads * cfg.dim_head * 4
     out.update(param_bytes=nbytes, weight_read_s=t_read, bandwidth_GBps=nbytes / t_read / 1e9,
@@ -319,7 +320,7 @@ def profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, chun
         variants.append(("unrolled", s_unr, params_unrolled))
     out["op_profile"] = {}
     for name, smp, prm in variants:
-        steps = min(chunk, steps_total)
+        steps = step  # the chunk generate() compiles
         rows, wall = _op_profile_decode(smp, prm, ids, mask, P, N, steps_total, steps)
         summary = summarize_profile(rows, decode_category)
         out["op_profile"][name] = {"steps": steps, "wall_s": wall, "summary": summary,

@@ -206,11 +206,10 @@ def main(argv=None) -> dict:
 def decode_steps(max_new: int, chunk: int | None) -> int:
     """Decode steps the sampler runs for ``max_new`` tokens when no sequence ends early: equal
     chunks that tile the budget (as ``Sampler.generate`` splits it)."""
-    from rmr1_jax.sampling.sampler import default_chunk
+    from rmr1_jax.sampling.sampler import decode_schedule
 
-    chunk = chunk or default_chunk(max_new)
-    n_chunks = -(-max_new // chunk)
-    return n_chunks * -(-max_new // n_chunks)
+    step, n_chunks = decode_schedule(max_new, chunk)
+    return step * n_chunks
 
 
 def machine_line_short() -> str:

@@ -110,6 +110,14 @@ def default_chunk(max_new_tokens: int) -> int:
     return min(64, max(16, -(-max_new_tokens // 8)))
 
 
+def decode_schedule(max_new_tokens: int, chunk: int | None = None) -> tuple[int, int]:
+    """(steps per compiled chunk, number of chunks) for a budget: equal chunks of at most
+    ``chunk`` (default :func:`default_chunk`) that tile it, so one chunk is compiled and at
+    most ``n_chunks - 1`` steps run past ``max_new_tokens``."""
+    n_chunks = -(-max_new_tokens // (chunk or default_chunk(max_new_tokens)))
+    return -(-max_new_tokens // n_chunks), n_chunks
+
+
 class Sampler:
     """Reusable, compiled generation for one model. Compiles once per (batch, prompt length
     bucket, max_new_tokens, sampling settings)."""
@@ -230,11 +238,7 @@ class Sampler:
         rng = jax.random.key(0) if rng is None else rng
         ids, mask = left_pad(prompts, self.pad_id, prompt_length)
         p = ids.shape[1]
-        # equal chunks that tile the budget (at most n_chunks - 1 spare steps): one compiled
-        # chunk, and no decode steps wasted past max_new_tokens
-        chunk = self.chunk or default_chunk(sp.max_new_tokens)
-        n_chunks = -(-sp.max_new_tokens // chunk)
-        step = -(-sp.max_new_tokens // n_chunks)
+        step, n_chunks = decode_schedule(sp.max_new_tokens, self.chunk)
         steps_total = n_chunks * step
         max_len = p + steps_total
         greedy = sp.temperature == 0.0
