@@ -71,20 +71,29 @@ def decode_category(op_name: str, hlo_op: str) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="bench-100m",
+                    help="architecture of the random Qwen2 model (rmr1_jax.models.presets; a Qwen preset)")
     ap.add_argument("--batches", default="8,32", help="comma list of batch sizes")
     ap.add_argument("--prompt", type=int, default=64, help="prompt tokens")
     ap.add_argument("--new", type=int, default=256, help="generated tokens per row")
     ap.add_argument("--chunk", type=int, default=64, help="Sampler chunk (decode steps per compiled call)")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="timed calls per side and batch size, after the first (warm-up) call; 1 keeps the "
-                         "default run near 4 min on 2 cores; the calls are long, so single calls vary little")
-    ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed calls per side and batch size, after the first (warm-up) call; default 1 on CPU "
+                         "(keeps the run near 4 min on 2 cores; the calls are long, so single calls vary little), "
+                         "5 on a GPU")
+    ap.add_argument("--check", type=int, default=16, help="leading greedy tokens that must agree (float32 pair)")
     ap.add_argument("--no-bf16", action="store_true",
                     help="skip the bfloat16 pair (ours with Sampler(weights_dtype='bfloat16') vs torch with the "
                          "model cast to bfloat16)")
+    ap.add_argument("--no-f32", action="store_true",
+                    help="skip the float32 pair (then greedy agreement is reported for bf16, not required)")
     ap.add_argument("--profile", action="store_true", help="profile the decode loop at the first batch size")
     ap.add_argument("--json", default=None, help="append one JSON line with the results to this file")
     args = ap.parse_args(argv)
+    if args.no_f32 and args.no_bf16:
+        ap.error("--no-f32 and --no-bf16 leave nothing to measure")
+
+    import contextlib
 
     import jax
     import torch
@@ -93,10 +102,20 @@ def main(argv=None) -> dict:
     from rmr1_jax.sampling.sampler import Sampler, SamplingParams
 
     log = lambda s: print(s, flush=True)  # noqa: E731
+    gpu = jax.default_backend() == "gpu"
+    tdev = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    repeats = args.repeats if args.repeats is not None else (5 if gpu else 1)
+    # float32 on both sides means float32 arithmetic: on a GPU, JAX's default matmul precision
+    # rounds float32 dots through TF32 while torch's does not (allow_tf32 False), so the float32
+    # pair runs JAX at "highest". The bfloat16 pair keeps the defaults.
+    f32_ctx = (lambda: jax.default_matmul_precision("highest")) if gpu else contextlib.nullcontext
+    if tdev == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+    sync = torch.cuda.synchronize if tdev == "cuda" else (lambda: None)
     batches = [int(x) for x in args.batches.split(",") if x]
     P, N = args.prompt, args.new
     with tempfile.TemporaryDirectory(prefix="rmr1-bench-decode-") as tmp:
-        hf_model = build_hf_model(tmp)
+        hf_model = build_hf_model(tmp, preset_name=args.preset)
         model, params = rmr1_jax.load_hf(tmp, dtype="float32")
         model_unrolled = params_unrolled = None
         if args.profile:
@@ -104,94 +123,102 @@ def main(argv=None) -> dict:
     V = model.cfg.vocab_size
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     sp = SamplingParams(max_new_tokens=N, temperature=0.0)
-    sampler = Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk)
-    sampler_bf16 = hf_bf16 = None
+    # (suffix of the result keys, dtype name, our sampler, torch model, context for our calls)
+    pairs = []
+    if not args.no_f32:
+        pairs.append(("", "float32", Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk),
+                      hf_model.to(tdev), f32_ctx))
     if not args.no_bf16:
         import copy
 
-        sampler_bf16 = Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk, weights_dtype="bfloat16")
-        hf_bf16 = copy.deepcopy(hf_model).to(torch.bfloat16)
+        hf_bf16 = (hf_model if args.no_f32 else copy.deepcopy(hf_model)).to(device=tdev, dtype=torch.bfloat16)
+        pairs.append(("_bf16", "bfloat16", Sampler(model, eos_ids=[V], pad_id=0, chunk=args.chunk,
+                                                   weights_dtype="bfloat16"), hf_bf16, contextlib.nullcontext))
+    ref = pairs[0][0]  # greedy tokens of this pair's torch side are the reference
 
     results = {}
     for b in batches:
         prompts = np.random.default_rng(b).integers(0, V, size=(b, P)).astype(np.int32)
         plist = prompts.tolist()
-        ids_t = torch.from_numpy(prompts.astype(np.int64))
+        ids_t = torch.from_numpy(prompts.astype(np.int64)).to(tdev)
         box = {}
+        runners, first = {}, {}
+        for sfx, _, smp, hf, ctx in pairs:
+            def run_ours(smp=smp, ctx=ctx, key="ours" + sfx):
+                with ctx():
+                    box[key] = smp.generate(params, plist, sp)
 
-        def run_ours():
-            box["ours"] = sampler.generate(params, plist, sp)
+            def run_torch(m=hf, key="torch" + sfx):
+                with torch.inference_mode():
+                    box[key] = m.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=N,
+                                          min_new_tokens=N, do_sample=False, use_cache=True, pad_token_id=0)
+                sync()
 
-        def run_torch(m=hf_model, key="torch"):
-            with torch.inference_mode():
-                box[key] = m.generate(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), max_new_tokens=N,
-                                      min_new_tokens=N, do_sample=False, use_cache=True, pad_token_id=0)
-
-        def run_ours_bf16():
-            box["ours_bf16"] = sampler_bf16.generate(params, plist, sp)
-
-        def run_torch_bf16():
-            run_torch(hf_bf16, "torch_bf16")
-
-        t_first_ours, _ = first_call(run_ours)
-        t_first_torch, _ = first_call(run_torch)
-        ours_tok = box["ours"].tokens
-        torch_tok = box["torch"][:, P:].numpy()
-        assert ours_tok.shape == (b, N) and (box["ours"].lengths == N).all(), "ours did not decode N tokens"
-        assert torch_tok.shape == (b, N), f"torch decoded {torch_tok.shape[1]} tokens, not {N}"
+            first["ours" + sfx], _ = first_call(run_ours)
+            first["torch" + sfx], _ = first_call(run_torch)
+            runners.update({"ours" + sfx: timed(run_ours, 0), "torch" + sfx: timed(run_torch, 0)})
+        tokens = {k: (v.tokens if k.startswith("ours") else v[:, P:].cpu().numpy()) for k, v in box.items()}
+        for k, v in box.items():
+            if k.startswith("ours"):
+                assert v.tokens.shape == (b, N) and (v.lengths == N).all(), f"{k} did not decode {N} tokens"
+        ref_tok = tokens["torch" + ref]
+        assert ref_tok.shape == (b, N), f"torch decoded {ref_tok.shape[1]} tokens, not {N}"
         k = min(args.check, N)
-        rows_ok = int(np.sum(np.all(ours_tok[:, :k] == torch_tok[:, :k], axis=1)))
-        mism = ours_tok != torch_tok
+        ours_tok = tokens["ours" + ref]
+        rows_ok = int(np.sum(np.all(ours_tok[:, :k] == ref_tok[:, :k], axis=1)))
+        mism = ours_tok != ref_tok
         prefix = np.where(mism.any(axis=1), mism.argmax(axis=1), N)
-        agree = rows_ok == b
-        log(f"batch {b}: first {k} greedy tokens agree in {rows_ok}/{b} rows "
-            f"({'OK' if agree else 'MISMATCH'}); agreeing prefix mean {prefix.mean():.1f} of {N} "
-            f"(min {prefix.min()}); first calls: ours {t_first_ours:.1f} s (compiles), torch {t_first_torch:.1f} s")
-
-        runners = {"ours": timed(run_ours, 0), "torch": timed(run_torch, 0)}
+        # bfloat16 rounding moves near-ties on random weights: its agreement is reported, not required
+        agree = rows_ok == b or ref == "_bf16"
+        log(f"batch {b}: first {k} greedy tokens of ours{ref} and torch{ref} agree in {rows_ok}/{b} rows "
+            f"({'OK' if rows_ok == b else 'reported only' if ref == '_bf16' else 'MISMATCH'}); agreeing prefix "
+            f"mean {prefix.mean():.1f} of {N} (min {prefix.min()}); first calls (ours compiles): "
+            + ", ".join(f"{s} {t:.1f} s" for s, t in first.items()))
         bf16 = {}
-        if sampler_bf16 is not None:
-            first_call(run_ours_bf16)
-            first_call(run_torch_bf16)
-            runners.update(ours_bf16=timed(run_ours_bf16, 0), torch_bf16=timed(run_torch_bf16, 0))
-            # bfloat16 rounding moves near-ties on random weights: agreement is reported, not required
+        if ref == "" and "ours_bf16" in tokens:
             for key in ("ours_bf16", "torch_bf16"):
-                got = box[key].tokens if key == "ours_bf16" else box[key][:, P:].numpy()
-                m = got != torch_tok
+                m = tokens[key] != ref_tok
                 bf16[f"{key}_agreeing_prefix_mean_vs_torch_f32"] = float(
                     np.where(m.any(axis=1), m.argmax(axis=1), N).mean())
             log(f"batch {b}: bf16 greedy tokens, agreeing prefix with torch f32 (mean of {N}): ours "
                 f"{bf16['ours_bf16_agreeing_prefix_mean_vs_torch_f32']:.1f}, torch bf16 "
                 f"{bf16['torch_bf16_agreeing_prefix_mean_vs_torch_f32']:.1f}")
-        times, cpu, bb, ba = alternate(runners, args.repeats)
+        times, cpu, bb, ba = alternate(runners, repeats)
         med = {s: median(v) for s, v in times.items()}
         tps = {s: b * N / m for s, m in med.items()}
-        if sampler_bf16 is not None:
-            bf16.update(ratio_ours_bf16_over_torch_bf16=tps["ours_bf16"] / tps["torch_bf16"],
-                        ratio_ours_bf16_over_torch_f32=tps["ours_bf16"] / tps["torch"])
-        results[b] = {"median_s": med, "times_s": times, "cpu_s": cpu, "tokens_per_s": tps, **bf16,
-                      "ratio_ours_over_torch": tps["ours"] / tps["torch"],
-                      "ratio_min_times": min(times["torch"]) / min(times["ours"]),
-                      "first_call_s": {"ours": t_first_ours, "torch": t_first_torch},
+        ratios = {}
+        for sfx, *_ in pairs:
+            ratios["ratio_ours" + sfx + "_over_torch" + sfx] = tps["ours" + sfx] / tps["torch" + sfx]
+        if not args.no_f32:
+            ratios["ratio_ours_over_torch"] = ratios.pop("ratio_ours_over_torch")
+            ratios["ratio_min_times"] = min(times["torch"]) / min(times["ours"])
+            if "ours_bf16" in tps:
+                ratios["ratio_ours_bf16_over_torch_f32"] = tps["ours_bf16"] / tps["torch"]
+        results[b] = {"median_s": med, "times_s": times, "cpu_s": cpu, "tokens_per_s": tps, **bf16, **ratios,
+                      "first_call_s": first, "reference_pair": "float32" if ref == "" else "bfloat16",
                       "rows_agree_first_k": rows_ok, "check_k": k, "agree": agree,
                       "agreeing_prefix_mean": float(prefix.mean()), "agreeing_prefix_min": int(prefix.min()),
                       "other_busy_cores_before": bb, "other_busy_cores_after": ba,
                       "busy_flagged": busy_flagged(bb, ba)}
 
-    log(f"\nbench-100m ({n_params / 1e6:.1f}M params, f32), greedy, prompt {P} + {N} new tokens, KV cache, "
-        f"{args.repeats} alternating repeats (median); {machine_line()}")
-    rows = []
-    for b, r in results.items():
-        rows.append((str(b), f"{r['tokens_per_s']['ours']:.1f}", f"{r['tokens_per_s']['torch']:.1f}",
-                     f"{r['ratio_ours_over_torch']:.3f}", f"{r['ratio_min_times']:.3f}",
-                     f"{1e3 * r['median_s']['ours'] / N:.1f}", f"{1e3 * r['median_s']['torch'] / N:.1f}"))
-    log(table(rows, ("batch", "ours tok/s", "torch tok/s", "ours/torch", "(min)", "ours ms/step", "torch ms/step"),
-              (7, 12, 13, 12, 9, 14, 15)))
-    log("ours/torch: ratio of tokens/s from the medians (>1: ours faster; goal >= 3); (min): from the fastest "
-        "calls; ms/step = call time / new tokens (prefill included)")
-    if sampler_bf16 is not None:
+    where = f"{jax.devices()[0].device_kind} (torch on {tdev})" if gpu else "CPU"
+    log(f"\n{args.preset} ({n_params / 1e6:.1f}M params), greedy, prompt {P} + {N} new tokens, KV cache, on "
+        f"{where}, {repeats} alternating repeats (median); {machine_line()}")
+    if not args.no_f32:
+        rows = []
+        for b, r in results.items():
+            rows.append((str(b), f"{r['tokens_per_s']['ours']:.1f}", f"{r['tokens_per_s']['torch']:.1f}",
+                         f"{r['ratio_ours_over_torch']:.3f}", f"{r['ratio_min_times']:.3f}",
+                         f"{1e3 * r['median_s']['ours'] / N:.2f}", f"{1e3 * r['median_s']['torch'] / N:.2f}"))
+        log("float32" + (" (JAX matmul precision 'highest', torch allow_tf32 False)" if gpu else "") + ":")
+        log(table(rows, ("batch", "ours tok/s", "torch tok/s", "ours/torch", "(min)", "ours ms/step",
+                         "torch ms/step"), (7, 12, 13, 12, 9, 14, 15)))
+        log("ours/torch: ratio of tokens/s from the medians (>1: ours faster; goal >= 3); (min): from the fastest "
+            "calls; ms/step = call time / new tokens (prefill included)")
+    if not args.no_bf16:
         rows = [(str(b), f"{r['tokens_per_s']['ours_bf16']:.1f}", f"{r['tokens_per_s']['torch_bf16']:.1f}",
-                 f"{r['ratio_ours_bf16_over_torch_bf16']:.3f}", f"{r['ratio_ours_bf16_over_torch_f32']:.3f}")
+                 f"{r['ratio_ours_bf16_over_torch_bf16']:.3f}",
+                 f"{r['ratio_ours_bf16_over_torch_f32']:.3f}" if not args.no_f32 else "-")
                 for b, r in results.items()]
         log("\nbfloat16 weights (ours: Sampler(weights_dtype='bfloat16'), f32 logits; torch: model.to(bfloat16)):")
         log(table(rows, ("batch", "ours bf16 tok/s", "torch bf16 tok/s", "ours/torch bf16", "ours bf16/torch f32"),
@@ -201,15 +228,17 @@ def main(argv=None) -> dict:
         if bl:
             log(f"batch {b}: {bl}")
 
-    roof = roofline(model.cfg, params, results, P, N, log)
+    roof = roofline(model.cfg, params, results, P, N, log, dtypes=[(sfx, dt) for sfx, dt, *_ in pairs])
 
     prof = {}
     if args.profile:
         b = batches[0]
-        prof = profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, args.chunk, V, log)
+        with f32_ctx():
+            prof = profile_decode(model, params, model_unrolled, params_unrolled, b, P, N, args.chunk, V, log)
 
-    result = {"benchmark": "decode", "model": "bench-100m", "params": n_params, "prompt": P, "new_tokens": N,
-              "chunk": args.chunk, "repeats": args.repeats, **machine_info(),
+    result = {"benchmark": "decode", "model": args.preset, "params": n_params, "prompt": P, "new_tokens": N,
+              "chunk": args.chunk, "repeats": repeats, "torch_device": tdev, **machine_info(),
+              "device_kind": jax.devices()[0].device_kind,
               "results": {str(b): r for b, r in results.items()}, "roofline": roof, "profile": prof}
     append_json(args.json, result)
     if not all(r["agree"] for r in results.values()):
@@ -228,36 +257,71 @@ def weight_read_s(params) -> float:
     return min(_time(lambda: read(params).block_until_ready()) for _ in range(5))
 
 
-def roofline(cfg, params, results, P, N, log) -> dict:
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes/s of a jitted elementwise pass over a ``nbytes`` float32 array (read once, written
+    once; both counted), best of 10: the device-memory bandwidth a streaming kernel reaches."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jax.random.normal(jax.random.key(0), (nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda a: a * 1.0001 + 1.0)
+    f(x).block_until_ready()
+    return 2 * nbytes / min(_time(lambda: f(x).block_until_ready()) for _ in range(10))
+
+
+def roofline(cfg, params, results, P, N, log, dtypes=(("", "float32"),)) -> dict:
+    """Per decode step and measured pair (``dtypes``: (result-key suffix, dtype name)): the
+    compute floor (forward FLOPs of ``batch`` rows at the mean context over this device's
+    matmul peak in that dtype) and the memory floor (weights read per step, less an untied
+    embedding table, plus the KV cache at the mean context, in that dtype, over the measured
+    bandwidth). On a GPU the bandwidth is the faster of the weight read and a 1 GiB streaming
+    pass (HBM), and the matmul peaks come from 8192^3 products."""
+    import contextlib
+
     import jax
     import jax.numpy as jnp
 
     from rmr1_jax.train.flops import forward_flops_per_token, measure_matmul_peak
 
-    peak = measure_matmul_peak(size=1024, dtype=jnp.float32)
+    gpu = jax.default_backend() == "gpu"
     nbytes = sum(x.nbytes for x in jax.tree.leaves(params))
-    bandwidth = nbytes / weight_read_s(params)
+    bw_weights = nbytes / weight_read_s(params)
+    bw_copy = copy_bandwidth() if gpu else None
+    bandwidth = max(bw_weights, bw_copy or 0.0)
     ctx = P + N / 2
-    # an untied embedding table is read only at the step's b rows
-    step_bytes = nbytes - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size * 4)
-    kv_bytes_per_row = 2 * cfg.num_hidden_layers * ctx * cfg.num_key_value_heads * cfg.dim_head * 4
-    out = {"peak_f32_flops": peak, "bandwidth_Bps": bandwidth, "mean_context": ctx, "batches": {}}
-    rows = []
-    for b, r in results.items():
-        compute = b * forward_flops_per_token(cfg, int(ctx)) / peak
-        memory = (step_bytes + b * kv_bytes_per_row) / bandwidth
-        floor = max(compute, memory)
-        ours, torch_ = r["median_s"]["ours"] / N, r["median_s"]["torch"] / N
-        out["batches"][str(b)] = {"compute_floor_s": compute, "memory_floor_s": memory, "floor_s": floor,
-                                  "ours_of_roofline": floor / ours, "torch_of_roofline": floor / torch_,
-                                  "max_ratio_over_torch": torch_ / floor}
-        rows.append((str(b), f"{1e3 * compute:.1f}", f"{1e3 * memory:.1f}", f"{1e3 * ours:.1f}",
-                     f"{100 * floor / ours:.0f}%", f"{1e3 * torch_:.1f}", f"{100 * floor / torch_:.0f}%",
-                     f"{torch_ / floor:.2f}x"))
-    log(f"\nroofline (float32): matmul peak {peak / 1e9:.1f} GFLOP/s (1024^3, this run), weight-read bandwidth "
-        f"{bandwidth / 1e9:.1f} GB/s, mean context {ctx:.0f}")
-    log(table(rows, ("batch", "compute ms", "memory ms", "ours ms", "ours/roof", "torch ms", "torch/roof",
-                     "max ours/torch"), (7, 12, 11, 9, 11, 10, 12, 16)))
+    n_elems = sum(x.size for x in jax.tree.leaves(params))
+    out = {"bandwidth_Bps": bandwidth, "weight_read_Bps": bw_weights, "copy_Bps": bw_copy, "mean_context": ctx,
+           "pairs": {}}
+    for sfx, dt in dtypes:
+        size = 8192 if gpu else 1024
+        with jax.default_matmul_precision("highest") if dt == "float32" else contextlib.nullcontext():
+            peak = measure_matmul_peak(size=size, dtype=jnp.dtype(dt), devices=jax.devices()[:1])
+        esize = jnp.dtype(dt).itemsize
+        # an untied embedding table is read only at the step's b rows
+        step_bytes = esize * (n_elems - (0 if cfg.tie_word_embeddings else cfg.vocab_size * cfg.hidden_size))
+        kv_bytes_per_row = 2 * cfg.num_hidden_layers * ctx * cfg.num_key_value_heads * cfg.dim_head * esize
+        pair = {"dtype": dt, "peak_flops": peak, "step_weight_bytes": step_bytes, "batches": {}}
+        rows = []
+        for b, r in results.items():
+            compute = b * forward_flops_per_token(cfg, int(ctx)) / peak
+            memory = (step_bytes + b * kv_bytes_per_row) / bandwidth
+            floor = max(compute, memory)
+            ours, torch_ = r["median_s"]["ours" + sfx] / N, r["median_s"]["torch" + sfx] / N
+            pair["batches"][str(b)] = {"compute_floor_s": compute, "memory_floor_s": memory, "floor_s": floor,
+                                       "ours_of_roofline": floor / ours, "torch_of_roofline": floor / torch_,
+                                       "max_ratio_over_torch": torch_ / floor}
+            rows.append((str(b), f"{1e3 * compute:.3f}", f"{1e3 * memory:.3f}", f"{1e3 * ours:.3f}",
+                         f"{100 * floor / ours:.0f}%", f"{1e3 * torch_:.3f}", f"{100 * floor / torch_:.0f}%",
+                         f"{torch_ / floor:.2f}x"))
+        out["pairs"][dt] = pair
+        if sfx == "":  # the float32 keys earlier runs wrote
+            out.update(peak_f32_flops=peak, batches=pair["batches"])
+        log(f"\nroofline ({dt}): matmul peak {peak / 1e12:.2f} TFLOP/s ({size}^3, this run), bandwidth "
+            f"{bandwidth / 1e9:.1f} GB/s (weight read {bw_weights / 1e9:.1f}"
+            + (f", 1 GiB streaming pass {bw_copy / 1e9:.1f}" if bw_copy else "") + f"), mean context {ctx:.0f}, "
+            f"{step_bytes / 1e6:.0f} MB of weights read per step")
+        log(table(rows, ("batch", "compute ms", "memory ms", "ours ms", "ours/roof", "torch ms", "torch/roof",
+                         "max ours/torch"), (7, 12, 11, 9, 11, 10, 12, 16)))
     log("compute/memory ms: the step's floors; ours/torch ms: measured ms/step (as above); x/roof: floor / "
         "measured step; max ours/torch: torch's step / floor, the largest ratio any decoder could reach here")
     return out
