@@ -64,6 +64,17 @@ class GRPOSpec:
     # Old-policy log-probs must then be recomputed in the training dtype.
     rollout_dtype: str | None = None
     logprob_batch: int = 32  # rows per reference/old log-prob forward
+    # Rows whose advantage is 0 (every sample of the prompt rewarded alike) add nothing to the
+    # clipped policy loss's gradient. Without a KL or entropy term they are left out of the
+    # update's forward and backward passes (and of the old/reference log-prob passes), and still
+    # counted in its aggregation denominator, so each update is the one over all rows. An update
+    # keeps a quarter, half, three quarters or all of its rows, so few shapes are compiled.
+    skip_zero_advantage: bool = True
+
+    def skips_zero_advantage(self) -> bool:
+        """Whether zero-advantage rows are left out of the updates (exactly: no KL, no entropy term)."""
+        return self.skip_zero_advantage and (self.kl_estimator == "none" or self.kl_coef == 0.0) \
+            and self.entropy_coef == 0.0
 
     def validate(self, where: str):
         if self.prompts_per_step % self.minibatch_prompts:
@@ -134,6 +145,8 @@ def grpo_loss_fn(model, spec: GRPOSpec):
         if spec.entropy_coef:
             per_token = per_token - spec.entropy_coef * ent
         loss_sum, count = agg(per_token, mask)
+        if "count_share" in batch:  # rows with zero advantage were left out; count them all
+            count = jnp.sum(batch["count_share"])
         ntok = jnp.sum(mask)
         metrics = {"kl": (jnp.sum(kl * mask), ntok), "clip_fraction": (jnp.sum(clipped * mask), ntok),
                    "entropy": (jnp.sum(ent * mask), ntok), "policy_loss": (jnp.sum(pg * mask), ntok)}
@@ -147,11 +160,14 @@ class RolloutSource:
     params and splits the result into ``updates`` mini-batches (times ``ppo_epochs``)."""
 
     def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec: GRPOSpec, mesh, per_host_prompts: int,
-                 per_host_minibatch_prompts: int, seed: int):
+                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1):
+        """``row_multiple``: an update's host-local row count must be a multiple of it (the
+        micro-batch count times the data shards on this host)."""
         self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
         self.prompts, self.spec, self.mesh = prompts, spec, mesh
         self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
         self.seed = seed
+        self.row_multiple = max(1, int(row_multiple))
         self.queue: list[dict] = []
         self._metrics: dict = {}
         self._rollouts = 0
@@ -178,6 +194,8 @@ class RolloutSource:
         out = []
         bs = self.spec.logprob_batch
         n = rows["input_ids"].shape[0]
+        if n == 0:
+            return np.zeros(rows["input_ids"].shape, np.float32)
         with activation_sharding(self.mesh):
             for i in range(0, n, bs):
                 sub = {k: v[i:i + bs] for k, v in rows.items()}
@@ -204,7 +222,7 @@ class RolloutSource:
 
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
-        plen = -(-max(len(p) for p in prompt_ids) // 32) * 32
+        plen = int(_agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
         toks, lps, lens, fin, texts = [], [], [], [], []
         rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
         for i in range(0, len(prompt_ids), spec.rollout_batch):
@@ -217,7 +235,7 @@ class RolloutSource:
         # The sampler returns max_response_tokens columns; train on the columns any response
         # reaches, bucketed so that only a few shapes are compiled.
         bucket = max(32, spec.max_response_tokens // 8)
-        width = min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)
+        width = int(_agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
         tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
         t_gen = time.perf_counter() - t0
         rewards = np.array([judgment_reward(texts[j], winners[j // spec.n]) if finished[j] else -1.0
@@ -234,22 +252,33 @@ class RolloutSource:
         target_mask = np.zeros_like(attn)
         target_mask[:, plen - 1:plen - 1 + L] = resp_mask  # position t scores token t+1
         rows = {"input_ids": ids, "attention_mask": attn}
+        plans = self._plan_updates(adv, target_mask)
+        need = np.concatenate([keep for _, keep, _ in plans])  # rows the updates train on
+        sub = {k: v[need] for k, v in rows.items()}
         t1 = time.perf_counter()
-        ref_lp = self._logprobs(self.ref_params, rows) if spec.kl_estimator != "none" else np.zeros(ids.shape,
-                                                                                                     np.float32)
+        ref_lp = np.zeros(ids.shape, np.float32)
+        if spec.kl_estimator != "none":
+            ref_lp[need] = self._logprobs(self.ref_params, sub)
         t_ref = time.perf_counter() - t1
+        old_lp = np.zeros(ids.shape, np.float32)
         if spec.old_logprobs == "recompute":
-            old_lp = self._logprobs(params, rows)
+            old_lp[need] = self._logprobs(params, sub)
         else:
-            old_lp = np.zeros(ids.shape, np.float32)
             old_lp[:, plen - 1:plen - 1 + L] = sampler_lp
         t_old = time.perf_counter() - t1 - t_ref
         full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
                 "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
-        rows_per_mb = self.mb * spec.n
+        batches = []
+        for rows_idx, keep, count in plans:
+            b = {k: v[rows_idx] for k, v in full.items()}
+            if count is not None:
+                b["response_mask"][len(keep):] = 0  # filler rows: in the shape, not in the loss
+                b["count_share"] = np.full((len(rows_idx),), count / len(rows_idx), np.float32)
+            batches.append(b)
         for _ in range(spec.ppo_epochs):
-            for i in range(0, ids.shape[0], rows_per_mb):
-                self.queue.append({k: v[i:i + rows_per_mb] for k, v in full.items()})
+            self.queue.extend(batches)
+        n_rows = ids.shape[0]
+        n_trained = sum(len(keep) for _, keep, _ in plans)
         self._rollouts += 1
         verdicts_ok = rewards > 0
         gen_tokens = float(lengths.sum())
@@ -259,7 +288,43 @@ class RolloutSource:
             "truncated_rate": float(1.0 - finished.mean()), "response_length": float(lengths.mean()),
             "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
+            "zero_advantage_rate": float(np.mean(adv == 0)), "trained_rows_rate": n_trained / n_rows,
         }
+
+    def _plan_updates(self, adv: np.ndarray, target_mask: np.ndarray):
+        """One (row indices, trained rows, count or None) per update. With
+        ``skip_zero_advantage`` in effect, an update trains on its rows with a non-zero
+        advantage, padded with left-out rows (masked) to the next quarter of the mini-batch,
+        and carries the loss aggregation's count over all its rows."""
+        spec = self.spec
+        rows_per_mb = self.mb * spec.n
+        n = adv.shape[0]
+        spans = [np.arange(i, min(i + rows_per_mb, n)) for i in range(0, n, rows_per_mb)]
+        unit = next((rows_per_mb // q for q in (4, 2) if rows_per_mb % q == 0
+                     and (rows_per_mb // q) % self.row_multiple == 0), rows_per_mb)
+        if not (spec.skips_zero_advantage() and unit < rows_per_mb):
+            return [(idx, idx, None) for idx in spans]
+        keeps = [idx[adv[idx] != 0] for idx in spans]
+        # every process must feed updates of the same shape
+        sizes = _agree_max([min(len(idx), max(unit, -(-len(k) // unit) * unit)) for idx, k in zip(spans, keeps)])
+        agg = grpo_math.AGGREGATIONS[spec.loss_agg]
+        plans = []
+        for idx, keep, size in zip(spans, keeps, sizes):
+            fill = idx[adv[idx] == 0][: int(size) - len(keep)]
+            count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
+            plans.append((np.concatenate([keep, fill]), keep, count))
+        return plans
+
+
+def _agree_max(values) -> np.ndarray:
+    """Element-wise maximum of a small int vector over all processes (shapes every process
+    must share); the vector itself in a single process."""
+    v = np.asarray(values, np.int32)
+    if jax.process_count() == 1:
+        return v
+    from jax.experimental import multihost_utils
+
+    return np.max(np.asarray(multihost_utils.process_allgather(v)), axis=0)
 
 
 def _no_verdict(text: str) -> bool:
@@ -307,14 +372,16 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
                                                                         mesh=mesh)
     source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer, prompts=prompts,
                            spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
-                           per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed)
+                           per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed,
+                           row_multiple=_row_multiple(train_spec, mesh))
     optimizer, schedule = make_optimizer(cfg.optim, total_steps)
     state = init_state(params, optimizer)
     log(f"GRPO: {rollout_steps} rollout steps x {updates} updates = {total_steps} optimizer steps; "
         f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout"
         f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
         f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
-        f"advantage {spec.advantage} (eps {spec.adv_eps}), entropy coef {spec.entropy_coef}")
+        f"advantage {spec.advantage} (eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
+        f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}")
     seq_len = spec.max_prompt_tokens + spec.max_response_tokens
 
     def eval_fn(p, step):
@@ -348,6 +415,14 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     finally:
         ckpt.close()
     return model, state["params"], result, tokenizer
+
+
+def _row_multiple(train_spec: TrainSpec, mesh) -> int:
+    """Host-local rows an update's row count must be a multiple of: the micro-batch count
+    times this host's share of the (data, fsdp) shards."""
+    accum = train_spec.global_batch // (train_spec.micro_batch or train_spec.global_batch)
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    return accum * max(1, shards // jax.process_count())
 
 
 def load_grpo_config(path: str | None, overrides: list[str] | None = None) -> GRPOConfig:

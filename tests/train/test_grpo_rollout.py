@@ -115,3 +115,66 @@ def test_rows_keep_only_the_columns_responses_reach(tiny):
     assert m.sum(axis=1).tolist() == [1, 1, 1, 1]
     assert m[:, plen - 1].all()  # position plen-1 scores the first response token
     assert (batch["old_logp"][m] < 0).all() and (batch["old_logp"][~m] == 0).all()
+
+
+@pytest.mark.parametrize("old", ["sampler", "recompute"])
+def test_zero_advantage_rows_are_left_out_and_the_updates_unchanged(tiny, monkeypatch, old):
+    """With no KL or entropy term, rows whose advantage is 0 (a prompt whose samples were all
+    rewarded alike) are left out of the updates: fewer rows per update, and the same parameters
+    after every update as training on all rows (token-mean over all response tokens)."""
+    import optax
+
+    from rmr1_jax.train.grpo import grpo_loss_fn
+    from rmr1_jax.train.loop import init_state, make_train_step, to_global
+
+    model, params = tiny
+    n_prompts = 8  # 2 updates of 4 prompts x N samples
+    # per prompt: all right, mixed, all wrong, mixed | all right, all right, all wrong, mixed
+    pattern = [[1, 1, 1], [1, -1, 1], [-1, -1, -1], [-1, 1, -1], [1, 1, 1], [1, 1, 1], [-1, -1, -1], [1, -1, -1]]
+    flat = [r for group in pattern for r in group]
+    mesh = make_mesh()
+
+    def run(skip):
+        calls = []
+
+        def reward(text, winner):
+            calls.append(text)
+            return float(flat[len(calls) - 1])
+
+        monkeypatch.setattr(verdict, "judgment_reward", reward)
+        spec = GRPOSpec(n=N, max_prompt_tokens=8, max_response_tokens=16, prompts_per_step=n_prompts,
+                        minibatch_prompts=4, rollout_batch=8, logprob_batch=8, old_logprobs=old,
+                        kl_estimator="none", kl_coef=0.0, skip_zero_advantage=skip, temperature=1.0)
+        # half the ids end a sequence: responses of different lengths, all finished (checked)
+        sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size // 2), pad_id=0, mesh=mesh)
+        src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(),
+                            prompts=iter(_records(n_prompts)), spec=spec, mesh=mesh, per_host_prompts=n_prompts,
+                            per_host_minibatch_prompts=4, seed=0)
+        src._rollout(params)
+        assert src._metrics["truncated_rate"] == 0.0 and len(calls) == len(flat)
+        opt = optax.sgd(1.0)  # parameters move by minus the gradient: rounding is not amplified
+        step = make_train_step(grpo_loss_fn(model, spec), opt, lambda s: 1.0, 1, mesh)
+        state = init_state(jax.tree.map(lambda x: x.copy(), params), opt)
+        rows, losses = [], []
+        for batch in src.queue:
+            rows.append(batch["input_ids"].shape[0])
+            state, m = step(state, to_global(batch, mesh), jax.random.key(0))
+            losses.append(float(m["loss"]))
+        return rows, losses, state["params"], src._metrics
+
+    rows_all, loss_all, p_all, m_all = run(skip=False)
+    rows_skip, loss_skip, p_skip, m_skip = run(skip=True)
+    assert rows_all == [12, 12]
+    assert m_all["response_length"] > 1.2  # not every response is one token
+    # update 1 keeps prompts 2 and 4 (6 rows, padded to 2 quarters of 3); update 2 keeps prompt 8 (3 rows)
+    assert rows_skip == [6, 3]
+    assert m_skip["zero_advantage_rate"] == pytest.approx(5 / 8) and m_skip["trained_rows_rate"] == pytest.approx(3 / 8)
+    assert m_all["trained_rows_rate"] == 1.0
+    np.testing.assert_allclose(loss_skip, loss_all, rtol=1e-5, atol=1e-7)
+    assert any(abs(x) > 1e-4 for x in loss_all)  # the updates do move the parameters
+    moved = 0.0
+    for a, b, p0 in zip(jax.tree.leaves(p_all), jax.tree.leaves(p_skip), jax.tree.leaves(params)):
+        d_all, d_skip = np.asarray(a) - np.asarray(p0), np.asarray(b) - np.asarray(p0)
+        np.testing.assert_allclose(d_skip, d_all, rtol=1e-4, atol=1e-7)
+        moved = max(moved, float(np.max(np.abs(d_all))))
+    assert moved > 1e-3
