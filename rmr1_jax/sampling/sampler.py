@@ -23,6 +23,7 @@ import numpy as np
 
 from rmr1_jax.models.decoder import init_cache
 from rmr1_jax.models.params import unstack_layers
+from rmr1_jax.parallel.hostlocal import agree_max, fetch, process_rows, to_global
 from rmr1_jax.parallel.sharding import activation_sharding
 
 
@@ -232,12 +233,26 @@ class Sampler:
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None,
                  tokenizer=None, prompt_length: int | None = None) -> Generation:
         """Generate for a batch of token-id prompts. ``tokenizer`` (with ``decode``) is needed
-        for stop strings and returns texts."""
+        for stop strings and returns texts.
+
+        In a multi-process job every process calls this at once with its own prompts (the
+        same number on each) and gets the generations of its own prompts back; the rows are
+        one global batch over the mesh's (data, fsdp) shards."""
         if sp.stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
         rng = jax.random.key(0) if rng is None else rng
+        multi = jax.process_count() > 1
+        if multi:
+            if self.mesh is None:
+                raise ValueError("generation in a multi-process job needs the Sampler's mesh")
+            prompt_length = int(agree_max([prompt_length or _bucket(max(len(p) for p in prompts))])[0])
         ids, mask = left_pad(prompts, self.pad_id, prompt_length)
         p = ids.shape[1]
+        own = None  # this process's rows of the global batch (None: all of them)
+        if multi:
+            g = to_global({"ids": ids, "mask": mask}, self.mesh)
+            ids, mask = g["ids"], g["mask"]
+            own = (process_rows(ids)[:, None] * sp.n + np.arange(sp.n)[None, :]).reshape(-1)
         step, n_chunks = decode_schedule(sp.max_new_tokens, self.chunk)
         steps_total = n_chunks * step
         max_len = p + steps_total
@@ -245,7 +260,8 @@ class Sampler:
         with activation_sharding(self.mesh):
             if self._unstack or self.weights_dtype is not None:
                 params = self._prepare(params)
-            last, cache = self._prefill(params, jnp.asarray(ids), jnp.asarray(mask), n=sp.n, max_len=max_len)
+            last, cache = self._prefill(params, jnp.asarray(ids) if not multi else ids,
+                                        jnp.asarray(mask) if not multi else mask, n=sp.n, max_len=max_len)
             r = last.shape[0]
             carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p), "max_new": jnp.int32(sp.max_new_tokens),
                      "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),
@@ -259,30 +275,33 @@ class Sampler:
                 carry = decode(params, carry, jnp.int32(t), rng, steps=step, greedy=greedy,
                                temperature=float(sp.temperature), top_k=int(sp.top_k), top_p=float(sp.top_p))
                 t += step
-                done = np.array(carry["done"])
+                done = fetch(carry["done"]).copy()
                 if sp.stop_strings:
                     done = self._check_stops(carry, tokenizer, sp.stop_strings, stop_at, done)
                     carry["done"] = jnp.asarray(done)
                 if done.all():
                     break
-        tokens = np.array(carry["tokens"])[:, : sp.max_new_tokens]
-        logprobs = np.array(carry["logprobs"])[:, : sp.max_new_tokens]
-        lengths = np.minimum(np.array(carry["lengths"]), sp.max_new_tokens)
-        finished = np.asarray(carry["eos"]).copy()
+        tokens = fetch(carry["tokens"])[:, : sp.max_new_tokens].copy()
+        logprobs = fetch(carry["logprobs"])[:, : sp.max_new_tokens].copy()
+        lengths = np.minimum(fetch(carry["lengths"]), sp.max_new_tokens)
+        finished = fetch(carry["eos"]).copy()
         for i in np.nonzero(stop_at >= 0)[0]:
             lengths[i] = stop_at[i]
             finished[i] = True
         for i in range(len(lengths)):
             tokens[i, lengths[i]:] = self.pad_id
             logprobs[i, lengths[i]:] = 0.0
+        if own is not None:
+            tokens, logprobs, lengths, finished = tokens[own], logprobs[own], lengths[own], finished[own]
         texts = None
         if tokenizer is not None:
             texts = [self._text(tokenizer, tokens[i, : lengths[i]], sp.stop_strings) for i in range(len(lengths))]
         return Generation(tokens, logprobs, lengths, finished, texts)
 
     def _check_stops(self, carry, tokenizer, stops, stop_at, done):
-        toks = np.asarray(carry["tokens"])
-        lens = np.asarray(carry["lengths"])
+        # every process checks every row (same result everywhere, so the loop stops together)
+        toks = fetch(carry["tokens"])
+        lens = fetch(carry["lengths"])
         for i in range(len(done)):
             if stop_at[i] >= 0 or (done[i] and not stops):
                 continue

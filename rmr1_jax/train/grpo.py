@@ -20,11 +20,12 @@ import numpy as np
 
 from rmr1_jax.config import CheckpointSpec, ModelSpec, load, to_dict
 from rmr1_jax.errors import ConfigError
+from rmr1_jax.parallel.hostlocal import agree_max, fetch, process_rows, to_global
 from rmr1_jax.parallel.mesh import MeshConfig
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.train import grpo_math
 from rmr1_jax.train.losses import lm_head_kernel, token_logprobs
-from rmr1_jax.train.loop import TrainSpec, to_global
+from rmr1_jax.train.loop import TrainSpec
 from rmr1_jax.train.optim import OptimSpec
 from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 
@@ -202,7 +203,8 @@ class RolloutSource:
                 real = sub["input_ids"].shape[0]
                 if real < bs:
                     sub = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in sub.items()}
-                out.append(np.asarray(jax.device_get(self._lp(params, to_global(sub, self.mesh))))[:real])
+                g = to_global(sub, self.mesh)
+                out.append(fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real])
         return np.concatenate(out)
 
     def _rollout(self, params):
@@ -222,7 +224,7 @@ class RolloutSource:
 
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
-        plen = int(_agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
+        plen = int(agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
         toks, lps, lens, fin, texts = [], [], [], [], []
         rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
         for i in range(0, len(prompt_ids), spec.rollout_batch):
@@ -235,7 +237,7 @@ class RolloutSource:
         # The sampler returns max_response_tokens columns; train on the columns any response
         # reaches, bucketed so that only a few shapes are compiled.
         bucket = max(32, spec.max_response_tokens // 8)
-        width = int(_agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
+        width = int(agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
         tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
         t_gen = time.perf_counter() - t0
         rewards = np.array([judgment_reward(texts[j], winners[j // spec.n]) if finished[j] else -1.0
@@ -306,7 +308,7 @@ class RolloutSource:
             return [(idx, idx, None) for idx in spans]
         keeps = [idx[adv[idx] != 0] for idx in spans]
         # every process must feed updates of the same shape
-        sizes = _agree_max([min(len(idx), max(unit, -(-len(k) // unit) * unit)) for idx, k in zip(spans, keeps)])
+        sizes = agree_max([min(len(idx), max(unit, -(-len(k) // unit) * unit)) for idx, k in zip(spans, keeps)])
         agg = grpo_math.AGGREGATIONS[spec.loss_agg]
         plans = []
         for idx, keep, size in zip(spans, keeps, sizes):
@@ -314,17 +316,6 @@ class RolloutSource:
             count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
             plans.append((np.concatenate([keep, fill]), keep, count))
         return plans
-
-
-def _agree_max(values) -> np.ndarray:
-    """Element-wise maximum of a small int vector over all processes (shapes every process
-    must share); the vector itself in a single process."""
-    v = np.asarray(values, np.int32)
-    if jax.process_count() == 1:
-        return v
-    from jax.experimental import multihost_utils
-
-    return np.max(np.asarray(multihost_utils.process_allgather(v)), axis=0)
 
 
 def _no_verdict(text: str) -> bool:

@@ -23,12 +23,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rmr1_jax.errors import ConfigError, UserError
-from rmr1_jax.parallel.sharding import activation_sharding, logical_to_spec
+from rmr1_jax.parallel.hostlocal import to_global
+from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.train.metrics import MetricsLogger
 
 
@@ -60,21 +60,6 @@ class TrainSpec:
 
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]
-
-
-def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
-    """Rows over (data, fsdp); a row count those axes do not divide is replicated instead."""
-    spec = logical_to_spec(("act_batch",) + (None,) * (len(shape) - 1), shape, mesh)
-    return NamedSharding(mesh, spec)
-
-
-def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local batch rows -> one global array per key, rows sharded over (data, fsdp)."""
-    out = {}
-    for k, v in batch.items():
-        global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
-        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, global_shape), v, global_shape)
-    return out
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule, accum: int,

@@ -1,6 +1,8 @@
 """Multi-host code on one machine: two JAX processes (4 CPU devices each, gloo collectives over
 loopback) form one 8-device mesh, load an HF checkpoint onto it, run the model, and export;
-results must equal transformers'."""
+results must equal transformers'. Each process then generates from its own prompts (greedy
+tokens and log-probs must equal transformers' for those prompts) and runs a GRPO rollout step
+and its updates on them."""
 
 import json
 import os
@@ -52,3 +54,27 @@ def test_two_processes_load_run_and_export(tmp_path):
     with torch.no_grad():
         again = exported(input_ids=ids).logits.numpy()
     np.testing.assert_allclose(again, expected, atol=1e-4)
+
+    # generation: each process got back the greedy continuation of its own prompts
+    import torch.nn.functional as F
+
+    for pid in range(2):
+        with open(f"{result}.gen{pid}") as f:
+            gen = json.load(f)
+        for i, prompt in enumerate(gen["prompts"]):
+            with torch.no_grad():
+                want = ref_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                          max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0)[0, len(prompt):]
+                seq = torch.tensor([prompt + want.tolist()])
+                logp = F.log_softmax(ref_model(input_ids=seq).logits[0, len(prompt) - 1:-1].double(), dim=-1)
+            assert gen["tokens"][i] == want.tolist(), (pid, i)
+            np.testing.assert_allclose(gen["logprobs"][i], logp[torch.arange(6), want].numpy(), atol=1e-4)
+            assert gen["tokens_n2"][2 * i] == gen["tokens_n2"][2 * i + 1] == want.tolist()
+        # GRPO: 2 updates of 2 prompts x 2 samples per process, each row one of this process's prompts
+        assert gen["grpo_rows"] == [4, 4] and all(np.isfinite(gen["grpo_losses"]))
+        for row in gen["grpo_row_prompts"]:
+            assert any(row[:len(p)] == p for p in gen["prompts"]), (pid, row)
+    with open(f"{result}.gen0") as f0, open(f"{result}.gen1") as f1:
+        g0, g1 = json.load(f0), json.load(f1)
+    assert g0["prompts"] != g1["prompts"]
+    assert g0["grpo_param_sum"] == g1["grpo_param_sum"]  # one model, updated on both processes' rows
