@@ -24,25 +24,32 @@ def batch_sharding(mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
 
 def to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Host-local batch rows -> one global array per key, rows sharded over (data, fsdp).
-    Every process passes the same number of rows; across processes that number times the
-    process count must be divisible by the (data, fsdp) shard count."""
+    Every process passes the same number of rows; the global rows are the processes' rows in
+    process order. Where the (data, fsdp) shards do not divide the rows (or there is one such
+    shard, as with a mesh that is all tensor-parallel), the rows are replicated: every
+    process's rows are gathered to every host first."""
     out = {}
     n_proc = jax.process_count()
     for k, v in batch.items():
         global_shape = (v.shape[0] * n_proc,) + v.shape[1:]
         sharding = batch_sharding(mesh, global_shape)
-        if n_proc > 1 and sharding.is_fully_replicated and mesh.devices.size > 1:
-            shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-            raise ValueError(f"{k}: {global_shape[0]} rows from {n_proc} processes cannot be split over the "
-                             f"{shards} (data, fsdp) shards (each process feeds its own rows)")
+        if n_proc > 1 and sharding.is_fully_replicated:
+            from jax.experimental import multihost_utils
+
+            v = np.asarray(multihost_utils.process_allgather(v, tiled=True))
         out[k] = jax.make_array_from_process_local_data(sharding, v, global_shape)
     return out
 
 
 def process_rows(x: jax.Array) -> np.ndarray:
     """Global row indices of the rows this process supplied to ``x`` (made by
-    :func:`to_global`): its addressable shards' rows, in order."""
+    :func:`to_global`): its addressable shards' rows, in order; for replicated rows, its
+    block of them in process order."""
     n = x.shape[0]
+    n_proc = jax.process_count()
+    if n_proc > 1 and x.sharding.is_fully_replicated:
+        k = n // n_proc
+        return np.arange(jax.process_index() * k, (jax.process_index() + 1) * k, dtype=np.int64)
     rows = set()
     for s in x.addressable_shards:
         sl = s.index[0]

@@ -42,8 +42,13 @@ def main():
     sampler = Sampler(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh)
     g = sampler.generate(params, prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     g2 = sampler.generate(params, prompts, SamplingParams(max_new_tokens=6, temperature=0.0, n=2))
+    # a mesh that is all tensor-parallel: the prompts cannot be split, so they are replicated
+    mesh_tp = make_mesh((1, 1, 8))
+    model_tp, params_tp = rj.load_hf(hf_dir, mesh=mesh_tp)
+    g_tp = Sampler(model_tp, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh_tp).generate(
+        params_tp, prompts, SamplingParams(max_new_tokens=6, temperature=0.0))
     out = {"prompts": prompts, "tokens": g.tokens.tolist(), "logprobs": g.logprobs.tolist(),
-           "lengths": g.lengths.tolist(), "tokens_n2": g2.tokens.tolist()}
+           "lengths": g.lengths.tolist(), "tokens_n2": g2.tokens.tolist(), "tokens_tp": g_tp.tokens.tolist()}
 
     # A GRPO rollout step and its updates: rows from each process's own prompts, one global update.
     import optax

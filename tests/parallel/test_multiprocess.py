@@ -70,6 +70,7 @@ def test_two_processes_load_run_and_export(tmp_path):
             assert gen["tokens"][i] == want.tolist(), (pid, i)
             np.testing.assert_allclose(gen["logprobs"][i], logp[torch.arange(6), want].numpy(), atol=1e-4)
             assert gen["tokens_n2"][2 * i] == gen["tokens_n2"][2 * i + 1] == want.tolist()
+            assert gen["tokens_tp"][i] == want.tolist()  # on the all-tensor-parallel mesh too
         # GRPO: 2 updates of 2 prompts x 2 samples per process, each row one of this process's prompts
         assert gen["grpo_rows"] == [4, 4] and all(np.isfinite(gen["grpo_losses"]))
         for row in gen["grpo_row_prompts"]:
