@@ -32,6 +32,7 @@ from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import abstract_params, logical_axes_for
+from rmr1_jax.parallel.hostlocal import fetch
 from rmr1_jax.parallel.sharding import DEFAULT_RULES, named_sharding
 
 TOKENIZER_FILES = (
@@ -292,14 +293,6 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
 # --- export -----------------------------------------------------------------------------
 
 
-def _host_array(x: jax.Array) -> np.ndarray:
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _iter_hf_tensors(cfg: ModelConfig, params, np_dtype) -> Iterator[tuple[str, np.ndarray]]:
     scanned = "layers" in params
     for s in tensor_specs(cfg):
@@ -310,7 +303,7 @@ def _iter_hf_tensors(cfg: ModelConfig, params, np_dtype) -> Iterator[tuple[str, 
             raise CheckpointError(f"params lack {'/'.join(tp)} (needed for {s.hf_name})") from None
         if s.layer is not None and scanned:
             leaf = leaf[s.layer]
-        arr = s.to_hf(_host_array(leaf))
+        arr = s.to_hf(fetch(leaf))
         if tuple(arr.shape) != s.hf_shape:
             raise CheckpointError(f"params {'/'.join(tp)} give {s.hf_name} shape {list(arr.shape)}, "
                                   f"expected {list(s.hf_shape)}")

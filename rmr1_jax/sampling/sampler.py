@@ -253,6 +253,8 @@ class Sampler:
             g = to_global({"ids": ids, "mask": mask}, self.mesh)
             ids, mask = g["ids"], g["mask"]
             own = (process_rows(ids)[:, None] * sp.n + np.arange(sp.n)[None, :]).reshape(-1)
+        else:
+            ids, mask = jnp.asarray(ids), jnp.asarray(mask)
         step, n_chunks = decode_schedule(sp.max_new_tokens, self.chunk)
         steps_total = n_chunks * step
         max_len = p + steps_total
@@ -260,8 +262,7 @@ class Sampler:
         with activation_sharding(self.mesh):
             if self._unstack or self.weights_dtype is not None:
                 params = self._prepare(params)
-            last, cache = self._prefill(params, jnp.asarray(ids) if not multi else ids,
-                                        jnp.asarray(mask) if not multi else mask, n=sp.n, max_len=max_len)
+            last, cache = self._prefill(params, ids, mask, n=sp.n, max_len=max_len)
             r = last.shape[0]
             carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p), "max_new": jnp.int32(sp.max_new_tokens),
                      "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),

@@ -411,9 +411,8 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
 def _row_multiple(train_spec: TrainSpec, mesh) -> int:
     """Host-local rows an update's row count must be a multiple of: the micro-batch count
     times this host's share of the (data, fsdp) shards."""
-    accum = train_spec.global_batch // (train_spec.micro_batch or train_spec.global_batch)
     shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    return accum * max(1, shards // jax.process_count())
+    return train_spec.accum_steps() * max(1, shards // jax.process_count())
 
 
 def load_grpo_config(path: str | None, overrides: list[str] | None = None) -> GRPOConfig:

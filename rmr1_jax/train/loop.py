@@ -50,6 +50,10 @@ class TrainSpec:
     progress: bool = True
     peak_flops: float | None = None  # MFU denominator for the whole mesh; None = measured at start
 
+    def accum_steps(self) -> int:
+        """Micro-batches accumulated per optimizer step."""
+        return self.global_batch // (self.micro_batch or self.global_batch)
+
     def validate(self, where: str):
         if self.global_batch <= 0:
             raise ConfigError(f"{where}: train.global_batch must be positive")
@@ -155,7 +159,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
     ``batches`` a CheckpointableIterator of host-local numpy batches."""
     from rmr1_jax.checkpoint.manager import abstract_like
 
-    accum = spec.global_batch // (spec.micro_batch or spec.global_batch)
+    accum = spec.accum_steps()
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = make_train_step(loss_fn, optimizer, schedule, accum, mesh, state_shardings)
     start = 0
