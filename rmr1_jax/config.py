@@ -18,6 +18,7 @@ import yaml
 
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.parallel.mesh import MeshConfig
+from rmr1_jax.paths import path_field
 
 
 @dataclasses.dataclass
@@ -25,8 +26,8 @@ class ModelSpec:
     """Where the model comes from and how it runs."""
 
     preset: str | None = "tiny"  # an architecture preset (random init) ...
-    hf_dir: str | None = None  # ... or a local HF directory (overrides preset)
-    init_checkpoint: str | None = None  # ... or an Orbax checkpoint directory (params only)
+    hf_dir: str | None = path_field()  # ... or a local HF directory (overrides preset)
+    init_checkpoint: str | None = path_field()  # ... or an Orbax checkpoint directory (params only)
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
     scan_layers: bool = True
@@ -41,7 +42,7 @@ class ModelSpec:
 
 @dataclasses.dataclass
 class CheckpointSpec:
-    dir: str | None = None  # default: <run_dir>/checkpoints
+    dir: str | None = path_field()  # default: <run_dir>/checkpoints
     save_every: int = 500
     keep: int = 3
     async_save: bool = True

@@ -93,13 +93,13 @@ def qwen2_config(*, tied=False, layers=2) -> transformers.Qwen2Config:
     )
 
 
-def llama3_config(*, layers=3) -> transformers.LlamaConfig:
+def llama3_config(*, layers=3, attention_bias=False) -> transformers.LlamaConfig:
     return transformers.LlamaConfig(
         vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
         rms_norm_eps=1e-5, rope_parameters={"rope_theta": 500000.0, **LLAMA3_SCALING},
         tie_word_embeddings=False, initializer_range=INIT_RANGE, bos_token_id=1, eos_token_id=[2, 3],
-        attention_bias=False, mlp_bias=False,
+        attention_bias=attention_bias, mlp_bias=False,
     )
 
 
@@ -116,9 +116,10 @@ def make_qwen2(path, *, tied=False, layout="v5", seed=0, max_shard_size=None):
     return _finish(_build(qwen2_config(tied=tied), seed), path, layout, max_shard_size)
 
 
-def make_llama3(path, *, layout="v5", seed=0, max_shard_size=None):
-    """Random tiny Llama with GQA and Llama-3 rope scaling saved to ``path``."""
-    return _finish(_build(llama3_config(), seed), path, layout, max_shard_size)
+def make_llama3(path, *, layout="v5", seed=0, max_shard_size=None, attention_bias=False):
+    """Random tiny Llama with GQA and Llama-3 rope scaling saved to ``path`` (``attention_bias``:
+    q/k/v and o_proj biases, as HF's Llama has them then)."""
+    return _finish(_build(llama3_config(attention_bias=attention_bias), seed), path, layout, max_shard_size)
 
 
 def make_sharded(path, *, kind="qwen2", layout="v5", seed=0, max_shard_size="40KB"):

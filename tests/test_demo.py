@@ -2,20 +2,46 @@
 distillation, GRPO, held-out judging, plots, TensorBoard logs, HF export that transformers
 loads). The learning itself is measured by the full demo (README)."""
 
+import contextlib
+import io
 import json
 import os
 
 import numpy as np
+import pytest
 import torch
 import transformers
 
 from rmr1_jax import cli
 
 
-def test_quick_demo_end_to_end(tmp_path, capsys):
-    out = str(tmp_path / "demo")
-    assert cli.main(["demo", "--quick", "--out", out]) == 0
-    text = capsys.readouterr().out
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def new_user_dir(tmp_path_factory):
+    """An empty working directory in which `rmr1 demo --quick` ran with its default, relative
+    ``--out runs/demo``, as a new user runs it; the tests below run in it too."""
+    cwd = os.getcwd()
+    work = tmp_path_factory.mktemp("new_user")
+    os.chdir(work)
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            assert cli.main(["demo", "--quick"]) == 0
+        yield work, text.getvalue()
+    finally:
+        os.chdir(cwd)
+
+
+@pytest.fixture
+def in_new_user_dir(new_user_dir, monkeypatch):
+    monkeypatch.chdir(new_user_dir[0])
+    return new_user_dir
+
+
+def test_quick_demo_end_to_end(in_new_user_dir):
+    out, text = "runs/demo", in_new_user_dir[1]
     assert "| after stage 1 (distillation) |" in text and "| after stage 2 (GRPO) |" in text
     assert "(each pair in both A/B orders)" in text  # the demo's GRPO judges both orders per step
     for f in ("stage1_loss.png", "stage2_curves.png", "results.json"):
@@ -29,6 +55,33 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
         logits = hf(input_ids=torch.tensor([[1, 2, 3]])).logits
     assert np.isfinite(logits.numpy()).all()
     assert os.path.isfile(os.path.join(out, "judge_hf", "tokenizer.model"))
+
+
+def test_distill_resume_and_convert_with_relative_paths(in_new_user_dir, capsys):
+    """The shipped tiny recipe as written (relative run dir, data and tokenizer paths), a
+    resume, `rmr1 convert` both ways and `rmr1 judge` on relative paths, then the checkpoint
+    read from another working directory (its saved config names absolute paths)."""
+    recipe = os.path.join(REPO, "configs", "distill", "tiny.yaml")
+    common = ["checkpoint.save_every=2", "train.progress=false", "train.peak_flops=1e12"]
+    assert cli.main(["distill", recipe, "train.max_steps=2", *common]) == 0
+    assert sorted(os.listdir("runs/distill-tiny/checkpoints")) == ["2"]
+    assert cli.main(["distill", recipe, "train.max_steps=4", *common]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert sorted(os.listdir("runs/distill-tiny/checkpoints")) == ["2", "4"]
+    assert cli.main(["convert", "orbax-to-hf", "--ckpt", "runs/distill-tiny/checkpoints", "--out", "export/hf",
+                     "--dtype", "float32", "--tokenizer-dir", "runs/demo/tokenizer"]) == 0
+    hf = transformers.AutoModelForCausalLM.from_pretrained("export/hf")
+    assert cli.main(["convert", "hf-to-orbax", "--hf-dir", "export/hf", "--out", "export/orbax"]) == 0
+    assert os.path.isdir("export/orbax/0")
+    assert cli.main(["judge", "--ckpt", "export/hf", "--prompt", "Say hi", "--a", "HI", "--b", "hi there",
+                     "--max-new-tokens", "8", "--system-file", "runs/demo/prompts/system.txt",
+                     "--user-file", "runs/demo/prompts/user.txt"]) == 0
+    assert "verdict:" in capsys.readouterr().out
+    ckpt = os.path.abspath("runs/distill-tiny/checkpoints")
+    os.chdir(os.path.dirname(REPO))  # elsewhere: the checkpoint still finds its tokenizer and prompts
+    assert cli.main(["judge", "--ckpt", ckpt, "--prompt", "Say hi", "--a", "HI", "--b", "hi there",
+                     "--max-new-tokens", "8"]) == 0
+    assert hf.config.vocab_size > 0
 
 
 def test_demo_quotes_are_exact_token_copies_of_the_replies(tmp_path):

@@ -98,6 +98,8 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
                 TensorSpec(p + "self_attn.k_proj.bias", L("self_attn", "k_proj_bias"), i, (k * h,), *bias(k)),
                 TensorSpec(p + "self_attn.v_proj.bias", L("self_attn", "v_proj_bias"), i, (k * h,), *bias(k)),
             ]
+        if cfg.o_proj_bias:
+            specs.append(TensorSpec(p + "self_attn.o_proj.bias", L("self_attn", "o_proj_bias"), i, (d,), ident, ident))
     return specs
 
 
@@ -228,7 +230,8 @@ def _stack_fns(shape: tuple, dtype, sharding):
 
 
 def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, compute_dtype: str | None = None,
-            scan_layers: bool = True, remat_policy: str = "none", rules=DEFAULT_RULES):
+            scan_layers: bool = True, remat_policy: str = "none", attention_impl: str | None = None,
+            rules=DEFAULT_RULES):
     """Load a local HF directory as ``(DecoderLM, params)``.
 
     Args:
@@ -237,13 +240,14 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
       mesh: place parameters on this mesh by the sharding rules (default: the first device).
       compute_dtype: activation dtype (default: ``dtype``).
       scan_layers: stack layers for ``nn.scan`` (fast compiles) or keep them unrolled.
+      attention_impl: ``jax.nn.dot_product_attention``'s implementation (``None``: plain XLA).
     """
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: not a directory")
     if dtype not in _NP_DTYPES:
         raise CheckpointError(f"dtype={dtype!r} is not one of {list(_NP_DTYPES)}")
     cfg = ModelConfig.from_hf_dir(path, param_dtype=dtype, dtype=compute_dtype or dtype,
-                                  scan_layers=scan_layers, remat_policy=remat_policy)
+                                  scan_layers=scan_layers, remat_policy=remat_policy, attention_impl=attention_impl)
     model = DecoderLM(cfg)
     specs = tensor_specs(cfg)
     wm = _weight_map(path)

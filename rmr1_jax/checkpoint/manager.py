@@ -49,6 +49,7 @@ from etils import epath
 from jax.sharding import Sharding
 
 from rmr1_jax.errors import CheckpointError, ConfigError
+from rmr1_jax.paths import resolve
 
 FORMAT_VERSION = 1
 
@@ -181,7 +182,8 @@ class CheckpointManager:
     creates, cleans up nor deletes anything.
 
     Args:
-      directory: local path or any path :mod:`etils.epath` understands (``gs://...``).
+      directory: local path (relative to the current directory) or any path :mod:`etils.epath`
+        understands (``gs://...``).
       max_to_keep: steps kept on disk; older ones are deleted after a newer save commits.
         ``None`` keeps all.
       save_interval_steps: :meth:`save` writes steps that are a multiple of this, the
@@ -196,7 +198,7 @@ class CheckpointManager:
 
     def __init__(self, directory: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
                  async_save: bool = True, read_only: bool = False):
-        self.directory = epath.Path(directory)
+        self.directory = epath.Path(resolve(str(directory)))  # Orbax needs absolute local paths
         self.read_only = read_only
         self._existed = self.directory.exists()
         if read_only and not self._existed:

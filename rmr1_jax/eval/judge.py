@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
-from rmr1_jax.text.verdict import parse_verdict
+from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
 
 
 @dataclasses.dataclass
@@ -34,7 +34,8 @@ def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]],
         chunk += [chunk[0]] * (batch_size - real)
         g = sampler.generate(params, chunk, sp, rng=rng, tokenizer=tokenizer, prompt_length=plen)
         for j in range(real):
-            out.append(Judgment(g.texts[j], parse_verdict(g.texts[j]) if g.finished[j] else None,
+            opened = prompt_opens_thinking(tokenizer.decode(chunk[j]))  # output starts inside <think>
+            out.append(Judgment(g.texts[j], parse_verdict(g.texts[j], opened) if g.finished[j] else None,
                                 bool(g.finished[j]), int(g.lengths[j])))
     return out
 

@@ -67,6 +67,12 @@ class ModelConfig:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
     @property
+    def o_proj_bias(self) -> bool:
+        """Llama's ``attention_bias`` also gives the output projection a bias (HF's
+        ``LlamaAttention``); Qwen2's q/k/v biases do not extend to it."""
+        return self.model_type == "llama" and self.attention_bias
+
+    @property
     def rope_scaling_dict(self) -> dict | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
@@ -78,7 +84,8 @@ class ModelConfig:
     def num_params(self) -> int:
         d, f, v, l = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_hidden_layers
         h, k, dh = self.num_attention_heads, self.num_key_value_heads, self.dim_head
-        attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.attention_bias else 0)
+        attn = d * h * dh * 2 + d * k * dh * 2 + (h * dh + 2 * k * dh if self.attention_bias else 0) \
+            + (d if self.o_proj_bias else 0)
         mlp = 3 * d * f
         per_layer = attn + mlp + 2 * d
         return v * d * (1 if self.tie_word_embeddings else 2) + l * per_layer + d
@@ -142,6 +149,10 @@ class ModelConfig:
             raise CheckpointError(f"{source}: key 'rope_scaling' must be an object")
         if hf.get("use_sliding_window"):
             raise CheckpointError(f"{source}: use_sliding_window=true is not supported")
+        act = hf.get("hidden_act", hf.get("hidden_activation", "silu"))
+        if act != "silu":
+            raise CheckpointError(f"{source}: hidden_act={act!r} is not supported (only 'silu', the SwiGLU MLP "
+                                  f"of Qwen2 and Llama)")
         rope_params = hf.get("rope_parameters") or {}
         rope_theta = hf.get("rope_theta", rope_params.get("rope_theta", 10000.0))
         scaling = hf.get("rope_scaling") or None

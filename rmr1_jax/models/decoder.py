@@ -88,7 +88,9 @@ class DecoderLM(nn.Module):
           segment_ids: [B, T] packed-sequence ids; tokens attend only inside their segment.
             0 marks padding.
           cache, cache_index: decode with a KV cache from :func:`init_cache`; the T new tokens
-            are written at slots [cache_index, cache_index + T).
+            are written at slots [cache_index, cache_index + T). With ``cache_index=0`` (a
+            Python int: a prefill) the tokens attend only over each other, never over the
+            cache's other slots.
           return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
         Returns:
           logits [B, T, V] float32 (or hidden states), and the new cache when one was given.
@@ -100,7 +102,11 @@ class DecoderLM(nn.Module):
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
 
-        if cache is not None:
+        # A prefill (the cache filled from slot 0, cache_index a Python 0) attends over its own T
+        # tokens only, as a forward pass without cache does, and then writes them to the cache:
+        # scores over every slot (prompt + generation budget) would be [B, K, G, T, S] float32.
+        prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
+        if cache is not None and not prefill:
             if segment_ids is not None:
                 raise ValueError("segment_ids cannot be combined with a KV cache")
             s = cache["valid"].shape[1]
@@ -113,6 +119,11 @@ class DecoderLM(nn.Module):
             q_slot = cache_index + jnp.arange(t)
             mask = valid[:, None, None, :] & (slots[None, None, None, :] <= q_slot[None, None, :, None])
         else:
+            if prefill:
+                if segment_ids is not None:
+                    raise ValueError("segment_ids cannot be combined with a KV cache")
+                valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, 0))
+                cache_index = None  # to the layers: write from slot 0, attend over the new tokens
             causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
             mask = causal & attention_mask[:, None, None, :]
             if segment_ids is not None:

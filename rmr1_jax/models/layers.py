@@ -77,8 +77,7 @@ CPU_ATTN_BLOCK = 128
 def blocked_causal_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, scale: float, block: int = CPU_ATTN_BLOCK):
     """Causal self-attention computed per block of queries against only the keys up to the
     block's end: about half the work of the full [T, T] scores. On CPU, XLA has no fused
-    attention kernel, and this is the difference between ~4x and ~2x torch's time; GPU and TPU
-    keep ``jax.nn.dot_product_attention`` (fused kernels)."""
+    attention kernel, and this is the difference between ~4x and ~2x torch's time."""
     t = q_btnh.shape[1]
     outs = []
     for start in range(0, t, block):
@@ -87,6 +86,17 @@ def blocked_causal_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, scale: float, bl
             q_btnh[:, start:end], k_bsnh[:, :end], v_bsnh[:, :end], mask=mask_b1ts[:, :, start:end, :end],
             scale=scale))
     return jnp.concatenate(outs, axis=1)
+
+
+def self_attention(q_btnh, k_btnh, v_btnh, mask_b1tt, scale: float, implementation: str | None):
+    """Attention of T queries over the same T keys (training forward passes and prefills).
+    ``implementation`` is :func:`jax.nn.dot_product_attention`'s (``None``: plain XLA, or on
+    CPU for T >= 256 the blocked causal form; ``"cudnn"``: cuDNN's fused kernel on NVIDIA GPUs)."""
+    t = q_btnh.shape[1]
+    if implementation is None and t >= 2 * CPU_ATTN_BLOCK and jax.default_backend() == "cpu":
+        return blocked_causal_attention(q_btnh, k_btnh, v_btnh, mask_b1tt, scale)
+    return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt, scale=scale,
+                                        implementation=implementation)
 
 
 def cached_attention(q_btnh, k_bkhs, v_bksh, mask_b1ts, scale: float):
@@ -193,26 +203,30 @@ class Attention(nn.Module):
         kk = apply_rope(kk, cos, sin)
         new_cache = None
         scale = 1.0 / math.sqrt(cfg.dim_head)
-        t = q.shape[1]
         if kv_cache is not None:
-            # keys [B, K, H, S], values [B, K, S, H]: write the new slots in place, attend over
-            # every slot
+            # keys [B, K, H, S], values [B, K, S, H]: write the new slots in place; a decode step
+            # attends over every slot, a prefill (cache_index None: slots from 0) over its own
+            # tokens only
             k_cache, v_cache = kv_cache
+            start = 0 if cache_index is None else cache_index
             k_cache = jax.lax.dynamic_update_slice(k_cache, kk.transpose(0, 2, 3, 1).astype(k_cache.dtype),
-                                                   (0, 0, 0, cache_index))
+                                                   (0, 0, 0, start))
             v_cache = jax.lax.dynamic_update_slice(v_cache, v.transpose(0, 2, 1, 3).astype(v_cache.dtype),
-                                                   (0, 0, cache_index, 0))
+                                                   (0, 0, start, 0))
             new_cache = (k_cache, v_cache)
-            out = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_b1ts, scale)
-        elif cfg.attention_impl is None and t >= 2 * CPU_ATTN_BLOCK and jax.default_backend() == "cpu":
-            out = blocked_causal_attention(q, kk, v, mask_b1ts, scale)
+            if cache_index is None:
+                out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl)
+            else:
+                out = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_b1ts, scale)
         else:
-            out = jax.nn.dot_product_attention(q, kk, v, mask=mask_b1ts, scale=scale,
-                                               implementation=cfg.attention_impl)
+            out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         o_kernel = self.param("o_proj_kernel", default_init, (n, cfg.dim_head, cfg.hidden_size),
                               dtype_of(cfg.param_dtype))
         y = dense("btnh,nhd->btd", out, o_kernel, dt)
+        if cfg.o_proj_bias:
+            y = y + self.param("o_proj_bias", nn.initializers.zeros, (cfg.hidden_size,),
+                               dtype_of(cfg.param_dtype)).astype(dt)
         return y, new_cache
 
 

@@ -25,6 +25,7 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "k_proj_bias": ("kv_heads", "head_dim"),
     "v_proj_bias": ("kv_heads", "head_dim"),
     "o_proj_kernel": ("heads", "head_dim", "embed"),
+    "o_proj_bias": ("norm",),  # [D], replicated like the norm scales
     "gate_proj_kernel": ("embed", "mlp"),
     "up_proj_kernel": ("embed", "mlp"),
     "down_proj_kernel": ("mlp", "embed"),

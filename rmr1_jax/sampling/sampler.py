@@ -6,9 +6,13 @@ then repeated ``n`` times for ``n`` samples per prompt (no repeated prefill). De
 compiled chunks of ``chunk`` tokens (``lax.fori_loop``); between chunks the host checks stop
 strings and stops early once every sequence has finished.
 
-Returned log-probs are those of the model's own distribution (``log_softmax(logits)``) for
-the chosen tokens, whatever the sampling temperature: they are what a teacher-forced forward
-pass gives, which GRPO uses as the old-policy log-probs.
+Returned log-probs are those of the distribution sampled from, before truncation:
+``log_softmax(logits / T)`` of the chosen tokens at temperature ``T`` (``T = 1`` for greedy
+decoding). They equal what a teacher-forced forward pass at the same temperature gives
+(:func:`rmr1_jax.train.grpo.response_logprobs`), which GRPO uses as the old-policy log-probs.
+Top-k and top-p sample from a truncated, renormalized distribution, but the returned log-probs
+stay those of the whole tempered distribution (as verl and vLLM report them): a truncated
+token then has a log-prob slightly below the probability it was sampled with.
 """
 
 from __future__ import annotations
@@ -207,7 +211,9 @@ class Sampler:
         def body(i, c):
             t = start + i
             logits = c["last"]
-            logp_all = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+            scaled = logits.astype(jnp.float32) if greedy or temperature == 1.0 else \
+                logits.astype(jnp.float32) / temperature
+            logp_all = jax.nn.log_softmax(scaled, axis=-1)
             if greedy:
                 tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:

@@ -4,7 +4,10 @@ The rule implemented here (the strict one):
 
 1. Reasoning-model output: everything up to the last ``</think>`` is ignored, so a verdict
    mentioned while thinking never counts. An opened ``<think>`` that is never closed means the
-   output was cut off while thinking: no verdict.
+   output was cut off while thinking: no verdict. The generation prompt may have opened the
+   section itself (DeepSeek-R1-Distill chat templates end it with ``<think>\n``, so the output
+   never contains ``<think>``): with ``opened_thinking=True`` (see
+   :func:`prompt_opens_thinking`) an output without ``</think>`` is all thinking, no verdict.
 2. What remains must contain exactly one ``<answer>...</answer>`` block, and nothing but
    whitespace may follow it (the output *ends* with its verdict; truncated output has no
    closing tag and so no verdict).
@@ -30,14 +33,23 @@ _VERDICT = re.compile(r"^\s*\[\[\s*([AB])\s*\]\]\s*$", re.IGNORECASE)
 _WINNERS = {"a": "A", "b": "B", "model_a": "A", "model_b": "B"}
 
 
-def parse_verdict(text: str | None) -> str | None:
-    """``"A"``, ``"B"`` or ``None`` (no single well-formed final verdict). See module doc."""
+def prompt_opens_thinking(prompt_text: str) -> bool:
+    """Whether a rendered generation prompt leaves a ``<think>`` section open, so that the
+    judge's output starts inside it."""
+    opens = [m.start() for m in _THINK_OPEN.finditer(prompt_text or "")]
+    closes = [m.start() for m in _THINK_CLOSE.finditer(prompt_text or "")]
+    return bool(opens) and (not closes or opens[-1] > closes[-1])
+
+
+def parse_verdict(text: str | None, opened_thinking: bool = False) -> str | None:
+    """``"A"``, ``"B"`` or ``None`` (no single well-formed final verdict). See module doc.
+    ``opened_thinking``: the prompt opened the thinking section (the output starts in it)."""
     if not text:
         return None
     closes = list(_THINK_CLOSE.finditer(text))
     if closes:
         text = text[closes[-1].end():]
-    elif _THINK_OPEN.search(text):
+    elif opened_thinking or _THINK_OPEN.search(text):
         return None
     if len(_ANSWER_OPEN.findall(text)) != 1:
         return None
@@ -59,6 +71,6 @@ def normalize_winner(winner: str) -> str:
     return _WINNERS[key]
 
 
-def judgment_reward(text: str | None, winner: str) -> float:
+def judgment_reward(text: str | None, winner: str, opened_thinking: bool = False) -> float:
     """+1.0 when ``text`` ends with exactly one verdict naming ``winner``, else -1.0."""
-    return 1.0 if parse_verdict(text) == normalize_winner(winner) else -1.0
+    return 1.0 if parse_verdict(text, opened_thinking) == normalize_winner(winner) else -1.0

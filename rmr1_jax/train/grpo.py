@@ -49,6 +49,9 @@ class GRPOSpec:
     both_orders: bool = False
     advantage: Literal["group_norm", "group_center"] = "group_norm"
     adv_eps: float = 1e-6
+    # The group std of group_norm: "unbiased" divides by n - 1 (torch.std, as RM-R1's verl and
+    # TRL do); "population" by n.
+    adv_std: Literal["unbiased", "population"] = "unbiased"
     clip_low: float = 0.2
     clip_high: float = 0.2
     log_ratio_clamp: float = 20.0
@@ -72,10 +75,13 @@ class GRPOSpec:
     # keeps a quarter, half, three quarters or all of its rows, so few shapes are compiled.
     skip_zero_advantage: bool = True
 
+    def uses_reference(self) -> bool:
+        """Whether the loss has a KL term, and so needs the frozen reference policy."""
+        return self.kl_estimator != "none" and self.kl_coef != 0.0
+
     def skips_zero_advantage(self) -> bool:
         """Whether zero-advantage rows are left out of the updates (exactly: no KL, no entropy term)."""
-        return self.skip_zero_advantage and (self.kl_estimator == "none" or self.kl_coef == 0.0) \
-            and self.entropy_coef == 0.0
+        return self.skip_zero_advantage and not self.uses_reference() and self.entropy_coef == 0.0
 
     def validate(self, where: str):
         if self.prompts_per_step % self.minibatch_prompts:
@@ -118,12 +124,21 @@ class GRPOConfig:
             self.train.global_batch = self.grpo.minibatch_prompts * self.grpo.n
 
 
-def response_logprobs(model, params, batch, chunk: int = 512, with_entropy: bool = False):
-    """log p of each next token [R, T] (position t scores token t+1) over prompt+response rows."""
+def response_logprobs(model, params, batch, chunk: int = 512, with_entropy: bool = False,
+                      temperature: float = 1.0):
+    """log p of each next token [R, T] (position t scores token t+1) over prompt+response rows,
+    under ``softmax(logits / temperature)``: the distribution the rollouts were sampled from,
+    so the old, reference and training log-probs all refer to the sampled policy."""
     hidden = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
                          return_hidden=True)
     targets = jnp.concatenate([batch["input_ids"][:, 1:], jnp.zeros_like(batch["input_ids"][:, :1])], axis=1)
-    return token_logprobs(hidden, lm_head_kernel(params, model.cfg), targets, chunk=chunk, with_entropy=with_entropy)
+    return token_logprobs(hidden, lm_head_kernel(params, model.cfg), targets, chunk=chunk, with_entropy=with_entropy,
+                          temperature=_logprob_temperature(temperature))
+
+
+def _logprob_temperature(temperature: float) -> float:
+    """The temperature log-probs are taken at: the sampling one (1 for greedy sampling)."""
+    return 1.0 if temperature == 0.0 else float(temperature)
 
 
 def grpo_loss_fn(model, spec: GRPOSpec):
@@ -132,14 +147,20 @@ def grpo_loss_fn(model, spec: GRPOSpec):
     def loss_fn(params, batch, rng):
         del rng
         mask = batch["response_mask"].astype(jnp.float32)
-        logp, ent = response_logprobs(model, params, batch, with_entropy=True)
-        adv = batch["advantages"][:, None]
-        pg, clipped = grpo_math.clipped_policy_loss(logp, batch["old_logp"], adv, spec.clip_low, spec.clip_high,
+        real = mask > 0
+        logp, ent = response_logprobs(model, params, batch, with_entropy=True, temperature=spec.temperature)
+        # masked before any exp: whatever padded or left-out positions hold (garbage, inf) never
+        # reaches a ratio or a KL term, where x 0 would still turn inf into NaN
+        logp = jnp.where(real, logp, 0.0)
+        old_logp = jnp.where(real, batch["old_logp"], 0.0)
+        adv = jnp.where(real, batch["advantages"][:, None], 0.0)
+        pg, clipped = grpo_math.clipped_policy_loss(logp, old_logp, adv, spec.clip_low, spec.clip_high,
                                                     spec.log_ratio_clamp)
         per_token = pg
-        if spec.kl_estimator != "none":
-            kl = jnp.clip(grpo_math.KL_ESTIMATORS[spec.kl_estimator](logp, batch["ref_logp"]),
-                          -spec.kl_clamp, spec.kl_clamp)
+        if spec.uses_reference():
+            ref_logp = jnp.where(real, batch["ref_logp"], 0.0)
+            kl = grpo_math.KL_ESTIMATORS[spec.kl_estimator](logp, ref_logp, log_ratio_clamp=spec.log_ratio_clamp)
+            kl = jnp.clip(kl, -spec.kl_clamp, spec.kl_clamp)
             per_token = per_token + spec.kl_coef * kl
         else:
             kl = jnp.zeros_like(logp)
@@ -163,7 +184,10 @@ class RolloutSource:
     def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec: GRPOSpec, mesh, per_host_prompts: int,
                  per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1):
         """``row_multiple``: an update's host-local row count must be a multiple of it (the
-        micro-batch count times the data shards on this host)."""
+        micro-batch count times the data shards on this host). ``ref_params``: the frozen
+        reference policy, or ``None`` when the loss has no KL term."""
+        if spec.uses_reference() and ref_params is None:
+            raise ValueError("the GRPO loss has a KL term: RolloutSource needs ref_params")
         self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
         self.prompts, self.spec, self.mesh = prompts, spec, mesh
         self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
@@ -172,7 +196,7 @@ class RolloutSource:
         self.queue: list[dict] = []
         self._metrics: dict = {}
         self._rollouts = 0
-        self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b))
+        self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature))
 
     def state(self) -> dict:
         return {"prompts": self.prompts.state(), "rollouts": self._rollouts}
@@ -220,7 +244,7 @@ class RolloutSource:
                 prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
                 winners.append("B" if w == "A" else "A")
         from rmr1_jax.sampling.sampler import SamplingParams, left_pad
-        from rmr1_jax.text.verdict import judgment_reward
+        from rmr1_jax.text.verdict import judgment_reward, prompt_opens_thinking
 
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
@@ -240,10 +264,14 @@ class RolloutSource:
         width = int(agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
         tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
         t_gen = time.perf_counter() - t0
-        rewards = np.array([judgment_reward(texts[j], winners[j // spec.n]) if finished[j] else -1.0
-                            for j in range(len(texts))], np.float32)
+        # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
+        # output inside it: without "</think>" the whole output is thinking, no verdict
+        opened = [prompt_opens_thinking(self.tokenizer.decode(p)) for p in prompt_ids]
+        rewards = np.array([judgment_reward(texts[j], winners[j // spec.n], opened[j // spec.n]) if finished[j]
+                            else -1.0 for j in range(len(texts))], np.float32)
         rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)
-        adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps).reshape(-1)
+        adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps,
+                                                   std=spec.adv_std).reshape(-1)
         # rows: left-padded prompt (plen) + response (max_response_tokens)
         pid, pmask = left_pad(prompt_ids, self.sampler.pad_id, plen)
         pid, pmask = np.repeat(pid, spec.n, axis=0), np.repeat(pmask, spec.n, axis=0)
@@ -259,7 +287,7 @@ class RolloutSource:
         sub = {k: v[need] for k, v in rows.items()}
         t1 = time.perf_counter()
         ref_lp = np.zeros(ids.shape, np.float32)
-        if spec.kl_estimator != "none":
+        if spec.uses_reference():
             ref_lp[need] = self._logprobs(self.ref_params, sub)
         t_ref = time.perf_counter() - t1
         old_lp = np.zeros(ids.shape, np.float32)
@@ -286,7 +314,8 @@ class RolloutSource:
         gen_tokens = float(lengths.sum())
         self._metrics = {
             "reward_mean": float(rewards.mean()), "verdict_accuracy": float(verdicts_ok.mean()),
-            "format_failure_rate": float(np.mean([not f or _no_verdict(t) for f, t in zip(finished, texts)])),
+            "format_failure_rate": float(np.mean([not f or _no_verdict(t, opened[j // spec.n])
+                                                  for j, (f, t) in enumerate(zip(finished, texts))])),
             "truncated_rate": float(1.0 - finished.mean()), "response_length": float(lengths.mean()),
             "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
@@ -318,14 +347,17 @@ class RolloutSource:
         return plans
 
 
-def _no_verdict(text: str) -> bool:
+def _no_verdict(text: str, opened_thinking: bool) -> bool:
     from rmr1_jax.text.verdict import parse_verdict
 
-    return parse_verdict(text) is None
+    return parse_verdict(text, opened_thinking) is None
 
 
 def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     """Stage 2 end to end. Returns (model, params, TrainResult, tokenizer)."""
+    from rmr1_jax.paths import resolve_paths
+
+    cfg = resolve_paths(cfg)  # local paths relative to the current directory, made absolute once
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.data.pipeline import CheckpointableIterator
     from rmr1_jax.sampling.sampler import Sampler
@@ -341,7 +373,7 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
         cfg, "prompt", spec.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error", log,
         both_orders=spec.both_orders)
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
-    ref_params = jax.tree.map(lambda x: x.copy(), params)  # frozen, sharded like the policy
+    ref_params = reference_params(spec, params)
     n_proc, p_idx = jax.process_count(), jax.process_index()
     for name, v in (("grpo.prompts_per_step", spec.prompts_per_step), ("grpo.minibatch_prompts", spec.minibatch_prompts)):
         per = 2 * n_proc if spec.both_orders else n_proc
@@ -371,7 +403,7 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
         f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout"
         f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
         f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
-        f"advantage {spec.advantage} (eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
+        f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
         f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}")
     seq_len = spec.max_prompt_tokens + spec.max_response_tokens
 
@@ -406,6 +438,12 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     finally:
         ckpt.close()
     return model, state["params"], result, tokenizer
+
+
+def reference_params(spec: GRPOSpec, params):
+    """A frozen copy of the initial policy, sharded like it, when the loss has a KL term;
+    ``None`` otherwise (no second copy of the weights, no reference pass)."""
+    return jax.tree.map(lambda x: x.copy(), params) if spec.uses_reference() else None
 
 
 def _row_multiple(train_spec: TrainSpec, mesh) -> int:

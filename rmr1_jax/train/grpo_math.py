@@ -1,7 +1,7 @@
 """GRPO building blocks as small registered functions: advantage estimators, KL estimators,
 the clipped policy loss and loss aggregations. Every choice is a config field (see
-``GRPOSpec``) whose default is RM-R1's: group-normalized advantages with std epsilon 1e-6,
-PPO clip 0.2, k3 KL to the reference (coefficient 0.001, clamped), token-mean aggregation,
+``GRPOSpec``) whose default is RM-R1's: group-normalized advantages with the unbiased std
+and epsilon 1e-6, PPO clip 0.2, k3 KL to the reference (coefficient 0.001, clamped), token-mean aggregation,
 no entropy bonus.
 """
 
@@ -30,43 +30,64 @@ def _register(table):
 # --- advantages (host side, numpy: rewards [P, n] -> advantages [P, n]) -------------------
 
 
-@_register(ADVANTAGES)
-def adv_group_norm(rewards: np.ndarray, eps: float) -> np.ndarray:
-    """(r - group mean) / (group std + eps); std is the population std (ddof=0)."""
-    mean = rewards.mean(axis=1, keepdims=True)
-    std = rewards.std(axis=1, keepdims=True)
-    return (rewards - mean) / (std + eps)
+def _centered(rewards: np.ndarray) -> np.ndarray:
+    """r - group mean in float64, exactly 0 for a group whose rewards are all equal (whatever
+    the values: in float32, seven rewards of 0.7 have a mean that is not 0.7)."""
+    r = np.asarray(rewards, np.float64)
+    centered = r - r.mean(axis=1, keepdims=True)
+    same = np.all(r == r[:, :1], axis=1, keepdims=True)
+    return np.where(same, 0.0, centered)
 
 
 @_register(ADVANTAGES)
-def adv_group_center(rewards: np.ndarray, eps: float) -> np.ndarray:
-    """r - group mean (no std division)."""
-    del eps
-    return rewards - rewards.mean(axis=1, keepdims=True)
+def adv_group_norm(rewards: np.ndarray, eps: float, std: str = "unbiased") -> np.ndarray:
+    """(r - group mean) / (group std + eps). ``std="unbiased"`` divides the squared deviations
+    by n - 1 (``torch.std``, as RM-R1's verl and TRL do), ``"population"`` by n. A group whose
+    rewards are all equal gets exactly 0."""
+    if std not in STD_ESTIMATORS:
+        raise ValueError(f"std estimator {std!r} is not one of {STD_ESTIMATORS}")
+    ddof = 1 if std == "unbiased" else 0
+    sd = np.asarray(rewards, np.float64).std(axis=1, ddof=ddof, keepdims=True)
+    return (_centered(rewards) / (sd + eps)).astype(np.float32)
+
+
+@_register(ADVANTAGES)
+def adv_group_center(rewards: np.ndarray, eps: float, std: str = "unbiased") -> np.ndarray:
+    """r - group mean (no std division); exactly 0 for a group of equal rewards."""
+    del eps, std
+    return _centered(rewards).astype(np.float32)
+
+
+STD_ESTIMATORS = ("unbiased", "population")
 
 
 # --- KL estimators (per token; logp = policy, ref = reference log-prob) ------------------
 
 
 @_register(KL_ESTIMATORS)
-def kl_k1(logp, ref):
+def kl_k1(logp, ref, log_ratio_clamp: float = 20.0):
+    del log_ratio_clamp  # no exp: nothing to overflow
     return logp - ref
 
 
 @_register(KL_ESTIMATORS)
-def kl_k2(logp, ref):
+def kl_k2(logp, ref, log_ratio_clamp: float = 20.0):
+    del log_ratio_clamp
     return 0.5 * (logp - ref) ** 2
 
 
 @_register(KL_ESTIMATORS)
-def kl_k3(logp, ref):
-    """exp(ref - logp) - (ref - logp) - 1: unbiased, non-negative, low variance."""
-    d = ref - logp
+def kl_k3(logp, ref, log_ratio_clamp: float = 20.0):
+    """exp(d) - d - 1 with d = ref - logp clamped to +/- ``log_ratio_clamp`` before the exp (as
+    verl does): unbiased, non-negative, low variance, and finite (with its gradient) for any
+    gap; exp(100) would overflow float32 and turn the gradient into NaN."""
+    d = jnp.clip(ref - logp, -log_ratio_clamp, log_ratio_clamp)
     return jnp.exp(d) - d - 1.0
 
 
 def clipped_policy_loss(logp, old_logp, adv, clip_low: float, clip_high: float, log_ratio_clamp: float):
-    """Per-token PPO loss max(-A r, -A clip(r, 1-low, 1+high)) and whether it was clipped."""
+    """Per-token PPO loss max(-A r, -A clip(r, 1-low, 1+high)) and whether it was clipped. The
+    log ratio is clamped before the exp; callers zero masked positions first."""
     log_ratio = jnp.clip(logp - old_logp, -log_ratio_clamp, log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
     unclipped = -adv * ratio

@@ -29,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rmr1_jax.errors import ConfigError, UserError
 from rmr1_jax.parallel.hostlocal import to_global
 from rmr1_jax.parallel.sharding import activation_sharding
+from rmr1_jax.paths import path_field
 from rmr1_jax.train.metrics import MetricsLogger
 
 
@@ -38,7 +39,7 @@ class TrainingDiverged(UserError):
 
 @dataclasses.dataclass
 class TrainSpec:
-    run_dir: str = "runs/default"
+    run_dir: str = path_field("runs/default")
     global_batch: int = 128  # rows per optimizer step (packed rows when packing)
     micro_batch: int | None = None  # rows per accumulation step; None = global_batch
     epochs: float = 1.0

@@ -14,27 +14,28 @@ from rmr1_jax.errors import ConfigError
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
+from rmr1_jax.paths import path_field, paths_field
 
 
 @dataclasses.dataclass
 class TokenizerSpec:
-    path: str | None = None  # tokenizer dir or .model file; default: model.hf_dir
-    chat_template_file: str | None = None  # replaces the tokenizer's own template
+    path: str | None = path_field()  # tokenizer dir or .model file; default: model.hf_dir
+    chat_template_file: str | None = path_field()  # replaces the tokenizer's own template
 
 
 @dataclasses.dataclass
 class PromptSpec:
     variant: Literal["instruct", "reasoning"] = "instruct"
-    system_file: str | None = None  # any template text may come from a file, to reproduce
-    user_file: str | None = None  # a checkpoint's exact training prompt
-    user_multiturn_file: str | None = None
+    system_file: str | None = path_field()  # any template text may come from a file, to reproduce
+    user_file: str | None = path_field()  # a checkpoint's exact training prompt
+    user_multiturn_file: str | None = path_field()
 
 
 @dataclasses.dataclass
 class DataSpec:
-    train: list[str] = dataclasses.field(default_factory=list)  # JSONL / Parquet files
-    eval: list[str] = dataclasses.field(default_factory=list)
-    cache_dir: str | None = None  # tokenized records; default <run_dir>/data
+    train: list[str] = paths_field()  # JSONL / Parquet files
+    eval: list[str] = paths_field()
+    cache_dir: str | None = path_field()  # tokenized records; default <run_dir>/data
     max_length: int = 2048
     pack: bool = True
     on_error: Literal["raise", "skip"] = "raise"
@@ -78,7 +79,8 @@ def build_model(spec: ModelSpec, mesh, tokenizer=None, seed: int = 0):
         from rmr1_jax.checkpoint.hf import load_hf
 
         model, params = load_hf(spec.hf_dir, dtype=spec.param_dtype, mesh=mesh, compute_dtype=spec.dtype,
-                                scan_layers=spec.scan_layers, remat_policy=spec.remat_policy)
+                                scan_layers=spec.scan_layers, remat_policy=spec.remat_policy,
+                                attention_impl=spec.attention_impl)
         return model, params
     if spec.init_checkpoint:
         from rmr1_jax.checkpoint.reading import read_metadata, restore_params

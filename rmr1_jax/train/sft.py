@@ -69,6 +69,9 @@ def heldout_loss(model, params, batches, mesh, loss_fn=None) -> dict:
 
 def run_distill(cfg: DistillConfig, log=print, eval_hook=None):
     """Stage 1 end to end. Returns (model, params, TrainResult)."""
+    from rmr1_jax.paths import resolve_paths
+
+    cfg = resolve_paths(cfg)  # local paths relative to the current directory, made absolute once
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.data.pipeline import CheckpointableIterator, eval_batches, sft_dataset
     from rmr1_jax.train import setup

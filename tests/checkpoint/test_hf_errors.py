@@ -157,8 +157,19 @@ def _config_bad_value(d):
     return ["config.json", "num_key_value_heads"]
 
 
+def _unsupported_activation(d):
+    cfg_path = os.path.join(d, "config.json")
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    cfg["hidden_act"] = "gelu_pytorch_tanh"
+    with open(cfg_path, "w") as f:
+        json.dump(cfg, f)
+    return ["config.json", "hidden_act", "gelu_pytorch_tanh"]
+
+
 CASES = {
     "missing-config": _missing_config,
+    "unsupported-activation": _unsupported_activation,
     "bad-json": _bad_json,
     "unsupported-arch": _gpt2,
     "no-weights": _no_weights,

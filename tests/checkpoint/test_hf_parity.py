@@ -349,3 +349,28 @@ def test_export_from_unrolled_params(hf, ref_logits, tmp_path):
     tm = _load_transformers(out)
     err = max_err(hf_models.hf_logits(tm, IDS, MASK), ref_logits[name])
     assert err < TOL
+
+
+def test_llama_attention_bias_including_o_proj(tmp_path):
+    """Llama with ``attention_bias: true``: HF adds biases to q/k/v and to o_proj. Import, the
+    logits, and the export transformers reads back, against transformers."""
+    d = str(tmp_path / "llama-bias")
+    hf = hf_models.make_llama3(d, seed=7, attention_bias=True)
+    assert float(hf.model.layers[0].self_attn.o_proj.bias.detach().abs().mean()) > 0.1  # randomized
+    ref = hf_models.hf_logits(hf, IDS, MASK)
+    model, params = rj.load_hf(d, scan_layers=False)
+    assert model.cfg.o_proj_bias
+    assert max_err(forward(model, params), ref) < TOL
+    out = str(tmp_path / "export")
+    rj.save_hf(model, params, out, dtype="float32")
+    assert max_err(hf_models.hf_logits(_load_transformers(out), IDS, MASK), ref) < TOL
+
+
+def test_attention_impl_is_kept_when_loading_an_hf_directory(hf):
+    """``model.attention_impl`` reaches the model built from ``model.hf_dir``."""
+    from rmr1_jax.config import ModelSpec
+    from rmr1_jax.train.setup import build_model
+
+    _, dirs = hf["llama3-gqa"]
+    model, _ = build_model(ModelSpec(hf_dir=dirs["v5"], attention_impl="xla", scan_layers=False), mesh=None)
+    assert model.cfg.attention_impl == "xla"

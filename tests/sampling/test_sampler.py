@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -42,10 +43,11 @@ def hf_greedy(hf, prompt, max_new, eos):
     return out[0, len(prompt):].tolist()
 
 
-def hf_token_logprobs(hf, prompt, generated):
-    """log p(generated[j] | prompt, generated[:j]) from one teacher-forced forward pass."""
+def hf_token_logprobs(hf, prompt, generated, temperature=1.0):
+    """log p(generated[j] | prompt, generated[:j]) under softmax(logits / temperature), from
+    one teacher-forced forward pass."""
     ids = np.array([list(prompt) + list(generated)])
-    logits = hf_models.hf_logits(hf, ids, np.ones_like(ids))[0].astype(np.float64)
+    logits = hf_models.hf_logits(hf, ids, np.ones_like(ids))[0].astype(np.float64) / temperature
     lsm = logits - logits.max(-1, keepdims=True)
     lsm = lsm - np.log(np.exp(lsm).sum(-1, keepdims=True))
     p = len(prompt)
@@ -242,6 +244,61 @@ def test_temperature_samples(case):
     np.testing.assert_array_equal(again.logprobs, g.logprobs)
     other = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(8))
     assert not np.array_equal(other.tokens, g.tokens)
+
+
+@QWEN2_ONLY
+def test_logprobs_at_temperature_07_are_those_of_the_tempered_policy(case):
+    """At T = 0.7 the sampler's log-probs, and GRPO's teacher-forced ones (old, reference and
+    training passes), are log_softmax(logits / T) of transformers' logits: the ratio and the
+    KL refer to the distribution that sampled."""
+    from rmr1_jax.sampling.sampler import left_pad
+    from rmr1_jax.train.grpo import response_logprobs
+
+    t = 0.7
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=t, n=2)
+    g = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(5))
+    refs = []
+    for r in range(g.tokens.shape[0]):
+        gen = g.tokens[r, : g.lengths[r]].tolist()
+        refs.append(hf_token_logprobs(case.hf, PROMPTS[r // 2], gen, temperature=t))
+        np.testing.assert_allclose(g.logprobs[r, : len(gen)], refs[-1], atol=2e-4, rtol=1e-4)
+        # the T = 1 log-probs differ: the test would catch log-probs taken at the wrong temperature
+        assert np.max(np.abs(hf_token_logprobs(case.hf, PROMPTS[r // 2], gen) - refs[-1])) > 1e-2
+    plen = 32
+    pid, pmask = left_pad([p for p in PROMPTS for _ in range(2)], PAD, plen)
+    ids = np.concatenate([pid, g.tokens], axis=1)
+    attn = np.concatenate([pmask, np.arange(MAX_NEW)[None] < g.lengths[:, None]], axis=1)
+    lp = np.asarray(jax.jit(lambda p, b: response_logprobs(case.model, p, b, temperature=t))(
+        case.params, {"input_ids": ids, "attention_mask": attn}))
+    for r, ref in enumerate(refs):
+        np.testing.assert_allclose(lp[r, plen - 1: plen - 1 + len(ref)], ref, atol=2e-4, rtol=1e-4)
+
+
+def _all_shapes(jaxpr):
+    """Every intermediate's shape in a jaxpr, sub-jaxprs (scans, jits, custom VJPs) included."""
+    out = []
+    for eqn in jaxpr.eqns:
+        out += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for p in eqn.params.values():
+            for sub in (p if isinstance(p, (list, tuple)) else [p]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    out += _all_shapes(inner)
+    return out
+
+
+def test_prefill_attends_over_the_prompt_only(case):
+    """The prefill's attention spans the prompt's T tokens only: no intermediate has both the
+    prompt length and the cache length (prompt + generation budget), as [B, K, G, T, S] scores
+    over every cache slot would (gigabytes per layer at RM-R1's 4,096 + 8,192 tokens)."""
+    s = case.sampler
+    t, max_len = 40, 40 + 600
+    params = s._prepare(case.params) if s._unstack else case.params
+    ids, mask = jnp.zeros((2, t), jnp.int32), jnp.ones((2, t), bool)
+    jaxpr = jax.make_jaxpr(lambda p, i, m: s._prefill_impl(p, i, m, n=1, max_len=max_len))(params, ids, mask)
+    shapes = _all_shapes(jaxpr.jaxpr)
+    assert any(max_len in sh for sh in shapes)  # the cache is there
+    assert [sh for sh in shapes if t in sh and max_len in sh] == []
 
 
 @QWEN2_ONLY

@@ -3,9 +3,10 @@
 Every expected value here is computed in float64 with explicit Python loops over groups,
 rows and tokens (no call into our code), from:
 
-* advantages: (r - group mean) / (population std of the group + 1e-6);
-* KL estimators: k1 = logp - ref, k2 = (logp - ref)^2 / 2, k3 = exp(ref - logp) - (ref - logp) - 1,
-  clamped to [-10, 10] inside the loss;
+* advantages: (r - group mean) / (std of the group + 1e-6), the std unbiased (n - 1, torch.std,
+  as RM-R1's verl) or the population one (n); exactly 0 for a group of equal rewards;
+* KL estimators: k1 = logp - ref, k2 = (logp - ref)^2 / 2, k3 = exp(d) - d - 1 with
+  d = ref - logp clamped to [-20, 20] (verl's low_var_kl), clamped to [-10, 10] inside the loss;
 * PPO: max(-A r, -A clip(r, 0.8, 1.2)) with r = exp(clip(logp - old, -20, 20));
 * aggregation: token mean (sum over all response tokens / their count), mean of per-sequence
   token means, mean of per-sequence token sums; the loss returns (sum, count), never a mean.
@@ -39,13 +40,15 @@ R, T = 5, 14  # rollout rows, tokens per row (prompt + response)
 # --- plain references --------------------------------------------------------------------
 
 
-def ref_group_norm(rewards, eps=1e-6):
+def ref_group_norm(rewards, eps=1e-6, ddof=0):
     rewards = np.asarray(rewards, np.float64)
     p, n = rewards.shape
     out = np.zeros((p, n))
     for i in range(p):
+        if all(rewards[i, j] == rewards[i, 0] for j in range(n)):
+            continue  # equal rewards: no signal, advantage 0
         mean = sum(rewards[i, j] for j in range(n)) / n
-        var = sum((rewards[i, j] - mean) ** 2 for j in range(n)) / n
+        var = sum((rewards[i, j] - mean) ** 2 for j in range(n)) / (n - ddof)
         std = math.sqrt(var)
         for j in range(n):
             out[i, j] = (rewards[i, j] - mean) / (std + eps)
@@ -53,7 +56,7 @@ def ref_group_norm(rewards, eps=1e-6):
 
 
 def ref_kl(name, logp, ref):
-    d = ref - logp
+    d = min(max(ref - logp, -20.0), 20.0)
     if name == "k1":
         return logp - ref
     if name == "k2":
@@ -202,7 +205,8 @@ def grpo_batch(rows, current_logp):
 # --- advantages ------------------------------------------------------------------------------
 
 
-def test_group_norm_advantages():
+@pytest.mark.parametrize("std,ddof", [("unbiased", 1), ("population", 0)])
+def test_group_norm_advantages(std, ddof):
     rewards = np.array([
         [1.0, 1.0, 1.0, 1.0, 1.0],  # all correct: no signal
         [-1.0, -1.0, -1.0, -1.0, -1.0],  # all wrong: no signal
@@ -210,15 +214,51 @@ def test_group_norm_advantages():
         [1.0, -1.0, -1.0, -1.0, -1.0],
         [0.5, 1.0, -1.0, 0.0, 2.0],
     ], np.float32)
-    got = grpo_math.ADVANTAGES["group_norm"](rewards, 1e-6)
-    want = ref_group_norm(rewards)
+    got = grpo_math.ADVANTAGES["group_norm"](rewards, 1e-6, std=std)
+    want = ref_group_norm(rewards, ddof=ddof)
     assert got.shape == rewards.shape
     np.testing.assert_array_equal(got[:2], 0.0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    # e.g. one right out of five: mean -0.6, std 0.8
-    np.testing.assert_allclose(got[3], np.array([1.6, -0.4, -0.4, -0.4, -0.4]) / (0.8 + 1e-6), rtol=1e-6)
+    # e.g. one right out of five: mean -0.6, squared deviations 2.56 + 4 x 0.16 = 3.2
+    sd = math.sqrt(3.2 / (5 - ddof))
+    np.testing.assert_allclose(got[3], np.array([1.6, -0.4, -0.4, -0.4, -0.4]) / (sd + 1e-6), rtol=1e-6)
     for row in got[2:]:
-        assert abs(row.mean()) < 1e-6 and abs(row.std() - 1.0) < 1e-5
+        assert abs(row.mean()) < 1e-6 and abs(row.std(ddof=ddof) - 1.0) < 1e-5
+
+
+def test_default_group_std_is_the_unbiased_one():
+    assert GRPOSpec().adv_std == "unbiased"
+    r = np.array([[1.0, -1.0, -1.0, -1.0]], np.float32)
+    np.testing.assert_allclose(grpo_math.ADVANTAGES["group_norm"](r, 1e-6),
+                               grpo_math.ADVANTAGES["group_norm"](r, 1e-6, std="unbiased"))
+
+
+@pytest.mark.parametrize("name", ["group_norm", "group_center"])
+@pytest.mark.parametrize("std", ["unbiased", "population"])
+def test_equal_rewards_give_exactly_zero_advantage_for_any_value(name, std):
+    """Seven rewards of 0.7 have a float32 mean that is not 0.7 (plain float32 arithmetic gives
+    advantages of +0.056 for them); any group of equal rewards must give exactly 0, so that its
+    rows are skipped as carrying no signal."""
+    vals = [0.7, 0.1, -0.3, 1e-3, 123.456, 1.0, -1.0, 0.0]
+    rewards = np.array([[v] * 7 for v in vals], np.float32)
+    r32 = rewards[0]
+    assert (r32 - r32.mean()).any()  # the float32 trap is real
+    got = grpo_math.ADVANTAGES[name](rewards, 1e-6, std=std)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, 0.0)
+
+
+def test_advantages_with_non_unit_rewards():
+    """Graded rewards (not +/-1), against the float64 loops."""
+    rewards = np.array([[0.7, 0.7, 0.2, 0.7, 0.9, 0.7, 0.7],
+                        [0.25, 0.5, 0.75, 1.0, 0.0, 0.5, 0.5],
+                        [3.0, -2.0, 0.5, 0.5, 0.5, 0.5, 0.5]], np.float32)
+    for std, ddof in (("unbiased", 1), ("population", 0)):
+        got = grpo_math.ADVANTAGES["group_norm"](rewards, 1e-6, std=std)
+        np.testing.assert_allclose(got, ref_group_norm(rewards, ddof=ddof), rtol=1e-6, atol=1e-6)
+    centered = grpo_math.ADVANTAGES["group_center"](rewards, 1e-6)
+    want = rewards.astype(np.float64) - rewards.astype(np.float64).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(centered, want, rtol=1e-6, atol=1e-7)
 
 
 def test_group_center_advantages():
@@ -243,6 +283,17 @@ def test_kl_estimators(name):
     if name == "k3":
         assert np.all(got >= 0)
         assert got[4] > 10  # ref - logp = 11: exp(11) - 12, the case the loss clamps to 10
+        assert got[5] == pytest.approx(math.exp(-20.0) + 20.0 - 1.0)  # d = -29, clamped to -20
+
+
+def test_k3_is_finite_with_its_gradient_for_any_gap():
+    """d = ref - logp of 100 would be exp(100) = inf in float32 (and a NaN gradient)."""
+    logp = jnp.array([-1.0, -101.0, -1.0, -5.0])
+    ref = jnp.array([99.0, -1.0, -200.0, -5.0])
+    kl = grpo_math.KL_ESTIMATORS["k3"](logp, ref)
+    g = jax.grad(lambda lp: jnp.sum(grpo_math.KL_ESTIMATORS["k3"](lp, ref)))(logp)
+    assert np.all(np.isfinite(np.asarray(kl))) and np.all(np.isfinite(np.asarray(g)))
+    assert float(kl[0]) == pytest.approx(math.exp(20.0) - 21.0, rel=1e-6)
 
 
 # --- PPO clipped loss --------------------------------------------------------------------------
@@ -394,6 +445,32 @@ def test_grpo_kl_clamp_changes_value(tiny, grpo_batch, current_logp, jitted_loss
     k3 = ref_kl("k3", lp[0, 6], float(batch["ref_logp"][0, 6]))
     assert k3 > 300
     assert float(got_big) - float(got) == pytest.approx(spec.kl_coef * (k3 - 10.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("kl", ["k1", "k2", "k3"])
+def test_loss_and_gradients_finite_with_gaps_of_100_and_masked_garbage(tiny, grpo_batch, current_logp, kl):
+    """ref - logp = +/-100 on real tokens, and inf / NaN / 1e30 in the old and reference
+    log-probs of padded positions and of the row without response tokens: the loss and every
+    gradient stay finite, and the garbage changes nothing."""
+    model, params = tiny
+    lp, _ = current_logp
+    mask = grpo_batch["response_mask"].astype(bool)
+    ref = np.where(mask, lp + 100.0, np.inf).astype(np.float32)
+    ref[1][mask[1]] = (lp[1][mask[1]] - 100.0)
+    old = np.where(mask, lp - 100.0, np.nan).astype(np.float32)
+    old[0, 0] = 1e30
+    batch = dict(grpo_batch, ref_logp=ref, old_logp=old)
+    spec = GRPOSpec(kl_estimator=kl, kl_coef=0.5)
+    loss_fn = grpo_loss_fn(model, spec)
+    f = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(p, b, None)[0]))
+    loss, grads = f(params, batch)
+    assert math.isfinite(float(loss))
+    for g in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(np.asarray(g)))
+    clean = dict(batch, ref_logp=np.where(mask, ref, 0.0).astype(np.float32),
+                 old_logp=np.where(mask, old, 0.0).astype(np.float32))
+    clean_loss, _ = f(params, clean)
+    assert float(loss) == float(clean_loss)
 
 
 # --- gradients ---------------------------------------------------------------------------------

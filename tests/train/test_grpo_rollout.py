@@ -45,7 +45,7 @@ def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
     recs = _records(4)
     calls = []  # (text, winner) in sample order
 
-    def reward(text, winner):
+    def reward(text, winner, opened_thinking=False):
         calls.append((text, winner))
         return 1.0 if len(calls) % 2 else -1.0
 
@@ -136,7 +136,7 @@ def test_zero_advantage_rows_are_left_out_and_the_updates_unchanged(tiny, monkey
     def run(skip):
         calls = []
 
-        def reward(text, winner):
+        def reward(text, winner, opened_thinking=False):
             calls.append(text)
             return float(flat[len(calls) - 1])
 
@@ -177,3 +177,34 @@ def test_zero_advantage_rows_are_left_out_and_the_updates_unchanged(tiny, monkey
         np.testing.assert_allclose(d_skip, d_all, rtol=1e-4, atol=1e-7)
         moved = max(moved, float(np.max(np.abs(d_all))))
     assert moved > 1e-3
+
+
+def test_no_reference_copy_or_pass_without_a_kl_term(tiny, monkeypatch):
+    """kl_estimator none (or kl_coef 0): no second copy of the weights is made and the rollout
+    runs no reference pass; with the KL term both exist."""
+    from rmr1_jax.train.grpo import reference_params
+
+    model, params = tiny
+    assert reference_params(GRPOSpec(kl_estimator="none"), params) is None
+    assert reference_params(GRPOSpec(kl_coef=0.0), params) is None
+    ref = reference_params(GRPOSpec(), params)
+    assert all(a is not b for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params)))
+    mesh = make_mesh()
+    sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
+    passes = []
+    for spec in (GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=2, minibatch_prompts=2,
+                          rollout_batch=2, logprob_batch=4, kl_estimator="none", skip_zero_advantage=False),
+                 GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=2, minibatch_prompts=2,
+                          rollout_batch=2, logprob_batch=4)):
+        src = RolloutSource(model=model, ref_params=reference_params(spec, params), sampler=sampler,
+                            tokenizer=_Tok(), prompts=iter(_records(2)), spec=spec, mesh=mesh, per_host_prompts=2,
+                            per_host_minibatch_prompts=2, seed=0)
+        seen = []
+        real = src._logprobs
+        monkeypatch.setattr(src, "_logprobs", lambda p, rows: seen.append(p) or real(p, rows))
+        src._rollout(params)
+        passes.append(len(seen))
+        if not spec.uses_reference():
+            assert src.ref_params is None and all(p is params for p in seen)
+            assert not src.queue[0]["ref_logp"].any()
+    assert passes == [1, 2]  # old log-probs only | reference and old log-probs
