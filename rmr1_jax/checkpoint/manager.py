@@ -8,7 +8,9 @@ One checkpoint step is a directory holding up to four Orbax items:
 * ``metadata`` -- JSON: ``format_version``, ``layer_layout`` (``"scanned"``/``"unrolled"``),
   ``model_config`` and whatever else the caller adds;
 * ``config``   -- JSON: the resolved run config (only when given);
-* ``extra``    -- JSON: other small state, e.g. the data iterator position (only when given).
+* ``extra``    -- JSON: other small state, e.g. the data iterator position (only when given);
+* ``source``   -- arrays a batch source holds between steps (GRPO's rollout mini-batches not yet
+  trained on, when a save falls inside a rollout), as global arrays (only when given).
 
 Why a wrapper and not Orbax directly: the trainer, the evaluator and export all need the same
 handful of policies, and each is easy to get subtly wrong --
@@ -57,6 +59,7 @@ STATE_ITEM = "state"
 METADATA_ITEM = "metadata"
 CONFIG_ITEM = "config"
 EXTRA_ITEM = "extra"
+SOURCE_ITEM = "source"
 _JSON_ITEMS = (CONFIG_ITEM, EXTRA_ITEM, METADATA_ITEM)
 
 SCANNED = "scanned"
@@ -92,6 +95,9 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     registry.add(STATE_ITEM, ocp.args.StandardSave, standard)
     registry.add(STATE_ITEM, ocp.args.StandardRestore, standard)
     registry.add(STATE_ITEM, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
+    source = ocp.StandardCheckpointHandler()
+    registry.add(SOURCE_ITEM, ocp.args.StandardSave, source)
+    registry.add(SOURCE_ITEM, ocp.args.StandardRestore, source)
     for name in _JSON_ITEMS:
         handler = ocp.JsonCheckpointHandler()
         registry.add(name, ocp.args.JsonSave, handler)
@@ -236,7 +242,7 @@ class CheckpointManager:
     # --- save -----------------------------------------------------------------------------
 
     def save(self, step: int, state, *, config: dict | None = None, extra: dict | None = None,
-             metadata: dict | None = None, force: bool = False) -> bool:
+             metadata: dict | None = None, source=None, force: bool = False) -> bool:
         """Start saving ``state`` (and the JSON items) as ``step``. Returns whether a save started.
 
         Returns ``False`` when ``step`` is not newer than the latest step, or is off the
@@ -247,6 +253,8 @@ class CheckpointManager:
         ``metadata`` is merged over the defaults ``{"format_version": 1, "layer_layout": ...,
         "model_config": None}``; ``layer_layout`` is inferred from ``state["params"]`` (or
         ``state`` itself) and ``model_config`` may be a :class:`~rmr1_jax.models.config.ModelConfig`.
+        ``source``: a pytree of global arrays saved as the ``source`` item (read back by
+        :meth:`restore_source`).
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory}: cannot save step {step}, the manager was opened read-only")
@@ -262,6 +270,8 @@ class CheckpointManager:
             args[CONFIG_ITEM] = ocp.args.JsonSave(_json_ready(CONFIG_ITEM, config))
         if extra is not None:
             args[EXTRA_ITEM] = ocp.args.JsonSave(_json_ready(EXTRA_ITEM, extra))
+        if source:
+            args[SOURCE_ITEM] = ocp.args.StandardSave(source)
         try:
             return self._mngr.save(step, args=ocp.args.Composite(**args), force=force)
         except ocp.checkpoint_manager.StepAlreadyExistsError:
@@ -352,6 +362,19 @@ class CheckpointManager:
         metadata = out.get(METADATA_ITEM) or {}
         return Restored(step=step, state=out[STATE_ITEM], config=out.get(CONFIG_ITEM),
                         extra=out.get(EXTRA_ITEM), metadata=dict(metadata))
+
+    def restore_source(self, step: int, sharding_for) -> Any:
+        """The ``source`` item of ``step`` (``None`` when the step has none), every array read
+        into ``sharding_for(shape)``."""
+        step = self._resolve_step(step)
+        self._mngr.wait_until_finished()
+        items = self._items(step)
+        if items.get(SOURCE_ITEM) is None:
+            return None
+        saved = getattr(items[SOURCE_ITEM], "tree", items[SOURCE_ITEM])
+        target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype,
+                                                             sharding=sharding_for(tuple(a.shape))), saved)
+        return self._run_restore(step, {SOURCE_ITEM: ocp.args.StandardRestore(target)})[SOURCE_ITEM]
 
     def _run_restore(self, step: int, args: dict) -> dict:
         try:

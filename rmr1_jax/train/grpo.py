@@ -194,17 +194,32 @@ class RolloutSource:
         self.seed = seed
         self.row_multiple = max(1, int(row_multiple))
         self.queue: list[dict] = []
+        self._queued = 0  # queue length a restored data state says the checkpoint holds
         self._metrics: dict = {}
         self._rollouts = 0
         self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature))
 
     def state(self) -> dict:
-        return {"prompts": self.prompts.state(), "rollouts": self._rollouts}
+        return {"prompts": self.prompts.state(), "rollouts": self._rollouts, "queued": len(self.queue)}
 
     def restore(self, state: dict) -> None:
         self.prompts.restore(state["prompts"])
         self._rollouts = state["rollouts"]
+        self._queued = state.get("queued", 0)
         self.queue = []
+
+    def arrays(self) -> dict:
+        """The mini-batches of the current rollout not trained on yet (saved with a checkpoint
+        taken inside a rollout, so that the resumed run trains on exactly them)."""
+        return {f"batch_{i:04d}": b for i, b in enumerate(self.queue)}
+
+    def restore_arrays(self, arrays: dict) -> None:
+        self.queue = [dict(arrays[k]) for k in sorted(arrays)]
+        if len(self.queue) != self._queued:
+            from rmr1_jax.errors import CheckpointError
+
+            raise CheckpointError(f"the checkpoint holds {len(self.queue)} queued GRPO mini-batches, its data "
+                                  f"state says {self._queued}")
 
     def pop_metrics(self) -> dict:
         m, self._metrics = self._metrics, {}
@@ -426,7 +441,9 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     ckpt = setup.checkpoint_manager(cfg.checkpoint, run_dir)
     save_every = cfg.checkpoint.save_every
     if save_every % updates:
-        save_every = max(updates, save_every // updates * updates)  # only at rollout boundaries
+        # periodic saves at rollout boundaries (a save inside a rollout, on SIGTERM, also keeps
+        # the rollout's remaining mini-batches)
+        save_every = max(updates, save_every // updates * updates)
     try:
         state, result = train(
             state=state, loss_fn=grpo_loss_fn(model, spec), optimizer=optimizer, schedule=schedule, mesh=mesh,

@@ -150,6 +150,19 @@ class _StopFlag:
     def __call__(self, signum, frame):
         self.signal = signum
 
+    def agreed(self) -> bool:
+        """Whether any process has been told to stop. Every process calls this after the same
+        step, so all of them stop, and save, at the same step: a SIGTERM seen by one host at
+        step s and by another at s + 1 would otherwise send one into the collective save and
+        the other into the next step, and both would hang."""
+        local = self.signal is not None
+        if jax.process_count() == 1:
+            return local
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(jnp.asarray([int(local)], jnp.int32))
+        return bool(jax.device_get(flags).max())
+
 
 def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, total_steps: int,
           spec: TrainSpec, ckpt, tokens_per_step_fn: Callable[[dict], float] | None = None,
@@ -157,8 +170,13 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
           config_dict: dict | None = None, metadata: dict | None = None, save_every: int = 0,
           log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
     """Run (or resume) training to ``total_steps``. ``ckpt`` is a CheckpointManager or None;
-    ``batches`` a CheckpointableIterator of host-local numpy batches."""
+    ``batches`` a CheckpointableIterator of host-local numpy batches.
+
+    A batch source may hold arrays between steps (GRPO's mini-batches of a rollout not yet
+    trained on): its ``arrays()`` (host-local numpy rows) are saved with each checkpoint and
+    handed back to ``restore_arrays`` on resume, so a save inside a rollout loses nothing."""
     from rmr1_jax.checkpoint.manager import abstract_like
+    from rmr1_jax.parallel.hostlocal import batch_sharding, fetch, process_rows
 
     accum = spec.accum_steps()
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -170,6 +188,10 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
         start = restored.step
         if restored.extra and "data" in restored.extra:
             batches.restore(restored.extra["data"])
+        if hasattr(batches, "restore_arrays"):
+            held = ckpt.restore_source(start, lambda shape: batch_sharding(mesh, shape))
+            own = lambda x: fetch(x)[process_rows(x)]  # this process's rows of each global array
+            batches.restore_arrays(jax.tree.map(own, held) if held is not None else {})
         log(f"resumed from {ckpt.directory} at step {start}")
     logger = MetricsLogger(spec.run_dir)
     base_rng = jax.random.key(spec.seed)
@@ -178,6 +200,11 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
         from rmr1_jax.train.flops import measure_matmul_peak
 
         peak = measure_matmul_peak(size=1024 if jax.default_backend() == "cpu" else 4096)
+    def save(step, force=False):
+        held = batches.arrays() if hasattr(batches, "arrays") else None
+        ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
+                  source={k: to_global(v, mesh) for k, v in held.items()} if held else None, force=force)
+
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
     bar = _progress(spec, total_steps, start)
@@ -225,12 +252,12 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
                 logger.write(step, eval_metrics, "eval")
                 t_last = time.perf_counter()
             if ckpt is not None and save_every and step % save_every == 0:
-                ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata)
-            if stop.signal is not None:
-                log(f"received signal {stop.signal}: saving step {step} and stopping")
+                save(step)
+            if stop.agreed():
+                log(f"received signal {stop.signal or 'SIGTERM (on another process)'}: saving step {step} "
+                    f"and stopping")
                 if ckpt is not None and step not in ckpt.all_steps():
-                    ckpt.save(step, state, config=config_dict, extra={"data": batches.state()},
-                              metadata=metadata, force=True)
+                    save(step, force=True)
                 stopped_early = True
                 break
         if not stopped_early:
@@ -238,8 +265,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
                 eval_metrics = eval_fn(state["params"], step)
                 logger.write(step, eval_metrics, "eval")
             if ckpt is not None and step > start and step not in ckpt.all_steps():
-                ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
-                          force=True)
+                save(step, force=True)
     finally:
         if bar is not None:
             bar.close()

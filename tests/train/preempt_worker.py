@@ -1,0 +1,41 @@
+"""One process of the two-process preemption test (run by test_resume.py, not by pytest):
+distillation on a (2, 2, 2) mesh over two processes; the process named on the command line
+sends itself SIGTERM during the given step, the other gets no signal."""
+
+import json
+import os
+import signal
+import sys
+
+
+def main():
+    cfg_path, signal_pid, stop_step, result_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    from rmr1_jax.parallel.mesh import initialize_distributed
+
+    initialize_distributed()
+    import jax
+
+    import rmr1_jax.train.loop as loop
+    from rmr1_jax.train.sft import load_distill_config, run_distill
+
+    assert jax.process_count() == 2
+    if jax.process_index() == signal_pid:
+        calls = {"n": 0}
+        real_to_global = loop.to_global
+
+        def to_global(batch, mesh):
+            calls["n"] += 1
+            if calls["n"] == stop_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # only this process is told to stop
+            return real_to_global(batch, mesh)
+
+        loop.to_global = to_global
+    logs = []
+    _, _, result, _ = run_distill(load_distill_config(cfg_path), log=logs.append)
+    with open(f"{result_path}.{jax.process_index()}", "w") as f:
+        json.dump({"step": result.step, "stopped": result.stopped_early,
+                   "resumed": [line for line in logs if line.startswith("resumed from")]}, f)
+
+
+if __name__ == "__main__":
+    main()
