@@ -30,9 +30,9 @@ def main():
     args = ap.parse_args()
 
     from rmr1_jax.data import synthetic
-    from rmr1_jax.eval import judge as judge_mod
+    from rmr1_jax import judging as judge_mod
     from rmr1_jax.eval.benchmarks import load_benchmark
-    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.judging import judge_pairs
     from rmr1_jax.eval.loading import load_judge
     from rmr1_jax.eval.scalar import run_generative
     from rmr1_jax.eval.scoring import score_results

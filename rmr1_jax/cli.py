@@ -74,7 +74,7 @@ def cmd_grpo(args) -> None:
 
 def cmd_judge(args) -> None:
     from rmr1_jax.data.readers import read_records, write_jsonl
-    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.judging import judge_pairs
     from rmr1_jax.eval.loading import load_judge
     from rmr1_jax.parallel import make_mesh
 
@@ -136,7 +136,7 @@ def cmd_eval(args) -> None:
     if not (args.ckpt and args.data):
         raise UserError("rmr1 eval needs --ckpt DIR and --data PATH (or: rmr1 eval score --results FILE)")
     from rmr1_jax.eval.benchmarks import load_benchmark
-    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.judging import judge_pairs
     from rmr1_jax.eval.loading import load_judge
     from rmr1_jax.eval.scalar import run_generative
     from rmr1_jax.parallel import make_mesh

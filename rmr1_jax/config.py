@@ -31,13 +31,18 @@ class ModelSpec:
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
     scan_layers: bool = True
-    remat_policy: Literal["none", "full", "dots", "dots_no_batch"] = "none"
+    remat_policy: str = "none"  # a name in rmr1_jax.models.config.REMAT_POLICIES
     attention_impl: str | None = None
     vocab_size: int | None = None  # preset override, e.g. to match a freshly trained tokenizer
 
     def validate(self, where: str):
+        from rmr1_jax.models.config import REMAT_POLICIES
+
         if self.preset is None and self.hf_dir is None and self.init_checkpoint is None:
             raise ConfigError(f"{where}: set one of model.preset, model.hf_dir, model.init_checkpoint")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ConfigError(f"{where}: model.remat_policy={self.remat_policy!r} is not one of "
+                              f"{list(REMAT_POLICIES)}")
 
 
 @dataclasses.dataclass

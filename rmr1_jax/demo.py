@@ -125,7 +125,7 @@ def _files(s: DemoSettings, log):
 
 def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
     """Held-out accuracy in the original A/B order and swapped, and position consistency."""
-    from rmr1_jax.eval.judge import judge_pairs
+    from rmr1_jax.judging import judge_pairs
     from rmr1_jax.eval.loading import LoadedJudge
 
     judge = LoadedJudge(model, params, tokenizer, template, source="demo")

@@ -117,7 +117,7 @@ def to_judge_example(row: dict, fallback_id: str, index: int, position_seed: int
     """Any accepted record shape -> JudgeExample (generic pairs get their A/B placement here;
     ``swap`` places them the other way round)."""
     if _is_generic_pair(row):
-        from rmr1_jax.text.prompts import pair_to_example
+        from rmr1_jax.data.schemas import pair_to_example
 
         return pair_to_example(parse_pair(row, fallback_id), index, position_seed, template, swap=swap)
     return parse_judge_record(row, fallback_id)

@@ -21,9 +21,9 @@ import hashlib
 from typing import Any, Literal
 
 from rmr1_jax.errors import DataError
+from rmr1_jax.text.prompts import JudgeTemplate, Message, build_judge_messages
 from rmr1_jax.text.verdict import normalize_winner
 
-Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 ROLES = ("system", "user", "assistant")
 
 
@@ -148,3 +148,20 @@ def assign_positions(pair: PreferencePair, index: int, seed: int) -> tuple[list[
     if chosen_first:
         return pair.chosen, pair.rejected, "A"
     return pair.rejected, pair.chosen, "B"
+
+
+def pair_to_example(pair: PreferencePair, index: int, seed: int,
+                    template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
+    """Render a preference pair as a judge example, placing chosen/rejected at A/B with
+    :func:`assign_positions` (balanced, seeded); ``swap`` renders the
+    opposite placement (and label)."""
+    a, b, winner = assign_positions(pair, index, seed)
+    if swap:
+        a, b, winner = b, a, ("B" if winner == "A" else "A")
+    return JudgeExample(
+        id=pair.id,
+        messages=build_judge_messages(pair.prompt, a, b, template),
+        winner=winner,
+        task_type=pair.task_type,
+        chosen_position=winner,
+    )

@@ -319,7 +319,7 @@ def generate_pairs(n: int, seed: int, kinds: Sequence[str] = DEFAULT_KINDS,
 
 def make_judge_examples(pairs: Sequence[PreferencePair], seed: int, template=None) -> list[JudgeExample]:
     """Judge prompts with balanced, seeded A/B placement (no target)."""
-    from rmr1_jax.text.prompts import pair_to_example
+    from rmr1_jax.data.schemas import pair_to_example
 
     return [pair_to_example(p, i, seed, template) for i, p in enumerate(pairs)]
 
@@ -327,7 +327,7 @@ def make_judge_examples(pairs: Sequence[PreferencePair], seed: int, template=Non
 def make_distillation_examples(pairs: Sequence[PreferencePair], seed: int, template=None,
                                style: str = "full") -> list[JudgeExample]:
     """Judge prompts whose ``target`` is the oracle trace (of ``style``) for that placement."""
-    from rmr1_jax.text.prompts import pair_to_example
+    from rmr1_jax.data.schemas import pair_to_example
 
     out = []
     for i, p in enumerate(pairs):

@@ -113,7 +113,7 @@ def _bar_png(path: str, labels: list[str], values: list[float | None], title: st
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from rmr1_jax.train.metrics import save_figure
+    from rmr1_jax.figures import save_figure
 
     vals = [0.0 if v is None else 100 * v for v in values]
     horizontal = len(labels) > 8

@@ -7,8 +7,8 @@ Two kinds of models:
 * a **generative** judge - :func:`run_generative` takes ``judge_fn(batch)`` where ``batch``
   is a list of ``(prompt_messages, response_A, response_B)`` and the result is one verdict
   per entry: ``"A"``, ``"B"`` or ``None`` (no verdict), an object with a ``verdict``
-  attribute such as :class:`rmr1_jax.eval.judge.Judgment`, or a dict with a ``"verdict"``
-  key (as :func:`rmr1_jax.eval.judge.judge_pairs` returns).
+  attribute such as :class:`rmr1_jax.judging.Judgment`, or a dict with a ``"verdict"``
+  key (as :func:`rmr1_jax.judging.judge_pairs` returns).
 
 Both append rows through a :class:`~rmr1_jax.eval.results.ResultsWriter` (one fsynced write
 per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,

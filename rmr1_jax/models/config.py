@@ -7,11 +7,20 @@ import json
 import os
 from typing import Any
 
+import jax
+
 from rmr1_jax.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 _ARCH_TO_TYPE = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# The one table of rematerialization policies: name -> what the backward pass may keep from
+# the forward pass of each layer (None: everything, no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer
+    "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +62,7 @@ class ModelConfig:
                 f"unsupported model_type {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
             )
         if self.remat_policy not in REMAT_POLICIES:
-            raise CheckpointError(f"remat_policy {self.remat_policy!r} is not one of {REMAT_POLICIES}")
+            raise CheckpointError(f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise CheckpointError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "

@@ -16,15 +16,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.models.config import REMAT_POLICIES, ModelConfig
 from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, matmul_f32, rope_cos_sin
 from rmr1_jax.parallel.sharding import constrain
 
-_REMAT = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = None) -> dict[str, Any]:
@@ -65,7 +60,7 @@ class DecoderLM(nn.Module):
     def _layer_cls(self):
         cls = DecoderLayer
         if self.cfg.remat_policy != "none":
-            cls = nn.remat(cls, policy=_REMAT[self.cfg.remat_policy], prevent_cse=not self.cfg.scan_layers)
+            cls = nn.remat(cls, policy=REMAT_POLICIES[self.cfg.remat_policy], prevent_cse=not self.cfg.scan_layers)
         return cls
 
     @nn.compact

@@ -36,7 +36,7 @@ import functools
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jinja2
 import jinja2.ext
@@ -46,9 +46,6 @@ from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from rmr1_jax.errors import UserError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from rmr1_jax.text.tokenizer import Tokenizer
 
 __all__ = ["DEFAULT_CHAT_TEMPLATE", "assistant_spans", "compile_chat_template", "render_chat"]
 
@@ -261,7 +258,7 @@ def render_chat(
 
 
 def assistant_spans(
-    tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any
+    tokenizer, messages: Sequence[Mapping[str, Any]], **template_kwargs: Any
 ) -> tuple[list[int], list[int]]:
     """Token ids of a conversation and a loss mask selecting the last assistant turn.
 

@@ -26,8 +26,9 @@ import dataclasses
 import re
 from typing import Sequence
 
-from rmr1_jax.data.schemas import JudgeExample, Message, PreferencePair, assign_positions
 from rmr1_jax.errors import ConfigError, DataError
+
+Message = dict  # {"role": "system"|"user"|"assistant", "content": str}
 
 VARIANTS = ("instruct", "reasoning")
 SINGLE_TURN_PLACEHOLDERS = ("question", "response_a", "response_b")
@@ -291,20 +292,3 @@ def build_judge_messages(prompt, response_a, response_b, template: JudgeTemplate
         messages.append({"role": "system", "content": template.system})
     messages.append({"role": "user", "content": user})
     return messages
-
-
-def pair_to_example(pair: PreferencePair, index: int, seed: int,
-                    template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
-    """Render a preference pair as a judge example, placing chosen/rejected at A/B with
-    :func:`rmr1_jax.data.schemas.assign_positions` (balanced, seeded); ``swap`` renders the
-    opposite placement (and label)."""
-    a, b, winner = assign_positions(pair, index, seed)
-    if swap:
-        a, b, winner = b, a, ("B" if winner == "A" else "A")
-    return JudgeExample(
-        id=pair.id,
-        messages=build_judge_messages(pair.prompt, a, b, template),
-        winner=winner,
-        task_type=pair.task_type,
-        chosen_position=winner,
-    )

@@ -12,16 +12,16 @@ from typing import Any
 
 from rmr1_jax.errors import UserError
 from rmr1_jax.text.chat_template import DEFAULT_CHAT_TEMPLATE
-from rmr1_jax.text.tokenizer import (
-    _NAMED_SPECIAL,
-    _NOT_TOKEN_KEYS,
+from rmr1_jax.text.tokenizer_base import (
+    NAMED_SPECIAL,
+    NOT_TOKEN_KEYS,
     SENTENCEPIECE_MODEL,
     TOKENIZER_CONFIG,
     Tokenizer,
-    _pick_chat_templates,
-    _read_json,
-    _token_text,
-    _write_json,
+    pick_chat_templates,
+    read_json,
+    token_text,
+    write_json,
 )
 
 
@@ -67,7 +67,7 @@ class SentencePieceTokenizer(Tokenizer):
 
         config_path = os.path.join(os.path.dirname(model_path) or ".", TOKENIZER_CONFIG)
         if config is None and os.path.isfile(config_path):
-            config = _read_json(config_path)
+            config = read_json(config_path)
         self._config = dict(config or {})
 
         special: dict[str, str] = {}
@@ -76,20 +76,20 @@ class SentencePieceTokenizer(Tokenizer):
             if tid >= 0:
                 special[key] = sp.id_to_piece(tid)
         for key, value in self._config.items():
-            if key in _NOT_TOKEN_KEYS or not (key in _NAMED_SPECIAL or key.endswith("_token")):
+            if key in NOT_TOKEN_KEYS or not (key in NAMED_SPECIAL or key.endswith("_token")):
                 continue
             if value is None:
                 special.pop(key, None)
-            elif _token_text(value) is not None:
-                special[key] = _token_text(value)
-        self.special_tokens = {k: special[k] for k in _NAMED_SPECIAL if k in special}
+            elif token_text(value) is not None:
+                special[key] = token_text(value)
+        self.special_tokens = {k: special[k] for k in NAMED_SPECIAL if k in special}
         self.special_tokens.update({k: v for k, v in special.items() if k not in self.special_tokens})
         for key, text in self.special_tokens.items():
             if self.token_to_id(text) is None:
                 raise UserError(f"{config_path}: {key} {text!r} is not a piece of {model_path}")
 
         extra = self._config.get("additional_special_tokens") or []
-        extra = [t for t in (_token_text(x) for x in extra) if t is not None]
+        extra = [t for t in (token_text(x) for x in extra) if t is not None]
         missing = [t for t in extra if self.token_to_id(t) is None]
         if missing:
             raise UserError(f"{config_path}: additional_special_tokens {missing} are not pieces of {model_path}")
@@ -107,7 +107,7 @@ class SentencePieceTokenizer(Tokenizer):
         )
         self._control_re = re.compile("|".join(re.escape(t) for t in control)) if control else None
 
-        templates = _pick_chat_templates(self._config.get("chat_template"), config_path)
+        templates = pick_chat_templates(self._config.get("chat_template"), config_path)
         self.chat_template = templates.pop("default", None)
         self.chat_templates = templates
         self._finish_ids(model_path)
@@ -174,7 +174,7 @@ class SentencePieceTokenizer(Tokenizer):
         with open(os.path.join(out_dir, SENTENCEPIECE_MODEL), "wb") as f:
             f.write(self._proto)
         if self._config:
-            _write_json(os.path.join(out_dir, TOKENIZER_CONFIG), self._config)
+            write_json(os.path.join(out_dir, TOKENIZER_CONFIG), self._config)
 
 
 def train_sentencepiece(

@@ -57,3 +57,20 @@ def next_token_targets(batch):
     same = jnp.concatenate([(seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0), jnp.zeros_like(seg[:, :1], bool)], 1)
     learn = jnp.concatenate([lm[:, 1:] > 0, jnp.zeros_like(lm[:, :1], bool)], axis=1)
     return targets, same & learn
+
+
+def response_logprobs(model, params, batch, chunk: int = 512, with_entropy: bool = False,
+                      temperature: float = 1.0):
+    """log p of each next token [R, T] (position t scores token t+1) over prompt+response rows,
+    under ``softmax(logits / temperature)``: the distribution the rollouts were sampled from,
+    so the old, reference and training log-probs all refer to the sampled policy."""
+    hidden = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"],
+                         return_hidden=True)
+    targets = jnp.concatenate([batch["input_ids"][:, 1:], jnp.zeros_like(batch["input_ids"][:, :1])], axis=1)
+    return token_logprobs(hidden, lm_head_kernel(params, model.cfg), targets, chunk=chunk, with_entropy=with_entropy,
+                          temperature=_logprob_temperature(temperature))
+
+
+def _logprob_temperature(temperature: float) -> float:
+    """The temperature log-probs are taken at: the sampling one (1 for greedy sampling)."""
+    return 1.0 if temperature == 0.0 else float(temperature)

@@ -10,6 +10,8 @@ from typing import Iterable
 
 import jax
 
+from rmr1_jax.figures import save_figure
+
 
 class MetricsLogger:
     def __init__(self, run_dir: str, enabled: bool | None = None):
@@ -70,15 +72,3 @@ def plot_curves(path: str, out_png: str, panels: Iterable[tuple[str, str, str]],
     if title:
         fig.suptitle(title)
     return save_figure(fig, out_png)
-
-
-def save_figure(fig, path: str) -> str:
-    """Lay out, write atomically (a temporary file, then rename) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path

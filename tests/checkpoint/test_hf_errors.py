@@ -147,23 +147,22 @@ def _config_not_object(d):
     return ["config.json"]
 
 
-def _config_bad_value(d):
+def _set_config(d, key, value):
     cfg_path = os.path.join(d, "config.json")
     with open(cfg_path) as f:
         cfg = json.load(f)
-    cfg["num_key_value_heads"] = "2"
+    cfg[key] = value
     with open(cfg_path, "w") as f:
         json.dump(cfg, f)
+
+
+def _config_bad_value(d):
+    _set_config(d, "num_key_value_heads", "2")
     return ["config.json", "num_key_value_heads"]
 
 
 def _unsupported_activation(d):
-    cfg_path = os.path.join(d, "config.json")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
-    cfg["hidden_act"] = "gelu_pytorch_tanh"
-    with open(cfg_path, "w") as f:
-        json.dump(cfg, f)
+    _set_config(d, "hidden_act", "gelu_pytorch_tanh")
     return ["config.json", "hidden_act", "gelu_pytorch_tanh"]
 
 

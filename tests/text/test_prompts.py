@@ -2,7 +2,7 @@
 
 import pytest
 
-from rmr1_jax.data.schemas import PreferencePair
+from rmr1_jax.data.schemas import PreferencePair, pair_to_example
 from rmr1_jax.errors import ConfigError, DataError
 from rmr1_jax.text.prompts import (
     INSTRUCT,
@@ -10,7 +10,6 @@ from rmr1_jax.text.prompts import (
     JudgeTemplate,
     build_judge_messages,
     fill,
-    pair_to_example,
 )
 
 U = lambda text: {"role": "user", "content": text}  # noqa: E731

@@ -3,9 +3,9 @@ distillation on a (2, 2, 2) mesh over two processes; the process named on the co
 sends itself SIGTERM during the given step, the other gets no signal."""
 
 import json
-import os
-import signal
 import sys
+
+from sigterm_hook import sigterm_at_step
 
 
 def main():
@@ -15,21 +15,11 @@ def main():
     initialize_distributed()
     import jax
 
-    import rmr1_jax.train.loop as loop
     from rmr1_jax.train.sft import load_distill_config, run_distill
 
     assert jax.process_count() == 2
-    if jax.process_index() == signal_pid:
-        calls = {"n": 0}
-        real_to_global = loop.to_global
-
-        def to_global(batch, mesh):
-            calls["n"] += 1
-            if calls["n"] == stop_step:
-                os.kill(os.getpid(), signal.SIGTERM)  # only this process is told to stop
-            return real_to_global(batch, mesh)
-
-        loop.to_global = to_global
+    if jax.process_index() == signal_pid:  # only this process is told to stop
+        sigterm_at_step(stop_step)
     logs = []
     _, _, result, _ = run_distill(load_distill_config(cfg_path), log=logs.append)
     with open(f"{result_path}.{jax.process_index()}", "w") as f:

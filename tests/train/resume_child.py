@@ -2,26 +2,18 @@
 (graceful: the loop saves and exits) or by a hard exit while an async save is in flight."""
 
 import os
-import signal
 import sys
+
+from sigterm_hook import sigterm_at_step
 
 
 def main():
     cfg_path, mode, stop_step = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    import rmr1_jax.train.loop as loop
     from rmr1_jax.checkpoint.manager import CheckpointManager
     from rmr1_jax.train.sft import load_distill_config, run_distill
 
-    calls = {"n": 0}
-    real_to_global = loop.to_global
-
-    def counting_to_global(batch, mesh):
-        calls["n"] += 1
-        if mode == "sigterm" and calls["n"] == stop_step:
-            os.kill(os.getpid(), signal.SIGTERM)  # handled after this step completes
-        return real_to_global(batch, mesh)
-
-    loop.to_global = counting_to_global
+    if mode == "sigterm":
+        sigterm_at_step(stop_step)  # handled after this step completes
     real_save = CheckpointManager.save
 
     def save_then_die(self, step, state, **kw):

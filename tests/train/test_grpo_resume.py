@@ -4,20 +4,19 @@ inside the rollout keeps the mini-batches not yet trained on, with the prompt po
 rollout count, so the resumed run trains on exactly them and then samples the next rollout."""
 
 import os
-import signal
 
 import jax
 import numpy as np
 import pytest
 import yaml
 
-import rmr1_jax.train.loop as loop
 from rmr1_jax.checkpoint.manager import CheckpointManager
 from rmr1_jax.data import synthetic
 from rmr1_jax.text import verdict
 from rmr1_jax.demo import write_demo_prompts
 from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train.grpo import load_grpo_config, run_grpo
+from sigterm_hook import sigterm_at_step
 
 UPDATES = 3  # per rollout step
 STOP_AT = 1  # inside the first rollout
@@ -70,25 +69,18 @@ def _leaves(params):
     return [np.asarray(x) for x in jax.tree.leaves(params)]
 
 
-def test_sigterm_inside_a_rollout_resumes_bit_identical(setup, monkeypatch):
+def test_sigterm_inside_a_rollout_resumes_bit_identical(setup):
     root, data, tok_dir, files = setup
     _, straight, result, _ = run_grpo(load_grpo_config(_config(root, "straight", data, tok_dir, files)),
                                       log=lambda *_: None)
     assert result.step == 2 * UPDATES and not result.stopped_early
 
     cfg_path = _config(root, "stopped", data, tok_dir, files)
-    calls = {"n": 0}
-    real_to_global = loop.to_global
-
-    def sigterm_at_step(batch, mesh):
-        calls["n"] += 1
-        if calls["n"] == STOP_AT:
-            os.kill(os.getpid(), signal.SIGTERM)  # seen by the loop after this step
-        return real_to_global(batch, mesh)
-
-    monkeypatch.setattr(loop, "to_global", sigterm_at_step)
-    _, _, stopped, _ = run_grpo(load_grpo_config(cfg_path), log=lambda *_: None)
-    monkeypatch.setattr(loop, "to_global", real_to_global)
+    remove = sigterm_at_step(STOP_AT)  # seen by the loop after that step
+    try:
+        _, _, stopped, _ = run_grpo(load_grpo_config(cfg_path), log=lambda *_: None)
+    finally:
+        remove()
     assert stopped.stopped_early and stopped.step == STOP_AT
     with CheckpointManager(os.path.join(root, "stopped", "checkpoints"), read_only=True) as m:
         assert m.all_steps() == [STOP_AT]

@@ -25,7 +25,7 @@ import pytest
 from rmr1_jax.config import CheckpointSpec, ModelSpec
 from rmr1_jax.data import synthetic
 from rmr1_jax.demo import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
-from rmr1_jax.eval.judge import judge_pairs
+from rmr1_jax.judging import judge_pairs
 from rmr1_jax.eval.loading import LoadedJudge
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 from rmr1_jax.text.prompts import build_judge_messages

@@ -1,0 +1,212 @@
+"""GRPO's batch source: rollout steps of the current policy, rewarded with the verdict rule,
+turned into the mini-batches of the optimizer updates.
+
+Each rollout step samples ``n`` judgments per prompt, rewards each with
+:func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment gets the
+failure reward), normalizes rewards within each prompt's group, computes the reference (when
+the loss has a KL term) and old-policy log-probs, and queues one mini-batch per update.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from rmr1_jax.parallel.hostlocal import agree_max, fetch, process_rows, to_global
+from rmr1_jax.parallel.sharding import activation_sharding
+from rmr1_jax.train import grpo_math
+from rmr1_jax.train.losses import response_logprobs
+
+
+class RolloutSource:
+    """Feeds the training loop: when its queue is empty it runs a rollout step with the current
+    params and splits the result into ``updates`` mini-batches (times ``ppo_epochs``)."""
+
+    def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec, mesh, per_host_prompts: int,
+                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1):
+        """``spec``: the :class:`~rmr1_jax.train.grpo.GRPOSpec`. ``row_multiple``: an update's
+        host-local row count must be a multiple of it (the micro-batch count times the data
+        shards on this host). ``ref_params``: the frozen reference policy, or ``None`` when the
+        loss has no KL term."""
+        if spec.uses_reference() and ref_params is None:
+            raise ValueError("the GRPO loss has a KL term: RolloutSource needs ref_params")
+        self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
+        self.prompts, self.spec, self.mesh = prompts, spec, mesh
+        self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
+        self.seed = seed
+        self.row_multiple = max(1, int(row_multiple))
+        self.queue: list[dict] = []
+        self._queued = 0  # queue length a restored data state says the checkpoint holds
+        self._metrics: dict = {}
+        self._rollouts = 0
+        self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature))
+
+    def state(self) -> dict:
+        return {"prompts": self.prompts.state(), "rollouts": self._rollouts, "queued": len(self.queue)}
+
+    def restore(self, state: dict) -> None:
+        self.prompts.restore(state["prompts"])
+        self._rollouts = state["rollouts"]
+        self._queued = state.get("queued", 0)
+        self.queue = []
+
+    def arrays(self) -> dict:
+        """The mini-batches of the current rollout not trained on yet (saved with a checkpoint
+        taken inside a rollout, so that the resumed run trains on exactly them)."""
+        return {f"batch_{i:04d}": b for i, b in enumerate(self.queue)}
+
+    def restore_arrays(self, arrays: dict) -> None:
+        self.queue = [dict(arrays[k]) for k in sorted(arrays)]
+        if len(self.queue) != self._queued:
+            from rmr1_jax.errors import CheckpointError
+
+            raise CheckpointError(f"the checkpoint holds {len(self.queue)} queued GRPO mini-batches, its data "
+                                  f"state says {self._queued}")
+
+    def pop_metrics(self) -> dict:
+        m, self._metrics = self._metrics, {}
+        return m
+
+    def next_for(self, params):
+        if not self.queue:
+            self._rollout(params)
+        return self.queue.pop(0)
+
+    def _logprobs(self, params, rows: dict[str, np.ndarray]) -> np.ndarray:
+        out = []
+        bs = self.spec.logprob_batch
+        n = rows["input_ids"].shape[0]
+        if n == 0:
+            return np.zeros(rows["input_ids"].shape, np.float32)
+        with activation_sharding(self.mesh):
+            for i in range(0, n, bs):
+                sub = {k: v[i:i + bs] for k, v in rows.items()}
+                real = sub["input_ids"].shape[0]
+                if real < bs:
+                    sub = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in sub.items()}
+                g = to_global(sub, self.mesh)
+                out.append(fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real])
+        return np.concatenate(out)
+
+    def _rollout(self, params):
+        spec = self.spec
+        t0 = time.perf_counter()
+        prompt_ids, winners = [], []
+        for _ in range(self.k // 2 if spec.both_orders else self.k):
+            r = next(self.prompts)
+            w = r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
+            prompt_ids.append(np.asarray(r["input_ids"])[-spec.max_prompt_tokens:].tolist())
+            winners.append(w)
+            if spec.both_orders:
+                prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
+                winners.append("B" if w == "A" else "A")
+        from rmr1_jax.sampling.sampler import SamplingParams, left_pad
+        from rmr1_jax.text.verdict import judgment_reward, prompt_opens_thinking
+
+        sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
+                            top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
+        plen = int(agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
+        toks, lps, lens, fin, texts = [], [], [], [], []
+        rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
+        for i in range(0, len(prompt_ids), spec.rollout_batch):
+            g = self.sampler.generate(params, prompt_ids[i:i + spec.rollout_batch], sp,
+                                      rng=jax.random.fold_in(rng, i), tokenizer=self.tokenizer, prompt_length=plen)
+            toks.append(g.tokens), lps.append(g.logprobs), lens.append(g.lengths), fin.append(g.finished)
+            texts += g.texts
+        tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
+        lengths, finished = np.concatenate(lens), np.concatenate(fin)
+        # The sampler returns max_response_tokens columns; train on the columns any response
+        # reaches, bucketed so that only a few shapes are compiled.
+        bucket = max(32, spec.max_response_tokens // 8)
+        width = int(agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
+        tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
+        t_gen = time.perf_counter() - t0
+        # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
+        # output inside it: without "</think>" the whole output is thinking, no verdict
+        opened = [prompt_opens_thinking(self.tokenizer.decode(p)) for p in prompt_ids]
+        rewards = np.array([judgment_reward(texts[j], winners[j // spec.n], opened[j // spec.n]) if finished[j]
+                            else -1.0 for j in range(len(texts))], np.float32)
+        rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)
+        adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps,
+                                                   std=spec.adv_std).reshape(-1)
+        # rows: left-padded prompt (plen) + response (max_response_tokens)
+        pid, pmask = left_pad(prompt_ids, self.sampler.pad_id, plen)
+        pid, pmask = np.repeat(pid, spec.n, axis=0), np.repeat(pmask, spec.n, axis=0)
+        L = tokens.shape[1]
+        resp_mask = np.arange(L)[None, :] < lengths[:, None]
+        ids = np.concatenate([pid, tokens], axis=1).astype(np.int32)
+        attn = np.concatenate([pmask, resp_mask], axis=1).astype(np.int32)
+        target_mask = np.zeros_like(attn)
+        target_mask[:, plen - 1:plen - 1 + L] = resp_mask  # position t scores token t+1
+        rows = {"input_ids": ids, "attention_mask": attn}
+        plans = self._plan_updates(adv, target_mask)
+        need = np.concatenate([keep for _, keep, _ in plans])  # rows the updates train on
+        sub = {k: v[need] for k, v in rows.items()}
+        t1 = time.perf_counter()
+        ref_lp = np.zeros(ids.shape, np.float32)
+        if spec.uses_reference():
+            ref_lp[need] = self._logprobs(self.ref_params, sub)
+        t_ref = time.perf_counter() - t1
+        old_lp = np.zeros(ids.shape, np.float32)
+        if spec.old_logprobs == "recompute":
+            old_lp[need] = self._logprobs(params, sub)
+        else:
+            old_lp[:, plen - 1:plen - 1 + L] = sampler_lp
+        t_old = time.perf_counter() - t1 - t_ref
+        full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
+                "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
+        batches = []
+        for rows_idx, keep, count in plans:
+            b = {k: v[rows_idx] for k, v in full.items()}
+            if count is not None:
+                b["response_mask"][len(keep):] = 0  # filler rows: in the shape, not in the loss
+                b["count_share"] = np.full((len(rows_idx),), count / len(rows_idx), np.float32)
+            batches.append(b)
+        for _ in range(spec.ppo_epochs):
+            self.queue.extend(batches)
+        n_rows = ids.shape[0]
+        n_trained = sum(len(keep) for _, keep, _ in plans)
+        self._rollouts += 1
+        verdicts_ok = rewards > 0
+        gen_tokens = float(lengths.sum())
+        self._metrics = {
+            "reward_mean": float(rewards.mean()), "verdict_accuracy": float(verdicts_ok.mean()),
+            "format_failure_rate": float(np.mean([not f or _no_verdict(t, opened[j // spec.n])
+                                                  for j, (f, t) in enumerate(zip(finished, texts))])),
+            "truncated_rate": float(1.0 - finished.mean()), "response_length": float(lengths.mean()),
+            "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
+            "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
+            "zero_advantage_rate": float(np.mean(adv == 0)), "trained_rows_rate": n_trained / n_rows,
+        }
+
+    def _plan_updates(self, adv: np.ndarray, target_mask: np.ndarray):
+        """One (row indices, trained rows, count or None) per update. With
+        ``skip_zero_advantage`` in effect, an update trains on its rows with a non-zero
+        advantage, padded with left-out rows (masked) to the next quarter of the mini-batch,
+        and carries the loss aggregation's count over all its rows."""
+        spec = self.spec
+        rows_per_mb = self.mb * spec.n
+        n = adv.shape[0]
+        spans = [np.arange(i, min(i + rows_per_mb, n)) for i in range(0, n, rows_per_mb)]
+        unit = next((rows_per_mb // q for q in (4, 2) if rows_per_mb % q == 0
+                     and (rows_per_mb // q) % self.row_multiple == 0), rows_per_mb)
+        if not (spec.skips_zero_advantage() and unit < rows_per_mb):
+            return [(idx, idx, None) for idx in spans]
+        keeps = [idx[adv[idx] != 0] for idx in spans]
+        # every process must feed updates of the same shape
+        sizes = agree_max([min(len(idx), max(unit, -(-len(k) // unit) * unit)) for idx, k in zip(spans, keeps)])
+        agg = grpo_math.AGGREGATIONS[spec.loss_agg]
+        plans = []
+        for idx, keep, size in zip(spans, keeps, sizes):
+            fill = idx[adv[idx] == 0][: int(size) - len(keep)]
+            count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
+            plans.append((np.concatenate([keep, fill]), keep, count))
+        return plans
+
+
+def _no_verdict(text: str, opened_thinking: bool) -> bool:
+    from rmr1_jax.text.verdict import parse_verdict
+
+    return parse_verdict(text, opened_thinking) is None
