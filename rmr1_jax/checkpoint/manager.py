@@ -134,7 +134,7 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
 
-def _layout_of(params) -> str | None:
+def layout_of(params) -> str | None:
     """``scanned`` when layers are stacked under ``layers``, ``unrolled`` for ``layers_<i>``."""
     if not isinstance(params, dict):
         return None
@@ -281,7 +281,7 @@ class CheckpointManager:
     @staticmethod
     def _build_metadata(state, metadata: dict | None) -> dict:
         params = state.get("params", state) if isinstance(state, dict) else getattr(state, "params", None)
-        out = {"format_version": FORMAT_VERSION, "layer_layout": _layout_of(params), "model_config": None}
+        out = {"format_version": FORMAT_VERSION, "layer_layout": layout_of(params), "model_config": None}
         for key, value in (metadata or {}).items():
             if dataclasses.is_dataclass(value) and not isinstance(value, type):
                 value = dataclasses.asdict(value)
@@ -413,6 +413,30 @@ class CheckpointManager:
         for part in parts:
             sub = sub[part]
         return sub
+
+    # --- reading parts of a step (for readers that have no training state to restore into) ---
+
+    def resolve_step(self, step: int | None = None) -> int:
+        """``step`` if it is committed (default: the latest committed step); else CheckpointError."""
+        return self._resolve_step(step)
+
+    def saved_tree(self, step: int, key: str):
+        """Orbax's metadata (shapes and dtypes, no values) of ``state[key]`` (a ``/`` path)."""
+        return self._saved_subtree(step, self._items(step), key)
+
+    def read_metadata(self, step: int) -> dict:
+        """The metadata item of ``step`` ({} when it has none)."""
+        return self._read_metadata(step, self._items(step))
+
+    def read_config(self, step: int) -> dict | None:
+        """The run config saved with ``step``, or None."""
+        if CONFIG_ITEM not in self._items(step):
+            return None
+        return self._run_restore(step, {CONFIG_ITEM: ocp.args.JsonRestore()})[CONFIG_ITEM]
+
+    def restore_subtree(self, step: int, key: str, target):
+        """Only ``state[key]`` of ``step``, read into ``target`` (see :meth:`_restore_subtree`)."""
+        return self._restore_subtree(step, self._items(step), key, target)
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -5,11 +5,9 @@ layout (:func:`restore_params`), the metadata item and the saved run config."""
 from __future__ import annotations
 
 import jax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
-from rmr1_jax.checkpoint.manager import (CONFIG_ITEM, SCANNED, UNROLLED, CheckpointManager, _layout_of,
-                                         abstract_like)
+from rmr1_jax.checkpoint.manager import SCANNED, UNROLLED, CheckpointManager, layout_of, abstract_like
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import abstract_params, param_shardings, stack_layers, unstack_layers
@@ -27,17 +25,16 @@ def restore_params(directory: str, model_cfg: ModelConfig, mesh: Mesh, step: int
     ``layer_layout`` metadata.
     """
     with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        items = mgr._items(step)
-        saved_params = mgr._saved_subtree(step, items, key)
+        step = mgr.resolve_step(step)
+        saved_params = mgr.saved_tree(step, key)
         # The saved keys are the ground truth; the metadata's layer_layout (which describes
         # ``state["params"]``) only decides when the keys cannot, e.g. a model without layers.
-        layout = _layout_of(saved_params) or mgr._read_metadata(step, items).get("layer_layout")
+        layout = layout_of(saved_params) or mgr.read_metadata(step).get("layer_layout")
         want = SCANNED if model_cfg.scan_layers else UNROLLED
         saved_cfg = model_cfg if layout in (None, want) else model_cfg.replace(scan_layers=layout == SCANNED)
         shapes = abstract_params(DecoderLM(saved_cfg))
         target = abstract_like(shapes, param_shardings(shapes, mesh))
-        params = mgr._restore_subtree(step, items, key, target)
+        params = mgr.restore_subtree(step, key, target)
     if layout in (None, want):
         return params
     final_shapes = abstract_params(DecoderLM(model_cfg))
@@ -48,8 +45,8 @@ def restore_params(directory: str, model_cfg: ModelConfig, mesh: Mesh, step: int
 def read_metadata(directory: str, step: int | None = None) -> dict:
     """The metadata item of a checkpoint step (latest by default), without reading arrays."""
     with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        meta = mgr._read_metadata(step, mgr._items(step))
+        step = mgr.resolve_step(step)
+        meta = mgr.read_metadata(step)
     meta.setdefault("step", step)
     return meta
 
@@ -57,8 +54,4 @@ def read_metadata(directory: str, step: int | None = None) -> dict:
 def read_config(directory: str, step: int | None = None) -> dict | None:
     """The resolved run config saved with a checkpoint step (latest by default), or None."""
     with CheckpointManager(directory, read_only=True) as mgr:
-        step = mgr._resolve_step(step)
-        items = mgr._items(step)
-        if CONFIG_ITEM not in items:
-            return None
-        return mgr._run_restore(step, {CONFIG_ITEM: ocp.args.JsonRestore()})[CONFIG_ITEM]
+        return mgr.read_config(mgr.resolve_step(step))
