@@ -59,8 +59,8 @@ def test_quick_demo_end_to_end(in_new_user_dir):
 
 def test_distill_resume_and_convert_with_relative_paths(in_new_user_dir, capsys):
     """The shipped tiny recipe as written (relative run dir, data and tokenizer paths), a
-    resume, `rmr1 convert` both ways and `rmr1 judge` on relative paths, then the checkpoint
-    read from another working directory (its saved config names absolute paths)."""
+    resume, `rmr1 convert` both ways on relative paths, then `rmr1 judge` on the checkpoint
+    from another working directory (its saved config names absolute paths)."""
     recipe = os.path.join(REPO, "configs", "distill", "tiny.yaml")
     common = ["checkpoint.save_every=2", "train.progress=false", "train.peak_flops=1e12"]
     assert cli.main(["distill", recipe, "train.max_steps=2", *common]) == 0
@@ -73,14 +73,11 @@ def test_distill_resume_and_convert_with_relative_paths(in_new_user_dir, capsys)
     hf = transformers.AutoModelForCausalLM.from_pretrained("export/hf")
     assert cli.main(["convert", "hf-to-orbax", "--hf-dir", "export/hf", "--out", "export/orbax"]) == 0
     assert os.path.isdir("export/orbax/0")
-    assert cli.main(["judge", "--ckpt", "export/hf", "--prompt", "Say hi", "--a", "HI", "--b", "hi there",
-                     "--max-new-tokens", "8", "--system-file", "runs/demo/prompts/system.txt",
-                     "--user-file", "runs/demo/prompts/user.txt"]) == 0
-    assert "verdict:" in capsys.readouterr().out
     ckpt = os.path.abspath("runs/distill-tiny/checkpoints")
     os.chdir(os.path.dirname(REPO))  # elsewhere: the checkpoint still finds its tokenizer and prompts
     assert cli.main(["judge", "--ckpt", ckpt, "--prompt", "Say hi", "--a", "HI", "--b", "hi there",
                      "--max-new-tokens", "8"]) == 0
+    assert "verdict:" in capsys.readouterr().out
     assert hf.config.vocab_size > 0
 
 
