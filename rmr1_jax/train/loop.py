@@ -200,7 +200,9 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
         from rmr1_jax.train.flops import measure_matmul_peak
 
         peak = measure_matmul_peak(size=1024 if jax.default_backend() == "cpu" else 4096)
+
     def save(step, force=False):
+        """Save ``step``, with the batch source's held arrays (as global arrays) when it has any."""
         held = batches.arrays() if hasattr(batches, "arrays") else None
         ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
                   source={k: to_global(v, mesh) for k, v in held.items()} if held else None, force=force)
