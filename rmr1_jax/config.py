@@ -77,7 +77,10 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
                 return _coerce(value, a, key, source)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{source}: {key}={value!r} does not match {_type_name(typ)}")
+        inner = [a for a in args if a is not type(None)]
+        lead = f"{source}: {key}={value!r} "
+        why = f" ({errors[0][len(lead):]})" if len(inner) == 1 and errors and errors[0].startswith(lead) else ""
+        raise ConfigError(f"{lead}does not match {_type_name(typ)}{why}")
     if origin is Literal:
         if value not in get_args(typ):
             raise ConfigError(f"{source}: {key}={value!r} is not one of {list(get_args(typ))}")

@@ -290,3 +290,19 @@ def test_cli_config_errors(cli_results, case, needle):
     assert len(lines) == 1, stderr
     assert needle in lines[0] and lines[0].startswith("rmr1 "), lines[0]
     assert "Traceback" not in stderr and stdout == ""
+
+
+def test_grpo_update_batch_is_derived_and_never_overwritten(tmp_path):
+    """GRPO's update batch is grpo.minibatch_prompts x grpo.n: left unset it stays unset in the
+    config (and its saved copy), and a train.global_batch set to another value is an error."""
+    from rmr1_jax.train.grpo import load_grpo_config
+
+    path = os.path.join(GRPO, "qwen2.5-7b-instruct.yaml")
+    over = ["model.hf_dir=/ckpt/model", "data.train=[x.jsonl]"]
+    cfg = load_grpo_config(path, over)
+    assert cfg.train.global_batch is None and cfg.grpo.minibatch_prompts * cfg.grpo.n == 896
+    assert load_grpo_config(path, over + ["train.global_batch=896"]).train.global_batch == 896
+    with pytest.raises(ConfigError, match=r"train.global_batch=112 conflicts .* = 896"):
+        load_grpo_config(path, over + ["train.global_batch=112"])
+    with pytest.raises(ConfigError, match="train.micro_batch=100 must divide grpo.minibatch_prompts x grpo.n=896"):
+        load_grpo_config(path, over + ["train.micro_batch=100"])

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmr1_jax.config import CheckpointSpec, ModelSpec, load, to_dict
+from rmr1_jax.config import CheckpointSpec, ModelSpec, load, to_dict, validate
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.parallel.mesh import MeshConfig
 from rmr1_jax.train import grpo_math
@@ -115,11 +115,15 @@ class GRPOConfig:
     checkpoint: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
     eval_max_new_tokens: int | None = None  # held-out judging budget (default: grpo.max_response_tokens)
 
-    def __post_init__(self):
-        # One optimizer update consumes minibatch_prompts x n rollouts; train.global_batch is
-        # derived from them (so train.micro_batch is checked against the real update size).
-        if isinstance(self.train, TrainSpec) and isinstance(self.grpo, GRPOSpec):
-            self.train.global_batch = self.grpo.minibatch_prompts * self.grpo.n
+    def validate(self, where: str):
+        """One optimizer update consumes grpo.minibatch_prompts x grpo.n rollouts: that is the
+        update's global batch, derived, never overwritten; a train.global_batch set to anything
+        else is an error."""
+        rows = self.grpo.minibatch_prompts * self.grpo.n
+        if self.train.global_batch is not None and self.train.global_batch != rows:
+            raise ConfigError(f"{where}: train.global_batch={self.train.global_batch} conflicts with the GRPO update "
+                              f"size grpo.minibatch_prompts x grpo.n = {rows}; leave train.global_batch unset")
+        self.train.check_micro_batch(where, rows, "grpo.minibatch_prompts x grpo.n")
 
 
 def grpo_loss_fn(model, spec: GRPOSpec):
@@ -163,6 +167,7 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     from rmr1_jax.paths import resolve_paths
 
     cfg = resolve_paths(cfg)  # local paths relative to the current directory, made absolute once
+    validate(cfg, "GRPO config")
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.data.pipeline import CheckpointableIterator
     from rmr1_jax.sampling.sampler import Sampler
@@ -189,7 +194,7 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
     updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
     total_steps = rollout_steps * updates
-    train_spec = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)
+    train_spec = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)  # derived, cfg untouched
     ds = grain.MapDataset.source(sources["train"])
     ds = ds[p_idx::n_proc] if n_proc > 1 else ds
     prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())
@@ -209,7 +214,9 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
         f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
         f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
         f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
-        f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}")
+        f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}; "
+        f"update batch {train_spec.global_batch} rows (grpo.minibatch_prompts x grpo.n) in "
+        f"{train_spec.accum_steps()} micro-batches")
     seq_len = spec.max_prompt_tokens + spec.max_response_tokens
 
     def eval_fn(p, step):

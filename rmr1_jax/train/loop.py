@@ -37,10 +37,15 @@ class TrainingDiverged(UserError):
     """Loss or gradient became NaN/inf; the last good checkpoint is kept."""
 
 
+DEFAULT_GLOBAL_BATCH = 128
+
+
 @dataclasses.dataclass
 class TrainSpec:
     run_dir: str = path_field("runs/default")
-    global_batch: int = 128  # rows per optimizer step (packed rows when packing)
+    # rows per optimizer step (packed rows when packing); None: DEFAULT_GLOBAL_BATCH for
+    # distillation, derived from the objective where it fixes it (GRPO: minibatch_prompts x n)
+    global_batch: int | None = None
     micro_batch: int | None = None  # rows per accumulation step; None = global_batch
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs
@@ -53,15 +58,19 @@ class TrainSpec:
 
     def accum_steps(self) -> int:
         """Micro-batches accumulated per optimizer step."""
-        return self.global_batch // (self.micro_batch or self.global_batch)
+        rows = self.global_batch or DEFAULT_GLOBAL_BATCH
+        return rows // (self.micro_batch or rows)
 
     def validate(self, where: str):
-        if self.global_batch <= 0:
+        if self.global_batch is not None and self.global_batch <= 0:
             raise ConfigError(f"{where}: train.global_batch must be positive")
-        mb = self.micro_batch or self.global_batch
-        if mb <= 0 or self.global_batch % mb:
-            raise ConfigError(f"{where}: train.micro_batch={self.micro_batch} must divide "
-                              f"train.global_batch={self.global_batch}")
+        if self.global_batch is not None:
+            self.check_micro_batch(where, self.global_batch)
+
+    def check_micro_batch(self, where: str, rows: int, what: str = "train.global_batch"):
+        mb = self.micro_batch or rows
+        if mb <= 0 or rows % mb:
+            raise ConfigError(f"{where}: train.micro_batch={self.micro_batch} must divide {what}={rows}")
 
 
 LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]

@@ -19,7 +19,7 @@ from rmr1_jax.parallel.mesh import MeshConfig
 from rmr1_jax.train.losses import lm_head_kernel, next_token_targets, token_logprobs
 from rmr1_jax.train.optim import OptimSpec
 from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
-from rmr1_jax.train.loop import TrainSpec
+from rmr1_jax.train.loop import DEFAULT_GLOBAL_BATCH, TrainSpec
 
 
 @dataclasses.dataclass
@@ -32,6 +32,10 @@ class DistillConfig:
     optim: OptimSpec = dataclasses.field(default_factory=OptimSpec)
     train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
     checkpoint: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
+
+    def validate(self, where: str):
+        if self.train.global_batch is None:
+            self.train.check_micro_batch(where, DEFAULT_GLOBAL_BATCH, "the default train.global_batch")
 
 
 def sft_loss_fn(model, loss_chunk: int = 512):
@@ -81,6 +85,8 @@ def run_distill(cfg: DistillConfig, log=print, eval_hook=None):
 
     run_dir = cfg.train.run_dir
     mesh, tokenizer, _, sources = setup.prepare_job(cfg, "sft", cfg.data.max_length, cfg.data.overlong, log)
+    if cfg.train.global_batch is None:  # the saved config keeps what the user wrote (nothing)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, global_batch=DEFAULT_GLOBAL_BATCH))
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
     n_proc, p_idx = jax.process_count(), jax.process_index()
     if cfg.train.global_batch % n_proc:
