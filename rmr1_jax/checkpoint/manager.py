@@ -26,15 +26,8 @@ handful of policies, and each is easy to get subtly wrong --
   and converts between the scanned and unrolled layer layouts, so a checkpoint does not pin
   the parallelism or the ``scan_layers`` choice of the run that wrote it.
 
-Usage::
-
-    with CheckpointManager(run_dir / "ckpt", max_to_keep=3) as ckpt:
-        ckpt.save(step, {"params": params, "opt_state": opt_state, "step": step},
-                  config=cfg_dict, extra={"data": it.state()},
-                  metadata={"model_config": model_cfg})
-    ...
-    restored = CheckpointManager(run_dir / "ckpt").restore(target=abstract_like(state, shardings))
-    params = restore_params(run_dir / "ckpt", model_cfg, mesh)
+Usage: ``ckpt.save(step, state, config=..., extra=..., metadata=...)``, then
+``ckpt.restore(target=abstract_like(state, shardings))`` (README, "Checkpoints").
 """
 
 from __future__ import annotations
