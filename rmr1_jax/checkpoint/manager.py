@@ -26,8 +26,7 @@ handful of policies, and each is easy to get subtly wrong --
   and converts between the scanned and unrolled layer layouts, so a checkpoint does not pin
   the parallelism or the ``scan_layers`` choice of the run that wrote it.
 
-Usage: ``ckpt.save(step, state, config=..., extra=..., metadata=...)``, then
-``ckpt.restore(target=abstract_like(state, shardings))`` (README, "Checkpoints").
+Usage: ``ckpt.save(step, state, ...)``, ``ckpt.restore(target=abstract_like(state, shardings))``.
 """
 
 from __future__ import annotations
