@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
     from rmr1_jax.sampling.sampler import Sampler
     from rmr1_jax.train.grpo import GRPOSpec, RolloutSource, grpo_loss_fn
     from rmr1_jax.train.loop import init_state, make_train_step, to_global
-    from rmr1_jax.train.optim import OptimSpec, make_optimizer
+    from rmr1_jax.schema import OptimSpec
+    from rmr1_jax.train.optim import make_optimizer
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     if args.prompts % args.minibatch:
@@ -146,7 +147,7 @@ def main(argv=None) -> dict:
         rng = jax.random.key(step_idx)
         upd = 0.0
         for u in range(updates):
-            local = source.next_for(state["params"])  # runs the rollout when the queue is empty
+            local = source.next_batch(state["params"])  # runs the rollout when the queue is empty
             if u == 0:
                 m = source.pop_metrics()
                 out["rollout"] = m["time_rollout_s"]

@@ -72,7 +72,8 @@ def build_ours(hf_dir: str, dtype: str, scan: bool, batch_np: dict, mesh):
 
     from rmr1_jax import load_hf
     from rmr1_jax.train.loop import init_state, make_train_step, to_global
-    from rmr1_jax.train.optim import OptimSpec, make_optimizer
+    from rmr1_jax.schema import OptimSpec
+    from rmr1_jax.train.optim import make_optimizer
     from rmr1_jax.train.sft import sft_loss_fn
 
     model, params = load_hf(hf_dir, dtype="float32", mesh=mesh, compute_dtype=dtype, scan_layers=scan,
@@ -167,7 +168,8 @@ def profile_parts(dtype: str, b: int, t: int, log, repeats: int = 2) -> dict[str
     from rmr1_jax.models import DecoderLM, init_params, preset
     from rmr1_jax.models.layers import DecoderLayer, rope_cos_sin
     from rmr1_jax.train.losses import token_logprobs
-    from rmr1_jax.train.optim import OptimSpec, make_optimizer
+    from rmr1_jax.schema import OptimSpec
+    from rmr1_jax.train.optim import make_optimizer
 
     cfg = preset("bench-100m", dtype=dtype)
     cdt = jnp.dtype(dtype)

@@ -45,30 +45,18 @@ def cmd_convert_orbax_to_hf(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from rmr1_jax.demo import DemoSettings, run_demo
+    from rmr1_jax.demo import load_demo_recipe, run_demo
 
-    s = DemoSettings(out_dir=args.out, seed=args.seed)
-    if args.quick:
-        s = DemoSettings(out_dir=args.out, seed=args.seed, n_distill=400, n_rl=400, n_eval=32, distill_steps=6,
-                         grpo_rollouts=1, grpo_prompts=8, grpo_n=2, max_new_tokens=32, eval_batch=32)
-    run_demo(s)
+    run_demo(load_demo_recipe(args.out, seed=args.seed, quick=args.quick, directory=args.recipes))
 
 
-def cmd_distill(args) -> None:
-    from rmr1_jax.train.sft import load_distill_config, run_distill
+def cmd_train(args) -> None:
+    """``rmr1 <objective> CONFIG [key=value ...]``: one runner, the objective named by the subcommand."""
+    from rmr1_jax.train.runner import load_config, run
 
-    cfg = load_distill_config(args.config, args.overrides)
-    _, _, result, _ = run_distill(cfg)
-    print(f"distillation finished at step {result.step}: {_fmt(result.last_metrics)}"
-          + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
-
-
-def cmd_grpo(args) -> None:
-    from rmr1_jax.train.grpo import load_grpo_config, run_grpo
-
-    cfg = load_grpo_config(args.config, args.overrides)
-    _, _, result, _ = run_grpo(cfg)
-    print(f"GRPO finished at step {result.step}: {_fmt(result.last_metrics)}"
+    cfg = load_config(args.objective, args.config, args.overrides)
+    result = run(cfg, args.objective).result
+    print(f"{args.objective} finished at step {result.step}: {_fmt(result.last_metrics)}"
           + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
 
 
@@ -172,15 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the whole pipeline on the embedded default (synthetic tasks, CPU)")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quick", action="store_true", help="a seconds-long smoke run (no learning expected)")
+    demo.add_argument("--seed", type=int, default=None, help="data and training seed (default: the recipes')")
+    demo.add_argument("--quick", action="store_true",
+                      help="a seconds-long smoke run (no learning expected): configs/demo/quick.yaml's overrides")
+    demo.add_argument("--recipes", default=None,
+                      help="directory with demo.yaml, distill.yaml, grpo.yaml, quick.yaml (default: configs/demo)")
     demo.set_defaults(func=cmd_demo)
-    for name, func, text in (("distill", cmd_distill, "stage 1: distill reasoning traces (SFT)"),
-                             ("grpo", cmd_grpo, "stage 2: GRPO with the verifiable verdict reward")):
+    for name, text in (("distill", "stage 1: distill reasoning traces (SFT)"),
+                       ("grpo", "stage 2: GRPO with the verifiable verdict reward")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("config", help="YAML recipe (configs/...)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
-        sp.set_defaults(func=func)
+        sp.set_defaults(func=cmd_train, objective=name)
 
     jd = sub.add_parser("judge", help="judge a pair (or a JSONL file of pairs) with a trained judge")
     jd.add_argument("--ckpt", required=True, help="Orbax checkpoint directory or HF directory")

@@ -1,8 +1,8 @@
-"""Typed run configuration: dataclass schema, YAML files, ``key=value`` overrides, validation.
+"""Typed run configuration: YAML files, ``key=value`` overrides, validation.
 
-A recipe is a YAML file whose nested mappings mirror the dataclasses below. Every key is
-checked: an unknown key or a value of the wrong type is a :class:`ConfigError` naming the file
-and the dotted key. Overrides from the command line use the same dotted keys
+A recipe is a YAML file whose nested mappings mirror the config dataclasses (the shared
+sections are in :mod:`rmr1_jax.schema`). Every key is checked: an unknown key or a value of
+the wrong type is a :class:`ConfigError` naming the file and the dotted key. Overrides from the command line use the same dotted keys
 (``optim.lr=2e-6``); their values are parsed as YAML scalars.
 """
 
@@ -17,41 +17,6 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import yaml
 
 from rmr1_jax.errors import ConfigError
-from rmr1_jax.parallel.mesh import MeshConfig
-from rmr1_jax.paths import path_field
-
-
-@dataclasses.dataclass
-class ModelSpec:
-    """Where the model comes from and how it runs."""
-
-    preset: str | None = "tiny"  # an architecture preset (random init) ...
-    hf_dir: str | None = path_field()  # ... or a local HF directory (overrides preset)
-    init_checkpoint: str | None = path_field()  # ... or an Orbax checkpoint directory (params only)
-    param_dtype: Literal["float32", "bfloat16"] = "float32"
-    dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
-    scan_layers: bool = True
-    remat_policy: str = "none"  # a name in rmr1_jax.models.config.REMAT_POLICIES
-    attention_impl: str | None = None
-    vocab_size: int | None = None  # preset override, e.g. to match a freshly trained tokenizer
-
-    def validate(self, where: str):
-        from rmr1_jax.models.config import REMAT_POLICIES
-
-        if self.preset is None and self.hf_dir is None and self.init_checkpoint is None:
-            raise ConfigError(f"{where}: set one of model.preset, model.hf_dir, model.init_checkpoint")
-        if self.remat_policy not in REMAT_POLICIES:
-            raise ConfigError(f"{where}: model.remat_policy={self.remat_policy!r} is not one of "
-                              f"{list(REMAT_POLICIES)}")
-
-
-@dataclasses.dataclass
-class CheckpointSpec:
-    dir: str | None = path_field()  # default: <run_dir>/checkpoints
-    save_every: int = 500
-    keep: int = 3
-    async_save: bool = True
-
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -214,5 +179,4 @@ def dump(obj) -> str:
     return yaml.safe_dump(to_dict(obj), sort_keys=False)
 
 
-__all__ = ["ModelSpec", "CheckpointSpec", "MeshConfig", "load", "from_dict", "to_dict", "dump",
-           "apply_overrides", "load_yaml", "validate"]
+__all__ = ["load", "from_dict", "to_dict", "dump", "apply_overrides", "load_yaml", "validate"]

@@ -16,11 +16,6 @@ import json
 import os
 import time
 
-from rmr1_jax.config import CheckpointSpec, ModelSpec
-from rmr1_jax.parallel.mesh import MeshConfig
-from rmr1_jax.train.loop import TrainSpec
-from rmr1_jax.train.optim import OptimSpec
-from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 
 _TAGS = ("type", "rubric", "justify", "solution", "eval", "quote_A", "summary_A", "quote_B", "summary_B", "answer")
 
@@ -49,28 +44,70 @@ PROTOCOL_SYMBOLS = tuple(
 
 @dataclasses.dataclass
 class DemoSettings:
+    """The ``demo.yaml`` section: synthetic data, tokenizer and held-out evaluation (the
+    training stages are ``distill.yaml`` and ``grpo.yaml``)."""
+
     out_dir: str = "runs/demo"
     seed: int = 0
-    # Instruction-following tasks whose check a ~1M-parameter model learns in a few hundred
-    # CPU steps. It does not learn arithmetic, letter counting or number comparison that fast
-    # (``compare`` stays at chance after 600 steps), nor the first-word check of
-    # ``starts_with`` (57% after 450 steps, and GRPO does not move it); any kind can be chosen.
     kinds: tuple[str, ...] = ("caps_word", "word_count")
     trace_style: str = "compact"
     n_distill: int = 12000
     n_rl: int = 3000
     n_eval: int = 256
     vocab_size: int = 1024
-    max_length: int = 160  # one compact trace (120-152 tokens) per row
-    distill_steps: int = 600
-    distill_batch: int = 10
-    distill_lr: float = 3e-3
-    grpo_rollouts: int = 36
-    grpo_prompts: int = 24  # 12 pairs, each judged in both A/B orders
-    grpo_n: int = 8
-    grpo_lr: float = 1e-4
     max_new_tokens: int = 128
     eval_batch: int = 64
+
+
+@dataclasses.dataclass
+class DemoRecipe:
+    """The demo's three recipe files, loaded, with the paths of ``out_dir`` filled in."""
+
+    settings: DemoSettings
+    distill: object  # DistillConfig
+    grpo: object  # GRPOConfig
+
+
+def recipe_dir() -> str:
+    """``configs/demo`` of this checkout."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo")
+
+
+def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, quick: bool = False,
+                     directory: str | None = None) -> DemoRecipe:
+    """``demo.yaml``, ``distill.yaml`` and ``grpo.yaml`` from ``directory`` (default
+    :func:`recipe_dir`), with ``quick.yaml``'s overrides when ``quick``. Every path of the
+    stages is set under ``out_dir``; ``seed`` (when given) replaces the data and both training
+    seeds."""
+    from rmr1_jax.config import load, load_yaml
+    from rmr1_jax.errors import ConfigError
+    from rmr1_jax.train.grpo import GRPOConfig
+    from rmr1_jax.train.sft import DistillConfig
+
+    directory = directory or recipe_dir()
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{directory}: the demo recipe directory is missing (configs/demo of the rmr1_jax checkout)")
+    quick_over = load_yaml(os.path.join(directory, "quick.yaml")) if quick else {}
+    for key, value in quick_over.items():
+        if key not in ("demo", "distill", "grpo") or not isinstance(value, list):
+            raise ConfigError(f"{directory}/quick.yaml: {key!r} must be one of demo, distill, grpo, "
+                              f"holding a list of key=value overrides")
+    seed_over = [] if seed is None else [f"seed={seed}"]
+    settings = load(DemoSettings, os.path.join(directory, "demo.yaml"),
+                    [f"out_dir={out_dir}", *quick_over.get("demo", []), *seed_over])
+    o = lambda *parts: os.path.join(out_dir, *parts)  # noqa: E731
+    shared = [f"tokenizer.path={o('tokenizer')}"] + [
+        f"prompt.{name}_file={o('prompts', name + '.txt')}" for name in ("system", "user", "user_multiturn")]
+    if seed is not None:
+        shared.append(f"train.seed={seed}")
+    stage = lambda n, data: [f"data.train=[{o('data', data)}]", f"train.run_dir={o(n)}",  # noqa: E731
+                             f"checkpoint.dir={o(n, 'checkpoints')}"]
+    distill = load(DistillConfig, os.path.join(directory, "distill.yaml"),
+                   [*shared, *stage("stage1", "distill_traces.jsonl"), *quick_over.get("distill", [])])
+    grpo = load(GRPOConfig, os.path.join(directory, "grpo.yaml"),
+                [*shared, *stage("stage2", "rl_pairs.jsonl"), f"model.init_checkpoint={o('stage1', 'checkpoints')}",
+                 *quick_over.get("grpo", [])])
+    return DemoRecipe(settings, distill, grpo)
 
 
 def _pair_key(p) -> tuple[str, frozenset]:
@@ -124,91 +161,57 @@ def _files(s: DemoSettings, log):
 
 
 def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
-    """Held-out accuracy in the original A/B order and swapped, and position consistency."""
-    from rmr1_jax.judging import judge_pairs
+    """Held-out accuracy in the original A/B order and swapped, and position consistency.
+    Held-out pair ``i`` shows its chosen reply at A first when ``i`` is even (alternating
+    from 0), at B when odd."""
+    from rmr1_jax import judging
     from rmr1_jax.eval.loading import LoadedJudge
 
     judge = LoadedJudge(model, params, tokenizer, template, source="demo")
     triples, winners = [], []
     for i, p in enumerate(held):
-        a, b, w = (p.chosen, p.rejected, "A") if i % 2 == 0 else (p.rejected, p.chosen, "B")
+        a, b, w = judging.place(p.chosen, p.rejected, judging.alternate_at_a(i))
         triples.append((p.prompt, a, b))
         winners.append(w)
-    out = judge_pairs(judge, triples, both_orders=True, max_new_tokens=s.max_new_tokens, batch_size=s.eval_batch,
-                      mesh=mesh)
-    n = max(len(out), 1)
-    verdicts = [v for r in out for v in (r["verdict"], r["verdict_swapped"])]
-    scores = [(r["verdict"] == w) + (r["verdict_swapped"] == w) for r, w in zip(out, winners)]
-    by_kind: dict[str, list[int]] = {}
-    for p, sc in zip(held, scores):
-        by_kind.setdefault(_kind(p), []).append(sc)
-    return {"accuracy": sum(scores) / (2 * n), "no_verdict_rate": sum(v is None for v in verdicts) / (2 * n),
-            "position_consistency": sum(r["consistent"] for r in out) / n,
-            "by_kind": {k: sum(v) / (2 * len(v)) for k, v in sorted(by_kind.items())},
+    out = judging.judge_pairs(judge, triples, both_orders=True, max_new_tokens=s.max_new_tokens,
+                              batch_size=s.eval_batch, mesh=mesh)
+    m = judging.both_orders_metrics(out, winners, groups=[_kind(p) for p in held])
+    return {"accuracy": m["accuracy"], "no_verdict_rate": m["no_verdict_rate"],
+            "position_consistency": m["position_consistency"], "by_kind": m["by_group"],
             "example": out[0]["judgment"]}
 
 
-def run_demo(s: DemoSettings | None = None, log=print) -> dict:
+def run_demo(recipe: DemoRecipe | None = None, log=print) -> dict:
+    """The demo as ``recipe`` says (default: :func:`load_demo_recipe`): data, tokenizer, the
+    two stages, held-out judging after each, plots and an HF export. Returns the results."""
     from rmr1_jax.checkpoint.hf import save_hf
     from rmr1_jax.parallel.mesh import make_mesh
     from rmr1_jax.text.tokenizer import train_sentencepiece
-    from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, run_grpo
+    from rmr1_jax.train.grpo import run_grpo
     from rmr1_jax.train.metrics import plot_curves
-    from rmr1_jax.train.sft import DistillConfig, run_distill
+    from rmr1_jax.train.sft import run_distill
 
-    s = s or DemoSettings()
+    recipe = recipe or load_demo_recipe()
+    s = recipe.settings
     t0 = time.perf_counter()
     os.makedirs(s.out_dir, exist_ok=True)
-    paths, template, traces, held, prompt_files = _files(s, log)
-    tok_dir = os.path.join(s.out_dir, "tokenizer")
+    _, template, traces, held, _ = _files(s, log)
+    tok_dir = recipe.distill.tokenizer.path
     texts = []
     for ex in traces[:1500]:
         texts += [m["content"] for m in ex.messages] + [ex.target]
     tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=s.vocab_size, seed=s.seed,
                                     extra_symbols=PROTOCOL_SYMBOLS)
     log(f"tokenizer: SentencePiece, {tokenizer.vocab_size} pieces, pad={tokenizer.pad_id}, eos={tokenizer.eos_id}")
-    mesh_cfg = MeshConfig(data=-1)
-    mesh = make_mesh(mesh_cfg)
-    # Unrolled layers: on CPU the backward pass of a scanned stack is slower for a model this small.
-    model_spec = ModelSpec(preset="demo", param_dtype="float32", dtype="float32", vocab_size=tokenizer.vocab_size,
-                           scan_layers=False)
-    prompt = PromptSpec(variant="instruct", system_file=prompt_files["system"], user_file=prompt_files["user"],
-                        user_multiturn_file=prompt_files["user_multiturn"])
-    d1 = os.path.join(s.out_dir, "stage1")
-    distill_cfg = DistillConfig(
-        model=model_spec, mesh=mesh_cfg, tokenizer=TokenizerSpec(path=tok_dir), prompt=prompt,
-        data=DataSpec(train=[paths["distill"]], max_length=s.max_length, overlong="skip"),
-        optim=OptimSpec(lr=s.distill_lr, schedule="cosine", min_lr_ratio=0.1, warmup_ratio=0.05, b2=0.95,
-                        weight_decay=0.0, grad_clip=1.0),
-        train=TrainSpec(run_dir=d1, global_batch=s.distill_batch, max_steps=s.distill_steps, seed=s.seed,
-                        log_every=5, progress=True),
-        checkpoint=CheckpointSpec(dir=os.path.join(d1, "checkpoints"), save_every=s.distill_steps, keep=1))
+    mesh = make_mesh(recipe.distill.mesh)
+    d1, d2 = recipe.distill.train.run_dir, recipe.grpo.train.run_dir
     log("== stage 1: distillation ==")
-    model, params, r1, _ = run_distill(distill_cfg, log=log)
+    model, params, r1, _ = run_distill(recipe.distill, log=log)
     results = {"chance": {"accuracy": 0.5}}
     results["stage1"] = _evaluate(model, params, tokenizer, template, held, s, mesh)
     log(f"stage 1 held-out accuracy {results['stage1']['accuracy']:.3f}")
-    d2 = os.path.join(s.out_dir, "stage2")
-    grpo_cfg = GRPOConfig(
-        model=dataclasses.replace(model_spec, preset=None, init_checkpoint=os.path.join(d1, "checkpoints")),
-        mesh=mesh_cfg, tokenizer=TokenizerSpec(path=tok_dir), prompt=prompt,
-        data=DataSpec(train=[paths["rl"]], max_length=s.max_length),
-        optim=OptimSpec(lr=s.grpo_lr, schedule="constant", warmup_ratio=0.0, b2=0.99, weight_decay=0.0,
-                        grad_clip=1.0),
-        grpo=GRPOSpec(n=s.grpo_n, max_prompt_tokens=s.max_length, max_response_tokens=s.max_new_tokens,
-                      prompts_per_step=s.grpo_prompts, minibatch_prompts=s.grpo_prompts // 4,
-                      rollout_steps=s.grpo_rollouts, rollout_batch=s.grpo_prompts, logprob_batch=48,
-                      # without it the verdict letter drifts with each batch's A/B label imbalance
-                      both_orders=True,
-                      # float32 end to end: the sampler's log-probs are the teacher-forced ones
-                      old_logprobs="sampler",
-                      # no KL term: at RM-R1's 0.001 it is inert over 36 steps (KL < 0.02 per
-                      # token), and the reference forward would cost a fifth of each step
-                      kl_estimator="none", kl_coef=0.0),
-        train=TrainSpec(run_dir=d2, seed=s.seed, log_every=1, progress=True),
-        checkpoint=CheckpointSpec(dir=os.path.join(d2, "checkpoints"), save_every=10**9, keep=1))
     log("== stage 2: GRPO ==")
-    model, params, r2, _ = run_grpo(grpo_cfg, log=log)
+    model, params, r2, _ = run_grpo(recipe.grpo, log=log)
     results["stage2"] = _evaluate(model, params, tokenizer, template, held, s, mesh)
     log(f"stage 2 held-out accuracy {results['stage2']['accuracy']:.3f}")
     plot_curves(os.path.join(d1, "metrics.jsonl"), os.path.join(s.out_dir, "stage1_loss.png"),

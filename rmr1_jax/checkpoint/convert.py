@@ -1,4 +1,5 @@
-"""Conversions between HF directories and Orbax checkpoints (``rmr1 convert``)."""
+"""Conversions between HF directories and Orbax checkpoints (``rmr1 convert``), for every head
+(a sequence classifier converts to a checkpoint with a ``score`` head, and back)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models.config import ModelConfig
-from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 
 
@@ -17,7 +17,7 @@ def checkpoint_metadata(cfg: ModelConfig) -> dict:
 
 def hf_to_orbax(hf_dir: str, out: str, *, dtype: str = "float32", mesh_cfg: MeshConfig | None = None,
                 scan_layers: bool = True, step: int = 0) -> int:
-    from rmr1_jax.checkpoint.hf import load_hf
+    from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.checkpoint.manager import CheckpointManager
 
     if os.path.exists(out) and not os.path.isdir(out):
@@ -25,7 +25,7 @@ def hf_to_orbax(hf_dir: str, out: str, *, dtype: str = "float32", mesh_cfg: Mesh
     if os.path.isdir(out) and os.listdir(out):
         raise CheckpointError(f"{out}: already exists and is not empty")
     mesh = make_mesh(mesh_cfg)
-    model, params = load_hf(hf_dir, dtype=dtype, mesh=mesh, scan_layers=scan_layers)
+    model, params = load_model(hf_dir, kind="hf", mesh=mesh, param_dtype=dtype, scan_layers=scan_layers)
     with CheckpointManager(out, max_to_keep=None) as mngr:
         mngr.save(step, {"params": params}, metadata=checkpoint_metadata(model.cfg), force=True)
     return step
@@ -35,12 +35,7 @@ def orbax_to_hf(ckpt: str, out: str, *, step: int | None = None, dtype: str = "b
                 tokenizer_dir: str | None = None, overwrite: bool = False,
                 mesh_cfg: MeshConfig | None = None) -> str:
     from rmr1_jax.checkpoint.hf import save_hf
-    from rmr1_jax.checkpoint.reading import read_metadata, restore_params
+    from rmr1_jax.checkpoint.loading import load_model
 
-    meta = read_metadata(ckpt, step)
-    if not meta.get("model_config"):
-        raise CheckpointError(f"{ckpt}: checkpoint metadata has no model_config; cannot export it")
-    cfg = ModelConfig.from_dict(meta["model_config"], source=f"{ckpt} metadata")
-    mesh = make_mesh(mesh_cfg)
-    params = restore_params(ckpt, cfg, mesh, step=step)
-    return save_hf(DecoderLM(cfg), params, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)
+    model, params = load_model(ckpt, kind="orbax", mesh=make_mesh(mesh_cfg), step=step)
+    return save_hf(model, params, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)

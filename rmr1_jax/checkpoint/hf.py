@@ -1,4 +1,5 @@
-"""Hugging Face checkpoint import and export for the Qwen2 and Llama families.
+"""Hugging Face checkpoint import and export for the Qwen2 and Llama families, causal LMs and
+sequence classifiers (``score.weight`` [num_labels, D] <-> our ``score`` [D, num_labels]).
 
 Import reads ``config.json`` (classic or transformers-5 layout) and safetensors (single file or
 sharded with an index), checks every tensor's name, shape and dtype against the config before
@@ -6,8 +7,9 @@ reading any weights, then streams the weights tensor by tensor straight into the
 shardings: host memory stays near the size of the largest tensor. Pickle weights (``.bin``,
 ``.pt``) are refused: loading them can run arbitrary code.
 
-Export writes a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads, into a
-temporary sibling directory that is renamed into place only when complete.
+Export writes a directory ``transformers.AutoModelForCausalLM.from_pretrained`` (or, for a
+classification head, ``AutoModelForSequenceClassification``) loads, into a temporary sibling
+directory that is renamed into place only when complete.
 """
 
 from __future__ import annotations
@@ -31,9 +33,9 @@ from safetensors.numpy import save_file
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
-from rmr1_jax.models.params import abstract_params, logical_axes_for
+from rmr1_jax.models.params import HEAD_PARAMS, abstract_params, logical_axes_for
 from rmr1_jax.parallel.hostlocal import fetch
-from rmr1_jax.parallel.sharding import DEFAULT_RULES, named_sharding
+from rmr1_jax.parallel.sharding import named_sharding
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -41,6 +43,7 @@ TOKENIZER_FILES = (
 )
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)
+_HEAD_TENSORS = ("lm_head.weight", "score.weight")
 _NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
@@ -74,7 +77,9 @@ def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
 
     specs = [TensorSpec("model.embed_tokens.weight", ("embed_tokens",), None, (v, d), ident, ident),
              TensorSpec("model.norm.weight", ("norm", "scale"), None, (d,), ident, ident)]
-    if not cfg.tie_word_embeddings:
+    if cfg.is_classifier:
+        specs.append(TensorSpec("score.weight", ("score",), None, (cfg.num_labels, d), T, T))
+    elif not cfg.tie_word_embeddings:
         specs.append(TensorSpec("lm_head.weight", ("lm_head",), None, (v, d), T, T))
     for i in range(cfg.num_hidden_layers):
         p = f"model.layers.{i}."
@@ -170,7 +175,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split())[:300]
 
 
-def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig) -> None:
+def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig, trunk_only: bool) -> None:
     expected = {s.hf_name for s in specs}
     by_file: dict[str, list[TensorSpec]] = {}
     for s in specs:
@@ -181,11 +186,11 @@ def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig
     for name, fn in wm.items():
         if name in expected or name.endswith(_IGNORED_TENSORS):
             continue
-        if cfg.tie_word_embeddings and name == "lm_head.weight":
+        if (cfg.tie_word_embeddings and name == "lm_head.weight") or (trunk_only and name in _HEAD_TENSORS):
             continue
-        raise CheckpointError(
-            f"{fn}: unexpected tensor {name} (not part of a {cfg.model_type} causal LM with this config.json)"
-        )
+        kind = f"sequence classifier with num_labels={cfg.num_labels}" if cfg.is_classifier else "causal LM"
+        raise CheckpointError(f"{fn}: unexpected tensor {name} (not part of a {cfg.model_type} {kind} "
+                              f"with this config.json)")
     for fn, group in by_file.items():
         try:
             f = safe_open(fn, framework="np")
@@ -198,6 +203,10 @@ def _check_headers(specs: list[TensorSpec], wm: dict[str, str], cfg: ModelConfig
                     raise CheckpointError(f"{fn}: tensor {s.hf_name} is not in this file (the index says it is)")
                 sl = f.get_slice(s.hf_name)
                 shape = tuple(sl.get_shape())
+                if s.path == ("score",) and shape != s.hf_shape:
+                    raise CheckpointError(
+                        f"{fn}: tensor {s.hf_name} has shape {list(shape)}, a score head of "
+                        f"num_labels={cfg.num_labels} (config.json) needs {list(s.hf_shape)}")
                 if shape != s.hf_shape:
                     raise CheckpointError(
                         f"{fn}: tensor {s.hf_name} has shape {list(shape)}, config.json implies {list(s.hf_shape)}"
@@ -231,8 +240,9 @@ def _stack_fns(shape: tuple, dtype, sharding):
 
 def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, compute_dtype: str | None = None,
             scan_layers: bool = True, remat_policy: str = "none", attention_impl: str | None = None,
-            rules=DEFAULT_RULES):
-    """Load a local HF directory as ``(DecoderLM, params)``.
+            rules=None):
+    """Load a local HF directory as ``(DecoderLM, params)``, with the head its config.json
+    names (a ``*ForSequenceClassification`` architecture: a ``score`` head).
 
     Args:
       path: directory with ``config.json`` and safetensors weights.
@@ -248,12 +258,25 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
         raise CheckpointError(f"dtype={dtype!r} is not one of {list(_NP_DTYPES)}")
     cfg = ModelConfig.from_hf_dir(path, param_dtype=dtype, dtype=compute_dtype or dtype,
                                   scan_layers=scan_layers, remat_policy=remat_policy, attention_impl=attention_impl)
-    model = DecoderLM(cfg)
-    specs = tensor_specs(cfg)
+    return DecoderLM(cfg), read_hf_params(path, cfg, mesh, rules)
+
+
+def read_hf_params(path: str, cfg: ModelConfig, mesh: Mesh | None = None, rules=None, *,
+                   trunk_only: bool = False) -> dict:
+    """The parameters of ``cfg`` (architecture, head, ``param_dtype``, ``scan_layers``) from the
+    safetensors of HF directory ``path``, every tensor checked before any is read.
+
+    ``trunk_only``: read the embeddings, layers and final norm but no head (neither the
+    directory's ``lm_head.weight`` nor its ``score.weight`` is read), for a head started fresh.
+    """
+    if cfg.param_dtype not in _NP_DTYPES:
+        raise CheckpointError(f"dtype={cfg.param_dtype!r} is not one of {list(_NP_DTYPES)}")
+    scan_layers = cfg.scan_layers
+    specs = [s for s in tensor_specs(cfg) if not (trunk_only and s.path[0] in HEAD_PARAMS)]
     wm = _weight_map(path)
-    _check_headers(specs, wm, cfg)
-    abstract = abstract_params(model)
-    np_dtype = _NP_DTYPES[dtype]
+    _check_headers(specs, wm, cfg, trunk_only)
+    abstract = abstract_params(DecoderLM(cfg))
+    np_dtype = _NP_DTYPES[cfg.param_dtype]
 
     def sharding_for(tree_path, shape):
         if mesh is None:
@@ -290,8 +313,7 @@ def load_hf(path: str, dtype: str = "float32", mesh: Mesh | None = None, *, comp
             buf.block_until_ready()
             del arr
         _set(params, tp, buf)
-
-    return model, params
+    return params
 
 
 # --- export -----------------------------------------------------------------------------
@@ -316,7 +338,8 @@ def _iter_hf_tensors(cfg: ModelConfig, params, np_dtype) -> Iterator[tuple[str, 
 
 def save_hf(model: DecoderLM, params, out_dir: str, dtype: str = "bfloat16", *, tokenizer_dir: str | None = None,
             max_shard_bytes: int = 2 * 1024**3, overwrite: bool = False) -> str:
-    """Write ``params`` as an HF directory that transformers loads. Returns ``out_dir``.
+    """Write ``params`` as an HF directory that transformers loads (``AutoModelForCausalLM``, or
+    ``AutoModelForSequenceClassification`` for a classification head). Returns ``out_dir``.
 
     The directory appears only when complete (written to a temporary sibling, then renamed).
     Tokenizer files are copied from ``tokenizer_dir`` or, for a model from :func:`load_hf`,

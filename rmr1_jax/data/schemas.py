@@ -17,9 +17,9 @@ Validation errors carry the file and line (see :mod:`rmr1_jax.data.readers`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from typing import Any, Literal
 
+from rmr1_jax import judging
 from rmr1_jax.errors import DataError
 from rmr1_jax.text.prompts import JudgeTemplate, Message, build_judge_messages
 from rmr1_jax.text.verdict import normalize_winner
@@ -141,23 +141,20 @@ def _label(value) -> str:
 
 
 def assign_positions(pair: PreferencePair, index: int, seed: int) -> tuple[list[Message], list[Message], str]:
-    """Place chosen/rejected at A/B. Alternating by record index from a seeded start keeps the
-    labels balanced to within one in every prefix of the stream; returns (a, b, winner)."""
-    start = int(hashlib.sha256(f"positions:{seed}".encode()).hexdigest(), 16) % 2
-    chosen_first = (index + start) % 2 == 0
-    if chosen_first:
-        return pair.chosen, pair.rejected, "A"
-    return pair.rejected, pair.chosen, "B"
+    """Place chosen/rejected at A/B by record index, alternating from the seed's start
+    (:func:`rmr1_jax.judging.alternate_at_a`): the labels stay balanced to within one in
+    every prefix of the stream. Returns (a, b, winner)."""
+    return judging.place(pair.chosen, pair.rejected, judging.alternate_at_a(index, judging.seeded_start(seed)))
 
 
 def pair_to_example(pair: PreferencePair, index: int, seed: int,
                     template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
     """Render a preference pair as a judge example, placing chosen/rejected at A/B with
-    :func:`assign_positions` (balanced, seeded); ``swap`` renders the
-    opposite placement (and label)."""
+    :func:`assign_positions` (balanced, seeded); ``swap`` renders the opposite placement
+    (and label, :func:`rmr1_jax.judging.swap`)."""
     a, b, winner = assign_positions(pair, index, seed)
     if swap:
-        a, b, winner = b, a, ("B" if winner == "A" else "A")
+        a, b, winner = judging.swap(a, b, winner)
     return JudgeExample(
         id=pair.id,
         messages=build_judge_messages(pair.prompt, a, b, template),

@@ -25,6 +25,8 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
     """``path`` is an HF directory (has config.json) or an Orbax checkpoint directory written by
     training (its saved run config names the tokenizer and prompt files). Explicit arguments
     override what the checkpoint says."""
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.checkpoint.reading import read_config
     from rmr1_jax.text.prompts import JudgeTemplate
     from rmr1_jax.text.tokenizer import load_tokenizer
 
@@ -32,22 +34,10 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
         raise UserError(f"{path}: checkpoint directory not found")
     prompt_cfg: dict = {}
     if os.path.isfile(os.path.join(path, "config.json")):
-        from rmr1_jax.checkpoint.hf import load_hf
-
-        model, params = load_hf(path, dtype=dtype, mesh=mesh, scan_layers=False)
+        model, params = load_model(path, "lm", kind="hf", mesh=mesh, param_dtype=dtype, scan_layers=False)
         tok_path = tokenizer_path or path
-    else:
-        from rmr1_jax.checkpoint.reading import read_config, read_metadata, restore_params
-        from rmr1_jax.models.config import ModelConfig
-        from rmr1_jax.models.decoder import DecoderLM
-
-        meta = read_metadata(path)
-        if not meta.get("model_config"):
-            raise UserError(f"{path}: checkpoint metadata has no model_config")
-        cfg = ModelConfig.from_dict(meta["model_config"], source=f"{path} metadata").replace(
-            scan_layers=False, dtype=dtype)
-        params = restore_params(path, cfg, mesh)
-        model = DecoderLM(cfg)
+    else:  # the checkpoint's own parameter dtype; ``dtype`` is the compute dtype
+        model, params = load_model(path, "lm", kind="orbax", mesh=mesh, dtype=dtype, scan_layers=False)
         run_cfg = read_config(path) or {}
         prompt_cfg = run_cfg.get("prompt") or {}
         tok_path = tokenizer_path or (run_cfg.get("tokenizer") or {}).get("path") or \

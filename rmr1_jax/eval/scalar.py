@@ -26,10 +26,10 @@ of pairs whose two verdicts name the same response).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
+from rmr1_jax import judging
 from rmr1_jax.eval.benchmarks import ComparisonTask
 from rmr1_jax.eval.results import ResultsWriter
 from rmr1_jax.eval.scoring import example_correct
@@ -53,7 +53,7 @@ class RunStats:
     written: int = 0  # judged in this run
     no_verdict: int = 0  # judgments in this run without a verdict (generative)
     both_orders: int = 0  # pairs judged in both orders in this run
-    consistent: int = 0  # of those, pairs whose two verdicts name the same response
+    consistent: int = 0  # of those, pairs whose two verdicts name the same response (judging.position_consistent)
 
     @property
     def position_consistency(self) -> float | None:
@@ -138,9 +138,9 @@ def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer
 
 
 def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
-    """The seeded coin flip for ``order="random"``: is ``response_1`` shown as A?"""
-    h = hashlib.sha256(f"ab:{seed}:{task.benchmark}:{task.item_id}:{task.pair_index}".encode()).digest()
-    return h[0] % 2 == 0
+    """The seeded coin flip for ``order="random"`` (:func:`rmr1_jax.judging.coin_at_a`): is
+    ``response_1`` shown as A?"""
+    return judging.coin_at_a(seed, task.benchmark, task.item_id, task.pair_index)
 
 
 def _verdict(x: Any) -> str | None:
@@ -177,9 +177,9 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
             flips = [first_shown_as_a(t, seed)] if order == "random" else [True, False]
             ws = []
             for first_a in flips:
-                a, b = (t.response_1, t.response_2) if first_a else (t.response_2, t.response_1)
+                a, b, first_at = judging.place(t.response_1, t.response_2, first_a)
                 inputs.append((t.prompt, a, b))
-                ws.append("A" if first_a == t.first_is_better else "B")
+                ws.append(first_at if t.first_is_better else judging.flip(first_at))
             winners.append(ws)
         outs = list(judge_fn(inputs))
         if len(outs) != len(inputs):
@@ -195,8 +195,7 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
             else:
                 row.update(verdict=vs, winner=ws)
                 stats.both_orders += 1
-                picks = [v == wn for v, wn in zip(vs, ws)]
-                stats.consistent += all(v is not None for v in vs) and picks[0] == picks[1]
+                stats.consistent += judging.position_consistent(vs, ws)
             texts = [_text(x) for x in got]
             if keep_text and all(isinstance(t, str) for t in texts):
                 row["judgment"] = texts[0] if len(texts) == 1 else texts

@@ -83,6 +83,7 @@ from rmr1_jax.eval.benchmarks import (
 )
 
 from rmr1_jax.eval.results import read_results, row_key
+from rmr1_jax.judging import position_consistent
 
 NO_VERDICT_RULES = {"zero": 0.0, "half": 0.5}
 NO_VERDICT_TEXT = {"zero": "no verdict counts 0 (RM-R1 rule)",
@@ -172,9 +173,7 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
             n_nv += sum(v is None for v in vs)
             if len(vs) == 2:
                 n_both += 1
-                ws = _as_list(r["winner"])
-                picks = [v == w for v, w in zip(vs, ws)]
-                n_consistent += all(v is not None for v in vs) and picks[0] == picks[1]
+                n_consistent += position_consistent(vs, _as_list(r["winner"]))
         else:
             kinds.add("imported")
     if model is None:

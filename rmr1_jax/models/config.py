@@ -12,7 +12,13 @@ import jax
 from rmr1_jax.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
-_ARCH_TO_TYPE = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}
+# What the model computes after the final norm: next-token logits [B, T, V] ("lm"), or scores
+# pooled at each row's last real token, [B, num_labels]: one for a reward model ("scalar"),
+# one per rule for the rule adapter ("multilabel"; transformers' ``score`` head either way).
+HEADS = ("lm", "scalar", "multilabel")
+_CAUSAL_LM_ARCH = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+_SEQ_CLS_ARCH = {"qwen2": "Qwen2ForSequenceClassification", "llama": "LlamaForSequenceClassification"}
+_ARCH_TO_TYPE = {arch: t for table in (_CAUSAL_LM_ARCH, _SEQ_CLS_ARCH) for t, arch in table.items()}
 # The one table of rematerialization policies: name -> what the backward pass may keep from
 # the forward pass of each layer (None: everything, no remat).
 REMAT_POLICIES = {
@@ -26,7 +32,8 @@ REMAT_POLICIES = {
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """One decoder family: Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen (``qwen2``) and
-    Llama 3.x (``llama``). Field names follow HF where HF has one."""
+    Llama 3.x (``llama``), with one of :data:`HEADS` (transformers' ``*ForCausalLM`` or
+    ``*ForSequenceClassification``). Field names follow HF where HF has one."""
 
     model_type: str = "qwen2"
     vocab_size: int = 1024
@@ -48,6 +55,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     pad_token_id: int | None = None
+    head: str = "lm"  # one of HEADS
+    num_labels: int = 1  # outputs of a classification head ("scalar": 1); unused by "lm"
     # execution choices (not part of the architecture)
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype: "bfloat16" for bf16 compute with f32 params
@@ -70,6 +79,13 @@ class ModelConfig:
             )
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
             raise CheckpointError("hidden_size must be divisible by num_attention_heads when head_dim is unset")
+        if self.head not in HEADS:
+            raise CheckpointError(f"head {self.head!r} is not one of {list(HEADS)}")
+        if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 1:
+            raise CheckpointError(f"num_labels={self.num_labels!r} must be a positive integer")
+        if self.head == "scalar" and self.num_labels != 1:
+            raise CheckpointError(f"head 'scalar' has one output, not num_labels={self.num_labels} "
+                                  f"(use head 'multilabel')")
 
     @property
     def dim_head(self) -> int:
@@ -80,6 +96,11 @@ class ModelConfig:
         """Llama's ``attention_bias`` also gives the output projection a bias (HF's
         ``LlamaAttention``); Qwen2's q/k/v biases do not extend to it."""
         return self.model_type == "llama" and self.attention_bias
+
+    @property
+    def is_classifier(self) -> bool:
+        """A ``score`` head pooled per sequence ("scalar" or "multilabel"), not an LM head."""
+        return self.head != "lm"
 
     @property
     def rope_scaling_dict(self) -> dict | None:
@@ -97,7 +118,11 @@ class ModelConfig:
             + (d if self.o_proj_bias else 0)
         mlp = 3 * d * f
         per_layer = attn + mlp + 2 * d
-        return v * d * (1 if self.tie_word_embeddings else 2) + l * per_layer + d
+        if self.is_classifier:
+            head = d * self.num_labels
+        else:
+            head = 0 if self.tie_word_embeddings else v * d
+        return v * d + head + l * per_layer + d
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, stored in checkpoint metadata."""
@@ -114,6 +139,8 @@ class ModelConfig:
         d = dict(d)
         if isinstance(d.get("rope_scaling"), dict):
             d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
+        elif isinstance(d.get("rope_scaling"), list):  # dataclasses.asdict's pairs, through JSON
+            d["rope_scaling"] = tuple(tuple(pair) for pair in d["rope_scaling"])
         if isinstance(d.get("eos_token_id"), list):
             d["eos_token_id"] = tuple(d["eos_token_id"])
         return cls(**d)
@@ -207,6 +234,7 @@ class ModelConfig:
         )
         if kw["mlp_bias"]:
             raise CheckpointError(f"{source}: mlp_bias=true is not supported")
+        kw["head"], kw["num_labels"] = _hf_head(hf, source)
         kw.update(overrides)
         try:
             return cls(**kw)
@@ -228,7 +256,7 @@ class ModelConfig:
 
     def to_hf_dict(self, torch_dtype: str = "bfloat16") -> dict[str, Any]:
         """config.json content that transformers (4.x and 5.x) loads."""
-        arch = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}[self.model_type]
+        arch = (_SEQ_CLS_ARCH if self.is_classifier else _CAUSAL_LM_ARCH)[self.model_type]
         out: dict[str, Any] = {
             "architectures": [arch],
             "model_type": self.model_type,
@@ -259,4 +287,26 @@ class ModelConfig:
             out["use_sliding_window"] = False
             out["sliding_window"] = None
             out["max_window_layers"] = self.num_hidden_layers
+        if self.is_classifier:
+            # transformers pools at the last token that is not pad_token_id (written above)
+            out["num_labels"] = self.num_labels
+            if self.head == "multilabel":  # sigmoid/BCE per label, also with a single label
+                out["problem_type"] = "multi_label_classification"
         return out
+
+
+def _hf_head(hf: dict[str, Any], source: str) -> tuple[str, int]:
+    """(head, num_labels) of an HF config: a ``*ForSequenceClassification`` architecture has a
+    ``score`` head of ``num_labels`` outputs (``len(id2label)`` when absent, as transformers 5
+    writes it; transformers' default 2 when neither is given)."""
+    archs = hf.get("architectures") or []
+    if not any(isinstance(a, str) and a.endswith("ForSequenceClassification") for a in archs):
+        return "lm", 1
+    n = hf.get("num_labels")
+    if n is None and isinstance(hf.get("id2label"), dict):
+        n = len(hf["id2label"])
+    n = 2 if n is None else n
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise CheckpointError(f"{source}: key 'num_labels' must be a positive integer, got {n!r}")
+    multi = n > 1 or hf.get("problem_type") == "multi_label_classification"
+    return ("multilabel" if multi else "scalar"), n

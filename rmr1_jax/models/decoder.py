@@ -1,11 +1,17 @@
 """The decoder LM: embeddings, a stack of :class:`DecoderLayer` (``nn.scan``-ed or unrolled),
-final norm and LM head, with an optional KV cache for prefill and decode.
+final norm and the head ``cfg.head`` names, with an optional KV cache for prefill and decode.
+
+Heads (parameters at the top of the tree): ``"lm"``, the LM head ``lm_head`` [D, V] (none when
+the embeddings are tied); ``"scalar"`` / ``"multilabel"``, a classification head ``score``
+[D, num_labels] (no bias, no ``lm_head``) read at each row's last real token, as transformers'
+``*ForSequenceClassification`` models do.
 
 Usage::
 
     logits = model.apply({"params": params}, input_ids, attention_mask=mask)          # [B, T, V]
     logits, cache = model.apply({"params": params}, ids, attention_mask=m,
                                 cache=cache, cache_index=i)                            # decoding
+    scores = rm.apply({"params": params}, input_ids, attention_mask=mask)             # [B, num_labels]
 """
 
 from __future__ import annotations
@@ -41,6 +47,14 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: str | None = N
 
 def _positions_from_mask(mask_bt):
     return jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def last_real_index(mask_bt):
+    """[B] index of each row's last real token (0 for a row without any). Taken from the mask,
+    not from token ids: correct for left and right padding, and when the pad id is also the
+    end-of-sequence id that ends every real sequence."""
+    t = mask_bt.shape[-1]
+    return jnp.max(jnp.where(mask_bt, jnp.arange(t)[None, :], 0), axis=-1)
 
 
 def _segment_positions(segment_ids_bt):
@@ -86,13 +100,19 @@ class DecoderLM(nn.Module):
             are written at slots [cache_index, cache_index + T). With ``cache_index=0`` (a
             Python int: a prefill) the tokens attend only over each other, never over the
             cache's other slots.
-          return_hidden: return the final-norm hidden states [B, T, D] instead of logits.
+          return_hidden: return the final-norm hidden states [B, T, D] instead of the head's output.
         Returns:
-          logits [B, T, V] float32 (or hidden states), and the new cache when one was given.
+          "lm" head: logits [B, T, V] float32, and the new cache when one was given.
+          "scalar" / "multilabel" head: scores [B, num_labels] float32, the ``score`` head at
+          each row's last real token (by ``attention_mask``, else ``segment_ids > 0``: a packed
+          row gives the score of its last segment). No cache.
+          With ``return_hidden``: the hidden states in place of either.
         """
         cfg = self.cfg
         dt = dtype_of(cfg.dtype)
         b, t = input_ids.shape
+        if cache is not None and cfg.is_classifier:
+            raise ValueError(f"a KV cache is for decoding; a {cfg.head!r} head scores whole sequences")
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
@@ -159,6 +179,11 @@ class DecoderLM(nn.Module):
         x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
         if return_hidden:
             out = x
+        elif cfg.is_classifier:
+            score = self.param("score", default_init, (cfg.hidden_size, cfg.num_labels), dtype_of(cfg.param_dtype))
+            # pooling before the head is transformers' score-every-position-then-pool, at 1/T the work
+            pooled_bd = jnp.take_along_axis(x, last_real_index(attention_mask)[:, None, None], axis=1)[:, 0]
+            out = matmul_f32("bd,dn->bn", pooled_bd, score.astype(dt))
         else:
             if cfg.tie_word_embeddings:
                 head = embedding.T

@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rmr1_jax.models.config import ModelConfig
-from rmr1_jax.parallel.sharding import DEFAULT_RULES, named_sharding
+from rmr1_jax.parallel.sharding import named_sharding
 
 # leaf name -> logical axes of the (unstacked) parameter
 PARAM_AXES: dict[str, tuple[str | None, ...]] = {
@@ -32,6 +32,8 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "score": ("embed", "classes"),
     "score_bias": ("classes",),
 }
+# top-level parameters that belong to the head, not the trunk (embeddings, layers, final norm)
+HEAD_PARAMS = ("lm_head", "score")
 
 
 def _path_keys(path) -> list[str]:
@@ -55,7 +57,7 @@ def param_logical_axes(params):
     return jax.tree_util.tree_map_with_path(lambda p, x: logical_axes_for(_path_keys(p), len(x.shape)), params)
 
 
-def param_shardings(params_or_shapes, mesh: Mesh, rules=DEFAULT_RULES):
+def param_shardings(params_or_shapes, mesh: Mesh, rules=None):
     return jax.tree_util.tree_map_with_path(
         lambda p, x: named_sharding(mesh, logical_axes_for(_path_keys(p), len(x.shape)), x.shape, rules),
         params_or_shapes,
@@ -69,7 +71,7 @@ def abstract_params(model, cfg: ModelConfig | None = None):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), shapes)
 
 
-def init_params(model, rng, mesh: Mesh | None = None, rules=DEFAULT_RULES):
+def init_params(model, rng, mesh: Mesh | None = None, rules=None):
     """Random parameters created directly in their shardings (never whole on one device)."""
     ids = jnp.zeros((1, 8), jnp.int32)
     init_fn = lambda r: model.init(r, ids)["params"]
@@ -77,6 +79,18 @@ def init_params(model, rng, mesh: Mesh | None = None, rules=DEFAULT_RULES):
         return jax.jit(init_fn)(rng)
     shardings = param_shardings(abstract_params(model), mesh, rules)
     return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+
+def init_head(model, rng, mesh: Mesh | None = None, rules=None) -> dict:
+    """The head entries of ``init_params(model, rng, mesh)``, bit for bit (``{"score": [D, N]}``,
+    ``{"lm_head": [D, V]}``, or ``{}`` for a tied LM head), for a head started fresh on a trunk
+    loaded from elsewhere. Nothing else is materialized: XLA drops the unused initializers."""
+    ids = jnp.zeros((1, 8), jnp.int32)
+    init_fn = lambda r: {k: v for k, v in model.init(r, ids)["params"].items() if k in HEAD_PARAMS}
+    if mesh is None:
+        return jax.jit(init_fn)(rng)
+    shapes = {k: v for k, v in abstract_params(model).items() if k in HEAD_PARAMS}
+    return jax.jit(init_fn, out_shardings=param_shardings(shapes, mesh, rules))(rng)
 
 
 def num_params(params) -> int:

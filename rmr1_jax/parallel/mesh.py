@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from rmr1_jax.errors import ConfigError
-from rmr1_jax.parallel.sharding import MESH_AXES
+from rmr1_jax.parallel.sharding import MESH_AXES, merge_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +27,16 @@ class MeshConfig:
     fsdp: int = 1
     tensor: int = 1
     dcn_data: int = 1
+    # overrides of the logical-axis table, {logical name: mesh axis, list of them, or null},
+    # e.g. {"embed": null, "mlp": ["fsdp", "tensor"]}; see rmr1_jax.parallel.sharding
+    rules: dict[str, Any] | None = None
+
+    def validate(self, where: str):
+        merge_rules(self.rules, f"{where}: mesh.rules")
+
+    def axis_rules(self):
+        """The logical-axis table of this mesh: the defaults with ``rules`` applied."""
+        return merge_rules(self.rules)
 
 
 def resolve_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:

@@ -3,7 +3,9 @@
 Parameters and activations are annotated with *logical* axis names (``embed``, ``mlp``,
 ``heads`` ...). :data:`DEFAULT_RULES` maps each name to zero, one or several mesh axes of the
 ``(data, fsdp, tensor)`` mesh. Changing the parallelism strategy is an edit of this table, never
-of the model.
+of the model. A recipe may override entries (``mesh.rules``, see :func:`merge_rules`); a job
+runs inside :func:`axis_rules` with its table, which every function here uses when it is not
+given one.
 
 A dimension whose size is not divisible by the mesh axes it maps to is replicated instead (for
 example 2 KV heads on a tensor axis of 4): the result is always a valid sharding.
@@ -18,6 +20,8 @@ from typing import Sequence
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rmr1_jax.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -48,6 +52,46 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 
 Rules = Sequence[tuple[str, "tuple[str, ...] | None"]]
 
+_RULES = threading.local()
+
+
+def current_rules() -> Rules:
+    """The table of the enclosing :func:`axis_rules` context, else :data:`DEFAULT_RULES`."""
+    return getattr(_RULES, "value", None) or DEFAULT_RULES
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Rules | None):
+    """Use ``rules`` (``None``: the default table) for every sharding decided inside."""
+    prev = getattr(_RULES, "value", None)
+    _RULES.value = tuple(rules) if rules is not None else None
+    try:
+        yield
+    finally:
+        _RULES.value = prev
+
+
+def merge_rules(overrides: dict | None, where: str = "mesh.rules") -> Rules:
+    """:data:`DEFAULT_RULES` with the entries of ``overrides`` (``{logical name: mesh axes}``,
+    an axis name, a list of them, or null for replicated) replaced. An unknown logical name or
+    mesh axis is a :class:`ConfigError` naming the key."""
+    if not overrides:
+        return DEFAULT_RULES
+    known = [k for k, _ in DEFAULT_RULES]
+    table = dict(DEFAULT_RULES)
+    for name, axes in overrides.items():
+        if name not in table:
+            raise ConfigError(f"{where}.{name}: unknown logical axis (known: {', '.join(known)})")
+        if axes is not None:
+            axes = [axes] if isinstance(axes, str) else axes
+            bad = [a for a in axes if a not in MESH_AXES] if isinstance(axes, (list, tuple)) else [axes]
+            if bad:
+                raise ConfigError(f"{where}.{name}: {bad[0]!r} is not a mesh axis ({', '.join(MESH_AXES)}) "
+                                  f"or a list of them")
+            axes = tuple(axes) or None
+        table[name] = axes
+    return tuple((k, table[k]) for k in known)
+
 
 def _lookup(rules: Rules, name: str | None):
     if name is None:
@@ -62,13 +106,14 @@ def logical_to_spec(
     logical_axes: Sequence[str | None],
     shape: Sequence[int] | None = None,
     mesh: Mesh | None = None,
-    rules: Rules = DEFAULT_RULES,
+    rules: Rules | None = None,
 ) -> PartitionSpec:
     """PartitionSpec for an array whose dimensions carry ``logical_axes``.
 
     When ``shape`` and ``mesh`` are given, mesh axes that do not divide a dimension, that have
     size 1, or that an earlier dimension already uses are dropped for that dimension.
     """
+    rules = rules or current_rules()
     used: set[str] = set()
     out = []
     for i, name in enumerate(logical_axes):
@@ -100,7 +145,7 @@ def logical_to_spec(
 
 
 def named_sharding(
-    mesh: Mesh, logical_axes: Sequence[str | None], shape: Sequence[int], rules: Rules = DEFAULT_RULES
+    mesh: Mesh, logical_axes: Sequence[str | None], shape: Sequence[int], rules: Rules | None = None
 ) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
 
@@ -113,10 +158,10 @@ _ACTIVE = threading.local()
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh | None, rules: Rules = DEFAULT_RULES):
+def activation_sharding(mesh: Mesh | None, rules: Rules | None = None):
     """Within this context (at trace time), model activations get sharding constraints."""
     prev = getattr(_ACTIVE, "value", None)
-    _ACTIVE.value = (mesh, rules) if mesh is not None else None
+    _ACTIVE.value = (mesh, rules or current_rules()) if mesh is not None else None
     try:
         yield
     finally:
@@ -133,7 +178,7 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, named_sharding(mesh, logical_axes, x.shape, rules))
 
 
-def tree_shardings(mesh: Mesh, logical_tree, shape_tree, rules: Rules = DEFAULT_RULES):
+def tree_shardings(mesh: Mesh, logical_tree, shape_tree, rules: Rules | None = None):
     """Map a pytree of logical-axis tuples and a matching pytree of shapes to NamedShardings."""
     return jax.tree.map(
         lambda names, s: named_sharding(mesh, names, s.shape, rules),

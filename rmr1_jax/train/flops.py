@@ -13,8 +13,11 @@ from rmr1_jax.models.config import ModelConfig
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """6 x (non-embedding-lookup) parameters + attention (12 x layers x heads x head_dim x
-    context), the usual accounting (forward + backward, no causal discount, no remat)."""
-    n = cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (0 if cfg.tie_word_embeddings else 1)
+    context), the usual accounting (forward + backward, no causal discount, no remat). Tied
+    embeddings of an LM head are also its output matmul; a classification head's own few
+    weights are counted at every token, a slight overcount."""
+    lookup_only = cfg.is_classifier or not cfg.tie_word_embeddings
+    n = cfg.num_params() - cfg.vocab_size * cfg.hidden_size * (1 if lookup_only else 0)
     attn = 12 * cfg.num_hidden_layers * cfg.num_attention_heads * cfg.dim_head * seq_len
     return 6.0 * n + attn
 

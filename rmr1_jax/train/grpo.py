@@ -17,15 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmr1_jax.config import CheckpointSpec, ModelSpec, load, to_dict, validate
 from rmr1_jax.errors import ConfigError
-from rmr1_jax.parallel.mesh import MeshConfig
+from rmr1_jax.schema import JobConfig, OptimSpec, TrainSpec
 from rmr1_jax.train import grpo_math
-from rmr1_jax.train.loop import TrainSpec
 from rmr1_jax.train.losses import response_logprobs
-from rmr1_jax.train.optim import OptimSpec
+from rmr1_jax.train.objective import Job, Plan, RecordSpec
 from rmr1_jax.train.rollouts import RolloutSource
-from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 
 
 @dataclasses.dataclass
@@ -102,17 +99,11 @@ class GRPOSpec:
 
 
 @dataclasses.dataclass
-class GRPOConfig:
-    model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    tokenizer: TokenizerSpec = dataclasses.field(default_factory=TokenizerSpec)
-    prompt: PromptSpec = dataclasses.field(default_factory=PromptSpec)
-    data: DataSpec = dataclasses.field(default_factory=DataSpec)
+class GRPOConfig(JobConfig):
+    # RM-R1's stage-2 optimizer: constant 1e-6, no warmup, no weight decay
     optim: OptimSpec = dataclasses.field(default_factory=lambda: OptimSpec(lr=1e-6, schedule="constant",
                                                                             warmup_ratio=0.0, weight_decay=0.0))
     grpo: GRPOSpec = dataclasses.field(default_factory=GRPOSpec)
-    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
-    checkpoint: CheckpointSpec = dataclasses.field(default_factory=CheckpointSpec)
     eval_max_new_tokens: int | None = None  # held-out judging budget (default: grpo.max_response_tokens)
 
     def validate(self, where: str):
@@ -162,96 +153,90 @@ def grpo_loss_fn(model, spec: GRPOSpec):
     return loss_fn
 
 
-def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
-    """Stage 2 end to end. Returns (model, params, TrainResult, tokenizer)."""
-    from rmr1_jax.paths import resolve_paths
+class GRPOObjective:
+    """Stage 2: rollouts of the current policy rewarded by the verdict rule, group advantages,
+    the clipped-ratio loss (plus a KL term when set); an update trains on
+    ``grpo.minibatch_prompts x grpo.n`` rollouts."""
 
-    cfg = resolve_paths(cfg)  # local paths relative to the current directory, made absolute once
-    validate(cfg, "GRPO config")
-    from rmr1_jax.checkpoint.convert import checkpoint_metadata
-    from rmr1_jax.data.pipeline import CheckpointableIterator
-    from rmr1_jax.sampling.sampler import Sampler
-    from rmr1_jax.train import setup
-    from rmr1_jax.train.flops import train_flops_per_token
-    from rmr1_jax.train.loop import init_state, train
-    from rmr1_jax.train.optim import make_optimizer
-    import grain
+    name = "grpo"
+    config_cls = GRPOConfig
 
-    spec = cfg.grpo
-    run_dir = cfg.train.run_dir
-    mesh, tokenizer, _, sources = setup.prepare_job(
-        cfg, "prompt", spec.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error", log,
-        both_orders=spec.both_orders)
-    model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
-    ref_params = reference_params(spec, params)
-    n_proc, p_idx = jax.process_count(), jax.process_index()
-    for name, v in (("grpo.prompts_per_step", spec.prompts_per_step), ("grpo.minibatch_prompts", spec.minibatch_prompts)):
-        per = 2 * n_proc if spec.both_orders else n_proc
-        if v % per:
-            raise ConfigError(f"{name}={v} must be divisible by {per} ({n_proc} processes"
-                              f"{', both A/B orders' if spec.both_orders else ''})")
-    n_prompts = len(sources["train"]) * (2 if spec.both_orders else 1)
-    rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
-    updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
-    total_steps = rollout_steps * updates
-    train_spec = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)  # derived, cfg untouched
-    ds = grain.MapDataset.source(sources["train"])
-    ds = ds[p_idx::n_proc] if n_proc > 1 else ds
-    prompts = CheckpointableIterator(ds.shuffle(seed=cfg.train.seed).repeat(None).to_iter_dataset())
-    eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
-    sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
-    # held-out judging uses the weights as trained, whatever the rollout dtype
-    eval_sampler = sampler if spec.rollout_dtype is None else Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id,
-                                                                        mesh=mesh)
-    source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer, prompts=prompts,
-                           spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
-                           per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=cfg.train.seed,
-                           row_multiple=_row_multiple(train_spec, mesh))
-    optimizer, schedule = make_optimizer(cfg.optim, total_steps)
-    state = init_state(params, optimizer)
-    log(f"GRPO: {rollout_steps} rollout steps x {updates} updates = {total_steps} optimizer steps; "
-        f"{spec.prompts_per_step} prompts x {spec.n} samples per rollout"
-        f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
-        f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
-        f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
-        f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}; "
-        f"update batch {train_spec.global_batch} rows (grpo.minibatch_prompts x grpo.n) in "
-        f"{train_spec.accum_steps()} micro-batches")
-    seq_len = spec.max_prompt_tokens + spec.max_response_tokens
+    def records(self, cfg: GRPOConfig) -> RecordSpec:
+        return RecordSpec("prompt", cfg.grpo.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error",
+                          both_orders=cfg.grpo.both_orders)
 
-    def eval_fn(p, step):
-        out = {}
-        if "eval" in sources:
+    def plan(self, job: Job) -> Plan:
+        from rmr1_jax.data.pipeline import CheckpointableIterator
+        from rmr1_jax.sampling.sampler import Sampler
+        import grain
+
+        cfg, spec, sources, model, mesh, tokenizer = job.cfg, job.cfg.grpo, job.sources, job.model, job.mesh, job.tokenizer
+        ref_params = reference_params(spec, job.params)
+        n_proc, p_idx = job.process_count, job.process_index
+        for name, v in (("grpo.prompts_per_step", spec.prompts_per_step),
+                        ("grpo.minibatch_prompts", spec.minibatch_prompts)):
+            per = 2 * n_proc if spec.both_orders else n_proc
+            if v % per:
+                raise ConfigError(f"{name}={v} must be divisible by {per} ({n_proc} processes"
+                                  f"{', both A/B orders' if spec.both_orders else ''})")
+        n_prompts = len(sources["train"]) * (2 if spec.both_orders else 1)
+        rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
+        updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
+        train = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)  # derived, cfg untouched
+        ds = grain.MapDataset.source(sources["train"])
+        ds = ds[p_idx::n_proc] if n_proc > 1 else ds
+        prompts = CheckpointableIterator(ds.shuffle(seed=train.seed).repeat(None).to_iter_dataset())
+        eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
+        sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
+        source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer,
+                               prompts=prompts, spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
+                               per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=train.seed,
+                               row_multiple=_row_multiple(train, mesh))
+        # held-out judging uses the weights as trained, whatever the rollout dtype
+        eval_sampler = sampler if spec.rollout_dtype is None else Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id,
+                                                                            mesh=mesh)
+
+        def evaluate(p, step):
             from rmr1_jax.judging import judge_prompts, verdict_accuracy
 
+            del step
             src = sources["eval"]
-            n = len(src) if cfg.train.eval_limit is None else min(cfg.train.eval_limit, len(src))
+            n = len(src) if train.eval_limit is None else min(train.eval_limit, len(src))
             recs = [src[i] for i in range(n)]
             js = judge_prompts(eval_sampler, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
-                               batch_size=spec.rollout_batch, max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
-            out.update(verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
-                                             for r in recs]))
-        if eval_hook is not None:
-            out.update(eval_hook(model, p, step))
-        return out
+                               batch_size=spec.rollout_batch,
+                               max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
+            return verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
+                                         for r in recs])
 
-    ckpt = setup.checkpoint_manager(cfg.checkpoint, run_dir)
-    save_every = cfg.checkpoint.save_every
-    if save_every % updates:
-        # periodic saves at rollout boundaries (a save inside a rollout, on SIGTERM, also keeps
-        # the rollout's remaining mini-batches)
-        save_every = max(updates, save_every // updates * updates)
-    try:
-        state, result = train(
-            state=state, loss_fn=grpo_loss_fn(model, spec), optimizer=optimizer, schedule=schedule, mesh=mesh,
-            batches=source, total_steps=total_steps, spec=train_spec, ckpt=ckpt,
-            tokens_per_step_fn=lambda b: float(np.sum(b["attention_mask"])),
-            flops_per_token=train_flops_per_token(model.cfg, seq_len),
-            eval_fn=eval_fn if ("eval" in sources or eval_hook) else None,
-            config_dict=to_dict(cfg), metadata=checkpoint_metadata(model.cfg), save_every=save_every, log=log)
-    finally:
-        ckpt.close()
-    return model, state["params"], result, tokenizer
+        save_every = cfg.checkpoint.save_every
+        if save_every % updates:
+            # periodic saves at rollout boundaries (a save inside a rollout, on SIGTERM, also keeps
+            # the rollout's remaining mini-batches)
+            save_every = max(updates, save_every // updates * updates)
+        summary = (
+            f"GRPO: {spec.prompts_per_step} prompts x {spec.n} samples per rollout"
+            f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
+            f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
+            f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
+            f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}")
+        return Plan(loss_fn=grpo_loss_fn(model, spec), batches=source, total_steps=rollout_steps * updates,
+                    train=train, seq_len=spec.max_prompt_tokens + spec.max_response_tokens,
+                    tokens_per_step=lambda b: float(np.sum(b["attention_mask"])),
+                    evaluate=evaluate if "eval" in sources else None,
+                    save_every=save_every, summary=summary,
+                    sizes={"rows per step": f"{train.global_batch} (grpo.minibatch_prompts x grpo.n)",
+                           "rollout steps": rollout_steps, "updates per rollout": updates})
+
+
+OBJECTIVE = GRPOObjective()
+
+
+def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
+    """Stage 2 end to end: ``run(cfg, "grpo")``. Returns (model, params, TrainResult, tokenizer)."""
+    from rmr1_jax.train.runner import run
+
+    return run(cfg, OBJECTIVE, log=log, eval_hook=eval_hook)
 
 
 def reference_params(spec: GRPOSpec, params):
@@ -268,4 +253,6 @@ def _row_multiple(train_spec: TrainSpec, mesh) -> int:
 
 
 def load_grpo_config(path: str | None, overrides: list[str] | None = None) -> GRPOConfig:
+    from rmr1_jax.config import load
+
     return load(GRPOConfig, path, overrides)

@@ -26,54 +26,16 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rmr1_jax.errors import ConfigError, UserError
+from rmr1_jax.errors import UserError
 from rmr1_jax.parallel.hostlocal import to_global
 from rmr1_jax.parallel.sharding import activation_sharding
-from rmr1_jax.paths import path_field
+from rmr1_jax.schema import TrainSpec
 from rmr1_jax.train.metrics import MetricsLogger
+from rmr1_jax.train.objective import BatchSource, LossFn
 
 
 class TrainingDiverged(UserError):
     """Loss or gradient became NaN/inf; the last good checkpoint is kept."""
-
-
-DEFAULT_GLOBAL_BATCH = 128
-
-
-@dataclasses.dataclass
-class TrainSpec:
-    run_dir: str = path_field("runs/default")
-    # rows per optimizer step (packed rows when packing); None: DEFAULT_GLOBAL_BATCH for
-    # distillation, derived from the objective where it fixes it (GRPO: minibatch_prompts x n)
-    global_batch: int | None = None
-    micro_batch: int | None = None  # rows per accumulation step; None = global_batch
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0  # 0 = only at the end
-    eval_limit: int | None = None  # held-out records per evaluation (None = all)
-    progress: bool = True
-    peak_flops: float | None = None  # MFU denominator for the whole mesh; None = measured at start
-
-    def accum_steps(self) -> int:
-        """Micro-batches accumulated per optimizer step."""
-        rows = self.global_batch or DEFAULT_GLOBAL_BATCH
-        return rows // (self.micro_batch or rows)
-
-    def validate(self, where: str):
-        if self.global_batch is not None and self.global_batch <= 0:
-            raise ConfigError(f"{where}: train.global_batch must be positive")
-        if self.global_batch is not None:
-            self.check_micro_batch(where, self.global_batch)
-
-    def check_micro_batch(self, where: str, rows: int, what: str = "train.global_batch"):
-        mb = self.micro_batch or rows
-        if mb <= 0 or rows % mb:
-            raise ConfigError(f"{where}: train.micro_batch={self.micro_batch} must divide {what}={rows}")
-
-
-LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule, accum: int,
@@ -173,17 +135,17 @@ class _StopFlag:
         return bool(jax.device_get(flags).max())
 
 
-def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, total_steps: int,
+def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: BatchSource, total_steps: int,
           spec: TrainSpec, ckpt, tokens_per_step_fn: Callable[[dict], float] | None = None,
           flops_per_token: float | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
           config_dict: dict | None = None, metadata: dict | None = None, save_every: int = 0,
           log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
     """Run (or resume) training to ``total_steps``. ``ckpt`` is a CheckpointManager or None;
-    ``batches`` a CheckpointableIterator of host-local numpy batches.
+    ``batches`` a :class:`~rmr1_jax.train.objective.BatchSource` of host-local numpy batches.
 
-    A batch source may hold arrays between steps (GRPO's mini-batches of a rollout not yet
-    trained on): its ``arrays()`` (host-local numpy rows) are saved with each checkpoint and
-    handed back to ``restore_arrays`` on resume, so a save inside a rollout loses nothing."""
+    A source that holds arrays between steps (GRPO's mini-batches of a rollout not yet trained
+    on) has them saved with each checkpoint and handed back on resume, so a save inside a
+    rollout loses nothing."""
     from rmr1_jax.checkpoint.manager import abstract_like
     from rmr1_jax.parallel.hostlocal import batch_sharding, fetch, process_rows
 
@@ -197,10 +159,10 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
         start = restored.step
         if restored.extra and "data" in restored.extra:
             batches.restore(restored.extra["data"])
-        if hasattr(batches, "restore_arrays"):
+        if batches.holds_arrays:
             held = ckpt.restore_source(start, lambda shape: batch_sharding(mesh, shape))
             own = lambda x: fetch(x)[process_rows(x)]  # this process's rows of each global array
-            batches.restore_arrays(jax.tree.map(own, held) if held is not None else {})
+            batches.restore_held(jax.tree.map(own, held) if held is not None else {})
         log(f"resumed from {ckpt.directory} at step {start}")
     logger = MetricsLogger(spec.run_dir)
     base_rng = jax.random.key(spec.seed)
@@ -212,7 +174,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
 
     def save(step, force=False):
         """Save ``step``, with the batch source's held arrays (as global arrays) when it has any."""
-        held = batches.arrays() if hasattr(batches, "arrays") else None
+        held = batches.held_arrays()
         ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
                   source={k: to_global(v, mesh) for k, v in held.items()} if held else None, force=force)
 
@@ -227,8 +189,8 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
     try:
         while step < total_steps:
             try:
-                # Sources that generate data with the current policy (GRPO rollouts) see it.
-                local = batches.next_for(state["params"]) if hasattr(batches, "next_for") else next(batches)
+                # sources that generate data with the current policy (GRPO rollouts) see it
+                local = batches.next_batch(state["params"])
             except StopIteration:
                 log(f"data exhausted at step {step}")
                 break
@@ -249,8 +211,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches, t
                 if flops_per_token and peak:
                     m["mfu"] = tokens * flops_per_token / dt / peak
             m["step_time_s"] = dt
-            if hasattr(batches, "pop_metrics"):
-                m.update(batches.pop_metrics())
+            m.update(batches.pop_metrics())
             metrics = m
             if step % spec.log_every == 0 or step == total_steps or step == start + 1:
                 logger.write(step, m, "train")

@@ -2,34 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Literal
-
 import optax
 
-from rmr1_jax.errors import ConfigError
-
-
-@dataclasses.dataclass
-class OptimSpec:
-    lr: float = 5e-6
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    min_lr_ratio: float = 0.1  # cosine/linear decay ends at lr * min_lr_ratio
-    warmup_ratio: float = 0.03  # of the total steps (ignored when warmup_steps is set)
-    warmup_steps: int | None = None
-    b1: float = 0.9
-    b2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # global-norm clip; 0 disables
-
-    def validate(self, where: str):
-        if self.lr <= 0:
-            raise ConfigError(f"{where}: optim.lr must be positive")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"{where}: optim.min_lr_ratio must be in [0, 1]")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"{where}: optim.warmup_ratio must be in [0, 1)")
+from rmr1_jax.schema import OptimSpec
 
 
 def make_schedule(spec: OptimSpec, total_steps: int) -> optax.Schedule:

@@ -21,8 +21,11 @@ from rmr1_jax.train.losses import response_logprobs
 
 
 class RolloutSource:
-    """Feeds the training loop: when its queue is empty it runs a rollout step with the current
-    params and splits the result into ``updates`` mini-batches (times ``ppo_epochs``)."""
+    """Feeds the training loop (a :class:`~rmr1_jax.train.objective.BatchSource`): when its
+    queue is empty it runs a rollout step with the current params and splits the result into
+    ``updates`` mini-batches (times ``ppo_epochs``)."""
+
+    holds_arrays = True  # the queued mini-batches of the current rollout
 
     def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec, mesh, per_host_prompts: int,
                  per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1):
@@ -52,12 +55,12 @@ class RolloutSource:
         self._queued = state.get("queued", 0)
         self.queue = []
 
-    def arrays(self) -> dict:
+    def held_arrays(self) -> dict:
         """The mini-batches of the current rollout not trained on yet (saved with a checkpoint
         taken inside a rollout, so that the resumed run trains on exactly them)."""
         return {f"batch_{i:04d}": b for i, b in enumerate(self.queue)}
 
-    def restore_arrays(self, arrays: dict) -> None:
+    def restore_held(self, arrays: dict) -> None:
         self.queue = [dict(arrays[k]) for k in sorted(arrays)]
         if len(self.queue) != self._queued:
             from rmr1_jax.errors import CheckpointError
@@ -69,7 +72,7 @@ class RolloutSource:
         m, self._metrics = self._metrics, {}
         return m
 
-    def next_for(self, params):
+    def next_batch(self, params) -> dict:
         if not self.queue:
             self._rollout(params)
         return self.queue.pop(0)
@@ -91,6 +94,8 @@ class RolloutSource:
         return np.concatenate(out)
 
     def _rollout(self, params):
+        from rmr1_jax.judging import flip, prompts_open_thinking
+
         spec = self.spec
         t0 = time.perf_counter()
         prompt_ids, winners = [], []
@@ -101,9 +106,9 @@ class RolloutSource:
             winners.append(w)
             if spec.both_orders:
                 prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
-                winners.append("B" if w == "A" else "A")
+                winners.append(flip(w))
         from rmr1_jax.sampling.sampler import SamplingParams, left_pad
-        from rmr1_jax.text.verdict import judgment_reward, prompt_opens_thinking
+        from rmr1_jax.text.verdict import judgment_reward
 
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
@@ -125,7 +130,7 @@ class RolloutSource:
         t_gen = time.perf_counter() - t0
         # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
         # output inside it: without "</think>" the whole output is thinking, no verdict
-        opened = [prompt_opens_thinking(self.tokenizer.decode(p)) for p in prompt_ids]
+        opened = prompts_open_thinking(self.tokenizer, prompt_ids)
         rewards = np.array([judgment_reward(texts[j], winners[j // spec.n], opened[j // spec.n]) if finished[j]
                             else -1.0 for j in range(len(texts))], np.float32)
         rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)

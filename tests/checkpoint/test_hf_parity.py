@@ -368,7 +368,7 @@ def test_llama_attention_bias_including_o_proj(tmp_path):
 
 def test_attention_impl_is_kept_when_loading_an_hf_directory(hf):
     """``model.attention_impl`` reaches the model built from ``model.hf_dir``."""
-    from rmr1_jax.config import ModelSpec
+    from rmr1_jax.schema import ModelSpec
     from rmr1_jax.train.setup import build_model
 
     _, dirs = hf["llama3-gqa"]

@@ -100,7 +100,7 @@ def test_sigterm_inside_a_rollout_resumes_bit_identical(setup):
 
 def load_params_at_start(root, tok_dir):
     """The initial parameters (same preset, seed and tokenizer) to check the run moved them."""
-    from rmr1_jax.config import ModelSpec
+    from rmr1_jax.schema import ModelSpec
     from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
     from rmr1_jax.text.tokenizer import load_tokenizer
     from rmr1_jax.train.setup import build_model

@@ -22,7 +22,7 @@ import os
 
 import pytest
 
-from rmr1_jax.config import CheckpointSpec, ModelSpec
+from rmr1_jax.schema import CheckpointSpec, DataSpec, ModelSpec, OptimSpec, PromptSpec, TokenizerSpec, TrainSpec
 from rmr1_jax.data import synthetic
 from rmr1_jax.demo import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
 from rmr1_jax.judging import judge_pairs
@@ -31,9 +31,6 @@ from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 from rmr1_jax.text.prompts import build_judge_messages
 from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, run_grpo
-from rmr1_jax.train.loop import TrainSpec
-from rmr1_jax.train.optim import OptimSpec
-from rmr1_jax.train.setup import DataSpec, PromptSpec, TokenizerSpec
 from rmr1_jax.train.sft import DistillConfig, run_distill
 
 KIND = ("caps_word",)

@@ -1,0 +1,154 @@
+"""What a training objective gives the one runner, and what the runner gives it.
+
+An objective (distillation, GRPO, and the ones to come) is a small object with a name, a
+config class, the kind of records it trains on, and a ``plan(job)`` that returns its loss,
+its batch source, its step count, its evaluation and its derived sizes. The runner
+(:func:`rmr1_jax.train.runner.run`) does everything else: run directory, mesh, tokenizer,
+records, model, optimizer, state, checkpoints, metrics, preemption.
+
+Adding an objective::
+
+    class MyObjective:
+        name = "my-objective"
+        config_cls = MyConfig                    # a JobConfig subclass with its own section
+
+        def records(self, cfg) -> RecordSpec: ...
+        def plan(self, job: Job) -> Plan: ...
+
+    rmr1_jax.train.runner.register_objective(MyObjective())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Protocol
+
+import jax
+
+from rmr1_jax.schema import JobConfig, TrainSpec
+
+# loss_fn(params, batch, rng) -> (loss_sum, (count, {name: (sum, count)})): sums and counts,
+# never means, so accumulation over micro-batches and devices is exact.
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, tuple[jax.Array, dict]]]
+
+
+class BatchSource(Protocol):
+    """Where the loop draws its batches from.
+
+    ``next_batch(params)`` returns the next host-local batch (numpy rows), or raises
+    StopIteration when the data is exhausted; it sees the current parameters, for sources
+    that generate data with the policy (GRPO rollouts). ``state``/``restore`` save and restore
+    the position (a small JSON-able dict, saved with every checkpoint). A source that holds
+    arrays between steps (mini-batches of a rollout not trained on yet) sets ``holds_arrays``:
+    ``held_arrays()`` are then saved with each checkpoint and handed back to ``restore_held``
+    on resume. ``pop_metrics()`` returns (and forgets) the metrics gathered since the last call.
+    """
+
+    holds_arrays: bool
+
+    def next_batch(self, params) -> dict: ...
+
+    def state(self) -> dict: ...
+
+    def restore(self, state: dict) -> None: ...
+
+    def held_arrays(self) -> dict: ...
+
+    def restore_held(self, arrays: dict) -> None: ...
+
+    def pop_metrics(self) -> dict: ...
+
+
+class IteratorSource:
+    """A :class:`BatchSource` over a checkpointable iterator of batches that do not depend on
+    the parameters (:class:`~rmr1_jax.data.pipeline.CheckpointableIterator`)."""
+
+    holds_arrays = False
+
+    def __init__(self, iterator):
+        self.iterator = iterator
+
+    def next_batch(self, params) -> dict:
+        del params
+        return next(self.iterator)
+
+    def state(self) -> dict:
+        return self.iterator.state()
+
+    def restore(self, state: dict) -> None:
+        self.iterator.restore(state)
+
+    def held_arrays(self) -> dict:
+        return {}
+
+    def restore_held(self, arrays: dict) -> None:
+        del arrays
+
+    def pop_metrics(self) -> dict:
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordSpec:
+    """The tokenized records an objective trains on: ``kind`` as in
+    :class:`rmr1_jax.data.records.RecordOptions` ("sft": prompt + target with a loss mask,
+    "prompt": the judge prompt alone), the token limit and what to do with longer records."""
+
+    kind: str
+    max_length: int
+    overlong: str
+    both_orders: bool = False
+
+
+@dataclasses.dataclass
+class Job:
+    """What the runner has built when it asks the objective for its plan."""
+
+    cfg: JobConfig
+    mesh: Any
+    tokenizer: Any
+    template: Any
+    sources: dict  # "train" (and "eval" when data.eval is set): random-access record sources
+    model: Any
+    params: Any
+    log: Callable[[str], None] = print
+
+    @property
+    def process_count(self) -> int:
+        return jax.process_count()
+
+    @property
+    def process_index(self) -> int:
+        return jax.process_index()
+
+
+@dataclasses.dataclass
+class Plan:
+    """An objective's part of a run.
+
+    ``train`` is the config's train section with the sizes the objective derives filled in
+    (``global_batch``); the runner prints it and never writes it back into the config.
+    ``seq_len`` is the tokens per row the FLOPs estimate assumes; ``tokens_per_step(batch)``
+    counts the real tokens of a host-local batch. ``evaluate(params, step)`` returns held-out
+    metrics (``None``: no held-out set). ``sizes`` are the derived sizes printed at start.
+    """
+
+    loss_fn: LossFn
+    batches: BatchSource
+    total_steps: int
+    train: TrainSpec
+    seq_len: int
+    tokens_per_step: Callable[[dict], float]
+    evaluate: Callable[[Any, int], dict] | None = None
+    save_every: int | None = None  # None: checkpoint.save_every
+    sizes: dict = dataclasses.field(default_factory=dict)
+    summary: str = ""
+
+
+class Objective(Protocol):
+    name: str
+    config_cls: type
+
+    def records(self, cfg) -> RecordSpec: ...
+
+    def plan(self, job: Job) -> Plan: ...
