@@ -42,7 +42,7 @@ LLAMA3_SCALING = {
 }
 
 
-def _randomize(model: torch.nn.Module, seed: int) -> None:
+def randomize(model: torch.nn.Module, seed: int) -> None:
     """Make biases and norm weights non-trivial (HF initializes them to 0 and 1)."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -107,7 +107,7 @@ def _build(config, seed: int):
     torch.manual_seed(seed)
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _randomize(model, seed)
+    randomize(model, seed)
     return model
 
 

@@ -44,13 +44,7 @@ def make_classifier(path, kind: str, *, num_labels: int = 1, pad_token_id: int =
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = transformers.AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif name.endswith("norm.weight"):
-                p.copy_(1.0 + torch.randn(p.shape, generator=g) * 0.1)
+    hf_models.randomize(model, seed)
     model.eval()
     model.save_pretrained(path)
     assert os.path.isfile(os.path.join(path, "model.safetensors"))
