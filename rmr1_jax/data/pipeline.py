@@ -3,7 +3,8 @@ batching, and an iterator whose state goes into checkpoints.
 
 Batches are host-local numpy dicts of [per_host_batch, max_length] arrays:
 ``input_ids``, ``segment_ids`` (0 = padding, 1.. = packed sequence), ``positions`` and
-``loss_mask`` (1 on tokens to learn).
+``loss_mask`` (1 on tokens to learn). Preference-pair batches (:func:`pair_dataset`) hold one
+pair per row: ``chosen_ids``, ``chosen_mask``, ``rejected_ids``, ``rejected_mask``, right-padded.
 """
 
 from __future__ import annotations
@@ -80,6 +81,42 @@ def eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, limit
         while len(rows) < batch_size:
             rows.append({"input_ids": np.full(max_length, pad_id, np.int32),
                          **{k: np.zeros(max_length, np.int32) for k in ("segment_ids", "positions", "loss_mask")}})
+        yield _stack(rows)
+
+
+def _to_pair_example(rec: dict[str, Any], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    out = {}
+    for side in ("chosen", "rejected"):
+        ids = np.asarray(rec[f"{side}_ids"], np.int32)[:max_length]
+        row = np.full(max_length, pad_id, np.int32)
+        row[: len(ids)] = ids
+        mask = np.zeros(max_length, np.int32)
+        mask[: len(ids)] = 1
+        out[f"{side}_ids"], out[f"{side}_mask"] = row, mask
+    return out
+
+
+def pair_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id: int, epochs: int | None = None,
+                 shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+    """An endless (``epochs=None``) or finite grain IterDataset of preference-pair batches:
+    ``batch_size`` pairs per host, each side right-padded to ``max_length``."""
+    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(epochs).map(lambda r: _to_pair_example(r, max_length, pad_id))
+    return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+
+
+def pair_eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, limit: int | None = None,
+                      process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Every pair once, in order; the last batch is filled with all-padding pairs (masks 0),
+    which the reward-model loss does not count."""
+    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    empty = {"chosen_ids": np.zeros(0, np.int32), "rejected_ids": np.zeros(0, np.int32)}
+    for i in range(0, n, batch_size):
+        rows = [_to_pair_example(ds[j], max_length, pad_id) for j in range(i, min(i + batch_size, n))]
+        rows += [_to_pair_example(empty, max_length, pad_id)] * (batch_size - len(rows))
         yield _stack(rows)
 
 

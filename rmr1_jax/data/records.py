@@ -25,21 +25,38 @@ from rmr1_jax.data.readers import ReadStats, atomic_write_text, iter_rows
 from rmr1_jax.data.schemas import JudgeExample, parse_judge_record, parse_pair
 from rmr1_jax.errors import DataError
 
-Kind = Literal["sft", "prompt"]
+# "sft": a judge conversation and its reply to learn (loss mask); "prompt": the judge prompt
+# alone (generation); "pair": the two conversations of a preference pair, each rendered whole
+# (a reward model scores them)
+Kind = Literal["sft", "prompt", "pair"]
 
-_TFDS_BUILDER = None
+_TFDS_BUILDERS: dict = {}
 
 
-def _builder_cls():
-    """The TFDS builder class, defined lazily so importing this module stays cheap."""
-    global _TFDS_BUILDER
-    if _TFDS_BUILDER is not None:
-        return _TFDS_BUILDER
+def _builder_cls(kind: str = "sft"):
+    """The TFDS builder class of ``kind``'s records (judge records for "sft" and "prompt",
+    pair records for "pair"), defined lazily so importing this module stays cheap."""
+    family = "pair" if kind == "pair" else "judge"
+    if family in _TFDS_BUILDERS:
+        return _TFDS_BUILDERS[family]
     import tensorflow_datasets as tfds
 
-    class Rmr1Records(tfds.core.GeneratorBasedBuilder):
-        """Tokenized judge records of one build (see module docstring)."""
+    ids = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)  # noqa: E731
+    if family == "pair":
+        features = {"id": tfds.features.Text(), "chosen_ids": ids(), "rejected_ids": ids()}
+    else:
+        features = {
+            "id": tfds.features.Text(),
+            "input_ids": ids(),
+            # prompt records built with both_orders: the same pair with A and B swapped (its
+            # right verdict is the other letter); empty otherwise
+            "input_ids_swapped": ids(),
+            "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
+            "winner": tfds.features.Text(),
+            "prompt_len": tfds.features.Scalar(dtype=np.int32),
+        }
 
+    class _Records(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         VERSION = tfds.core.Version("1.0.0")
 
         def __init__(self, *, split_examples: dict[str, Callable[[], Iterator]] | None = None, **kwargs):
@@ -47,19 +64,7 @@ def _builder_cls():
             super().__init__(**kwargs)
 
         def _info(self):
-            return tfds.core.DatasetInfo(
-                builder=self,
-                features=tfds.features.FeaturesDict({
-                    "id": tfds.features.Text(),
-                    "input_ids": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                    # prompt records built with both_orders: the same pair with A and B swapped
-                    # (its right verdict is the other letter); empty otherwise
-                    "input_ids_swapped": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-                    "loss_mask": tfds.features.Tensor(shape=(None,), dtype=np.uint8),
-                    "winner": tfds.features.Text(),
-                    "prompt_len": tfds.features.Scalar(dtype=np.int32),
-                }),
-            )
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
         def _split_generators(self, dl_manager):
             return {name: fn() for name, fn in self._split_examples.items()}
@@ -67,8 +72,11 @@ def _builder_cls():
         def _generate_examples(self):  # pragma: no cover - splits come from _split_generators
             raise NotImplementedError
 
-    _TFDS_BUILDER = Rmr1Records
-    return Rmr1Records
+    # the dataset name (and so the directory under data_dir) comes from the class name
+    cls = type("Rmr1PairRecords" if family == "pair" else "Rmr1Records", (_Records,),
+               {"__doc__": f"Tokenized {family} records of one build (see the module docstring)."})
+    _TFDS_BUILDERS[family] = cls
+    return cls
 
 
 @dataclasses.dataclass
@@ -172,7 +180,52 @@ def tokenizer_fingerprint(tokenizer) -> str:
                                       tokenizer.chat_template]).encode()).hexdigest()[:16]
 
 
+@dataclasses.dataclass
+class _Record:
+    id: str
+    fields: dict
+    length: int  # tokens, checked against max_length
+    truncate: Callable[[int], "_Record"] | None = None  # None: cannot be cut to a length
+
+
+def _judge_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
+    ex = to_judge_example(row, fid, index, opts.position_seed, template)
+    ids, mask, prompt_len = tokenize_example(ex, tokenizer, opts.kind)
+    swapped = _swapped_prompt(row, fid, index, opts, tokenizer, template)
+
+    def make(ids, mask):
+        fields = {"id": ex.id, "input_ids": ids, "loss_mask": mask, "input_ids_swapped": swapped,
+                  "winner": ex.winner or "", "prompt_len": np.int32(prompt_len)}
+        return _Record(ex.id, fields, max(len(ids), len(swapped)))
+
+    rec = make(ids, mask)
+    if opts.kind == "sft" and prompt_len < opts.max_length:  # the reply can be cut, never the prompt
+        rec.truncate = lambda n: make(ids[:n], mask[:n])
+    return rec
+
+
+def pair_token_ids(tokenizer, prompt: list[dict], reply: list[dict]) -> np.ndarray:
+    """The token ids a reward model scores: the whole conversation (prompt, then the reply)
+    through the chat template, without a generation prompt."""
+    return np.asarray(tokenizer.encode(tokenizer.apply_chat_template(prompt + reply)), np.int32)
+
+
+def _pair_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
+    del index, template
+    pair = parse_pair(row, fid)
+    chosen, rejected = (pair_token_ids(tokenizer, pair.prompt, r) for r in (pair.chosen, pair.rejected))
+
+    def make(c, r):
+        return _Record(pair.id, {"id": pair.id, "chosen_ids": c, "rejected_ids": r}, max(len(c), len(r)))
+
+    rec = make(chosen, rejected)
+    # the score is read at the last token: truncation keeps the end of each conversation
+    rec.truncate = lambda n: make(chosen[-n:], rejected[-n:])
+    return rec
+
+
 def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats: BuildStats):
+    convert = _pair_record if opts.kind == "pair" else _judge_record
     index = 0
     for path in paths:
         for lineno, row in iter_rows(path):
@@ -180,11 +233,7 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
             try:
                 if isinstance(row, Exception):
                     raise row
-                ex = to_judge_example(row, f"{os.path.basename(path)}:{lineno}", index, opts.position_seed,
-                                      template)
-                ids, mask, prompt_len = tokenize_example(ex, tokenizer, opts.kind)
-                swapped = _swapped_prompt(row, f"{os.path.basename(path)}:{lineno}", index, opts, tokenizer,
-                                          template)
+                rec = convert(row, f"{os.path.basename(path)}:{lineno}", index, tokenizer, template, opts)
             except DataError as e:
                 if opts.on_error == "raise":
                     raise DataError(f"{where}: {e}") from None
@@ -192,19 +241,18 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
                 continue
             index += 1
             stats.read.read += 1
-            if max(len(ids), len(swapped)) > opts.max_length:
+            if rec.length > opts.max_length:
                 if opts.overlong == "error":
-                    raise DataError(f"{where}: record is {max(len(ids), len(swapped))} tokens, longer than "
+                    raise DataError(f"{where}: record is {rec.length} tokens, longer than "
                                     f"data.max_length={opts.max_length} (set data.overlong=skip or truncate)")
-                if opts.overlong == "skip" or opts.kind == "prompt" or prompt_len >= opts.max_length:
+                if opts.overlong == "skip" or rec.truncate is None:
                     stats.overlong_skipped += 1
                     continue
-                ids, mask = ids[: opts.max_length], mask[: opts.max_length]
+                rec = rec.truncate(opts.max_length)
                 stats.truncated += 1
-            stats.max_tokens = max(stats.max_tokens, int(len(ids)))
+            stats.max_tokens = max(stats.max_tokens, rec.length)
             stats.written += 1
-            yield f"{ex.id}#{index}", {"id": ex.id, "input_ids": ids, "loss_mask": mask, "input_ids_swapped": swapped,
-                                       "winner": ex.winner or "", "prompt_len": np.int32(prompt_len)}
+            yield f"{rec.id}#{index}", rec.fields
 
 
 def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, template=None,
@@ -224,7 +272,7 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
     key = fingerprint(files, tokenizer, template, opts)
     data_dir = os.path.join(cache_dir, f"records-{opts.kind}-{key}")
     stats_path = os.path.join(data_dir, "build_stats.json")
-    cls = _builder_cls()
+    cls = _builder_cls(opts.kind)
     if jax.process_index() == 0 and not os.path.isfile(stats_path):
         stats = {split: BuildStats() for split in files}
 

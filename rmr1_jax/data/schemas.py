@@ -86,6 +86,11 @@ def _record_id(row: dict, fallback: str) -> str:
 
 
 def parse_pair(row: dict, fallback_id: str) -> PreferencePair:
+    """``{prompt, chosen, rejected}`` (strings or message lists), or the Skywork / HH layout
+    without ``prompt``: ``chosen`` and ``rejected`` are whole conversations that share the
+    turns up to the last user message, which become the prompt."""
+    if "prompt" not in row and isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        row = _split_conversations(row)
     for key in ("prompt", "chosen", "rejected"):
         if key not in row:
             raise DataError(f"missing field {key!r}")
@@ -102,6 +107,22 @@ def parse_pair(row: dict, fallback_id: str) -> PreferencePair:
         rejected=_messages(row["rejected"], "rejected", "assistant"),
         task_type=task_type,
     )
+
+
+def _split_conversations(row: dict) -> dict:
+    chosen = _messages(row["chosen"], "chosen", "user")
+    rejected = _messages(row["rejected"], "rejected", "user")
+    last_user = max((i for i, m in enumerate(chosen) if m["role"] == "user"), default=-1)
+    if last_user < 0:
+        raise DataError("missing field 'prompt' (and 'chosen' has no user turn to take it from)")
+    if chosen[: last_user + 1] != rejected[: last_user + 1]:
+        raise DataError("'chosen' and 'rejected' do not share the conversation up to the last user turn "
+                        "(give 'prompt' explicitly)")
+    if last_user + 1 >= min(len(chosen), len(rejected)):
+        side = "chosen" if last_user + 1 >= len(chosen) else "rejected"
+        raise DataError(f"field {side!r} has no assistant reply after the last user turn")
+    return {**row, "prompt": chosen[: last_user + 1], "chosen": chosen[last_user + 1:],
+            "rejected": rejected[last_user + 1:]}
 
 
 def parse_judge_record(row: dict, fallback_id: str) -> JudgeExample:

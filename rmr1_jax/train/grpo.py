@@ -159,6 +159,7 @@ class GRPOObjective:
     ``grpo.minibatch_prompts x grpo.n`` rollouts."""
 
     name = "grpo"
+    head = "lm"
     config_cls = GRPOConfig
 
     def records(self, cfg: GRPOConfig) -> RecordSpec:

@@ -139,7 +139,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
           spec: TrainSpec, ckpt, tokens_per_step_fn: Callable[[dict], float] | None = None,
           flops_per_token: float | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
           config_dict: dict | None = None, metadata: dict | None = None, save_every: int = 0,
-          log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
+          derive_metrics: Callable[[dict], dict] | None = None, log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
     """Run (or resume) training to ``total_steps``. ``ckpt`` is a CheckpointManager or None;
     ``batches`` a :class:`~rmr1_jax.train.objective.BatchSource` of host-local numpy batches.
 
@@ -211,6 +211,8 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
                 if flops_per_token and peak:
                     m["mfu"] = tokens * flops_per_token / dt / peak
             m["step_time_s"] = dt
+            if derive_metrics is not None:
+                m.update(derive_metrics(m))
             m.update(batches.pop_metrics())
             metrics = m
             if step % spec.log_every == 0 or step == total_steps or step == start + 1:

@@ -11,6 +11,7 @@ Adding an objective::
     class MyObjective:
         name = "my-objective"
         config_cls = MyConfig                    # a JobConfig subclass with its own section
+        head = "scalar"                          # the model head it trains
 
         def records(self, cfg) -> RecordSpec: ...
         def plan(self, job: Job) -> Plan: ...
@@ -130,7 +131,9 @@ class Plan:
     (``global_batch``); the runner prints it and never writes it back into the config.
     ``seq_len`` is the tokens per row the FLOPs estimate assumes; ``tokens_per_step(batch)``
     counts the real tokens of a host-local batch. ``evaluate(params, step)`` returns held-out
-    metrics (``None``: no held-out set). ``sizes`` are the derived sizes printed at start.
+    metrics (``None``: no held-out set). ``derive_metrics(metrics)`` adds metrics computed from
+    a step's averaged ones (a spread from a mean and a mean square). ``sizes`` are the derived
+    sizes printed at start.
     """
 
     loss_fn: LossFn
@@ -141,6 +144,7 @@ class Plan:
     tokens_per_step: Callable[[dict], float]
     evaluate: Callable[[Any, int], dict] | None = None
     save_every: int | None = None  # None: checkpoint.save_every
+    derive_metrics: Callable[[dict], dict] | None = None
     sizes: dict = dataclasses.field(default_factory=dict)
     summary: str = ""
 
@@ -148,6 +152,7 @@ class Plan:
 class Objective(Protocol):
     name: str
     config_cls: type
+    head: str | None  # the model head it trains ("lm", "scalar", "multilabel"); None: the source's
 
     def records(self, cfg) -> RecordSpec: ...
 

@@ -21,7 +21,8 @@ from rmr1_jax.errors import ConfigError
 from rmr1_jax.train.objective import Job, Objective
 
 # built-in objectives: name -> module defining OBJECTIVE (imported on first use)
-_BUILTIN = {"distill": "rmr1_jax.train.sft", "grpo": "rmr1_jax.train.grpo"}
+_BUILTIN = {"distill": "rmr1_jax.train.sft", "grpo": "rmr1_jax.train.grpo",
+            "reward-model": "rmr1_jax.train.reward_model"}
 _REGISTRY: dict[str, Objective] = {}
 
 
@@ -84,7 +85,7 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
     from rmr1_jax.train.optim import make_optimizer
 
     mesh, tokenizer, template, sources = setup.prepare_job(cfg, obj.records(cfg), log)
-    model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed)
+    model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed, head=obj.head)
     job = Job(cfg=cfg, mesh=mesh, tokenizer=tokenizer, template=template, sources=sources, model=model,
               params=params, log=log)
     plan = obj.plan(job)
@@ -111,6 +112,7 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
             batches=plan.batches, total_steps=plan.total_steps, spec=plan.train, ckpt=ckpt,
             tokens_per_step_fn=plan.tokens_per_step,
             flops_per_token=train_flops_per_token(model.cfg, plan.seq_len), eval_fn=evaluate,
+            derive_metrics=plan.derive_metrics,
             config_dict=to_dict(cfg), metadata=checkpoint_metadata(model.cfg),
             save_every=cfg.checkpoint.save_every if plan.save_every is None else plan.save_every, log=log)
     finally:

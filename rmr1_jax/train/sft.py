@@ -65,6 +65,7 @@ class DistillObjective:
     ``train.global_batch`` (default 128) for ``train.max_steps`` or ``train.epochs``."""
 
     name = "distill"
+    head = "lm"
     config_cls = DistillConfig
 
     def records(self, cfg: DistillConfig) -> RecordSpec:

@@ -57,6 +57,7 @@ class CountingDistill:
 
     name = "counting-distill"
     config_cls = DISTILL.config_cls
+    head = "lm"
 
     def __init__(self):
         self.batches = 0
