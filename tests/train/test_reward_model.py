@@ -143,3 +143,16 @@ def _held_source(root, name):
 
     (data_dir,) = glob.glob(os.path.join(root, name, "data", "records-pair-*"))
     return _builder_cls("pair")(data_dir=data_dir, file_format="array_record").as_data_source()["eval"]
+
+
+def test_the_ramo_recipe_pins_the_published_hyperparameters():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = runner.load_config("reward-model", os.path.join(root, "configs", "reward_model",
+                                                          "ramo-skywork-llama3.1-8b.yaml"),
+                             ["model.hf_dir=/ckpt/Skywork-Reward-Llama-3.1-8B-v0.2", "data.train=[x.jsonl]"])
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.train.global_batch, cfg.optim.warmup_steps,
+            cfg.data.max_length) == (2e-5, 2.0, 32, 10, 1024)
+    assert cfg.reward.margin == 0.0 and cfg.model.dtype == "bfloat16"
+    for name, over in (("tiny", []), ("qwen2.5-7b-instruct-bt", ["model.hf_dir=/ckpt/Qwen2.5-7B-Instruct"])):
+        runner.load_config("reward-model", os.path.join(root, "configs", "reward_model", f"{name}.yaml"),
+                           ["data.train=[x.jsonl]", *over])
