@@ -96,12 +96,81 @@ def cmd_judge(args) -> None:
             print(line)
 
 
+def cmd_score_rm(args) -> None:
+    from rmr1_jax.eval.reward_scoring import load_reward_model, score_file
+    from rmr1_jax.parallel import make_mesh
+
+    scorer = load_reward_model(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
+                               dtype=args.dtype, max_length=args.max_length, batch_size=args.batch_size,
+                               truncate=args.truncate)
+    stats = score_file(scorer, args.inp, args.out, batch_size=args.batch_size)
+    print(f"scored {stats.written} rows ({stats.skipped} already in {args.out}) -> {args.out}")
+
+
+def _print_rewardbench2(summary: dict, name: str, out: str | None) -> None:
+    """The RewardBench 2 summary line; with ``out``, its JSON summary and markdown report."""
+    import json
+
+    from rmr1_jax.eval.rewardbench2 import summary_markdown
+
+    def pct(x):
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    subsets = ", ".join(f"{k} {pct(v)}" for k, v in summary["subsets"].items())
+    overall = pct(summary["overall"]) if summary["overall"] is not None else \
+        f"- (no score for {', '.join(summary['missing'])}; mean of the others {pct(summary['overall_present'])})"
+    print(f"RewardBench 2 {name}: overall {overall} ({subsets})")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        for fn, text in (("summary-rewardbench2.json", json.dumps(summary, indent=2) + "\n"),
+                         ("report-rewardbench2.md", summary_markdown(summary))):
+            path = os.path.join(out, fn)
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+        print(f"report: {os.path.join(out, 'report-rewardbench2.md')}")
+
+
+def _eval_scalar(args, tasks, results: str, out: str) -> None:
+    """``rmr1 eval`` with a scalar reward model: every response scored, no judging."""
+    from rmr1_jax.eval.reward_scoring import load_reward_model
+    from rmr1_jax.parallel import make_mesh
+
+    if args.order == "both":
+        raise UserError("--order both is for generative judges; a scalar reward model scores each response once")
+    scorer = load_reward_model(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
+                               max_length=args.max_length, batch_size=args.batch_size, truncate=args.truncate)
+    name = os.path.basename(os.path.normpath(args.ckpt))
+    if args.benchmark == "rewardbench2":
+        from rmr1_jax.eval.rewardbench2 import run_rewardbench2, score_rewardbench2
+
+        stats = run_rewardbench2(scorer, tasks, results, batch_size=args.batch_size, model_name=name)
+        print(f"scored {stats.written} new prompts ({stats.skipped} already in {results})")
+        _print_rewardbench2(score_rewardbench2(results), name, out)
+        return
+    from rmr1_jax.eval.report import score_and_report, summary_line
+    from rmr1_jax.eval.scalar import run_scalar
+
+    stats = run_scalar(scorer, tasks, results, batch_size=args.batch_size, model_name=name)
+    summary, _ = score_and_report(args.benchmark, results, out, args.no_verdict, expected=tasks)
+    print(f"scored {stats.written} new examples ({stats.total - stats.written} already in {results})")
+    print(summary_line(summary))
+    print(f"report: {out}")
+
+
 def cmd_eval(args) -> None:
     from rmr1_jax.eval.report import score_and_report, summary_line
 
     if args.mode == "score":
         if not args.results:
             raise UserError("rmr1 eval score needs --results FILE [FILE ...]")
+        if args.benchmark == "rewardbench2":
+            from rmr1_jax.eval.rewardbench2 import score_rewardbench2
+
+            if len(args.results) > 1:
+                raise UserError("rmr1 eval score --benchmark rewardbench2 takes one --results file")
+            _print_rewardbench2(score_rewardbench2(args.results[0]), args.results[0], args.out)
+            return
         if len(args.results) > 1:  # several models side by side
             from rmr1_jax.eval.report import compare
             from rmr1_jax.eval.scoring import score_results
@@ -123,18 +192,33 @@ def cmd_eval(args) -> None:
         return
     if not (args.ckpt and args.data):
         raise UserError("rmr1 eval needs --ckpt DIR and --data PATH (or: rmr1 eval score --results FILE)")
-    from rmr1_jax.eval.benchmarks import load_benchmark
-    from rmr1_jax.judging import judge_pairs
-    from rmr1_jax.eval.loading import load_judge
-    from rmr1_jax.eval.scalar import run_generative
-    from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.eval.loading import checkpoint_head
 
-    tasks = load_benchmark(args.benchmark, args.data)
+    scalar = checkpoint_head(args.ckpt)[0] == "scalar"
+    if args.benchmark == "rewardbench2":
+        if not scalar:
+            raise UserError(f"{args.ckpt}: RewardBench 2 has no official pairwise-judge path; "
+                            f"--benchmark rewardbench2 needs a scalar reward model")
+        from rmr1_jax.eval.rewardbench2 import load_rewardbench2
+
+        tasks = load_rewardbench2(args.data)
+    else:
+        from rmr1_jax.eval.benchmarks import load_benchmark
+
+        tasks = load_benchmark(args.benchmark, args.data)
     if args.limit:
         tasks = tasks[: args.limit]
     out = args.out or os.path.join("runs", "eval", args.benchmark)
     os.makedirs(out, exist_ok=True)
     results = os.path.join(out, "results.jsonl")
+    if scalar:
+        _eval_scalar(args, tasks, results, out)
+        return
+    from rmr1_jax.judging import judge_pairs
+    from rmr1_jax.eval.loading import load_judge
+    from rmr1_jax.eval.scalar import run_generative
+    from rmr1_jax.parallel import make_mesh
+
     judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
                        prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
 
@@ -150,7 +234,7 @@ def cmd_eval(args) -> None:
 
 
 def _fmt(m: dict) -> str:
-    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "perplexity") if k in m]
+    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "margin", "perplexity") if k in m]
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
 
 
@@ -166,12 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipes", default=None,
                       help="directory with demo.yaml, distill.yaml, grpo.yaml, quick.yaml (default: configs/demo)")
     demo.set_defaults(func=cmd_demo)
-    for name, text in (("distill", "stage 1: distill reasoning traces (SFT)"),
-                       ("grpo", "stage 2: GRPO with the verifiable verdict reward")):
+    for name, objective, text in (("distill", "distill", "stage 1: distill reasoning traces (SFT)"),
+                                  ("grpo", "grpo", "stage 2: GRPO with the verifiable verdict reward"),
+                                  ("train-rm", "reward-model", "a Bradley-Terry scalar reward model on preference pairs")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("config", help="YAML recipe (configs/...)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
-        sp.set_defaults(func=cmd_train, objective=name)
+        sp.set_defaults(func=cmd_train, objective=objective)
 
     jd = sub.add_parser("judge", help="judge a pair (or a JSONL file of pairs) with a trained judge")
     jd.add_argument("--ckpt", required=True, help="Orbax checkpoint directory or HF directory")
@@ -190,11 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     jd.add_argument("--mesh", default=None)
     jd.set_defaults(func=cmd_judge)
 
-    ev = sub.add_parser("eval", help="RewardBench / RM-Bench / RMB with the official formulas")
+    sr = sub.add_parser("score-rm", help="score responses or pairs (JSONL) with a scalar reward model")
+    sr.add_argument("--ckpt", required=True, help="Orbax checkpoint or HF *ForSequenceClassification directory")
+    sr.add_argument("--in", dest="inp", metavar="FILE", required=True,
+                    help="JSONL rows: {prompt, response}, {prompt, a, b} or {text}")
+    sr.add_argument("--out", required=True, help="output JSONL (resumed if it exists)")
+    sr.add_argument("--batch-size", type=int, default=16, help="rows per forward pass and per fsynced write")
+    sr.add_argument("--max-length", type=int, default=4096, help="longest row in tokens")
+    sr.add_argument("--truncate", action="store_true", help="drop a long row's first tokens instead of failing")
+    sr.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    sr.add_argument("--tokenizer", default=None, help="tokenizer path (default: from the checkpoint)")
+    sr.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR (default: all devices on data)")
+    sr.set_defaults(func=cmd_score_rm)
+
+    ev = sub.add_parser("eval", help="RewardBench / RewardBench 2 / RM-Bench / RMB with the official formulas")
     ev.add_argument("mode", nargs="?", choices=["run", "score"], default="run",
-                    help="run (judge, then score) or score (re-score a results file)")
-    ev.add_argument("--benchmark", required=True, choices=["rewardbench", "rm-bench", "rmb"])
-    ev.add_argument("--ckpt", help="judge checkpoint (Orbax or HF directory)")
+                    help="run (judge or score, then report) or score (re-score a results file)")
+    ev.add_argument("--benchmark", required=True, choices=["rewardbench", "rewardbench2", "rm-bench", "rmb"])
+    ev.add_argument("--ckpt", help="a judge, or a scalar reward model (Orbax or HF directory)")
     ev.add_argument("--data", help="benchmark file or directory (JSON / JSONL / Parquet)")
     ev.add_argument("--results", nargs="+", help="per-example results JSONL (for score); several: side by side")
     ev.add_argument("--out", help="output directory (results.jsonl, report.md, summary JSON, charts)")
@@ -207,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--limit", type=int, default=None, help="judge only the first N comparisons")
     ev.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
+    ev.add_argument("--max-length", type=int, default=4096, help="scalar reward models: longest row in tokens")
+    ev.add_argument("--truncate", action="store_true", help="scalar reward models: drop a long row's first tokens")
     ev.add_argument("--tokenizer", default=None)
     ev.add_argument("--prompt-variant", choices=["instruct", "reasoning"], default=None)
     ev.add_argument("--system-file", default=None)

@@ -40,10 +40,7 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
         model, params = load_model(path, "lm", kind="orbax", mesh=mesh, dtype=dtype, scan_layers=False)
         run_cfg = read_config(path) or {}
         prompt_cfg = run_cfg.get("prompt") or {}
-        tok_path = tokenizer_path or (run_cfg.get("tokenizer") or {}).get("path") or \
-            (run_cfg.get("model") or {}).get("hf_dir")
-        if tok_path is None:
-            raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
+        tok_path = tokenizer_path or _saved_tokenizer(path, run_cfg)
     tokenizer = load_tokenizer(tok_path)
     template = JudgeTemplate.from_files(
         prompt_variant or prompt_cfg.get("variant", "instruct"),
@@ -51,3 +48,43 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
         user_file=user_file or prompt_cfg.get("user_file"),
         user_multiturn_file=user_multiturn_file or prompt_cfg.get("user_multiturn_file"))
     return LoadedJudge(model, params, tokenizer, template, path)
+
+
+def _saved_tokenizer(path: str, run_cfg: dict) -> str:
+    tok_path = (run_cfg.get("tokenizer") or {}).get("path") or (run_cfg.get("model") or {}).get("hf_dir")
+    if tok_path is None:
+        raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
+    return tok_path
+
+
+def tokenizer_path_for(path: str, tokenizer_path: str | None = None) -> str:
+    """The tokenizer of a checkpoint, as :func:`load_judge` finds it: ``tokenizer_path``, else
+    an HF directory's own files, else what an Orbax checkpoint's saved run config names."""
+    if tokenizer_path:
+        return tokenizer_path
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    from rmr1_jax.checkpoint.reading import read_config
+
+    return _saved_tokenizer(path, read_config(path) or {})
+
+
+def checkpoint_head(path: str, step: int | None = None) -> tuple[str, int]:
+    """``(head, num_labels)`` of a checkpoint, read from its config without loading weights: an
+    HF directory's config.json (architectures, num_labels), or the model_config in an Orbax
+    checkpoint's metadata (step ``step``, default the latest)."""
+    from rmr1_jax.errors import CheckpointError
+    from rmr1_jax.models.config import ModelConfig
+
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: checkpoint directory not found")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        cfg = ModelConfig.from_hf_dir(path)
+    else:
+        from rmr1_jax.checkpoint.reading import read_metadata
+
+        meta = read_metadata(path, step)
+        if not meta.get("model_config"):
+            raise CheckpointError(f"{path}: checkpoint metadata has no model_config; cannot tell its head")
+        cfg = ModelConfig.from_dict(meta["model_config"], source=f"{path} metadata")
+    return cfg.head, cfg.num_labels

@@ -62,7 +62,7 @@ def done_keys(path: str, benchmark: str | None = None) -> set[tuple[str, int]]:
     return {row_key(r) for r in read_results(path, benchmark)}
 
 
-def _repair_tail(path: str) -> None:
+def repair_tail(path: str) -> None:
     """Make the file end at a line boundary before appending: drop a cut-off last line, or
     terminate a complete one that merely lacks its newline."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
@@ -91,7 +91,7 @@ class ResultsWriter:
         self.benchmark = canonical_benchmark(benchmark) if benchmark else None
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        _repair_tail(path)
+        repair_tail(path)
         self.done: set[tuple[str, int]] = done_keys(path, self.benchmark)
         self._f = open(path, "a", encoding="utf-8")
 

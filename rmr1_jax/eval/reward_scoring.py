@@ -1,0 +1,368 @@
+"""Scoring with a scalar reward model (a ``"scalar"`` head): texts, conversations,
+(prompt, response) pairs and JSONL files.
+
+::
+
+    scorer = load_reward_model("runs/rm/checkpoints", mesh)    # or an HF *ForSequenceClassification dir
+    scorer.score_texts(["..."])                                # the text's own tokens, nothing added
+    scorer.score_conversations([[{"role": "user", ...}, {"role": "assistant", ...}]])
+    scorer.score(prompts, responses)                           # ScalarRewardModel, for run_scalar
+    score_file(scorer, "in.jsonl", "out.jsonl")                # what `rmr1 score-rm` does
+
+Batching: rows are sorted by length and scored ``batch_size`` at a time (the last batch is
+filled up with copies of its first row, whose scores are dropped), each batch padded on the
+right with the tokenizer's pad id to its longest row rounded up to a multiple of ``bucket``
+(at most ``max_length``), so only a few shapes compile. Rows are sharded over the mesh's
+(data, fsdp) axes. The score is read at each row's last real token (from the mask), so the pad
+id never changes a score. A row longer than ``max_length`` is an error naming it; with
+``truncate=True`` its first tokens are dropped instead (the end, where the score is read, is
+kept).
+
+Multi-process jobs: every process calls with the same rows and gets every score back; each
+process supplies its block of every batch (``batch_size`` must be a multiple of the process
+count). :func:`score_file` reads which rows are done on process 0, which alone writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from rmr1_jax.errors import CheckpointError, DataError, UserError
+from rmr1_jax.eval.results import repair_tail
+
+# Fields score_file adds to each row (an input field of the same name is replaced).
+OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "preferred")
+
+
+def conversation(prompt, response: str | None = None) -> list[dict]:
+    """The messages of a prompt (a string is one user message; a list of ``{"role", "content"}``
+    messages is copied), with ``response`` appended as the assistant's message."""
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if response is not None:
+        msgs.append({"role": "assistant", "content": response})
+    return msgs
+
+
+class RewardScorer:
+    """A loaded scalar reward model with its tokenizer: batched, sharded scoring.
+
+    Args:
+      model, params: a ``DecoderLM`` with a ``"scalar"`` head and its parameters (on ``mesh``).
+      tokenizer: a :class:`~rmr1_jax.text.tokenizer_base.Tokenizer` (``encode_batch``,
+        ``apply_chat_template``, ``pad_id``).
+      mesh: the device mesh the batches are sharded over.
+      batch_size: rows per forward pass (every call has this many; see the module docstring).
+      max_length: the longest row, in tokens.
+      truncate: drop a long row's first tokens instead of raising.
+      bucket: batch widths are multiples of this (capped at ``max_length``).
+    """
+
+    def __init__(self, model, params, tokenizer, mesh, *, batch_size: int = 16, max_length: int = 4096,
+                 truncate: bool = False, bucket: int = 64, source: str = "the reward model"):
+        if model.cfg.head != "scalar":
+            raise CheckpointError(f"{source}: has a {model.cfg.head!r} head; scoring needs a 'scalar' reward model head")
+        for name, v in (("batch_size", batch_size), ("max_length", max_length), ("bucket", bucket)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name}={v!r} must be a positive integer")
+        if batch_size % jax.process_count():
+            raise UserError(f"batch_size={batch_size} must be a multiple of the process count "
+                            f"({jax.process_count()}): each process supplies an equal block of every batch")
+        self.model, self.params, self.tokenizer, self.mesh = model, params, tokenizer, mesh
+        self.batch_size, self.max_length, self.truncate, self.bucket = batch_size, max_length, truncate, bucket
+        self.source = source
+        self._fwd = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, attention_mask=mask)[:, 0])
+
+    # -- the public calls ----------------------------------------------------------------------
+
+    def score_texts(self, texts: Sequence[str], names: Sequence[str] | None = None) -> list[float]:
+        """One score per text, tokenized as it is (no BOS/EOS or template added). ``names``
+        label the rows in errors (default ``row <i>``)."""
+        return self.score_ids(self.tokenizer.encode_batch(list(texts)), names)
+
+    def score_conversations(self, convs: Sequence[Sequence[dict]], names: Sequence[str] | None = None) -> list[float]:
+        """One score per conversation (``{"role", "content"}`` messages), rendered with the
+        tokenizer's chat template (``add_generation_prompt=False``) and then tokenized."""
+        return self.score_texts([self.render(c) for c in convs], names)
+
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
+        """:class:`~rmr1_jax.eval.scalar.ScalarRewardModel`: the score of each response as the
+        assistant's reply to its prompt (messages, or a string: one user message)."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
+        return self.score_conversations([conversation(p, r) for p, r in zip(prompts, responses)])
+
+    def render(self, messages: Sequence[dict]) -> str:
+        return self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=False)
+
+    def score_ids(self, rows: Sequence[Sequence[int]], names: Sequence[str] | None = None) -> list[float]:
+        """One score per row of token ids (see the module docstring for batching)."""
+        names = list(names) if names is not None else [f"row {i}" for i in range(len(rows))]
+        if len(names) != len(rows):
+            raise ValueError(f"{len(names)} names for {len(rows)} rows")
+        rows = [self._fit(list(r), name) for r, name in zip(rows, names)]
+        out = np.zeros(len(rows), np.float32)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            out[idx] = self._batch([rows[i] for i in idx], [names[i] for i in idx])
+        return [float(x) for x in out]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _fit(self, ids: list[int], name: str) -> list[int]:
+        if not ids:
+            raise DataError(f"{name}: nothing to score (no tokens)")
+        if len(ids) > self.max_length:
+            if not self.truncate:
+                raise DataError(f"{name}: {len(ids)} tokens, more than max_length={self.max_length} (raise "
+                                f"max_length, or truncate to keep the last {self.max_length} tokens)")
+            ids = ids[-self.max_length:]
+        top = max(ids)
+        if top >= self.model.cfg.vocab_size or min(ids) < 0:
+            raise DataError(f"{name}: token id {top} is outside the model's vocabulary "
+                            f"(vocab_size={self.model.cfg.vocab_size}); is this the model's tokenizer?")
+        return ids
+
+    def _width(self, longest: int) -> int:
+        return min(self.max_length, -(-longest // self.bucket) * self.bucket)
+
+    def _batch(self, rows: list[list[int]], names: list[str]) -> np.ndarray:
+        from rmr1_jax.parallel.hostlocal import fetch, to_global
+        from rmr1_jax.parallel.sharding import activation_sharding
+
+        real = len(rows)
+        rows = rows + [rows[0]] * (self.batch_size - real)
+        width = self._width(max(len(r) for r in rows))
+        pad = getattr(self.tokenizer, "pad_id", None)
+        if pad is None and any(len(r) < width for r in rows):
+            raise UserError(f"the tokenizer has no pad id, and the batch with {names[0]} needs padding "
+                            f"(name a pad_token in its tokenizer_config.json)")
+        ids = np.full((self.batch_size, width), 0 if pad is None else pad, np.int32)
+        mask = np.zeros((self.batch_size, width), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+            mask[i, :len(r)] = 1
+        k = self.batch_size // jax.process_count()  # this process's block of the global batch
+        p = jax.process_index()
+        g = to_global({"ids": ids[p * k:(p + 1) * k], "mask": mask[p * k:(p + 1) * k]}, self.mesh)
+        with activation_sharding(self.mesh):
+            scores = fetch(self._fwd(self.params, g["ids"], g["mask"]))
+        return scores[:real]
+
+
+def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dtype: str = "float32",
+                      max_length: int = 4096, batch_size: int = 16, truncate: bool = False,
+                      step: int | None = None) -> RewardScorer:
+    """A :class:`RewardScorer` from an HF ``*ForSequenceClassification`` directory or an Orbax
+    checkpoint with a ``"scalar"`` head (anything else is a one-line error, found from the
+    config before any weight is read). The tokenizer is ``tokenizer_path``, else the HF
+    directory's own files, else the one the checkpoint's run config names (as for judges).
+    ``dtype``: the parameter dtype of an HF directory, the compute dtype of an Orbax checkpoint
+    (whose parameters keep their saved dtype)."""
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.eval.loading import checkpoint_head, tokenizer_path_for
+    from rmr1_jax.text.tokenizer import load_tokenizer
+
+    head, num_labels = checkpoint_head(path, step=step)
+    if head != "scalar":
+        what = "a causal LM (an 'lm' head)" if head == "lm" else f"a {head!r} head of {num_labels} labels"
+        raise CheckpointError(f"{path}: the checkpoint has {what}, not a scalar reward model head ('scalar', "
+                              f"e.g. an HF *ForSequenceClassification with num_labels=1)")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, params = load_model(path, "scalar", kind="hf", mesh=mesh, param_dtype=dtype)
+    else:
+        model, params = load_model(path, "scalar", kind="orbax", mesh=mesh, dtype=dtype, step=step)
+    tokenizer = load_tokenizer(tokenizer_path_for(path, tokenizer_path))
+    return RewardScorer(model, params, tokenizer, mesh, batch_size=batch_size, max_length=max_length,
+                        truncate=truncate, source=path)
+
+
+# ============================================================================ JSONL files
+
+
+@dataclasses.dataclass
+class FileStats:
+    total: int = 0  # rows in the input file
+    skipped: int = 0  # already in the output file
+    written: int = 0  # scored in this run
+
+
+def _check_prompt(prompt, where: str) -> None:
+    if isinstance(prompt, str):
+        if prompt:
+            return
+        raise DataError(f"{where}: 'prompt' is empty")
+    if not isinstance(prompt, list) or not prompt:
+        raise DataError(f"{where}: 'prompt' must be a string or a non-empty list of messages")
+    for m in prompt:
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{where}: every 'prompt' message needs string 'role' and 'content', got {m!r:.80}")
+
+
+def row_kind(row, where: str) -> str:
+    """``"text"``, ``"response"`` or ``"pair"``: which of the three input shapes ``row`` is
+    (``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}``); anything else is a
+    DataError at ``where``."""
+    shapes = "'text', or 'prompt' with 'response', or 'prompt' with 'a' and 'b'"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object with {shapes}, got {type(row).__name__}")
+    has = {k for k in ("text", "prompt", "response", "a", "b") if k in row}
+    if has == {"text"}:
+        kind, fields = "text", ("text",)
+    elif has == {"prompt", "response"}:
+        kind, fields = "response", ("response",)
+    elif has == {"prompt", "a", "b"}:
+        kind, fields = "pair", ("a", "b")
+    else:
+        raise DataError(f"{where}: a row has {shapes}; this one has {', '.join(sorted(has)) or 'none of them'}")
+    for f in fields:
+        if not isinstance(row[f], str):
+            raise DataError(f"{where}: {f!r} must be a string, got {type(row[f]).__name__}")
+    if kind == "text" and not row["text"]:
+        raise DataError(f"{where}: 'text' is empty")
+    if kind != "text":
+        _check_prompt(row["prompt"], where)
+    return kind
+
+
+def read_score_rows(path: str) -> list[tuple[int, dict, str]]:
+    """``(line number, row, kind)`` of every non-blank line of a JSONL input file, each row
+    checked by :func:`row_kind`."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: input file not found")
+    out = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}:{n}: not a JSON line ({e})") from None
+            out.append((n, row, row_kind(row, f"{path}:{n}")))
+    return out
+
+
+def _kept(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
+
+
+def _done_lines(out_path: str, in_path: str, inputs: dict[int, dict]) -> set[int]:
+    """Input line numbers already scored in ``out_path``, after making the file end at a line
+    boundary (a line cut off by a crash is dropped). A row that is not one of ``in_path``'s
+    rows means the output belongs to another input: an error, never an overwrite."""
+    if not os.path.exists(out_path):
+        return set()
+    repair_tail(out_path)
+    done = set()
+    with open(out_path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{out_path}:{i}: corrupt output line ({e})") from None
+            line = row.get("line") if isinstance(row, dict) else None
+            if not isinstance(line, int) or isinstance(line, bool):
+                raise DataError(f"{out_path}:{i}: output row has no integer 'line' (not written by score-rm?)")
+            if line not in inputs or _kept(row) != _kept(inputs[line]):
+                raise DataError(f"{out_path}:{i}: does not match {in_path}:{line}; the output file was written "
+                                f"for another input (choose another output path)")
+            done.add(line)
+    return done
+
+
+def _agree_done(pending: np.ndarray) -> np.ndarray:
+    """Process 0's pending-row mask on every process (only process 0 reads the output)."""
+    if jax.process_count() == 1:
+        return pending
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(pending))
+
+
+def _scored_rows(scorer: RewardScorer, chunk: list[tuple[int, dict, str]], in_path: str) -> list[dict]:
+    texts, names = [], []
+    for n, row, kind in chunk:
+        where = f"{in_path}:{n}"
+        if kind == "text":
+            texts.append(row["text"])
+            names.append(where)
+        elif kind == "response":
+            texts.append(scorer.render(conversation(row["prompt"], row["response"])))
+            names.append(where)
+        else:
+            texts += [scorer.render(conversation(row["prompt"], row[k])) for k in ("a", "b")]
+            names += [f"{where} (response a)", f"{where} (response b)"]
+    scores = scorer.score_texts(texts, names)
+    out, pos = [], 0
+    for n, row, kind in chunk:
+        rec = {**_kept(row), "line": n}
+        if kind == "pair":
+            a, b = scores[pos], scores[pos + 1]
+            pos += 2
+            rec.update(score_a=a, score_b=b, preferred="a" if a > b else "b" if b > a else "tie")
+            bad = not (math.isfinite(a) and math.isfinite(b))
+        else:
+            rec["score"] = scores[pos]
+            pos += 1
+            bad = not math.isfinite(rec["score"])
+        if bad:
+            raise DataError(f"{in_path}:{n}: the model gave a non-finite score")
+        out.append(rec)
+    return out
+
+
+def score_file(scorer: RewardScorer, in_path: str, out_path: str, *, batch_size: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> FileStats:
+    """Score every row of the JSONL file ``in_path`` into ``out_path``, one output row per
+    input row: the input's fields (an input field named like an output field is replaced),
+    ``line`` (its input line number), and ``score`` for ``{"text"}`` rows (scored as they are)
+    and ``{"prompt", "response"}`` rows (rendered with the chat template; a string prompt is one
+    user message), or ``score_a``, ``score_b`` and ``preferred`` (``"a"``, ``"b"`` or ``"tie"``)
+    for ``{"prompt", "a", "b"}`` rows.
+
+    Every input row's shape is checked before anything is scored (a row too long or a token
+    outside the vocabulary is found when its batch is scored; the rows before it stay written,
+    and a rerun resumes after them). Resumable: rows whose line is already
+    in ``out_path`` are skipped and the rest appended ``batch_size`` input rows at a time
+    (default: the scorer's), in input order, flushed and fsynced per batch; a line cut off by a
+    crash is dropped first. An output file written for another input is an error."""
+    batch_size = batch_size or scorer.batch_size
+    if batch_size < 1:
+        raise UserError(f"batch_size={batch_size} must be positive")
+    rows = read_score_rows(in_path)
+    writer = jax.process_index() == 0
+    pending = np.ones(len(rows), np.int32)
+    if writer:
+        done = _done_lines(out_path, in_path, {n: row for n, row, _ in rows})
+        pending = np.array([n not in done for n, _, _ in rows], np.int32)
+    pending = _agree_done(pending)
+    todo = [r for r, p in zip(rows, pending) if p]
+    stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
+    f = None
+    if writer:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        f = open(out_path, "a", encoding="utf-8")
+    try:
+        for i in range(0, len(todo), batch_size):
+            scored = _scored_rows(scorer, todo[i:i + batch_size], in_path)
+            if f is not None:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
+                f.flush()
+                os.fsync(f.fileno())
+            stats.written += len(scored)
+            if progress:
+                progress(stats.skipped + stats.written, stats.total)
+    finally:
+        if f is not None:
+            f.close()
+    return stats
