@@ -38,7 +38,7 @@ from rmr1_jax.errors import CheckpointError, DataError, UserError
 from rmr1_jax.eval.results import repair_tail
 
 # Fields score_file adds to each row (an input field of the same name is replaced).
-OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "preferred")
+OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "score_chosen", "score_rejected", "preferred")
 
 
 def conversation(prompt, response: str | None = None) -> list[dict]:
@@ -207,13 +207,17 @@ def _check_prompt(prompt, where: str) -> None:
 
 
 def row_kind(row, where: str) -> str:
-    """``"text"``, ``"response"`` or ``"pair"``: which of the three input shapes ``row`` is
-    (``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}``); anything else is a
-    DataError at ``where``."""
-    shapes = "'text', or 'prompt' with 'response', or 'prompt' with 'a' and 'b'"
+    """``"text"``, ``"response"``, ``"pair"`` or ``"preference"``: which input shape ``row`` is
+    (``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}``, or a preference pair
+    as training reads it, ``{"prompt", "chosen", "rejected"}``); anything else is a DataError
+    at ``where``."""
+    shapes = "'text', or 'prompt' with 'response', 'a' and 'b', or 'chosen' and 'rejected'"
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object with {shapes}, got {type(row).__name__}")
-    has = {k for k in ("text", "prompt", "response", "a", "b") if k in row}
+    has = {k for k in ("text", "prompt", "response", "a", "b", "chosen", "rejected") if k in row}
+    if has == {"prompt", "chosen", "rejected"} or (has == {"chosen", "rejected"}):
+        _preference(row, where)
+        return "preference"
     if has == {"text"}:
         kind, fields = "text", ("text",)
     elif has == {"prompt", "response"}:
@@ -230,6 +234,18 @@ def row_kind(row, where: str) -> str:
     if kind != "text":
         _check_prompt(row["prompt"], where)
     return kind
+
+
+def _preference(row: dict, where: str) -> list[list[dict]]:
+    """The two conversations (prompt + chosen, prompt + rejected) of a preference-pair row,
+    parsed as training parses it."""
+    from rmr1_jax.data.schemas import parse_pair
+
+    try:
+        pair = parse_pair(row, where)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    return [pair.prompt + pair.chosen, pair.prompt + pair.rejected]
 
 
 def read_score_rows(path: str) -> list[tuple[int, dict, str]]:
@@ -299,6 +315,9 @@ def _scored_rows(scorer: RewardScorer, chunk: list[tuple[int, dict, str]], in_pa
         elif kind == "response":
             texts.append(scorer.render(conversation(row["prompt"], row["response"])))
             names.append(where)
+        elif kind == "preference":
+            texts += [scorer.render(c) for c in _preference(row, where)]
+            names += [f"{where} (chosen)", f"{where} (rejected)"]
         else:
             texts += [scorer.render(conversation(row["prompt"], row[k])) for k in ("a", "b")]
             names += [f"{where} (response a)", f"{where} (response b)"]
@@ -306,10 +325,12 @@ def _scored_rows(scorer: RewardScorer, chunk: list[tuple[int, dict, str]], in_pa
     out, pos = [], 0
     for n, row, kind in chunk:
         rec = {**_kept(row), "line": n}
-        if kind == "pair":
+        if kind in ("pair", "preference"):
             a, b = scores[pos], scores[pos + 1]
             pos += 2
-            rec.update(score_a=a, score_b=b, preferred="a" if a > b else "b" if b > a else "tie")
+            names = ("a", "b") if kind == "pair" else ("chosen", "rejected")
+            rec.update({f"score_{names[0]}": a, f"score_{names[1]}": b,
+                        "preferred": names[0] if a > b else names[1] if b > a else "tie"})
             bad = not (math.isfinite(a) and math.isfinite(b))
         else:
             rec["score"] = scores[pos]

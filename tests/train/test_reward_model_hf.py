@@ -121,3 +121,32 @@ def test_a_reward_model_run_resumes_bit_for_bit(files):
     assert resumed.result.step == 4
     for a, b in zip(jax.tree.leaves(straight.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_score_rm_scores_preference_rows_as_training_tokenizes_them(files):
+    """score-rm on the training file's {prompt, chosen, rejected} rows: each side scored on the
+    exact token ids the training records hold (one chat-template rendering for both)."""
+    from rmr1_jax.data.records import pair_token_ids
+    from rmr1_jax.data.schemas import parse_pair
+    from rmr1_jax.eval.reward_scoring import load_reward_model, score_file
+
+    root, data, tok_dir = files
+    ckpt = os.path.join(root, "straight", "checkpoints")  # written by the resume test's straight run
+    if not os.path.isdir(ckpt):
+        runner.run(_recipe(root, "straight", data, tok_dir, {"preset": "tiny"}, max_steps=4), "reward-model",
+                   log=lambda *_: None)
+    mesh = make_mesh(devices=jax.devices()[:1])
+    scorer = load_reward_model(ckpt, mesh, tokenizer_path=tok_dir, max_length=256)
+    out = str(root / "scores.jsonl")
+    score_file(scorer, data, out, batch_size=8)
+    rows = [json.loads(line) for line in open(out)]
+    assert len(rows) == sum(1 for _ in open(data))
+    tok = load_tokenizer(tok_dir)
+    model, params = load_model(ckpt, mesh=mesh, dtype="float32")
+    for row in rows[:6]:
+        pair = parse_pair(row, "x")
+        for side in ("chosen", "rejected"):
+            ids = pair_token_ids(tok, pair.prompt, getattr(pair, side))[None, :]
+            want = float(model.apply({"params": params}, ids, attention_mask=np.ones_like(ids))[0, 0])
+            assert abs(row[f"score_{side}"] - want) < 1e-4 * max(1.0, abs(want)), (side, row)
+        assert row["preferred"] == ("chosen" if row["score_chosen"] > row["score_rejected"] else "rejected")
