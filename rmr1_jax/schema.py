@@ -31,6 +31,7 @@ class ModelSpec:
     remat_policy: str = "none"  # a name in rmr1_jax.models.config.REMAT_POLICIES
     attention_impl: str | None = None
     vocab_size: int | None = None  # preset override, e.g. to match a freshly trained tokenizer
+    num_labels: int | None = None  # outputs of a multi-label head (the rule adapter: the pool size)
 
     def validate(self, where: str):
         from rmr1_jax.models.config import REMAT_POLICIES

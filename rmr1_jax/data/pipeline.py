@@ -120,6 +120,38 @@ def pair_eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, 
         yield _stack(rows)
 
 
+def _to_rules_example(rec: dict[str, Any], max_length: int, pad_id: int, num_labels: int) -> dict[str, np.ndarray]:
+    ids = np.asarray(rec["input_ids"], np.int32)[-max_length:]
+    row = np.full(max_length, pad_id, np.int32)
+    row[: len(ids)] = ids
+    mask = np.zeros(max_length, np.int32)
+    mask[: len(ids)] = 1
+    labels = np.zeros(num_labels, np.float32)
+    labels[: len(rec["labels"])] = np.asarray(rec["labels"], np.float32)
+    return {"input_ids": row, "attention_mask": mask, "labels": labels}
+
+
+def rules_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id: int, num_labels: int,
+                  epochs: int | None = None, process_index: int = 0, process_count: int = 1):
+    """Rule-adapter batches: ``input_ids``/``attention_mask`` [B, T] right-padded, ``labels`` [B, R]."""
+    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count).shuffle(seed=seed)
+    ds = ds.repeat(epochs).map(lambda r: _to_rules_example(r, max_length, pad_id, num_labels))
+    return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
+
+
+def rules_eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, num_labels: int,
+                       limit: int | None = None, process_index: int = 0,
+                       process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """Every example once, in order; the last batch is filled with empty rows (mask 0)."""
+    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.uint8)}
+    for i in range(0, n, batch_size):
+        rows = [_to_rules_example(ds[j], max_length, pad_id, num_labels) for j in range(i, min(i + batch_size, n))]
+        rows += [_to_rules_example(empty, max_length, pad_id, num_labels)] * (batch_size - len(rows))
+        yield _stack(rows)
+
+
 def _stack(rows):
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 

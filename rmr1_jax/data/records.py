@@ -27,8 +27,9 @@ from rmr1_jax.errors import DataError
 
 # "sft": a judge conversation and its reply to learn (loss mask); "prompt": the judge prompt
 # alone (generation); "pair": the two conversations of a preference pair, each rendered whole
-# (a reward model scores them)
-Kind = Literal["sft", "prompt", "pair"]
+# (a reward model scores them); "rules": a pair in labeled sections and its selected-rule set
+# (the rule adapter)
+Kind = Literal["sft", "prompt", "pair", "rules"]
 
 _TFDS_BUILDERS: dict = {}
 
@@ -36,7 +37,7 @@ _TFDS_BUILDERS: dict = {}
 def _builder_cls(kind: str = "sft"):
     """The TFDS builder class of ``kind``'s records (judge records for "sft" and "prompt",
     pair records for "pair"), defined lazily so importing this module stays cheap."""
-    family = "pair" if kind == "pair" else "judge"
+    family = kind if kind in ("pair", "rules") else "judge"
     if family in _TFDS_BUILDERS:
         return _TFDS_BUILDERS[family]
     import tensorflow_datasets as tfds
@@ -44,6 +45,9 @@ def _builder_cls(kind: str = "sft"):
     ids = lambda: tfds.features.Tensor(shape=(None,), dtype=np.int32)  # noqa: E731
     if family == "pair":
         features = {"id": tfds.features.Text(), "chosen_ids": ids(), "rejected_ids": ids()}
+    elif family == "rules":
+        features = {"id": tfds.features.Text(), "input_ids": ids(),
+                    "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8)}
     else:
         features = {
             "id": tfds.features.Text(),
@@ -73,7 +77,8 @@ def _builder_cls(kind: str = "sft"):
             raise NotImplementedError
 
     # the dataset name (and so the directory under data_dir) comes from the class name
-    cls = type("Rmr1PairRecords" if family == "pair" else "Rmr1Records", (_Records,),
+    name = {"pair": "Rmr1PairRecords", "rules": "Rmr1RuleRecords"}.get(family, "Rmr1Records")
+    cls = type(name, (_Records,),
                {"__doc__": f"Tokenized {family} records of one build (see the module docstring)."})
     _TFDS_BUILDERS[family] = cls
     return cls
@@ -86,6 +91,7 @@ class RecordOptions:
     on_error: Literal["raise", "skip"] = "raise"  # malformed rows
     overlong: Literal["error", "skip", "truncate"] = "error"  # rows longer than max_length
     position_seed: int = 0  # A/B placement for generic pairs
+    num_labels: int = 0  # "rules" records: the rule pool's size
     both_orders: bool = False  # prompt records: also tokenize the A/B-swapped prompt (generic pairs only)
 
 
@@ -224,8 +230,26 @@ def _pair_record(row: dict, fid: str, index: int, tokenizer, template, opts: Rec
     return rec
 
 
+def _rules_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
+    """A rule-adapter example: the pair in labeled sections (:func:`rule_adapter_text`) and
+    the R-hot set of its selected rules (``rule_indices`` or ``labels``)."""
+    del index, template
+    from rmr1_jax.data.schemas import parse_rule_example
+
+    ex = parse_rule_example(row, fid, opts.num_labels)
+    ids = np.asarray(tokenizer.encode(tokenizer.apply_chat_template(
+        [{"role": "user", "content": ex.text}], add_generation_prompt=False)), np.int32)
+
+    def make(ids):
+        return _Record(ex.id, {"id": ex.id, "input_ids": ids, "labels": ex.labels}, len(ids))
+
+    rec = make(ids)
+    rec.truncate = lambda n: make(ids[-n:])  # the head reads the last token
+    return rec
+
+
 def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats: BuildStats):
-    convert = _pair_record if opts.kind == "pair" else _judge_record
+    convert = {"pair": _pair_record, "rules": _rules_record}.get(opts.kind, _judge_record)
     index = 0
     for path in paths:
         for lineno, row in iter_rows(path):

@@ -183,3 +183,54 @@ def pair_to_example(pair: PreferencePair, index: int, seed: int,
         task_type=pair.task_type,
         chosen_position=winner,
     )
+
+
+@dataclasses.dataclass
+class RuleExample:
+    """A rule-adapter example: the pair as one text in labeled sections, and the R-hot set of
+    the rules selected for it."""
+
+    id: str
+    text: str
+    labels: object  # numpy [R] uint8
+
+
+def rule_adapter_text(prompt: list[Message], a: list[Message], b: list[Message]) -> str:
+    """The adapter's input: the conversation, response A and response B in labeled sections."""
+    def body(msgs):
+        return "\n".join(f"{m['role'].capitalize()}: {m['content']}" if len(msgs) > 1 or m["role"] != "assistant"
+                         else m["content"] for m in msgs)
+
+    return f"[Conversation]\n{body(prompt)}\n\n[Response A]\n{body(a)}\n\n[Response B]\n{body(b)}"
+
+
+def parse_rule_example(row: dict, fallback_id: str, num_rules: int) -> RuleExample:
+    """``{prompt, a, b, rule_indices}`` or ``{prompt, a, b, labels}`` (also ``response_a`` /
+    ``response_b``; strings or message lists); ``rule_indices`` are 0-based positions in the
+    pool of ``num_rules`` rules, ``labels`` an R-long list of 0/1."""
+    import numpy as np
+
+    a = row.get("a", row.get("response_a"))
+    b = row.get("b", row.get("response_b"))
+    for key, v in (("prompt", row.get("prompt")), ("a", a), ("b", b)):
+        if v is None:
+            raise DataError(f"missing field {key!r}")
+    prompt = _messages(row["prompt"], "prompt", "user")
+    a, b = _messages(a, "a", "assistant"), _messages(b, "b", "assistant")
+    labels = np.zeros(num_rules, np.uint8)
+    if "rule_indices" in row:
+        idx = row["rule_indices"]
+        if not isinstance(idx, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in idx):
+            raise DataError("field 'rule_indices' must be a list of integers")
+        bad = [i for i in idx if not 0 <= i < num_rules]
+        if bad:
+            raise DataError(f"field 'rule_indices' has {bad[0]}, outside the pool of {num_rules} rules")
+        labels[idx] = 1
+    elif "labels" in row:
+        lab = row["labels"]
+        if not isinstance(lab, list) or len(lab) != num_rules or any(v not in (0, 1) for v in lab):
+            raise DataError(f"field 'labels' must be a list of {num_rules} zeros and ones")
+        labels[:] = lab
+    else:
+        raise DataError("missing field 'rule_indices' (or 'labels')")
+    return RuleExample(_record_id(row, fallback_id), rule_adapter_text(prompt, a, b), labels)

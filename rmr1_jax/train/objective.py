@@ -93,12 +93,14 @@ class IteratorSource:
 class RecordSpec:
     """The tokenized records an objective trains on: ``kind`` as in
     :class:`rmr1_jax.data.records.RecordOptions` ("sft": prompt + target with a loss mask,
-    "prompt": the judge prompt alone), the token limit and what to do with longer records."""
+    "prompt": the judge prompt alone, "pair": both sides of a preference pair, "rules": a pair
+    and its selected-rule set), the token limit and what to do with longer records."""
 
     kind: str
     max_length: int
     overlong: str
     both_orders: bool = False
+    num_labels: int = 0  # "rules" records: the rule pool's size
 
 
 @dataclasses.dataclass

@@ -48,7 +48,7 @@ def build_model(spec: ModelSpec, mesh, tokenizer=None, seed: int = 0, head: str 
         source, kind = spec.init_checkpoint, "orbax"
     else:
         source, kind = spec.preset, "preset"
-    return load_model(source, head, mesh=mesh, kind=kind, param_dtype=spec.param_dtype, dtype=spec.dtype,
+    return load_model(source, head, mesh=mesh, kind=kind, num_labels=spec.num_labels if head == "multilabel" else None, param_dtype=spec.param_dtype, dtype=spec.dtype,
                       scan_layers=spec.scan_layers, remat_policy=spec.remat_policy,
                       attention_impl=spec.attention_impl, vocab_size=spec.vocab_size, tokenizer=tokenizer,
                       seed=seed)
@@ -89,7 +89,7 @@ def prepare_job(cfg, records, log=print):
         files["eval"] = list(cfg.data.eval)
     opts = RecordOptions(kind=records.kind, max_length=records.max_length, on_error=cfg.data.on_error,
                          overlong=records.overlong, position_seed=cfg.data.position_seed,
-                         both_orders=records.both_orders)
+                         both_orders=records.both_orders, num_labels=records.num_labels)
     sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
                                opts, log=log)
     return mesh, tokenizer, template, sources

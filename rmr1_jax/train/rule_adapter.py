@@ -1,0 +1,187 @@
+"""The Rule Adapter (RAMO): the decoder with a multi-label head over the rule pool, trained
+with binary cross-entropy to predict the rules selected for each pair.
+
+Input: the pair as one user message in labeled sections (``[Conversation]``, ``[Response A]``,
+``[Response B]``; :func:`rmr1_jax.data.schemas.rule_adapter_text`) through the chat template;
+the head reads its last real token. Target: the R-hot set of the pair's selected rules
+(``rule_indices`` or ``labels`` in the data rows). The loss is the BCE summed over rows and
+rules and divided by rows x R of the whole global batch.
+
+Metrics: top-k precision and recall (k = ``adapter.k``) and label accuracy during training;
+on held-out data also two F1 figures, named for what they average:
+
+* ``macro_f1_rules``: the F1 of each rule (its true/false positives and false negatives over
+  the whole held-out set, predicted when sigmoid > ``adapter.threshold``), averaged over the
+  rules that occur in the gold sets or the predictions - the adapter's selection quality;
+* ``f1_flattened_two_class``: the F1 of the flattened 0/1 labels for class 1 and for class 0,
+  averaged - what upstream RAMO reported as "f1_macro" (two classes, not R rules).
+
+The step of the best ``macro_f1_rules`` so far is recorded in ``<run_dir>/best.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rmr1_jax.errors import ConfigError
+from rmr1_jax.schema import JobConfig
+from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec
+
+
+@dataclasses.dataclass
+class AdapterSpec:
+    k: int = 5  # rules selected per pair: top-k precision / recall
+    threshold: float = 0.5  # sigmoid threshold of a predicted rule (F1)
+
+    def validate(self, where: str):
+        if self.k < 1:
+            raise ConfigError(f"{where}: adapter.k must be at least 1")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"{where}: adapter.threshold must be in (0, 1)")
+
+
+@dataclasses.dataclass
+class RuleAdapterConfig(JobConfig):
+    adapter: AdapterSpec = dataclasses.field(default_factory=AdapterSpec)
+
+    def validate(self, where: str):
+        if not self.model.num_labels or self.model.num_labels < 1:
+            raise ConfigError(f"{where}: model.num_labels must be the size of the rule pool")
+        if self.adapter.k > self.model.num_labels:
+            raise ConfigError(f"{where}: adapter.k={self.adapter.k} exceeds model.num_labels={self.model.num_labels}")
+
+
+def adapter_loss_fn(model, k: int):
+    """loss_fn(params, batch, rng) -> (BCE sum, (rows x R, metrics)) over ``input_ids``,
+    ``attention_mask`` [B, T] and ``labels`` [B, R]; rows without tokens count nowhere."""
+
+    def loss_fn(params, batch, rng):
+        del rng
+        logits = model.apply({"params": params}, batch["input_ids"], attention_mask=batch["attention_mask"])
+        labels = batch["labels"].astype(jnp.float32)
+        w = (jnp.sum(batch["attention_mask"], -1) > 0).astype(jnp.float32)
+        n_rules = labels.shape[-1]
+        bce = optax.sigmoid_binary_cross_entropy(logits, labels)
+        hits = jnp.sum(jnp.take_along_axis(labels, jax.lax.top_k(logits, k)[1], axis=-1), -1)
+        rows = jnp.sum(w)
+        metrics = {"label_accuracy": (jnp.sum(((logits > 0) == (labels > 0.5)) * w[:, None]), rows * n_rules),
+                   "topk_precision": (jnp.sum(hits * w), rows * k),
+                   "topk_recall": (jnp.sum(hits * w), jnp.sum(labels * w[:, None]))}
+        return jnp.sum(bce * w[:, None]), (rows * n_rules, metrics)
+
+    return loss_fn
+
+
+def f1_scores(pred: np.ndarray, gold: np.ndarray) -> dict:
+    """``macro_f1_rules`` and ``f1_flattened_two_class`` (see the module docstring) of 0/1
+    predictions and gold sets [N, R]."""
+    pred, gold = pred.astype(bool), gold.astype(bool)
+    tp = np.sum(pred & gold, 0)
+    fp = np.sum(pred & ~gold, 0)
+    fn = np.sum(~pred & gold, 0)
+    seen = (tp + fp + fn) > 0
+    per_rule = np.where(seen, 2 * tp / np.maximum(2 * tp + fp + fn, 1), 0.0)
+
+    def f1(p, g):
+        t = np.sum(p & g)
+        return 2 * t / max(2 * t + np.sum(p & ~g) + np.sum(~p & g), 1)
+
+    flat_p, flat_g = pred.ravel(), gold.ravel()
+    return {"macro_f1_rules": float(per_rule[seen].mean()) if seen.any() else 0.0,
+            "f1_flattened_two_class": float((f1(flat_p, flat_g) + f1(~flat_p, ~flat_g)) / 2)}
+
+
+def heldout_adapter(model, loss_fn, params, batches, mesh, threshold: float) -> dict:
+    """Loss, top-k precision / recall and both F1 figures over held-out batches."""
+    from rmr1_jax.parallel.hostlocal import fetch, process_rows, to_global
+    from rmr1_jax.parallel.sharding import activation_sharding
+
+    step = jax.jit(lambda p, b: (loss_fn(p, b, None), model.apply({"params": p}, b["input_ids"],
+                                                                    attention_mask=b["attention_mask"])))
+    sums: dict = {}
+    preds, golds = [], []
+    with activation_sharding(mesh):
+        for b in batches:
+            (s, (c, metrics)), logits = step(params, to_global(b, mesh))
+            s, c, metrics = jax.device_get((s, c, metrics))
+            for key, (ms, mn) in {"loss": (s, c), **metrics}.items():
+                prev = sums.get(key, (0.0, 0.0))
+                sums[key] = (prev[0] + float(ms), prev[1] + float(mn))
+            real = b["attention_mask"].sum(-1) > 0
+            own = np.asarray(fetch(logits))[process_rows(logits)]  # this process's rows
+            preds.append((1 / (1 + np.exp(-own)) > threshold)[real])
+            golds.append(b["labels"][real] > 0.5)
+    out = {k: s / max(n, 1.0) for k, (s, n) in sums.items()}
+    out["examples"] = float(sum(len(g) for g in golds))
+    out.update(f1_scores(np.concatenate(preds), np.concatenate(golds)))
+    return out
+
+
+class RuleAdapterObjective:
+    """The Rule Adapter: multi-label BCE over the rule pool on the selected-rule sets."""
+
+    name = "rule-adapter"
+    config_cls = RuleAdapterConfig
+    head = "multilabel"
+
+    def records(self, cfg: RuleAdapterConfig) -> RecordSpec:
+        return RecordSpec("rules", cfg.data.max_length, cfg.data.overlong, num_labels=cfg.model.num_labels)
+
+    def plan(self, job: Job) -> Plan:
+        from rmr1_jax.data.pipeline import CheckpointableIterator, rules_dataset, rules_eval_batches
+
+        cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
+        train = dataclasses.replace(cfg.train, global_batch=cfg.train.global_batch or 8)
+        n_proc, p_idx = job.process_count, job.process_index
+        if train.global_batch % n_proc:
+            raise ConfigError(f"train.global_batch={train.global_batch} must be divisible by the {n_proc} processes")
+        per_host, r = train.global_batch // n_proc, cfg.model.num_labels
+        kw = dict(batch_size=per_host, max_length=cfg.data.max_length, pad_id=job.tokenizer.pad_id, num_labels=r,
+                  process_index=p_idx, process_count=n_proc)
+        host_rows = len(range(p_idx, len(sources["train"]), n_proc))
+        if host_rows < per_host:
+            raise ConfigError(f"data.train has {len(sources['train'])} usable examples, fewer than one step of "
+                              f"train.global_batch={train.global_batch}")
+        if train.max_steps is not None:
+            total_steps, epochs = train.max_steps, None
+        else:
+            total_steps, epochs = max(1, math.ceil(host_rows // per_host * train.epochs)), max(1, math.ceil(train.epochs))
+        batches = IteratorSource(CheckpointableIterator(rules_dataset(sources["train"], seed=train.seed, epochs=epochs,
+                                                                      **kw)))
+        loss_fn = adapter_loss_fn(model, cfg.adapter.k)
+        best_path = os.path.join(cfg.train.run_dir, "best.json")
+
+        def evaluate(p, step):
+            out = heldout_adapter(model, loss_fn, p, rules_eval_batches(sources["eval"], limit=train.eval_limit, **kw),
+                                  mesh, cfg.adapter.threshold)
+            best = _read_best(best_path)
+            if jax.process_index() == 0 and (best is None or out["macro_f1_rules"] > best["macro_f1_rules"]):
+                from rmr1_jax.data.readers import atomic_write_text
+
+                atomic_write_text(best_path, json.dumps({"step": step, "macro_f1_rules": out["macro_f1_rules"]}))
+            return out
+
+        return Plan(loss_fn=loss_fn, batches=batches, total_steps=total_steps, train=train, seq_len=cfg.data.max_length,
+                    tokens_per_step=lambda b: float(np.sum(b["attention_mask"])),
+                    evaluate=evaluate if "eval" in sources else None,
+                    sizes={"rules": r, "tokens per row": cfg.data.max_length},
+                    summary=f"rule adapter: BCE over {r} rules, top-{cfg.adapter.k} precision/recall, "
+                            f"F1 at sigmoid > {cfg.adapter.threshold}")
+
+
+def _read_best(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+OBJECTIVE = RuleAdapterObjective()

@@ -1,0 +1,81 @@
+"""The Rule Adapter: the F1 figures against hand-worked numbers, and learning measured on
+held-out pairs whose selected rules a program decides."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from rmr1_jax.errors import DataError
+from rmr1_jax.data.schemas import parse_rule_example
+from rmr1_jax.text.tokenizer import train_sentencepiece
+from rmr1_jax.train import runner
+from rmr1_jax.train.rule_adapter import f1_scores
+
+TOPICS = ["poison", "password", "weapon", "insult", "casino", "pirated", "stalking", "wildfire"]
+
+
+def test_f1_figures_by_hand():
+    gold = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
+    # rule 0: tp 1, fn 1 -> 2/3; rule 1: tp 1, fp 1 -> 2/3; rule 2 never occurs: left out
+    # flattened: class 1 tp 2, fp 1, fn 1 -> 2/3; class 0 tp 5, fp 1, fn 1 -> 10/12
+    out = f1_scores(pred, gold)
+    assert out["macro_f1_rules"] == pytest.approx(2 / 3)
+    assert out["f1_flattened_two_class"] == pytest.approx((2 / 3 + 10 / 12) / 2)
+
+
+def test_rule_examples_name_their_errors():
+    row = {"prompt": "p", "a": "x", "b": "y", "rule_indices": [0, 2]}
+    assert parse_rule_example(row, "f:1", 3).labels.tolist() == [1, 0, 1]
+    assert parse_rule_example({"prompt": "p", "a": "x", "b": "y", "labels": [0, 1, 0]},
+                              "f:1", 3).labels.tolist() == [0, 1, 0]
+    with pytest.raises(DataError, match="outside the pool of 3 rules"):
+        parse_rule_example({**row, "rule_indices": [3]}, "f:1", 3)
+    with pytest.raises(DataError, match="missing field 'b'"):
+        parse_rule_example({"prompt": "p", "a": "x", "rule_indices": [0]}, "f:1", 3)
+    with pytest.raises(DataError, match="'labels' must be a list of 3 zeros and ones"):
+        parse_rule_example({"prompt": "p", "a": "x", "b": "y", "labels": [1, 0]}, "f:1", 3)
+
+
+def _examples(n, seed):
+    """Each pair mentions two or three topics; the selected rules are those topics' rules."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        picks = sorted(rng.choice(len(TOPICS), size=int(rng.integers(2, 4)), replace=False).tolist())
+        words = [TOPICS[j] for j in picks]
+        rows.append({"id": f"{seed}-{i}", "prompt": "Help me.", "a": "Sure.",
+                     "b": f"Not on {' or '.join(words)}.", "rule_indices": picks})
+    return rows
+
+
+def _write(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return path
+
+
+def test_a_tiny_rule_adapter_learns_the_selected_rules_on_held_out_pairs(tmp_path):
+    train, held = _examples(320, 1), _examples(64, 2)
+    tok_dir = str(tmp_path / "tok")
+    train_sentencepiece([r[k] for r in train for k in ("prompt", "a", "b")] * 3, tok_dir, vocab_size=300)
+    cfg = {"model": {"preset": "tiny", "dtype": "float32", "scan_layers": False, "num_labels": len(TOPICS)},
+           "mesh": {"data": -1}, "tokenizer": {"path": tok_dir},
+           "data": {"train": [_write(str(tmp_path / "train.jsonl"), train)],
+                    "eval": [_write(str(tmp_path / "held.jsonl"), held)], "max_length": 96},
+           "optim": {"lr": 3e-3, "warmup_steps": 5}, "adapter": {"k": 3},
+           "train": {"run_dir": str(tmp_path / "run"), "global_batch": 16, "max_steps": 120, "progress": False,
+                     "peak_flops": 1e12, "eval_every": 60},
+           "checkpoint": {"save_every": 1000, "keep": 1, "async_save": False}}
+    path = str(tmp_path / "adapter.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    out = runner.run(runner.load_config("rule-adapter", path), "rule-adapter", log=lambda *_: None)
+    assert out.model.cfg.head == "multilabel" and out.params["score"].shape == (64, len(TOPICS))
+    ev = out.result.eval_metrics
+    assert ev["examples"] == 64
+    assert ev["macro_f1_rules"] > 0.85 and ev["topk_recall"] > 0.9, ev
+    best = json.load(open(tmp_path / "run" / "best.json"))
+    assert best["step"] in (60, 120) and best["macro_f1_rules"] >= ev["macro_f1_rules"] - 1e-9
