@@ -79,3 +79,29 @@ def test_a_tiny_rule_adapter_learns_the_selected_rules_on_held_out_pairs(tmp_pat
     assert ev["macro_f1_rules"] > 0.85 and ev["topk_recall"] > 0.9, ev
     best = json.load(open(tmp_path / "run" / "best.json"))
     assert best["step"] in (60, 120) and best["macro_f1_rules"] >= ev["macro_f1_rules"] - 1e-9
+    # the multi-label export: transformers' AutoModelForSequenceClassification gives the same logits
+    import os
+
+    import jax
+    import torch
+    import transformers
+
+    from rmr1_jax.checkpoint.convert import orbax_to_hf
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.parallel.mesh import make_mesh
+
+    hf_dir = orbax_to_hf(str(tmp_path / "run" / "checkpoints"), str(tmp_path / "adapter_hf"), dtype="float32")
+    config = json.load(open(os.path.join(hf_dir, "config.json")))
+    assert config["num_labels"] == len(TOPICS) and config["problem_type"] == "multi_label_classification"
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 300, (3, 20))
+    ids[ids == config["pad_token_id"]] = 5
+    mask = np.ones_like(ids)
+    mask[1, 12:] = 0
+    ids = np.where(mask > 0, ids, config["pad_token_id"])
+    with torch.no_grad():
+        theirs = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    model, params = load_model(str(tmp_path / "run" / "checkpoints"), mesh=make_mesh(devices=jax.devices()[:1]))
+    ours = np.asarray(model.apply({"params": params}, ids.astype(np.int32), attention_mask=mask.astype(np.int32)))
+    np.testing.assert_allclose(ours, theirs, atol=1e-4 * max(1.0, float(np.abs(theirs).max())))
