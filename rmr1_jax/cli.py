@@ -238,6 +238,16 @@ def _fmt(m: dict) -> str:
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
 
 
+def _rules_cmd(module: str, name: str):
+    """A subcommand that runs ``module.name(args)``, imported when it runs."""
+    def run(args):
+        import importlib
+
+        getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -252,11 +262,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     for name, objective, text in (("distill", "distill", "stage 1: distill reasoning traces (SFT)"),
                                   ("grpo", "grpo", "stage 2: GRPO with the verifiable verdict reward"),
-                                  ("train-rm", "reward-model", "a Bradley-Terry scalar reward model on preference pairs")):
+                                  ("train-rm", "reward-model", "a Bradley-Terry scalar reward model on preference pairs"),
+                                  ("rule-adapter", "rule-adapter", "the RAMO Rule Adapter on selected-rule sets")):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("config", help="YAML recipe (configs/...)")
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
         sp.set_defaults(func=cmd_train, objective=objective)
+
+    rules = sub.add_parser("rules", help="RAMO labeling: score rules with a model, select rules per pair, label")
+    rsub = rules.add_subparsers(dest="rules_command", required=True)
+    rs = rsub.add_parser("score", help="score every (prompt, response) against every rule: P(Yes) - P(No)")
+    rs.add_argument("--ckpt", required=True, help="the rule-scoring judge (Orbax or HF causal LM)")
+    rs.add_argument("--rules", required=True, help="rule pool JSONL ({id, text, category})")
+    rs.add_argument("--in", dest="in_path", required=True, help="JSONL rows {prompt, response}")
+    rs.add_argument("--out", required=True)
+    rs.add_argument("--template", default=None, help="scoring prompt with {rule}, {prompt}, {response}")
+    rs.add_argument("--no-chat-template", action="store_true", help="send the rendered template as is")
+    rs.add_argument("--batch-size", type=int, default=32)
+    rs.add_argument("--tokenizer", default=None)
+    rs.add_argument("--mesh", default=None)
+    rs.set_defaults(func=_rules_cmd("rmr1_jax.rules.scoring", "cmd_score"))
+    from rmr1_jax.rules.commands import add_label_arguments, add_select_arguments
+
+    sel = rsub.add_parser("select", help="pick the rules of each pair (top-k discrepancy and baselines)")
+    add_select_arguments(sel)
+    sel.set_defaults(func=_rules_cmd("rmr1_jax.rules.commands", "cmd_select"))
+    lab = rsub.add_parser("label", help="label each pair from its selected rules, with diagnostics against gold")
+    add_label_arguments(lab)
+    lab.set_defaults(func=_rules_cmd("rmr1_jax.rules.commands", "cmd_label"))
 
     jd = sub.add_parser("judge", help="judge a pair (or a JSONL file of pairs) with a trained judge")
     jd.add_argument("--ckpt", required=True, help="Orbax checkpoint directory or HF directory")

@@ -105,3 +105,18 @@ def test_a_tiny_rule_adapter_learns_the_selected_rules_on_held_out_pairs(tmp_pat
     model, params = load_model(str(tmp_path / "run" / "checkpoints"), mesh=make_mesh(devices=jax.devices()[:1]))
     ours = np.asarray(model.apply({"params": params}, ids.astype(np.int32), attention_mask=mask.astype(np.int32)))
     np.testing.assert_allclose(ours, theirs, atol=1e-4 * max(1.0, float(np.abs(theirs).max())))
+
+
+def test_the_ramo_adapter_recipe_pins_the_published_hyperparameters():
+    import os
+
+    from rmr1_jax.rules.pool import load_pool
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cfg = runner.load_config("rule-adapter", os.path.join(root, "configs", "rule_adapter", "ramo-llama3.2-3b.yaml"),
+                             ["model.hf_dir=/ckpt/Llama-3.2-3B", "data.train=[x.jsonl]"])
+    assert (cfg.optim.lr, cfg.train.epochs, cfg.train.global_batch, cfg.optim.weight_decay, cfg.data.max_length) \
+        == (2e-5, 3.0, 8, 0.01, 1024)
+    assert cfg.model.num_labels == len(load_pool()) == 100
+    runner.load_config("rule-adapter", os.path.join(root, "configs", "rule_adapter", "tiny.yaml"),
+                       ["data.train=[x.jsonl]"])
