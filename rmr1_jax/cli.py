@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     rs = rsub.add_parser("score", help="score every (prompt, response) against every rule: P(Yes) - P(No)")
     rs.add_argument("--ckpt", required=True, help="the rule-scoring judge (Orbax or HF causal LM)")
-    rs.add_argument("--rules", required=True, help="rule pool JSONL ({id, text, category})")
+    rs.add_argument("--rules", default=None, help="rule pool, JSONL {id, text, category} or YAML (default: the built-in pool)")
     rs.add_argument("--in", dest="in_path", required=True, help="JSONL rows {prompt, response}")
     rs.add_argument("--out", required=True)
     rs.add_argument("--template", default=None, help="scoring prompt with {rule}, {prompt}, {response}")

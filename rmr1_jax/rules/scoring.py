@@ -1,0 +1,438 @@
+"""Rule scoring with our own judge LM: for each (prompt, response) and each rule, one
+teacher-forced forward pass over a judge prompt, no sampling.
+
+::
+
+    scorer = RuleScorer(model, params, tokenizer, mesh)          # an "lm"-head DecoderLM
+    scores, relevance = score_items(scorer, items, rules)        # [N, R] each
+    score_file(scorer, rules, "in.jsonl", "out.jsonl")           # what `rmr1 rules score` does
+
+Definitions, read from the next-token distribution at the answer position (the first
+generated position, after the generation prompt) with the three answer tokens y, n, i:
+
+* ``score = P(y) - P(n)`` in [-1, 1], RAMO's rule score;
+* ``relevance = 1 - P(i)`` in [0, 1]. RAMO never released how its relevance was computed; this
+  is our definition: the judge's probability that the rule does not declare itself irrelevant.
+
+``normalize=False`` (the default, as RAMO scores) takes P over the whole vocabulary, so mass
+on other tokens counts as neither Yes nor No and as relevant; ``normalize=True`` renormalizes
+over the three answer tokens first (then ``relevance = P(y) + P(n)``).
+
+The answer tokens are found through the tokenizer: each word is appended to a rendered judge
+prompt (after a space unless the prompt ends in whitespace, e.g. the generation prompt's
+newline) and must add exactly one token to the prompt's tokens.
+
+Prefix sharing: an item's judge prompts for all rules are tokenized, and their longest common
+token prefix (the instruction and conversation, when the template puts the rule last) is run
+once into a KV cache; each rule's remaining tokens then run as a continuation over a copy of
+that cache (the prefix cache broadcast over the batch's rules). The token sequences are the
+same as without sharing, so the scores equal a full forward pass per whole prompt.
+
+Batching: ``batch_size`` (item, rule) rows per call (the last batch filled up with copies of
+its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
+tokens (short rule suffixes: of ``bucket // 4``) and prefix counts powers of two, so few shapes
+compile. Single-process only (a multi-process job is refused with one line).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmr1_jax.errors import DataError, UserError
+from rmr1_jax.models.decoder import init_cache
+from rmr1_jax.models.layers import dtype_of, matmul_f32
+from rmr1_jax.models.params import unstack_layers
+from rmr1_jax.parallel.hostlocal import fetch, to_global
+from rmr1_jax.parallel.sharding import activation_sharding
+
+DEFAULT_TEMPLATE = (
+    "You check conversations that will train an assistant to be safe and helpful.\n"
+    "Decide whether the assistant's response in the conversation below follows the rule given "
+    "after it. Answer exactly Yes if the response follows the rule, No if it does not, or "
+    "Irrelevant if the conversation has nothing to do with the rule.\n\n"
+    "[Conversation]\n{prompt}\n\nAssistant: {response}\n\n"
+    "[Rule]\n{rule}\n\n"
+    "Answer with one word."
+)
+PLACEHOLDERS = ("{rule}", "{prompt}", "{response}")
+_FIELD = re.compile(r"\{(rule|prompt|response)\}")
+OUTPUT_FIELDS = ("scores", "relevance", "line")
+
+
+def prompt_text(prompt) -> str:
+    """``{prompt}``'s text: a string as it is; a message list as ``Role: content`` paragraphs."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in prompt)
+
+
+def fill(template: str, rule: str, prompt, response: str) -> str:
+    """The template with its placeholders replaced in one pass (braces inside the inserted
+    texts are left alone)."""
+    values = {"rule": rule, "prompt": prompt_text(prompt), "response": response}
+    return _FIELD.sub(lambda m: values[m.group(1)], template)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all ``seqs`` share, leaving each at least one token."""
+    n = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+class RuleScorer:
+    """A judge LM with its tokenizer and judge template: batched (item, rule) scoring.
+
+    Args:
+      model, params: a ``DecoderLM`` with an ``"lm"`` head and its parameters (on ``mesh``).
+      tokenizer: a :class:`~rmr1_jax.text.tokenizer_base.Tokenizer`.
+      mesh: the device mesh whose (data, fsdp) axes the rows are sharded over.
+      template: the judge prompt with ``{rule}``, ``{prompt}``, ``{response}`` (default
+        :data:`DEFAULT_TEMPLATE`).
+      chat_template: render the filled template as one user message through the tokenizer's
+        chat template with the generation prompt; ``False``: tokenize it as it is.
+      answers: the (yes, no, irrelevant) answer words.
+      batch_size: (item, rule) rows per forward pass.
+      share_prefix: run each item's common prefix once (see the module docstring).
+      normalize: renormalize over the three answer tokens (see the module docstring).
+      max_length: the longest judge prompt in tokens (default: the model's
+        ``max_position_embeddings``).
+      bucket: prompt and prefix widths are multiples of this many tokens (suffixes of a quarter).
+    """
+
+    def __init__(self, model, params, tokenizer, mesh, *, template: str | None = None, chat_template: bool = True,
+                 answers: Sequence[str] = ("Yes", "No", "Irrelevant"), batch_size: int = 32,
+                 share_prefix: bool = True, normalize: bool = False, max_length: int | None = None,
+                 bucket: int = 32):
+        cfg = model.cfg
+        if cfg.head != "lm":
+            raise UserError(f"rule scoring needs a causal LM ('lm' head); this model has a {cfg.head!r} head")
+        if jax.process_count() > 1:
+            raise UserError("rule scoring runs in a single process; start it without jax.distributed")
+        for name, v in (("batch_size", batch_size), ("bucket", bucket)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name}={v!r} must be a positive integer")
+        self.template = DEFAULT_TEMPLATE if template is None else template
+        missing = [p for p in PLACEHOLDERS if p not in self.template]
+        if missing:
+            raise UserError(f"the rule-scoring template lacks the placeholder(s) {', '.join(missing)}")
+        if len(answers) != 3:
+            raise UserError(f"answers must be three words (yes, no, irrelevant), got {list(answers)}")
+        self.tokenizer, self.mesh, self.chat_template = tokenizer, mesh, chat_template
+        self.batch_size, self.share_prefix, self.normalize, self.bucket = batch_size, share_prefix, normalize, bucket
+        self.max_length = int(max_length or cfg.max_position_embeddings)
+        self._vocab = cfg.vocab_size
+        self.answer_ids = self._answer_ids(tuple(answers))
+        # continuations need per-layer cache arrays: the unrolled layer stack, no remat
+        if cfg.scan_layers or cfg.remat_policy != "none":
+            if cfg.scan_layers:
+                params = jax.jit(lambda p: unstack_layers(p, cfg.num_hidden_layers))(params)
+            model = type(model)(dataclasses.replace(cfg, scan_layers=False, remat_policy="none"))
+        self.model, self.params = model, params
+        self._full = jax.jit(self._full_impl)
+        self._shared = jax.jit(self._shared_impl)
+
+    def render(self, rule: str, prompt, response: str) -> str:
+        """The judge prompt's text for one (rule, prompt, response), as it is tokenized."""
+        text = fill(self.template, rule, prompt, response)
+        if not self.chat_template:
+            return text
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+
+    def _answer_ids(self, answers: tuple[str, ...]) -> np.ndarray:
+        probe = self.render("Do not insult the user.", "Is the sky blue?", "Yes, on a clear day.")
+        base = self.tokenizer.encode(probe)
+        sep = "" if probe[-1:].isspace() else " "
+        ids = []
+        for word in answers:
+            full = self.tokenizer.encode(probe + sep + word)
+            if len(full) != len(base) + 1 or full[:len(base)] != base:
+                raise UserError(f"answer word {sep + word!r} is not one token after the judge prompt "
+                                f"(it adds {len(full) - len(base)} tokens); choose single-token answer words")
+            ids.append(full[-1])
+        if len(set(ids)) != 3:
+            raise UserError(f"answer words {list(answers)} do not give three different tokens")
+        if max(ids) >= self.model_vocab():
+            raise UserError(f"answer token id {max(ids)} is outside the model's vocabulary; is this its tokenizer?")
+        return np.asarray(ids, np.int32)
+
+    def model_vocab(self) -> int:
+        return self._vocab
+
+    def _answer_probs(self, params, hidden_btd, last_b, answer_ids):
+        """[B, 3] full-vocabulary probabilities of the answer tokens at each row's ``last``."""
+        cfg = self.model.cfg
+        h_bd = jnp.take_along_axis(hidden_btd, last_b[:, None, None], axis=1)[:, 0]
+        head = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
+        logits_bv = matmul_f32("bd,dv->bv", h_bd, head.astype(dtype_of(cfg.dtype)))
+        return jnp.exp(jax.nn.log_softmax(logits_bv, axis=-1)[:, answer_ids])
+
+    def _full_impl(self, params, ids, mask, last, answer_ids):
+        hidden = self.model.apply({"params": params}, ids, attention_mask=mask, return_hidden=True)
+        return self._answer_probs(params, hidden, last, answer_ids)
+
+    def _shared_impl(self, params, pre_ids, pre_mask, suf_ids, suf_mask, pre_row, last, answer_ids):
+        lp, ls = pre_ids.shape[1], suf_ids.shape[1]
+        cache = init_cache(self.model.cfg, pre_ids.shape[0], lp + ls)
+        _, cache = self.model.apply({"params": params}, pre_ids, attention_mask=pre_mask, cache=cache,
+                                    cache_index=0, return_hidden=True)
+        cache = jax.tree.map(lambda x: jnp.take(x, pre_row, axis=0), cache)  # one copy per rule row
+        hidden, _ = self.model.apply({"params": params}, suf_ids, attention_mask=suf_mask, cache=cache,
+                                     cache_index=lp, return_hidden=True)
+        return self._answer_probs(params, hidden, last, answer_ids)
+
+    def score(self, items: Sequence[tuple], rules: Sequence[str], names: Sequence[str] | None = None):
+        """``(scores, relevance)``, float32 [N, R] each, for ``items`` of (prompt, response)
+        (prompt a string or a message list) and rule texts. ``names`` label items in errors."""
+        rules = list(rules)
+        if not rules:
+            raise UserError("no rules to score")
+        names = list(names) if names is not None else [f"item {i}" for i in range(len(items))]
+        seqs = [self._item_ids(p, r, rules, name) for (p, r), name in zip(items, names)]
+        probs = np.zeros((len(items), len(rules), 3), np.float32)
+        rows = [(i, j) for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1][0])) for j in range(len(rules))]
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            out = self._shared_batch(seqs, chunk) if self.share_prefix else self._full_batch(seqs, chunk)
+            for (i, j), p in zip(chunk, out):
+                probs[i, j] = p
+        if self.normalize:
+            probs = probs / np.maximum(probs.sum(-1, keepdims=True), np.finfo(np.float32).tiny)
+        return probs[..., 0] - probs[..., 1], 1.0 - probs[..., 2]
+
+    def _item_ids(self, prompt, response, rules, name):
+        """(prefix ids, [suffix ids per rule]) of one item; with ``share_prefix=False`` the
+        prefix is empty and each suffix is the whole prompt."""
+        seqs = self.tokenizer.encode_batch([self.render(rule, prompt, response) for rule in rules])
+        vocab = self.model_vocab()
+        for j, s in enumerate(seqs):
+            if len(s) > self.max_length:
+                raise DataError(f"{name}, rule {j}: the judge prompt has {len(s)} tokens, more than the context "
+                                f"of {self.max_length}")
+            if s and max(s) >= vocab:
+                raise DataError(f"{name}: token id {max(s)} is outside the model's vocabulary ({vocab})")
+        n = common_prefix(seqs) if self.share_prefix else 0
+        return seqs[0][:n], [s[n:] for s in seqs]
+
+    def _width(self, n: int, short: bool = False) -> int:
+        b = max(1, self.bucket // 4) if short else self.bucket
+        return max(b, -(-n // b) * b)
+
+    def _pad(self, seqs: list[list[int]], rows: int, width: int):
+        ids = np.full((rows, width), self.tokenizer.pad_id, np.int32)
+        mask = np.zeros((rows, width), bool)
+        for k, s in enumerate(seqs):
+            ids[k, :len(s)] = s
+            mask[k, :len(s)] = True
+        return ids, mask
+
+    def _run(self, fn, arrays: dict, n: int) -> np.ndarray:
+        with activation_sharding(self.mesh):
+            g = to_global(arrays, self.mesh)
+            out = fn(self.params, *g.values(), jnp.asarray(self.answer_ids))
+        return fetch(out)[:n]
+
+    def _full_batch(self, seqs, chunk):
+        suf = [seqs[i][1][j] for i, j in chunk]
+        suf += [suf[0]] * (self.batch_size - len(suf))
+        ids, mask = self._pad(suf, self.batch_size, self._width(max(len(s) for s in suf)))
+        last = np.asarray([len(s) - 1 for s in suf], np.int32)
+        return self._run(self._full, {"ids": ids, "mask": mask, "last": last}, len(chunk))
+
+    def _shared_batch(self, seqs, chunk):
+        items = list(dict.fromkeys(i for i, _ in chunk))
+        slot = {i: k for k, i in enumerate(items)}
+        pre = [seqs[i][0] for i in items]
+        n_pre = _pow2(len(items))
+        pre_ids, pre_mask = self._pad(pre, n_pre, self._width(max(len(p) for p in pre)))
+        rows = list(chunk) + [chunk[0]] * (self.batch_size - len(chunk))
+        suf = [seqs[i][1][j] for i, j in rows]
+        suf_ids, suf_mask = self._pad(suf, self.batch_size, self._width(max(len(s) for s in suf), short=True))
+        arrays = {"pre_ids": pre_ids, "pre_mask": pre_mask, "suf_ids": suf_ids, "suf_mask": suf_mask,
+                  "pre_row": np.asarray([slot[i] for i, _ in rows], np.int32),
+                  "last": np.asarray([len(s) - 1 for s in suf], np.int32)}
+        return self._run(self._shared, arrays, len(chunk))
+
+
+def score_items(scorer: RuleScorer, items: Sequence[tuple], rules: Sequence[str]):
+    """``(scores [N, R], relevance [N, R])`` float32 for (prompt, response) ``items``."""
+    return scorer.score(items, rules)
+
+
+@dataclasses.dataclass
+class FileStats:
+    total: int = 0  # rows in the input file
+    skipped: int = 0  # already in the output file
+    written: int = 0  # scored in this run
+
+
+def _check_row(row, where: str) -> None:
+    if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
+        raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
+    if not isinstance(row["response"], str):
+        raise DataError(f"{where}: 'response' must be a string")
+    p = row["prompt"]
+    ok = isinstance(p, str) or (isinstance(p, list) and p and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in p))
+    if not ok:
+        raise DataError(f"{where}: 'prompt' must be a string or a non-empty list of {{'role', 'content'}} messages")
+
+
+def read_jsonl(path: str, what: str = "input file") -> list[tuple[int, object]]:
+    """``(line number, value)`` of every non-blank line; a bad line is one error naming it."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} not found")
+    out = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if raw.strip():
+                try:
+                    out.append((n, json.loads(raw.decode("utf-8"))))
+                except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                    raise DataError(f"{path}:{n}: not a JSON line ({e})") from None
+    return out
+
+
+def _repair_tail(path: str) -> None:
+    """Make the file end at a line boundary: drop a cut-off last line (a crash mid-write)."""
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return
+        f.truncate(data.rfind(b"\n") + 1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _kept(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
+
+
+def _done_lines(out_path: str, in_path: str, inputs: dict[int, dict], n_rules: int) -> set[int]:
+    if not os.path.exists(out_path):
+        return set()
+    _repair_tail(out_path)
+    done = set()
+    for i, row in read_jsonl(out_path, "output file"):
+        line = row.get("line") if isinstance(row, dict) else None
+        if not isinstance(line, int) or line not in inputs or _kept(row) != _kept(inputs[line]):
+            raise DataError(f"{out_path}:{i}: does not match a row of {in_path}; the output file was written for "
+                            f"another input (choose another output path)")
+        if len(row.get("scores") or ()) != n_rules:
+            raise DataError(f"{out_path}:{i}: has {len(row.get('scores') or ())} scores for {n_rules} rules; it "
+                            f"was written with another rule pool (choose another output path)")
+        done.add(line)
+    return done
+
+
+def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path: str) -> FileStats:
+    """Score every ``{"prompt", "response"}`` row of ``in_path`` against every rule into
+    ``out_path``: one row per input row, its fields plus ``scores`` and ``relevance`` (one float
+    per rule, in ``rules`` order) and ``line`` (its input line number). Every row is checked
+    before anything is scored. Resumable: lines already in ``out_path`` are skipped, the rest
+    appended in input order, flushed and fsynced per batch (about ``batch_size`` rows of
+    (item, rule) work); a cut-off last line is dropped first. An output written for another
+    input or rule count is an error, never overwritten."""
+    rules = list(rules)
+    rows = read_jsonl(in_path)
+    for n, row in rows:
+        _check_row(row, f"{in_path}:{n}")
+    done = _done_lines(out_path, in_path, dict(rows), len(rules))
+    todo = [(n, row) for n, row in rows if n not in done]
+    stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
+    per_write = max(1, scorer.batch_size // len(rules)) if rules else 1
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "a", encoding="utf-8") as f:
+        for start in range(0, len(todo), per_write):
+            chunk = todo[start:start + per_write]
+            scores, rel = scorer.score([(r["prompt"], r["response"]) for _, r in chunk], rules,
+                                       [f"{in_path}:{n}" for n, _ in chunk])
+            if not (np.isfinite(scores).all() and np.isfinite(rel).all()):
+                raise DataError(f"{in_path}:{chunk[0][0]}: the model gave non-finite rule scores")
+            f.write("".join(json.dumps({**_kept(r), "scores": [float(x) for x in s], "relevance": [float(x) for x in q],
+                                        "line": n}, ensure_ascii=False) + "\n"
+                            for (n, r), s, q in zip(chunk, scores, rel)))
+            f.flush()
+            os.fsync(f.fileno())
+            stats.written += len(chunk)
+    return stats
+
+
+def read_rules(path: str | None) -> list[str]:
+    """The rule texts of a pool file (:func:`rmr1_jax.rules.pool.load_pool`; ``None``: the
+    default pool), in pool order."""
+    from rmr1_jax.rules.pool import load_pool
+
+    return [r.text for r in load_pool(path)]
+
+
+def tokenizer_path_for(path: str, tokenizer_path: str | None = None) -> str:
+    """``tokenizer_path``, else an HF directory's own files, else the tokenizer an Orbax
+    checkpoint's saved run config names."""
+    if tokenizer_path:
+        return tokenizer_path
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    from rmr1_jax.checkpoint.reading import read_config
+
+    cfg = read_config(path) or {}
+    tok = (cfg.get("tokenizer") or {}).get("path") or (cfg.get("model") or {}).get("hf_dir")
+    if tok is None:
+        raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
+    return tok
+
+
+def _mesh(spec):
+    """A Mesh as it is; ``None``/``""``: all devices on data; else ``"DATA,FSDP,TENSOR"``."""
+    from rmr1_jax.parallel import make_mesh
+
+    if not spec or not isinstance(spec, str):
+        return spec or make_mesh()
+    try:
+        dims = [int(p) for p in spec.split(",")]
+        if len(dims) != 3:
+            raise ValueError
+    except ValueError:
+        raise UserError(f"--mesh {spec!r}: expected three integers DATA,FSDP,TENSOR (one may be -1)") from None
+    return make_mesh(dims)
+
+
+def cmd_score(args) -> FileStats:
+    """``rmr1 rules score --ckpt DIR --rules FILE --in FILE.jsonl --out FILE.jsonl
+    [--template FILE] [--no-chat-template]`` (also reads ``batch_size``, ``mesh``, ``tokenizer``)."""
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.text.tokenizer import load_tokenizer
+
+    rules = read_rules(args.rules)
+    template = None
+    if getattr(args, "template", None):
+        from rmr1_jax.text.tokenizer_base import read_text
+
+        template = read_text(args.template)
+    mesh = _mesh(getattr(args, "mesh", None))
+    model, params = load_model(args.ckpt, "lm", mesh=mesh, scan_layers=False)
+    tokenizer = load_tokenizer(tokenizer_path_for(args.ckpt, getattr(args, "tokenizer", None)))
+    scorer = RuleScorer(model, params, tokenizer, mesh, template=template,
+                        chat_template=not getattr(args, "no_chat_template", False),
+                        batch_size=getattr(args, "batch_size", None) or 32)
+    stats = score_file(scorer, rules, args.in_path, args.out)
+    print(f"rules score: {stats.written} rows scored, {stats.skipped} already done, against {len(rules)} rules "
+          f"-> {args.out}")
+    return stats
