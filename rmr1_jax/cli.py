@@ -14,17 +14,9 @@ from rmr1_jax.errors import UserError
 
 
 def _mesh_arg(text: str | None):
-    from rmr1_jax.parallel import MeshConfig
+    from rmr1_jax.parallel.mesh import parse_mesh
 
-    if not text:
-        return MeshConfig()
-    try:
-        parts = [int(p) for p in text.split(",")]
-        if len(parts) != 3:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR (one may be -1)") from None
-    return MeshConfig(*parts)
+    return parse_mesh(text)
 
 
 def cmd_convert_hf_to_orbax(args) -> None:

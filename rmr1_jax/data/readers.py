@@ -126,3 +126,32 @@ def write_jsonl(path: str, rows) -> int:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+@dataclasses.dataclass
+class FileStats:
+    """What a resumable file job did: rows in its input, rows already in its output, rows
+    written by this run."""
+
+    total: int = 0
+    skipped: int = 0
+    written: int = 0
+
+
+def repair_tail(path: str) -> None:
+    """Make a JSONL file end at a line boundary before appending: drop a cut-off last line (a
+    crash mid-write), or terminate a complete one that merely lacks its newline."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[cut:].decode("utf-8"))
+            f.write(b"\n")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            f.truncate(cut)
+        f.flush()
+        os.fsync(f.fileno())

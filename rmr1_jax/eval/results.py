@@ -9,6 +9,7 @@ import json
 import os
 from typing import Iterable
 
+from rmr1_jax.data.readers import repair_tail
 from rmr1_jax.errors import DataError
 from rmr1_jax.eval.benchmarks import canonical_benchmark
 
@@ -60,25 +61,6 @@ def done_keys(path: str, benchmark: str | None = None) -> set[tuple[str, int]]:
     if not os.path.exists(path):
         return set()
     return {row_key(r) for r in read_results(path, benchmark)}
-
-
-def repair_tail(path: str) -> None:
-    """Make the file end at a line boundary before appending: drop a cut-off last line, or
-    terminate a complete one that merely lacks its newline."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    with open(path, "rb+") as f:
-        data = f.read()
-        if data.endswith(b"\n"):
-            return
-        cut = data.rfind(b"\n") + 1
-        try:
-            json.loads(data[cut:].decode("utf-8"))
-            f.write(b"\n")
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            f.truncate(cut)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 class ResultsWriter:

@@ -25,7 +25,6 @@ count). :func:`score_file` reads which rows are done on process 0, which alone w
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -35,7 +34,7 @@ import jax
 import numpy as np
 
 from rmr1_jax.errors import CheckpointError, DataError, UserError
-from rmr1_jax.eval.results import repair_tail
+from rmr1_jax.data.readers import FileStats, repair_tail
 
 # Fields score_file adds to each row (an input field of the same name is replaced).
 OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "score_chosen", "score_rejected", "preferred")
@@ -185,13 +184,6 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
 
 
 # ============================================================================ JSONL files
-
-
-@dataclasses.dataclass
-class FileStats:
-    total: int = 0  # rows in the input file
-    skipped: int = 0  # already in the output file
-    written: int = 0  # scored in this run
 
 
 def _check_prompt(prompt, where: str) -> None:

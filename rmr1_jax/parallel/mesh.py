@@ -39,6 +39,20 @@ class MeshConfig:
         return merge_rules(self.rules)
 
 
+def parse_mesh(text: str | None) -> MeshConfig:
+    """``"DATA,FSDP,TENSOR"`` (a command line's ``--mesh``; one may be -1) as a MeshConfig;
+    empty: every device on the data axis."""
+    if not text:
+        return MeshConfig()
+    try:
+        parts = [int(p) for p in text.split(",")]
+        if len(parts) != 3:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"--mesh {text!r}: expected three integers DATA,FSDP,TENSOR (one may be -1)") from None
+    return MeshConfig(*parts)
+
+
 def resolve_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
     dims = [cfg.data, cfg.fsdp, cfg.tensor]
     for name, d in zip(MESH_AXES, dims):

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmr1_jax.data.readers import FileStats, repair_tail
 from rmr1_jax.errors import DataError, UserError
 from rmr1_jax.models.decoder import init_cache
 from rmr1_jax.models.layers import dtype_of, matmul_f32
@@ -276,13 +277,6 @@ def score_items(scorer: RuleScorer, items: Sequence[tuple], rules: Sequence[str]
     return scorer.score(items, rules)
 
 
-@dataclasses.dataclass
-class FileStats:
-    total: int = 0  # rows in the input file
-    skipped: int = 0  # already in the output file
-    written: int = 0  # scored in this run
-
-
 def _check_row(row, where: str) -> None:
     if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
         raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
@@ -310,17 +304,6 @@ def read_jsonl(path: str, what: str = "input file") -> list[tuple[int, object]]:
     return out
 
 
-def _repair_tail(path: str) -> None:
-    """Make the file end at a line boundary: drop a cut-off last line (a crash mid-write)."""
-    with open(path, "rb+") as f:
-        data = f.read()
-        if not data or data.endswith(b"\n"):
-            return
-        f.truncate(data.rfind(b"\n") + 1)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _kept(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
 
@@ -328,7 +311,7 @@ def _kept(row: dict) -> dict:
 def _done_lines(out_path: str, in_path: str, inputs: dict[int, dict], n_rules: int) -> set[int]:
     if not os.path.exists(out_path):
         return set()
-    _repair_tail(out_path)
+    repair_tail(out_path)
     done = set()
     for i, row in read_jsonl(out_path, "output file"):
         line = row.get("line") if isinstance(row, dict) else None
@@ -401,17 +384,9 @@ def tokenizer_path_for(path: str, tokenizer_path: str | None = None) -> str:
 
 def _mesh(spec):
     """A Mesh as it is; ``None``/``""``: all devices on data; else ``"DATA,FSDP,TENSOR"``."""
-    from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.parallel.mesh import make_mesh, parse_mesh
 
-    if not spec or not isinstance(spec, str):
-        return spec or make_mesh()
-    try:
-        dims = [int(p) for p in spec.split(",")]
-        if len(dims) != 3:
-            raise ValueError
-    except ValueError:
-        raise UserError(f"--mesh {spec!r}: expected three integers DATA,FSDP,TENSOR (one may be -1)") from None
-    return make_mesh(dims)
+    return spec if spec is not None and not isinstance(spec, str) else make_mesh(parse_mesh(spec))
 
 
 def cmd_score(args) -> FileStats:

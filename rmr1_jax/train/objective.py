@@ -151,6 +151,28 @@ class Plan:
     summary: str = ""
 
 
+def row_steps(job: Job, train: TrainSpec, what: str = "examples") -> tuple[int, int, int | None]:
+    """``(rows per host, optimizer steps, data epochs)`` of a run over ``job.sources["train"]``
+    (one record per row, no packing) at ``train.global_batch`` rows a step: ``train.max_steps``
+    steps over endless data, else ``train.epochs`` passes. A global batch the processes do not
+    divide, or larger than the data, is a ConfigError."""
+    import math
+
+    from rmr1_jax.errors import ConfigError
+
+    n_proc, n = job.process_count, len(job.sources["train"])
+    if train.global_batch % n_proc:
+        raise ConfigError(f"train.global_batch={train.global_batch} must be divisible by the {n_proc} processes")
+    per_host = train.global_batch // n_proc
+    host_rows = len(range(job.process_index, n, n_proc))
+    if host_rows < per_host:
+        raise ConfigError(f"data.train has {n} usable {what}, fewer than one step of "
+                          f"train.global_batch={train.global_batch}")
+    if train.max_steps is not None:
+        return per_host, train.max_steps, None
+    return per_host, max(1, math.ceil(host_rows // per_host * train.epochs)), max(1, math.ceil(train.epochs))
+
+
 class Objective(Protocol):
     name: str
     config_cls: type

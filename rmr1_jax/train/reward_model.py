@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmr1_jax.errors import ConfigError
 from rmr1_jax.schema import JobConfig
-from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec
+from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec, row_steps
 
 # pairs per optimizer step when train.global_batch is unset (RAMO's reward model: 32)
 DEFAULT_PAIRS_PER_STEP = 32
@@ -119,22 +118,10 @@ class RewardModelObjective:
         cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
         train = dataclasses.replace(cfg.train, global_batch=cfg.train.global_batch or DEFAULT_PAIRS_PER_STEP)
         n_proc, p_idx = job.process_count, job.process_index
-        if train.global_batch % n_proc:
-            raise ConfigError(f"train.global_batch={train.global_batch} (pairs) must be divisible by the "
-                              f"{n_proc} processes")
-        per_host = train.global_batch // n_proc
+        per_host, total_steps, epochs = row_steps(job, train, "pairs")
         pad_id, max_len = job.tokenizer.pad_id, cfg.data.max_length
         ds_kw = dict(batch_size=per_host, max_length=max_len, seed=train.seed, pad_id=pad_id,
                      process_index=p_idx, process_count=n_proc)
-        host_pairs = len(range(p_idx, len(sources["train"]), n_proc))
-        if host_pairs < per_host:
-            raise ConfigError(f"data.train has {len(sources['train'])} usable pairs, fewer than one step of "
-                              f"train.global_batch={train.global_batch}")
-        if train.max_steps is not None:
-            total_steps, epochs = train.max_steps, None
-        else:
-            total_steps = max(1, math.ceil(host_pairs // per_host * train.epochs))
-            epochs = max(1, math.ceil(train.epochs))
         batches = IteratorSource(CheckpointableIterator(pair_dataset(sources["train"], epochs=epochs, **ds_kw)))
         loss_fn = bt_loss_fn(model, cfg.reward.margin)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 
 import jax
@@ -33,7 +32,7 @@ import optax
 
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.schema import JobConfig
-from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec
+from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec, row_steps
 
 
 @dataclasses.dataclass
@@ -141,19 +140,10 @@ class RuleAdapterObjective:
         cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
         train = dataclasses.replace(cfg.train, global_batch=cfg.train.global_batch or 8)
         n_proc, p_idx = job.process_count, job.process_index
-        if train.global_batch % n_proc:
-            raise ConfigError(f"train.global_batch={train.global_batch} must be divisible by the {n_proc} processes")
-        per_host, r = train.global_batch // n_proc, cfg.model.num_labels
+        per_host, total_steps, epochs = row_steps(job, train)
+        r = cfg.model.num_labels
         kw = dict(batch_size=per_host, max_length=cfg.data.max_length, pad_id=job.tokenizer.pad_id, num_labels=r,
                   process_index=p_idx, process_count=n_proc)
-        host_rows = len(range(p_idx, len(sources["train"]), n_proc))
-        if host_rows < per_host:
-            raise ConfigError(f"data.train has {len(sources['train'])} usable examples, fewer than one step of "
-                              f"train.global_batch={train.global_batch}")
-        if train.max_steps is not None:
-            total_steps, epochs = train.max_steps, None
-        else:
-            total_steps, epochs = max(1, math.ceil(host_rows // per_host * train.epochs)), max(1, math.ceil(train.epochs))
         batches = IteratorSource(CheckpointableIterator(rules_dataset(sources["train"], seed=train.seed, epochs=epochs,
                                                                       **kw)))
         loss_fn = adapter_loss_fn(model, cfg.adapter.k)
