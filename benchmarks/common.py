@@ -41,14 +41,21 @@ def hf_config(preset_name: str = "bench-100m"):
     )
 
 
-def build_hf_model(out_dir: str, seed: int = 0, preset_name: str = "bench-100m"):
-    """Random float32 ``Qwen2ForCausalLM`` (eval mode) with randomized q/k/v biases, saved as
-    safetensors to ``out_dir`` (for ``rmr1_jax.load_hf``). Returns the torch model."""
+def build_hf_model(out_dir: str, seed: int = 0, preset_name: str = "bench-100m", num_labels: int | None = None,
+                   pad_token_id: int | None = None):
+    """Random float32 ``Qwen2ForCausalLM`` (or, with ``num_labels``, a
+    ``Qwen2ForSequenceClassification``; eval mode) with randomized q/k/v biases, saved as
+    safetensors to ``out_dir`` (for ``rmr1_jax.load_hf`` / ``load_model``). Returns the torch model."""
     import torch
     import transformers
 
+    cfg = hf_config(preset_name)
+    cls = transformers.Qwen2ForCausalLM
+    if num_labels is not None:
+        cfg.num_labels, cfg.pad_token_id = num_labels, pad_token_id
+        cls = transformers.Qwen2ForSequenceClassification
     torch.manual_seed(seed)
-    model = transformers.Qwen2ForCausalLM(hf_config(preset_name)).to(torch.float32).eval()
+    model = cls(cfg).to(torch.float32).eval()
     # Qwen2 q/k/v biases are zero-initialized; randomize them so the bias path is exercised.
     with torch.no_grad():
         for layer in model.model.layers:

@@ -25,7 +25,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (alternate, append_json, busy_flagged, busy_line, first_call, hf_config,  # noqa: E402
+from common import (alternate, append_json, build_hf_model, busy_flagged, busy_line, first_call,  # noqa: E402
                     machine_info, machine_line, median, table, timed)
 
 PAD = 0  # rows draw their ids from [1, vocab): the pad id never occurs inside a row
@@ -34,19 +34,7 @@ PAD = 0  # rows draw their ids from [1, vocab): the pad id never occurs inside a
 def build_hf_classifier(out_dir: str, seed: int = 0):
     """Random float32 ``Qwen2ForSequenceClassification`` of the bench-100m shape, saved to
     ``out_dir``; returns the torch model (eval mode)."""
-    import torch
-    import transformers
-
-    cfg = hf_config("bench-100m")
-    cfg.num_labels, cfg.pad_token_id = 1, PAD
-    torch.manual_seed(seed)
-    model = transformers.Qwen2ForSequenceClassification(cfg).to(torch.float32).eval()
-    with torch.no_grad():
-        for layer in model.model.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0.0, 0.02)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    return model
+    return build_hf_model(out_dir, seed, num_labels=1, pad_token_id=PAD)
 
 
 def main(argv=None) -> dict:

@@ -80,13 +80,14 @@ def reward_spread(m: dict) -> dict:
     return {"reward_std": math.sqrt(max(m["reward_sq"] - m["reward_mean"] ** 2, 0.0))}
 
 
-def heldout_pairs(loss_fn, params, batches, mesh) -> dict:
+def heldout_pairs(loss_fn, params, batches, mesh, step=None) -> dict:
     """Pairwise accuracy, mean margin, loss and reward statistics over held-out pair batches
-    (sums over the whole set, then divided)."""
+    (sums over the whole set, then divided). ``step``: ``jax.jit`` of ``loss_fn`` without an
+    rng, made once by a caller that evaluates repeatedly (compiled once)."""
     from rmr1_jax.parallel.hostlocal import to_global
     from rmr1_jax.parallel.sharding import activation_sharding
 
-    f = jax.jit(lambda p, b: loss_fn(p, b, None))
+    f = step or jax.jit(lambda p, b: loss_fn(p, b, None))
     loss, pairs, sums = 0.0, 0.0, {}
     with activation_sharding(mesh):
         for b in batches:
@@ -124,12 +125,13 @@ class RewardModelObjective:
                      process_index=p_idx, process_count=n_proc)
         batches = IteratorSource(CheckpointableIterator(pair_dataset(sources["train"], epochs=epochs, **ds_kw)))
         loss_fn = bt_loss_fn(model, cfg.reward.margin)
+        eval_step = jax.jit(lambda p, b: loss_fn(p, b, None))  # compiled once for every evaluation
 
         def evaluate(p, step):
             del step
             return heldout_pairs(loss_fn, p, pair_eval_batches(
                 sources["eval"], batch_size=per_host, max_length=max_len, pad_id=pad_id, limit=train.eval_limit,
-                process_index=p_idx, process_count=n_proc), mesh)
+                process_index=p_idx, process_count=n_proc), mesh, step=eval_step)
 
         return Plan(loss_fn=loss_fn, batches=batches, total_steps=total_steps, train=train, seq_len=max_len,
                     tokens_per_step=lambda b: float(np.sum(b["chosen_mask"]) + np.sum(b["rejected_mask"])),

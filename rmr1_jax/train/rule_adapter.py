@@ -98,13 +98,19 @@ def f1_scores(pred: np.ndarray, gold: np.ndarray) -> dict:
             "f1_flattened_two_class": float((f1(flat_p, flat_g) + f1(~flat_p, ~flat_g)) / 2)}
 
 
-def heldout_adapter(model, loss_fn, params, batches, mesh, threshold: float) -> dict:
-    """Loss, top-k precision / recall and both F1 figures over held-out batches."""
+def adapter_eval_step(model, loss_fn):
+    """jit(params, batch) -> ((loss sum, (count, metrics)), logits [B, R]), compiled once for
+    every evaluation of a run."""
+    return jax.jit(lambda p, b: (loss_fn(p, b, None), model.apply({"params": p}, b["input_ids"],
+                                                                    attention_mask=b["attention_mask"])))
+
+
+def heldout_adapter(step, params, batches, mesh, threshold: float) -> dict:
+    """Loss, top-k precision / recall and both F1 figures over held-out batches; ``step``
+    from :func:`adapter_eval_step`."""
     from rmr1_jax.parallel.hostlocal import fetch, process_rows, to_global
     from rmr1_jax.parallel.sharding import activation_sharding
 
-    step = jax.jit(lambda p, b: (loss_fn(p, b, None), model.apply({"params": p}, b["input_ids"],
-                                                                    attention_mask=b["attention_mask"])))
     sums: dict = {}
     preds, golds = [], []
     with activation_sharding(mesh):
@@ -147,10 +153,11 @@ class RuleAdapterObjective:
         batches = IteratorSource(CheckpointableIterator(rules_dataset(sources["train"], seed=train.seed, epochs=epochs,
                                                                       **kw)))
         loss_fn = adapter_loss_fn(model, cfg.adapter.k)
+        eval_step = adapter_eval_step(model, loss_fn)
         best_path = os.path.join(cfg.train.run_dir, "best.json")
 
         def evaluate(p, step):
-            out = heldout_adapter(model, loss_fn, p, rules_eval_batches(sources["eval"], limit=train.eval_limit, **kw),
+            out = heldout_adapter(eval_step, p, rules_eval_batches(sources["eval"], limit=train.eval_limit, **kw),
                                   mesh, cfg.adapter.threshold)
             best = _read_best(best_path)
             if jax.process_index() == 0 and (best is None or out["macro_f1_rules"] > best["macro_f1_rules"]):
