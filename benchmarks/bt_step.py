@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (alternate, append_json, busy_flagged, busy_line, first_call, format_profile,  # noqa: E402
-                    machine_info, machine_line, median, op_profile, summarize_profile, table, timed,
+                    machine_info, machine_line, median, step_profiler, summarize_profile, table, timed,
                     usable_cpus)
 
 LR, B1, B2, EPS, WD, CLIP = 1e-5, 0.9, 0.95, 1e-8, 0.01, 1.0
@@ -85,17 +85,7 @@ def build_ours(cfg, params, batch_np, mesh, margin):
     def metrics():
         return {k: float(v) for k, v in jax.device_get(box["metrics"]).items()}
 
-    def profile_ops():
-        from rmr1_jax.parallel.sharding import activation_sharding
-
-        jitted = next(c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "lower"))
-        with activation_sharding(mesh):
-            compiled = jitted.lower(box["state"], batch, rng).compile()
-            rows, wall, out = op_profile(compiled, (box["state"], batch, rng))
-        box["state"] = out[0]
-        return rows, wall
-
-    run.profile_ops = profile_ops
+    run.profile_ops = step_profiler(step, box, batch, rng, mesh)
     return run, metrics
 
 

@@ -285,3 +285,21 @@ def format_profile(summary: dict[str, dict[str, float]], rows=None, top: int = 1
         for op, kind, op_name, us, c in rows[:top]:
             lines.append(f"      {us / 1e6:8.3f} s  x{c:<4} {kind:<15} {op:<32} {op_name[-90:]}")
     return "\n".join(lines)
+
+
+def step_profiler(step, box: dict, batch, rng, mesh):
+    """``profile_ops()`` for a train step from ``rmr1_jax.train.loop.make_train_step``: an
+    op-level profile of one step of the same jitted function (compiled ahead of time), its
+    new state kept in ``box["state"]``. Returns ``(rows, wall)``."""
+
+    def profile_ops():
+        from rmr1_jax.parallel.sharding import activation_sharding
+
+        jitted = next(c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "lower"))
+        with activation_sharding(mesh):
+            compiled = jitted.lower(box["state"], batch, rng).compile()
+            rows, wall, out = op_profile(compiled, (box["state"], batch, rng))
+        box["state"] = out[0]
+        return rows, wall
+
+    return profile_ops

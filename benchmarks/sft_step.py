@@ -45,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (alternate, append_json, build_hf_model, busy_flagged, busy_line, first_call,  # noqa: E402
-                    format_profile, machine_info, machine_line, median, op_profile, summarize_profile, table,
+                    format_profile, machine_info, machine_line, median, step_profiler, summarize_profile, table,
                     timed)
 
 OURS = {
@@ -95,18 +95,7 @@ def build_ours(hf_dir: str, dtype: str, scan: bool, batch_np: dict, mesh):
     def metrics():
         return {k: float(v) for k, v in jax.device_get(box["metrics"]).items()}
 
-    def profile_ops():
-        """Op-level profile of one step of the same jitted function (compiled ahead of time)."""
-        from rmr1_jax.parallel.sharding import activation_sharding
-
-        jitted = next(c.cell_contents for c in step.__closure__ if hasattr(c.cell_contents, "lower"))
-        with activation_sharding(mesh):
-            compiled = jitted.lower(box["state"], batch, rng).compile()
-            rows, wall, out = op_profile(compiled, (box["state"], batch, rng))
-        box["state"] = out[0]
-        return rows, wall
-
-    run.profile_ops = profile_ops
+    run.profile_ops = step_profiler(step, box, batch, rng, mesh)
     return run, metrics, model
 
 
