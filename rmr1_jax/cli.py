@@ -37,9 +37,15 @@ def cmd_convert_orbax_to_hf(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    if args.which == "ramo":
+        from rmr1_jax.ramo_demo import load_ramo_recipe, run_ramo_demo
+
+        run_ramo_demo(load_ramo_recipe(args.out or "runs/demo-ramo", seed=args.seed, quick=args.quick,
+                                       directory=args.recipes))
+        return
     from rmr1_jax.demo import load_demo_recipe, run_demo
 
-    run_demo(load_demo_recipe(args.out, seed=args.seed, quick=args.quick, directory=args.recipes))
+    run_demo(load_demo_recipe(args.out or "runs/demo", seed=args.seed, quick=args.quick, directory=args.recipes))
 
 
 def cmd_train(args) -> None:
@@ -244,13 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models in JAX.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="the whole pipeline on the embedded default (synthetic tasks, CPU)")
-    demo.add_argument("--out", default="runs/demo")
+    demo = sub.add_parser("demo", help="a whole pipeline on the embedded default (synthetic data, CPU): "
+                                       "RM-R1 (default) or RAMO")
+    demo.add_argument("which", nargs="?", choices=("rm-r1", "ramo"), default="rm-r1",
+                      help="rm-r1: distillation + GRPO of a reasoning judge; ramo: rule scoring, selection, "
+                           "Rule Adapter and reward models")
+    demo.add_argument("--out", default=None, help="output directory (default: runs/demo, or runs/demo-ramo)")
     demo.add_argument("--seed", type=int, default=None, help="data and training seed (default: the recipes')")
     demo.add_argument("--quick", action="store_true",
-                      help="a seconds-long smoke run (no learning expected): configs/demo/quick.yaml's overrides")
+                      help="a seconds-long smoke run (no learning expected): the recipes' quick.yaml overrides")
     demo.add_argument("--recipes", default=None,
-                      help="directory with demo.yaml, distill.yaml, grpo.yaml, quick.yaml (default: configs/demo)")
+                      help="recipe directory (default: configs/demo, or configs/demo_ramo)")
     demo.set_defaults(func=cmd_demo)
     for name, objective, text in (("distill", "distill", "stage 1: distill reasoning traces (SFT)"),
                                   ("grpo", "grpo", "stage 2: GRPO with the verifiable verdict reward"),
@@ -274,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--tokenizer", default=None)
     rs.add_argument("--mesh", default=None)
     rs.set_defaults(func=_rules_cmd("rmr1_jax.rules.scoring", "cmd_score"))
-    from rmr1_jax.rules.commands import add_label_arguments, add_select_arguments
+    from rmr1_jax.rules.commands import add_apply_arguments, add_label_arguments, add_select_arguments
 
     sel = rsub.add_parser("select", help="pick the rules of each pair (top-k discrepancy and baselines)")
     add_select_arguments(sel)
@@ -282,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     lab = rsub.add_parser("label", help="label each pair from its selected rules, with diagnostics against gold")
     add_label_arguments(lab)
     lab.set_defaults(func=_rules_cmd("rmr1_jax.rules.commands", "cmd_label"))
+    ap = rsub.add_parser("apply", help="label new pairs from the rules a trained Rule Adapter selects")
+    add_apply_arguments(ap)
+    ap.set_defaults(func=_rules_cmd("rmr1_jax.rules.apply", "cmd_apply"))
 
     jd = sub.add_parser("judge", help="judge a pair (or a JSONL file of pairs) with a trained judge")
     jd.add_argument("--ckpt", required=True, help="Orbax checkpoint directory or HF directory")

@@ -68,9 +68,9 @@ class DemoRecipe:
     grpo: object  # GRPOConfig
 
 
-def recipe_dir() -> str:
-    """``configs/demo`` of this checkout."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo")
+def recipe_dir(name: str = "demo") -> str:
+    """``configs/<name>`` of this checkout (``demo``: the RM-R1 demo, ``demo_ramo``: RAMO's)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
 
 
 def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, quick: bool = False,
@@ -79,19 +79,12 @@ def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, qui
     :func:`recipe_dir`), with ``quick.yaml``'s overrides when ``quick``. Every path of the
     stages is set under ``out_dir``; ``seed`` (when given) replaces the data and both training
     seeds."""
-    from rmr1_jax.config import load, load_yaml
-    from rmr1_jax.errors import ConfigError
+    from rmr1_jax.config import load
     from rmr1_jax.train.grpo import GRPOConfig
     from rmr1_jax.train.sft import DistillConfig
 
     directory = directory or recipe_dir()
-    if not os.path.isdir(directory):
-        raise ConfigError(f"{directory}: the demo recipe directory is missing (configs/demo of the rmr1_jax checkout)")
-    quick_over = load_yaml(os.path.join(directory, "quick.yaml")) if quick else {}
-    for key, value in quick_over.items():
-        if key not in ("demo", "distill", "grpo") or not isinstance(value, list):
-            raise ConfigError(f"{directory}/quick.yaml: {key!r} must be one of demo, distill, grpo, "
-                              f"holding a list of key=value overrides")
+    quick_over = read_quick(directory, ("demo", "distill", "grpo"), quick)
     seed_over = [] if seed is None else [f"seed={seed}"]
     settings = load(DemoSettings, os.path.join(directory, "demo.yaml"),
                     [f"out_dir={out_dir}", *quick_over.get("demo", []), *seed_over])
@@ -108,6 +101,22 @@ def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, qui
                 [*shared, *stage("stage2", "rl_pairs.jsonl"), f"model.init_checkpoint={o('stage1', 'checkpoints')}",
                  *quick_over.get("grpo", [])])
     return DemoRecipe(settings, distill, grpo)
+
+
+def read_quick(directory: str, sections: tuple[str, ...], quick: bool = True) -> dict[str, list[str]]:
+    """``quick.yaml`` of a demo recipe directory: ``{section: [key=value, ...]}`` (empty when
+    not ``quick``); a missing directory or an unknown section is one ConfigError line."""
+    from rmr1_jax.config import load_yaml
+    from rmr1_jax.errors import ConfigError
+
+    if not os.path.isdir(directory):
+        raise ConfigError(f"{directory}: the demo recipe directory is missing (configs/ of the rmr1_jax checkout)")
+    over = load_yaml(os.path.join(directory, "quick.yaml")) if quick else {}
+    for key, value in over.items():
+        if key not in sections or not isinstance(value, list):
+            raise ConfigError(f"{directory}/quick.yaml: {key!r} must be one of {', '.join(sections)}, "
+                              f"holding a list of key=value overrides")
+    return over
 
 
 def _pair_key(p) -> tuple[str, frozenset]:

@@ -230,7 +230,7 @@ def _pair_record(row: dict, fid: str, index: int, tokenizer, template, opts: Rec
     return rec
 
 
-def _rules_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
+def rules_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
     """A rule-adapter example: the pair in labeled sections (:func:`rule_adapter_text`) and
     the R-hot set of its selected rules (``rule_indices`` or ``labels``)."""
     del index, template
@@ -249,7 +249,7 @@ def _rules_record(row: dict, fid: str, index: int, tokenizer, template, opts: Re
 
 
 def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats: BuildStats):
-    convert = {"pair": _pair_record, "rules": _rules_record}.get(opts.kind, _judge_record)
+    convert = {"pair": _pair_record, "rules": rules_record}.get(opts.kind, _judge_record)
     index = 0
     for path in paths:
         for lineno, row in iter_rows(path):

@@ -66,6 +66,25 @@ def add_label_arguments(parser) -> None:
     parser.add_argument("--n-boot", dest="n_boot", type=int, default=1000, help="bootstrap resamples")
 
 
+def add_apply_arguments(parser) -> None:
+    """Declare the fields of :func:`cmd_apply` on an argparse parser."""
+    parser.add_argument("--adapter", required=True, help="rule adapter: Orbax checkpoint or HF classifier dir")
+    parser.add_argument("--scores", required=True, help="pairwise score file, or per-response file with --pairs")
+    parser.add_argument("--pairs", default=None, help="pairs {prompt, a, b, winner?} to join with --scores")
+    parser.add_argument("--out", required=True, help="output JSONL (rules label rows, strategy 'adapter')")
+    parser.add_argument("--rules", default=None, help="rule pool (JSONL or YAML); default: the built-in pool")
+    parser.add_argument("--k", type=int, default=5, help="rules selected per pair")
+    parser.add_argument("--ties", default="skip", choices=TIES, help="what a tie becomes (default: skipped)")
+    parser.add_argument("--seed", type=int, default=0, help="for --ties random")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="pairs per forward pass")
+    parser.add_argument("--max-length", dest="max_length", type=int, default=None,
+                        help="longest adapter input in tokens (default: the training max_length, else 1024)")
+    parser.add_argument("--overlong", default="error", choices=("error", "truncate"),
+                        help="a longer input: error or truncate")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the adapter's)")
+    parser.add_argument("--mesh", default=None, help="DATA,FSDP,TENSOR (default: all devices on data)")
+
+
 def _opt(args, name):
     return getattr(args, name, _DEFAULTS[name])
 
@@ -77,7 +96,7 @@ def _common(args) -> dict:
             "l2": _opt(args, "l2")}
 
 
-def _report(s: dict, what: str, out: str) -> None:
+def report(s: dict, what: str, out: str) -> None:
     line = f"{s['strategy']} (k={s['k']}): {s['pairs']} pairs, {s['ties']} ties; wrote {s['written']} {what} to {out}"
     if "agreement" in s:
         line += f"; agreement with gold {s['agreement']:.3f} on {s['gold_pairs']} pairs"
@@ -87,7 +106,7 @@ def _report(s: dict, what: str, out: str) -> None:
 def cmd_select(args) -> None:
     """``rmr1 rules select``: every pair's selected rules and R-hot labels."""
     s = select_file(args.scores, args.out, _opt(args, "strategy"), _opt(args, "k"), **_common(args))
-    _report(s, "selections", args.out)
+    report(s, "selections", args.out)
 
 
 def cmd_label(args) -> None:
@@ -95,7 +114,7 @@ def cmd_label(args) -> None:
     diagnostics over every strategy and k."""
     common = _common(args)
     s = label_file(args.scores, args.out, _opt(args, "strategy"), _opt(args, "k"), ties=_opt(args, "ties"), **common)
-    _report(s, f"labeled pairs (ties: {s['ties_handling']})", args.out)
+    report(s, f"labeled pairs (ties: {s['ties_handling']})", args.out)
     if _opt(args, "diagnostics"):
         rows = diagnostics.diagnose_file(
             args.scores, _opt(args, "diagnostics"), pairs_path=common["pairs_path"], rules=common["rules"],

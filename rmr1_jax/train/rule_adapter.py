@@ -16,7 +16,12 @@ on held-out data also two F1 figures, named for what they average:
 * ``f1_flattened_two_class``: the F1 of the flattened 0/1 labels for class 1 and for class 0,
   averaged - what upstream RAMO reported as "f1_macro" (two classes, not R rules).
 
-The step of the best ``macro_f1_rules`` so far is recorded in ``<run_dir>/best.json``.
+Best checkpoint: an evaluation whose ``macro_f1_rules`` beats the best so far (strictly; the
+first always does) saves the parameters, with the run config and model metadata of the regular
+checkpoints, to ``<run_dir>/best`` (one step kept, so ``checkpoint.keep`` never rotates it away;
+it loads like ``checkpoint.dir``: ``load_model(<run_dir>/best, "multilabel")``), and only once
+that save has committed names it in ``<run_dir>/best.json`` (``step``, ``macro_f1_rules``,
+``dir``). A resumed run reads the best so far from best.json and replaces it only when beaten.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import numpy as np
 import optax
 
 from rmr1_jax.errors import ConfigError
+from rmr1_jax.paths import resolve
 from rmr1_jax.schema import JobConfig
 from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec, row_steps
 
@@ -141,6 +147,8 @@ class RuleAdapterObjective:
         return RecordSpec("rules", cfg.data.max_length, cfg.data.overlong, num_labels=cfg.model.num_labels)
 
     def plan(self, job: Job) -> Plan:
+        from rmr1_jax.checkpoint.convert import checkpoint_metadata
+        from rmr1_jax.config import to_dict
         from rmr1_jax.data.pipeline import CheckpointableIterator, rules_dataset, rules_eval_batches
 
         cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
@@ -154,16 +162,13 @@ class RuleAdapterObjective:
                                                                       **kw)))
         loss_fn = adapter_loss_fn(model, cfg.adapter.k)
         eval_step = adapter_eval_step(model, loss_fn)
-        best_path = os.path.join(cfg.train.run_dir, "best.json")
+        save_best = best_saver(os.path.join(cfg.train.run_dir, "best"), os.path.join(cfg.train.run_dir, "best.json"),
+                               config=to_dict(cfg), metadata=checkpoint_metadata(model.cfg))
 
         def evaluate(p, step):
             out = heldout_adapter(eval_step, p, rules_eval_batches(sources["eval"], limit=train.eval_limit, **kw),
                                   mesh, cfg.adapter.threshold)
-            best = _read_best(best_path)
-            if jax.process_index() == 0 and (best is None or out["macro_f1_rules"] > best["macro_f1_rules"]):
-                from rmr1_jax.data.readers import atomic_write_text
-
-                atomic_write_text(best_path, json.dumps({"step": step, "macro_f1_rules": out["macro_f1_rules"]}))
+            save_best(p, step, out["macro_f1_rules"])
             return out
 
         return Plan(loss_fn=loss_fn, batches=batches, total_steps=total_steps, train=train, seq_len=cfg.data.max_length,
@@ -172,6 +177,45 @@ class RuleAdapterObjective:
                     sizes={"rules": r, "tokens per row": cfg.data.max_length},
                     summary=f"rule adapter: BCE over {r} rules, top-{cfg.adapter.k} precision/recall, "
                             f"F1 at sigmoid > {cfg.adapter.threshold}")
+
+
+def best_saver(directory: str, record: str, *, config: dict, metadata: dict):
+    """``save(params, step, macro_f1) -> bool``: when ``macro_f1`` beats the one in ``record``
+    (best.json; none there: it does), save ``{"params": params}`` as ``step`` of the checkpoint
+    ``directory`` (one step kept), then write ``record``. Call it on every process: process 0
+    decides (it alone reads and writes ``record``) and the Orbax save is collective."""
+    from rmr1_jax.checkpoint.manager import CheckpointManager
+    from rmr1_jax.data.readers import atomic_write_text
+
+    directory = resolve(directory)
+
+    def save(params, step: int, macro_f1: float) -> bool:
+        best = _read_best(record) if jax.process_index() == 0 else None
+        if not _agreed(best is None or macro_f1 > best["macro_f1_rules"]):
+            return False
+        # synchronous: the step has committed (and the previous best is pruned) on return
+        with CheckpointManager(directory, max_to_keep=1, async_save=False) as mgr:
+            # a step already there is this step's save by an earlier attempt of a resumed run
+            # that stopped before writing best.json: the same step replayed from the same data
+            if step not in mgr.all_steps():
+                # force: a resumed run may save a step below one an earlier attempt left here
+                mgr.save(step, {"params": params}, config=config, metadata=metadata, force=True,
+                         extra={"best": {"step": step, "macro_f1_rules": macro_f1}})
+            mgr.wait_until_finished()
+        if jax.process_index() == 0:
+            atomic_write_text(record, json.dumps({"step": step, "macro_f1_rules": macro_f1, "dir": directory}))
+        return True
+
+    return save
+
+
+def _agreed(flag: bool) -> bool:
+    """Process 0's ``flag`` on every process (a decision to enter a collective save)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
 
 def _read_best(path: str) -> dict | None:

@@ -120,3 +120,102 @@ def test_the_ramo_adapter_recipe_pins_the_published_hyperparameters():
     assert cfg.model.num_labels == len(load_pool()) == 100
     runner.load_config("rule-adapter", os.path.join(root, "configs", "rule_adapter", "tiny.yaml"),
                        ["data.train=[x.jsonl]"])
+
+
+
+def test_the_best_checkpoint_by_macro_f1_survives_rotation_and_loads(tmp_path, monkeypatch):
+    """Scripted macro_f1_rules per evaluation (the real F1 is checked above): steps 2, 4, 6, 8
+    score 0.3, 0.7, 0.7 (a tie does not replace), 0.4, so the best is step 4, whose regular
+    checkpoint ``keep: 1`` rotates away when step 8 is saved."""
+    import jax
+
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.checkpoint.manager import CheckpointManager
+    from rmr1_jax.checkpoint.reading import read_config
+    from rmr1_jax.parallel.mesh import make_mesh
+    from rmr1_jax.train import rule_adapter
+
+    scores = iter([0.3, 0.7, 0.7, 0.4])
+    real_f1 = rule_adapter.f1_scores
+    monkeypatch.setattr(rule_adapter, "f1_scores", lambda p, g: {**real_f1(p, g), "macro_f1_rules": next(scores)})
+    train, held = _examples(64, 1), _examples(16, 2)
+    tok_dir = str(tmp_path / "tok")
+    train_sentencepiece([r[k] for r in train for k in ("prompt", "a", "b")] * 3, tok_dir, vocab_size=300)
+    run_dir, best_dir = tmp_path / "run", str(tmp_path / "run" / "best")
+    cfg = {"model": {"preset": "tiny", "dtype": "float32", "scan_layers": False, "num_labels": len(TOPICS)},
+           "mesh": {"data": -1}, "tokenizer": {"path": tok_dir},
+           "data": {"train": [_write(str(tmp_path / "train.jsonl"), train)],
+                    "eval": [_write(str(tmp_path / "held.jsonl"), held)], "max_length": 96},
+           "optim": {"lr": 3e-3, "warmup_steps": 2}, "adapter": {"k": 3},
+           "train": {"run_dir": str(run_dir), "global_batch": 8, "max_steps": 8, "progress": False,
+                     "peak_flops": 1e12, "eval_every": 2},
+           "checkpoint": {"save_every": 4, "keep": 1, "async_save": False}}
+    path = str(tmp_path / "adapter.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    seen, named = {}, {}
+
+    def hook(model, p, step):  # runs after the objective's evaluation (and best save) of ``step``
+        seen[step] = jax.device_get(p)
+        named[step] = json.load(open(run_dir / "best.json"))["step"]
+        return {}
+
+    runner.run(runner.load_config("rule-adapter", path), "rule-adapter", log=lambda *_: None, eval_hook=hook)
+    rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    evals = [(r["step"], r["macro_f1_rules"]) for r in rows if r["split"] == "eval"]
+    assert evals == [(2, 0.3), (4, 0.7), (6, 0.7), (8, 0.4)]
+    first_max = max(evals, key=lambda e: e[1])  # max() keeps the first of equal keys
+    assert json.load(open(run_dir / "best.json")) == {"step": first_max[0], "macro_f1_rules": 0.7, "dir": best_dir}
+    assert named == {2: 2, 4: 4, 6: 4, 8: 4}
+    with CheckpointManager(str(run_dir / "checkpoints"), read_only=True) as mgr:
+        assert mgr.all_steps() == [8]  # the regular checkpoint of step 4 was rotated away
+    with CheckpointManager(best_dir, read_only=True) as mgr:
+        assert mgr.all_steps() == [4]
+    assert read_config(best_dir)["data"]["max_length"] == 96  # what `rmr1 rules apply` reads
+    model, params = load_model(best_dir, "multilabel", mesh=make_mesh(devices=jax.devices()[:1]))
+    assert (model.cfg.head, model.cfg.num_labels) == ("multilabel", len(TOPICS))
+    flat = lambda t: {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(t)}
+    got, want, last = flat(params), flat(seen[4]), flat(seen[8])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert any(not np.array_equal(want[k], last[k]) for k in want)  # step 4 is not the final model
+    ids = np.random.default_rng(0).integers(4, 300, (2, 16)).astype(np.int32)
+    mask = np.ones_like(ids)
+    logits = jax.jit(lambda p: model.apply({"params": p}, ids, attention_mask=mask))  # one compile, not one per op
+    np.testing.assert_array_equal(np.asarray(logits(params)), np.asarray(logits(seen[4])))
+
+
+def test_a_resumed_run_replaces_the_best_checkpoint_only_when_beaten(tmp_path):
+    """:func:`best_saver` keeps no state but best.json, so a fresh one is a resumed run."""
+    import jax.numpy as jnp
+
+    from rmr1_jax.checkpoint.manager import CheckpointManager
+    from rmr1_jax.train.rule_adapter import best_saver
+
+    directory, record = str(tmp_path / "best"), str(tmp_path / "best.json")
+    saver = lambda: best_saver(directory, record, config={"data": {"max_length": 7}},
+                               metadata={"model_config": {"head": "multilabel"}})
+
+    def on_disk():
+        with CheckpointManager(directory, read_only=True) as mgr:
+            r = mgr.restore()
+        return r.step, np.asarray(r.state["params"]["w"]).tolist(), r.config, r.extra, json.load(open(record))
+
+    save = saver()
+    assert save({"w": jnp.full(2, 1.0)}, 10, 0.5)
+    assert not save({"w": jnp.full(2, 2.0)}, 20, 0.5)  # a tie keeps the first
+    assert on_disk() == (10, [1.0, 1.0], {"data": {"max_length": 7}}, {"best": {"step": 10, "macro_f1_rules": 0.5}},
+                         {"step": 10, "macro_f1_rules": 0.5, "dir": directory})
+    # resumed from an earlier regular checkpoint: step 8 must beat 0.5, and replaces step 10
+    save = saver()
+    assert not save({"w": jnp.full(2, 3.0)}, 8, 0.4)
+    assert save({"w": jnp.full(2, 4.0)}, 8, 0.6)
+    assert on_disk()[:2] == (8, [4.0, 4.0]) and on_disk()[4]["step"] == 8
+    with CheckpointManager(directory, read_only=True) as mgr:
+        assert mgr.all_steps() == [8]
+    # a run that stopped after the save of step 8 committed but before best.json named it
+    with open(record, "w") as f:
+        json.dump({"step": 6, "macro_f1_rules": 0.2, "dir": directory}, f)
+    assert saver()({"w": jnp.full(2, 4.0)}, 8, 0.6)
+    assert on_disk()[:2] == (8, [4.0, 4.0]) and on_disk()[4] == {"step": 8, "macro_f1_rules": 0.6, "dir": directory}
