@@ -2,8 +2,6 @@
 distillation, GRPO, held-out judging, plots, TensorBoard logs, HF export that transformers
 loads). The learning itself is measured by the full demo (README)."""
 
-import contextlib
-import io
 import json
 import os
 
@@ -12,6 +10,7 @@ import pytest
 import torch
 import transformers
 
+import cli_runs
 from rmr1_jax import cli
 
 
@@ -22,16 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def new_user_dir(tmp_path_factory):
     """An empty working directory in which `rmr1 demo --quick` ran with its default, relative
     ``--out runs/demo``, as a new user runs it; the tests below run in it too."""
-    cwd = os.getcwd()
-    work = tmp_path_factory.mktemp("new_user")
-    os.chdir(work)
-    text = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(text):
-            assert cli.main(["demo", "--quick"]) == 0
-        yield work, text.getvalue()
-    finally:
-        os.chdir(cwd)
+    yield from cli_runs.run_in_empty_dir(tmp_path_factory, "new_user", ["demo", "--quick"])
 
 
 @pytest.fixture

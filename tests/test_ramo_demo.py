@@ -4,8 +4,6 @@ working directory with the default, relative ``--out`` (synthetic world, tokeniz
 reward models, plots, HF exports that transformers loads). The learning itself is measured by
 the full demo (README); the world's structure is checked here against its definition."""
 
-import contextlib
-import io
 import json
 import os
 import random
@@ -15,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+import cli_runs
 from rmr1_jax import cli
 from rmr1_jax.rules import synthetic
 from rmr1_jax.rules.select import STRATEGIES, label_arrays
@@ -22,16 +21,7 @@ from rmr1_jax.rules.select import STRATEGIES, label_arrays
 
 @pytest.fixture(scope="module")
 def ramo_dir(tmp_path_factory):
-    cwd = os.getcwd()
-    work = tmp_path_factory.mktemp("ramo_user")
-    os.chdir(work)
-    text = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(text):
-            assert cli.main(["demo", "ramo", "--quick"]) == 0
-        yield work, text.getvalue()
-    finally:
-        os.chdir(cwd)
+    yield from cli_runs.run_in_empty_dir(tmp_path_factory, "ramo_user", ["demo", "ramo", "--quick"])
 
 
 def test_quick_ramo_demo_end_to_end(ramo_dir):

@@ -31,11 +31,15 @@ same as without sharing, so the scores equal a full forward pass per whole promp
 Batching: ``batch_size`` (item, rule) rows per call (the last batch filled up with copies of
 its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
 tokens (short rule suffixes: of ``bucket // 4``) and prefix counts powers of two, so few shapes
-compile. Single-process only (a multi-process job is refused with one line).
+compile. Several processes (a multi-host job): every process passes the same items and rules
+and gets every score back, supplying its block of each batch (``batch_size`` must be a
+multiple of the process count); :func:`score_file` reads which rows are done on process 0,
+which alone writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -125,11 +129,12 @@ class RuleScorer:
         cfg = model.cfg
         if cfg.head != "lm":
             raise UserError(f"rule scoring needs a causal LM ('lm' head); this model has a {cfg.head!r} head")
-        if jax.process_count() > 1:
-            raise UserError("rule scoring runs in a single process; start it without jax.distributed")
         for name, v in (("batch_size", batch_size), ("bucket", bucket)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise UserError(f"{name}={v!r} must be a positive integer")
+        if batch_size % jax.process_count():
+            raise UserError(f"batch_size={batch_size} must be a multiple of the process count "
+                            f"({jax.process_count()}): each process supplies an equal block of every batch")
         self.template = DEFAULT_TEMPLATE if template is None else template
         missing = [p for p in PLACEHOLDERS if p not in self.template]
         if missing:
@@ -245,9 +250,13 @@ class RuleScorer:
         return ids, mask
 
     def _run(self, fn, arrays: dict, n: int) -> np.ndarray:
+        """Every process builds the same whole batch and supplies its block of each array's rows
+        (the global rows are the blocks in process order); every process gets all results."""
+        n_proc, p = jax.process_count(), jax.process_index()
+        local = {k: v[p * (len(v) // n_proc):(p + 1) * (len(v) // n_proc)] for k, v in arrays.items()}
         with activation_sharding(self.mesh):
-            g = to_global(arrays, self.mesh)
-            out = fn(self.params, *g.values(), jnp.asarray(self.answer_ids))
+            g = to_global(local, self.mesh)
+            out = fn(self.params, *g.values(), self.answer_ids)
         return fetch(out)[:n]
 
     def _full_batch(self, seqs, chunk):
@@ -261,7 +270,7 @@ class RuleScorer:
         items = list(dict.fromkeys(i for i, _ in chunk))
         slot = {i: k for k, i in enumerate(items)}
         pre = [seqs[i][0] for i in items]
-        n_pre = _pow2(len(items))
+        n_pre = -(-_pow2(len(items)) // jax.process_count()) * jax.process_count()  # a block per process
         pre_ids, pre_mask = self._pad(pre, n_pre, self._width(max(len(p) for p in pre)))
         rows = list(chunk) + [chunk[0]] * (self.batch_size - len(chunk))
         suf = [seqs[i][1][j] for i, j in rows]
@@ -332,28 +341,44 @@ def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path:
     before anything is scored. Resumable: lines already in ``out_path`` are skipped, the rest
     appended in input order, flushed and fsynced per batch (about ``batch_size`` rows of
     (item, rule) work); a cut-off last line is dropped first. An output written for another
-    input or rule count is an error, never overwritten."""
+    input or rule count is an error, never overwritten. Several processes: each scores every
+    remaining row; process 0 alone reads the output (it says which rows remain) and writes."""
     rules = list(rules)
     rows = read_jsonl(in_path)
     for n, row in rows:
         _check_row(row, f"{in_path}:{n}")
-    done = _done_lines(out_path, in_path, dict(rows), len(rules))
-    todo = [(n, row) for n, row in rows if n not in done]
+    writer = jax.process_index() == 0
+    pending, err = np.ones(len(rows) + 1, np.int32), None  # [-1]: process 0 could resume from out_path
+    if writer:
+        try:
+            done = _done_lines(out_path, in_path, dict(rows), len(rules))
+            pending[:-1] = [n not in done for n, _ in rows]
+        except DataError as e:
+            err, pending[-1] = e, 0
+    if jax.process_count() > 1:  # every process scores the rows process 0 found pending
+        from jax.experimental import multihost_utils
+
+        pending = np.asarray(multihost_utils.broadcast_one_to_all(pending))
+    if err is not None or not pending[-1]:
+        raise err or DataError(f"{out_path}: process 0 cannot resume from this output file (its error says why)")
+    todo = [r for r, p in zip(rows, pending[:-1]) if p]
     stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
     per_write = max(1, scorer.batch_size // len(rules)) if rules else 1
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "a", encoding="utf-8") as f:
+    if writer:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "a", encoding="utf-8") if writer else contextlib.nullcontext() as f:
         for start in range(0, len(todo), per_write):
             chunk = todo[start:start + per_write]
             scores, rel = scorer.score([(r["prompt"], r["response"]) for _, r in chunk], rules,
                                        [f"{in_path}:{n}" for n, _ in chunk])
             if not (np.isfinite(scores).all() and np.isfinite(rel).all()):
                 raise DataError(f"{in_path}:{chunk[0][0]}: the model gave non-finite rule scores")
-            f.write("".join(json.dumps({**_kept(r), "scores": [float(x) for x in s], "relevance": [float(x) for x in q],
-                                        "line": n}, ensure_ascii=False) + "\n"
-                            for (n, r), s, q in zip(chunk, scores, rel)))
-            f.flush()
-            os.fsync(f.fileno())
+            if f is not None:
+                f.write("".join(json.dumps({**_kept(r), "scores": [float(x) for x in s],
+                                            "relevance": [float(x) for x in q], "line": n}, ensure_ascii=False) + "\n"
+                                for (n, r), s, q in zip(chunk, scores, rel)))
+                f.flush()
+                os.fsync(f.fileno())
             stats.written += len(chunk)
     return stats
 

@@ -113,23 +113,24 @@ def adapter_eval_step(model, loss_fn):
 
 def heldout_adapter(step, params, batches, mesh, threshold: float) -> dict:
     """Loss, top-k precision / recall and both F1 figures over held-out batches; ``step``
-    from :func:`adapter_eval_step`."""
-    from rmr1_jax.parallel.hostlocal import fetch, process_rows, to_global
+    from :func:`adapter_eval_step`. The F1 figures count every process's rows (the logits,
+    labels and masks are gathered), so all processes get the same values."""
+    from rmr1_jax.parallel.hostlocal import fetch, to_global
     from rmr1_jax.parallel.sharding import activation_sharding
 
     sums: dict = {}
     preds, golds = [], []
     with activation_sharding(mesh):
         for b in batches:
-            (s, (c, metrics)), logits = step(params, to_global(b, mesh))
+            g = to_global(b, mesh)
+            (s, (c, metrics)), logits = step(params, g)
             s, c, metrics = jax.device_get((s, c, metrics))
             for key, (ms, mn) in {"loss": (s, c), **metrics}.items():
                 prev = sums.get(key, (0.0, 0.0))
                 sums[key] = (prev[0] + float(ms), prev[1] + float(mn))
-            real = b["attention_mask"].sum(-1) > 0
-            own = np.asarray(fetch(logits))[process_rows(logits)]  # this process's rows
-            preds.append((1 / (1 + np.exp(-own)) > threshold)[real])
-            golds.append(b["labels"][real] > 0.5)
+            real = fetch(g["attention_mask"]).sum(-1) > 0
+            preds.append((1 / (1 + np.exp(-fetch(logits))) > threshold)[real])
+            golds.append(fetch(g["labels"])[real] > 0.5)
     out = {k: s / max(n, 1.0) for k, (s, n) in sums.items()}
     out["examples"] = float(sum(len(g) for g in golds))
     out.update(f1_scores(np.concatenate(preds), np.concatenate(golds)))
