@@ -7,7 +7,7 @@ exports it with ``rmr1_jax.checkpoint.hf.save_hf`` (float32) and loads that dire
 random words and the default judge template (the answer words as single pieces).
 ``--responses`` (prompt, response) items of about ``--words`` words each are scored against ``--rules`` rules of about 12 words: every
 (response, rule) pair is one row, ``--batch`` rows per forward on every side, in the same
-item-major order. Items per second counts scored (response, rule) pairs.
+item-major order (each item's rules shortest prompt first, as ``RuleScorer`` batches them). Items per second counts scored (response, rule) pairs.
 
 * ours, shared: each response's common token prefix (instruction + conversation) runs once,
   each rule's suffix runs over a copy of its KV cache (``share_prefix=True``);
@@ -84,7 +84,10 @@ def main(argv=None) -> dict:
     shared = RuleScorer(model, params, tok, mesh, batch_size=args.batch, share_prefix=True)
     whole = RuleScorer(model, params, tok, mesh, batch_size=args.batch, share_prefix=False)
 
-    seqs = [tok.encode(shared.render(rule, p, r)) for p, r in items for rule in rules]  # item-major rows
+    # item-major rows, each item's rules shortest first: the order RuleScorer batches them in
+    enc = [[tok.encode(shared.render(rule, p, r)) for rule in rules] for p, r in items]
+    order = [sorted(range(len(rules)), key=lambda j: len(e[j])) for e in enc]
+    seqs = [e[j] for e, o in zip(enc, order) for j in o]
     batches = [seqs[i:i + args.batch] for i in range(0, len(seqs), args.batch)]
     yes, no = (int(i) for i in shared.answer_ids[:2])
 
@@ -102,7 +105,10 @@ def main(argv=None) -> dict:
                 logits = hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
                 probs = torch.softmax(logits[:, -1].double(), -1)
                 out.append((probs[:, yes] - probs[:, no]).numpy())
-        return np.concatenate(out).reshape(len(items), len(rules))
+        flat, res = np.concatenate(out), np.zeros((len(items), len(rules)))
+        for i, o in enumerate(order):
+            res[i, o] = flat[i * len(rules):(i + 1) * len(rules)]
+        return res
 
     def run_shared():
         return shared.score(items, rules)[0]

@@ -28,8 +28,8 @@ once into a KV cache; each rule's remaining tokens then run as a continuation ov
 that cache (the prefix cache broadcast over the batch's rules). The token sequences are the
 same as without sharing, so the scores equal a full forward pass per whole prompt.
 
-Batching: ``batch_size`` (item, rule) rows per call (the last batch filled up with copies of
-its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
+Batching: ``batch_size`` (item, rule) rows per call (items by length, each item's rules
+shortest first; the last batch filled up with copies of its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
 tokens (short rule suffixes: of ``bucket // 4``) and prefix counts powers of two, so few shapes
 compile. Several processes (a multi-host job): every process passes the same items and rules
 and gets every score back, supplying its block of each batch (``batch_size`` must be a
@@ -213,7 +213,9 @@ class RuleScorer:
         names = list(names) if names is not None else [f"item {i}" for i in range(len(items))]
         seqs = [self._item_ids(p, r, rules, name) for (p, r), name in zip(items, names)]
         probs = np.zeros((len(items), len(rules), 3), np.float32)
-        rows = [(i, j) for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1][0])) for j in range(len(rules))]
+        # items by length, and each item's rules shortest suffix first: a batch's rows pad little
+        rows = [(i, j) for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1][0]))
+                for j in sorted(range(len(rules)), key=lambda j: len(seqs[i][1][j]))]
         for start in range(0, len(rows), self.batch_size):
             chunk = rows[start:start + self.batch_size]
             out = self._shared_batch(seqs, chunk) if self.share_prefix else self._full_batch(seqs, chunk)
