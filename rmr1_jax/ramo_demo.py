@@ -91,6 +91,14 @@ def load_ramo_recipe(out_dir: str = "runs/demo-ramo", *, seed: int | None = None
     return RamoRecipe(settings, judge, adapter, rm)
 
 
+def _gold_rows(pairs: list[dict]):
+    """``{id, prompt, chosen, rejected}`` by each pair's gold winner (the train-rm layout)."""
+    for p in pairs:
+        a_wins = p["winner"] == "A"
+        yield {"id": p["id"], "prompt": p["prompt"], "chosen": p["a" if a_wins else "b"],
+               "rejected": p["b" if a_wins else "a"]}
+
+
 def _pair_key(p: dict) -> tuple:
     return p["prompt"], frozenset((p["a"], p["b"]))
 
@@ -126,10 +134,7 @@ def _write_data(s: RamoSettings, splits, paths: dict, template: str, log) -> lis
     keep = ("id", "prompt", "a", "b", "winner", "topic", "deciding", "tone_a", "tone_b")
     for name in ("label", "fit", "heldout"):
         write_jsonl(paths[name], ({k: p[k] for k in keep} for p in splits[name]))
-    write_jsonl(paths["heldout_gold"], ({"id": p["id"], "prompt": p["prompt"],
-                                         "chosen": p["a"] if p["winner"] == "A" else p["b"],
-                                         "rejected": p["b"] if p["winner"] == "A" else p["a"]}
-                                        for p in splits["heldout"]))
+    write_jsonl(paths["heldout_gold"], _gold_rows(splits["heldout"]))
     responses = list(dict.fromkeys((p["prompt"], p[side]) for name in ("label", "fit", "heldout")
                                    for p in splits[name] for side in ("a", "b")))
     write_jsonl(paths["responses"], ({"prompt": q, "response": r} for q, r in responses))
@@ -175,6 +180,7 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
     import numpy as np
 
     from rmr1_jax.checkpoint.hf import save_hf
+    from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.rules import diagnostics, synthetic
     from rmr1_jax.rules.apply import apply_file
     from rmr1_jax.rules.commands import report
@@ -238,11 +244,7 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
 
     rm_acc = {}
     rm_out = None
-    gold_file = o("labels", "gold.jsonl")
-    from rmr1_jax.data.readers import write_jsonl
-
-    write_jsonl(gold_file, ({"id": p["id"], "prompt": p["prompt"], "chosen": p["a" if p["winner"] == "A" else "b"],
-                             "rejected": p["b" if p["winner"] == "A" else "a"]} for p in splits["label"]))
+    write_jsonl(o("labels", "gold.jsonl"), _gold_rows(splits["label"]))
     for strategy in s.rm_strategies:
         log(f"== reward model on {strategy} labels ==")
         cfg = dataclasses.replace(
