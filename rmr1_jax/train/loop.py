@@ -90,6 +90,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
         with activation_sharding(mesh):
             return jitted(state, batch, rng)
 
+    run.jitted = jitted  # for ahead-of-time lowering (rmr1 plan), under activation_sharding(mesh)
     return run
 
 
