@@ -97,11 +97,13 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
 def init_state(params, optimizer: optax.GradientTransformation):
     """{"params", "opt_state", "step"}. Optimizer moments follow their parameters' shardings;
     scalars (step counts) are replicated over the parameters' mesh."""
-    opt_state = jax.jit(optimizer.init)(params)
-    state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
+    from rmr1_jax.train.optim import opt_state_shardings
+
     mesh = next((x.sharding.mesh for x in jax.tree.leaves(params) if isinstance(x.sharding, NamedSharding)), None)
     if mesh is None:
-        return state
+        return {"params": params, "opt_state": jax.jit(optimizer.init)(params), "step": jnp.zeros((), jnp.int32)}
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_state_shardings(optimizer, params))(params)
+    state = {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32)}
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, replicated),
                         state)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rmr1_jax.schema import OptimSpec
 
@@ -31,3 +33,21 @@ def make_optimizer(spec: OptimSpec, total_steps: int) -> tuple[optax.GradientTra
         parts.append(optax.clip_by_global_norm(spec.grad_clip))
     parts.append(optax.adamw(schedule, b1=spec.b1, b2=spec.b2, eps=spec.eps, weight_decay=spec.weight_decay))
     return optax.chain(*parts), schedule
+
+
+def opt_state_shardings(optimizer: optax.GradientTransformation, params):
+    """Shardings of ``optimizer.init(params)`` for parameters (arrays or ShapeDtypeStructs)
+    with NamedShardings: every part of the state shaped like the parameter tree (Adam's two
+    moments) takes the parameters' shardings, everything else (step counts) is replicated.
+    Left to the compiler, the moments come out replicated, since nothing in ``zeros_like``
+    ties them to the parameters' layout: three full copies of the model on every device."""
+    p_def = jax.tree.structure(params)
+    p_sh = jax.tree.map(lambda x: x.sharding, params)
+    mesh = next(s.mesh for s in jax.tree.leaves(p_sh) if isinstance(s, NamedSharding))
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def like_params(x):
+        return jax.tree.structure(x) == p_def
+
+    return jax.tree.map(lambda sub: p_sh if like_params(sub) else replicated,
+                        jax.eval_shape(optimizer.init, params), is_leaf=like_params)
