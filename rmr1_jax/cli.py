@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
         sp.set_defaults(func=cmd_train, objective=objective)
 
+    from rmr1_jax.plan.commands import add_parser as add_plan_parser
+
+    add_plan_parser(sub)
     rules = sub.add_parser("rules", help="RAMO labeling: score rules with a model, select rules per pair, label")
     rsub = rules.add_subparsers(dest="rules_command", required=True)
     rs = rsub.add_parser("score", help="score every (prompt, response) against every rule: P(Yes) - P(No)")
@@ -385,7 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("absl").addFilter(_QuietReadOnly())
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (rmr1 plan CONFIG --topology T k=v)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         from rmr1_jax.parallel.mesh import initialize_distributed
 

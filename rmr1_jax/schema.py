@@ -25,6 +25,9 @@ class ModelSpec:
     preset: str | None = "tiny"  # an architecture preset (random init) ...
     hf_dir: str | None = path_field()  # ... or a local HF directory (overrides preset)
     init_checkpoint: str | None = path_field()  # ... or an Orbax checkpoint directory (params only)
+    # the preset describing the model when its weights are not at hand (rmr1 plan); the
+    # checkpoint's own config wins when hf_dir / init_checkpoint exist
+    architecture: str | None = None
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     dtype: Literal["float32", "bfloat16"] = "bfloat16"  # compute dtype
     scan_layers: bool = True
@@ -41,6 +44,12 @@ class ModelSpec:
         if self.remat_policy not in REMAT_POLICIES:
             raise ConfigError(f"{where}: model.remat_policy={self.remat_policy!r} is not one of "
                               f"{list(REMAT_POLICIES)}")
+        if self.architecture is not None:
+            from rmr1_jax.models.presets import PRESETS
+
+            if self.architecture.lower() not in PRESETS:
+                raise ConfigError(f"{where}: model.architecture={self.architecture!r} is not a preset "
+                                  f"({', '.join(PRESETS)})")
 
 
 @dataclasses.dataclass

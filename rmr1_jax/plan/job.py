@@ -1,0 +1,217 @@
+"""``plan(objective, cfg, target)``: compile a training job's steps for a target ahead of time
+and say whether the job fits, how much memory each phase takes, and how long a step takes.
+
+Phases and what each holds per device (arguments and temporaries from XLA's compiled memory
+analysis; what the job keeps alive meanwhile added as "held by the job"):
+
+* distillation, reward model, rule adapter: the optimizer step (state donated);
+* GRPO: the policy update, GRPO's reference / old-policy log-prob pass, the sampler's
+  prefill and one compiled decode chunk; the train state (and the reference weights when the
+  loss has a KL term) stay resident through all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from rmr1_jax.errors import ConfigError
+from rmr1_jax.plan import steps as S
+from rmr1_jax.plan.topology import GIB, Target
+
+
+@dataclasses.dataclass
+class JobPlan:
+    objective: str
+    target: Target
+    model_name: str
+    model_cfg: object
+    mesh_shape: dict
+    phases: list  # [CompiledStep]
+    step_time_s: float
+    step_desc: str
+    mfu: float
+    notes: list = dataclasses.field(default_factory=list)
+    trainable_params: int = 0
+    total_params: int = 0
+    hints: dict = dataclasses.field(default_factory=dict)  # the batch sizes a suggestion may change
+
+    def to_json(self) -> dict:
+        t = self.target
+        return {"objective": self.objective, "model": self.model_name, "topology": t.name, "devices": t.num_devices,
+                "chips": t.chips, "mesh": self.mesh_shape, "remat_policy": self.model_cfg.remat_policy,
+                "attention_impl": self.model_cfg.attention_impl, "params": self.total_params,
+                "trainable_params": self.trainable_params, "device_hbm_bytes": t.device_hbm_bytes,
+                "fits": self.fits, "peak_phase": self.peak.name, "peak_bytes": self.peak.peak_bytes,
+                "step_time_s": self.step_time_s, "mfu": self.mfu, "step": self.step_desc, "notes": self.notes,
+                "phases": [{"name": ph.name, "parts": ph.parts, "temp_bytes": ph.temp_bytes,
+                            "argument_bytes": ph.argument_bytes, "output_bytes": ph.output_bytes,
+                            "alias_bytes": ph.alias_bytes, "resident_bytes": ph.resident_bytes,
+                            "peak_bytes": ph.peak_bytes, "flops_per_device": ph.flops,
+                            "xla_cost_analysis_flops": ph.xla_flops, "tokens": ph.tokens,
+                            "compile_s": ph.compile_s} for ph in self.phases]}
+
+    @property
+    def peak(self):
+        return max(self.phases, key=lambda p: p.peak_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak.peak_bytes <= self.target.device_hbm_bytes
+
+
+def _seconds(flops: float, target: Target, mfu: float) -> float:
+    return flops / (target.device_peak_flops * mfu) if target.device_peak_flops else float("nan")
+
+
+def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) -> JobPlan:
+    from rmr1_jax.models.decoder import DecoderLM
+    from rmr1_jax.parallel.mesh import make_mesh
+    from rmr1_jax.parallel.sharding import axis_rules
+    from rmr1_jax.train.runner import get_objective
+
+    obj = get_objective(objective)
+    mcfg, name = S.architecture(cfg.model, obj.head or "lm", cfg.model.num_labels, f"{objective} config")
+    mesh = make_mesh(cfg.mesh, devices=list(target.devices))
+    model = DecoderLM(mcfg)
+    with axis_rules(cfg.mesh.axis_rules()):
+        builder = {"distill": _distill, "reward-model": _reward_model, "rule-adapter": _rule_adapter,
+                   "grpo": _grpo}[objective]
+        phases, step_time, desc, notes = builder(cfg, model, mesh, target, mfu, log)
+    n = mcfg.num_params()
+    return JobPlan(objective, target, name, mcfg, dict(mesh.shape), phases, step_time, desc, mfu, notes,
+                   trainable_params=n, total_params=n, hints=_hints(objective, cfg))
+
+
+def _hints(objective: str, cfg) -> dict:
+    from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
+    from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP
+
+    if objective == "grpo":
+        rows = cfg.grpo.minibatch_prompts * cfg.grpo.n
+        return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "rollout_batch": cfg.grpo.rollout_batch,
+                "logprob_batch": cfg.grpo.logprob_batch}
+    rows = cfg.train.global_batch or (DEFAULT_PAIRS_PER_STEP if objective == "reward-model" else DEFAULT_GLOBAL_BATCH)
+    return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows}
+
+
+def _optimizer(cfg, steps: int = 1000):
+    from rmr1_jax.train.optim import make_optimizer
+
+    return make_optimizer(cfg.optim, steps)
+
+
+def _accum(train, rows: int, what: str) -> int:
+    mb = train.micro_batch or rows
+    if rows % mb:
+        raise ConfigError(f"train.micro_batch={mb} must divide {what}={rows}")
+    return rows // mb
+
+
+def _single(name, cfg, model, mesh, target, mfu, log, loss_fn, rows, shapes, tokens, what):
+    opt, sched = _optimizer(cfg)
+    step, _ = S.train_step(name, model, loss_fn, opt, sched, mesh, shapes, _accum(cfg.train, rows, what),
+                           tokens, log=log)
+    t = _seconds(step.flops, target, mfu)
+    return [step], t, f"one optimizer step of {rows} {what.split(' (')[0].split('.')[-1]}", []
+
+
+def _distill(cfg, model, mesh, target, mfu, log):
+    import jax.numpy as jnp
+
+    from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
+    from rmr1_jax.train.sft import sft_loss_fn
+
+    rows, length = cfg.train.global_batch or DEFAULT_GLOBAL_BATCH, cfg.data.max_length
+    shapes = {k: ((rows, length), jnp.int32) for k in ("input_ids", "segment_ids", "positions", "loss_mask")}
+    return _single("SFT step", cfg, model, mesh, target, mfu, log, sft_loss_fn(model), rows, shapes,
+                   rows * length, f"rows of {length} tokens (train.global_batch)")
+
+
+def _reward_model(cfg, model, mesh, target, mfu, log):
+    import jax.numpy as jnp
+
+    from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP, bt_loss_fn
+
+    pairs, length = cfg.train.global_batch or DEFAULT_PAIRS_PER_STEP, cfg.data.max_length
+    shapes = {k: ((pairs, length), jnp.int32) for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
+    return _single("Bradley-Terry step", cfg, model, mesh, target, mfu, log, bt_loss_fn(model, cfg.reward.margin),
+                   pairs, shapes, 2 * pairs * length, f"pairs of 2 x {length} tokens (train.global_batch)")
+
+
+def _rule_adapter(cfg, model, mesh, target, mfu, log):
+    import jax.numpy as jnp
+
+    from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
+    from rmr1_jax.train.rule_adapter import adapter_loss_fn
+
+    rows, length = cfg.train.global_batch or DEFAULT_GLOBAL_BATCH, cfg.data.max_length
+    shapes = {"input_ids": ((rows, length), jnp.int32), "attention_mask": ((rows, length), jnp.int32),
+              "labels": ((rows, model.cfg.num_labels), jnp.float32)}
+    return _single("rule-adapter step", cfg, model, mesh, target, mfu, log, adapter_loss_fn(model, cfg.adapter.k),
+                   rows, shapes, rows * length, f"rows of {length} tokens (train.global_batch)")
+
+
+def _grpo(cfg, model, mesh, target, mfu, log):
+    import jax.numpy as jnp
+
+    from rmr1_jax.sampling.sampler import Sampler, SamplingParams, decode_schedule
+    from rmr1_jax.train.grpo import grpo_loss_fn
+    from rmr1_jax.train.losses import response_logprobs
+
+    spec = cfg.grpo
+    rows = spec.minibatch_prompts * spec.n
+    length = spec.max_prompt_tokens + spec.max_response_tokens
+    f32, i32 = jnp.float32, jnp.int32
+    shapes = {"input_ids": ((rows, length), i32), "attention_mask": ((rows, length), i32),
+              "response_mask": ((rows, length), i32), "old_logp": ((rows, length), f32),
+              "ref_logp": ((rows, length), f32), "advantages": ((rows,), f32)}
+    opt, sched = _optimizer(cfg)
+    update, state = S.train_step("policy update", model, grpo_loss_fn(model, spec), opt, sched, mesh, shapes,
+                                 _accum(cfg.train, rows, "grpo.minibatch_prompts x grpo.n"), rows * length, log=log)
+    params_b, opt_b = update.parts["parameters"], update.parts["optimizer state"]
+    ref_b = params_b if spec.uses_reference() else 0
+    update.resident_bytes = ref_b
+    if ref_b:
+        update.parts["reference weights (held)"] = ref_b
+    notes = []
+    lp_rows = spec.logprob_batch * target.hosts
+    lp = S.forward_pass("log-prob pass", lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature),
+                        state["params"], mesh, {"input_ids": ((lp_rows, length), i32),
+                                                "attention_mask": ((lp_rows, length), i32)}, lp_rows * length, log=log)
+    lp.resident_bytes = params_b + opt_b + ref_b - lp.parts["parameters"]
+    lp.parts["train state and reference (held)"] = lp.resident_bytes
+    prompts = spec.rollout_batch * target.hosts
+    # XLA's defaults for the decode loop off CPU (the sampler picks CPU options by the backend at hand)
+    sampler = Sampler(model, eos_ids=(0,), pad_id=0, mesh=mesh, weights_dtype=spec.rollout_dtype,
+                      compiler_options=None if target.kind == "cpu" else {})
+    sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                        top_k=spec.top_k, n=spec.n)
+    pre, dec, copy_b = S.sampler_steps(sampler, state["params"], mesh, prompts, spec.max_prompt_tokens, spec.n,
+                                       spec.max_response_tokens, sp, log=log)
+    for ph in (pre, dec):
+        ph.resident_bytes = params_b + opt_b + ref_b - (0 if copy_b else params_b)
+        ph.parts["train state and reference (held)"] = ph.resident_bytes
+    if copy_b:
+        notes.append(f"the sampler decodes from a second, per-layer copy of the weights "
+                     f"({copy_b / GIB:.2f} GiB a device; scan_layers=true or grpo.rollout_dtype set)")
+    # one rollout step: prefill and decode of grpo.prompts_per_step prompts, the log-prob
+    # passes, and the updates over its mini-batches
+    calls = math.ceil(spec.prompts_per_step / prompts)
+    steps, chunks = decode_schedule(spec.max_response_tokens, sampler.chunk)
+    dec_bytes = dec.parts["parameters (decode layout)"] + dec.parts["KV cache"]
+    dec_t = max(_seconds(dec.flops, target, mfu), steps * dec_bytes / target.device_bandwidth)
+    t_roll = calls * (_seconds(pre.flops, target, mfu) + chunks * dec_t)
+    passes = int(spec.uses_reference()) + int(spec.old_logprobs == "recompute")
+    t_lp = passes * math.ceil(spec.prompts_per_step * spec.n / lp_rows) * _seconds(lp.flops, target, mfu)
+    n_updates = spec.prompts_per_step // spec.minibatch_prompts * spec.ppo_epochs
+    t_upd = n_updates * _seconds(update.flops, target, mfu)
+    total = t_roll + t_lp + t_upd
+    notes.append(f"one rollout step ({spec.prompts_per_step} prompts x {spec.n}, every response at the "
+                 f"{spec.max_response_tokens}-token budget): rollout {t_roll:.0f} s ({calls} sampler calls; "
+                 f"decode HBM-bound at {steps * dec_bytes / target.device_bandwidth * 1e3 / steps:.1f} ms a token), "
+                 f"log-prob passes {t_lp:.0f} s, {n_updates} updates {t_upd:.0f} s")
+    return [update, lp, pre, dec], total, "one GRPO rollout step (rollouts, log-probs, updates)", notes
+
+
+__all__ = ["JobPlan", "plan"]

@@ -1,0 +1,253 @@
+"""The steps a training job runs, lowered and compiled ahead of time on abstract arrays.
+
+Nothing here allocates a model: parameters, optimizer state and batches are
+``jax.ShapeDtypeStruct``s carrying the shardings the job would give them on the target's
+devices, and each step is the job's own jitted function (``make_train_step`` with the
+objective's loss, the sampler's prefill and decode loop, GRPO's log-prob pass), so what
+compiles here is what would run there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from rmr1_jax.errors import ConfigError
+from rmr1_jax.plan.flops import step_flops
+
+
+@dataclasses.dataclass
+class CompiledStep:
+    """One compiled step. Bytes are per device."""
+
+    name: str
+    parts: dict  # what its arguments hold: {"parameters": bytes, "optimizer state": ..., ...}
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int  # outputs written into donated arguments
+    temp_bytes: int  # activations and temporaries
+    flops: float  # per device, from the jaxpr (matmuls, loops by their trip counts)
+    xla_flops: float | None  # per device, XLA's cost analysis (loop bodies counted once)
+    tokens: int  # tokens the step processes (global)
+    compile_s: float
+    resident_bytes: int = 0  # arrays the job holds during this step that are not its arguments
+    over_hbm: bool = False  # the compiler refused it: temporaries alone exceed the HBM (temp_bytes: its figure)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.resident_bytes
+
+
+def device_bytes(tree) -> int:
+    """Bytes of ``tree``'s arrays on one device (the largest shard of each, by its sharding)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += math.prod(shape) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def abstract(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def replicated(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def rows_abstract(mesh, shapes: dict[str, tuple[tuple, Any]]) -> dict:
+    """Global batch arrays {name: (shape, dtype)} with rows over (data, fsdp), as ``to_global``
+    places them."""
+    from rmr1_jax.parallel.hostlocal import batch_sharding
+
+    return {k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sharding(mesh, shape))
+            for k, (shape, dt) in shapes.items()}
+
+
+def _rows_like(mesh, tree):
+    from rmr1_jax.parallel.hostlocal import batch_sharding
+
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh, x.shape)), tree)
+
+
+def abstract_params(model, mesh, rules):
+    from rmr1_jax.models.params import abstract_params as shapes, param_shardings
+
+    p = shapes(model)
+    return abstract(p, param_shardings(p, mesh, rules))
+
+
+def abstract_state(params, optimizer, mesh):
+    from rmr1_jax.train.optim import opt_state_shardings
+
+    opt = abstract(jax.eval_shape(optimizer.init, params), opt_state_shardings(optimizer, params))
+    return {"params": params, "opt_state": opt, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated(mesh))}
+
+
+def rng_abstract(mesh):
+    return jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated(mesh))
+
+
+def compile_step(name: str, jitted, args: tuple, *, mesh, parts: dict, tokens: int, kwargs: dict | None = None,
+                 flops_fn: Callable | None = None, log=print) -> CompiledStep:
+    """Lower and compile ``jitted(*args, **kwargs)`` under the job's activation shardings."""
+    import time
+
+    from rmr1_jax.parallel.sharding import activation_sharding
+
+    kwargs = kwargs or {}
+    log(f"plan: compiling {name} ...")
+    t = time.perf_counter()
+    with activation_sharding(mesh):
+        lowered = jitted.lower(*args, **kwargs)
+        flops = (flops_fn or (lambda: step_flops(jitted, *args, **kwargs)))() / mesh.size
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            # the TPU compiler refuses a program whose temporaries exceed the device's HBM,
+            # and says by how much
+            over = _hbm_overflow(str(e))
+            if over is None:
+                raise
+            dt = time.perf_counter() - t
+            return CompiledStep(name, parts, sum(parts.values()), 0, 0, over, flops, None, tokens, dt,
+                                over_hbm=True)
+    dt = time.perf_counter() - t
+    m = compiled.memory_analysis()
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+        xla_flops = float(ca.get("flops")) if ca and ca.get("flops") is not None else None
+    except Exception:  # a backend without cost analysis
+        xla_flops = None
+    return CompiledStep(name, parts, m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
+                        m.temp_size_in_bytes, flops, xla_flops, tokens, dt)
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def _hbm_overflow(message: str) -> int | None:
+    """Bytes of temporaries from XLA:TPU's "Ran out of memory in memory space hbm" error."""
+    import re
+
+    if "RESOURCE_EXHAUSTED" not in message:
+        return None
+    m = re.search(r"HLO temporaries \(([\d.]+)([KMGT])\)", message) or \
+        re.search(r"[Uu]sed ([\d.]+)([KMGT]) of [\d.]+[KMGT] hbm", message)
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
+
+
+def train_step(name, model, loss_fn, optimizer, schedule, mesh, batch_shapes: dict, accum: int, tokens: int,
+               extra_parts: dict | None = None, log=print) -> tuple[CompiledStep, dict]:
+    """The objective's optimizer step (``make_train_step``: micro-batch accumulation, AdamW,
+    donated state) on a global batch of ``batch_shapes``."""
+    from rmr1_jax.parallel.sharding import current_rules
+    from rmr1_jax.train.loop import make_train_step
+
+    params = abstract_params(model, mesh, current_rules())
+    state = abstract_state(params, optimizer, mesh)
+    batch = rows_abstract(mesh, batch_shapes)
+    step = make_train_step(loss_fn, optimizer, schedule, accum, mesh, jax.tree.map(lambda x: x.sharding, state))
+    parts = {"parameters": device_bytes(state["params"]), "optimizer state": device_bytes(state["opt_state"]),
+             "batch": device_bytes(batch), **(extra_parts or {})}
+    return compile_step(name, step.jitted, (state, batch, rng_abstract(mesh)), mesh=mesh, parts=parts,
+                        tokens=tokens, log=log), state
+
+
+def forward_pass(name, fn, params, mesh, batch_shapes: dict, tokens: int, log=print) -> CompiledStep:
+    """A jitted ``fn(params, batch)`` forward (GRPO's reference and old-policy log-probs)."""
+    batch = rows_abstract(mesh, batch_shapes)
+    return compile_step(name, jax.jit(fn), (params, batch), mesh=mesh, tokens=tokens,
+                        parts={"parameters": device_bytes(params), "batch": device_bytes(batch)}, log=log)
+
+
+def sampler_steps(sampler, params, mesh, prompts: int, prompt_len: int, n: int, max_new: int, sp, log=print):
+    """The sampler's prefill of ``prompts`` prompts of ``prompt_len`` tokens (its cache sized for
+    ``max_new`` more) and one compiled decode chunk over the ``prompts x n`` rows."""
+    from rmr1_jax.models.params import param_shardings
+    from rmr1_jax.parallel.sharding import current_rules
+    from rmr1_jax.sampling.sampler import decode_schedule
+
+    steps, chunks = decode_schedule(max_new, sampler.chunk)
+    max_len = prompt_len + steps * chunks
+    prepared = params
+    if sampler._unstack or sampler.weights_dtype is not None:
+        shapes = jax.eval_shape(sampler._prepare, params)
+        prepared = abstract(shapes, param_shardings(shapes, mesh, current_rules()))
+    ids = rows_abstract(mesh, {"ids": ((prompts, prompt_len), jnp.int32), "mask": ((prompts, prompt_len), jnp.bool_)})
+    pre = compile_step("sampler prefill", sampler._prefill, (prepared, ids["ids"], ids["mask"]), mesh=mesh,
+                       kwargs=dict(n=n, max_len=max_len), tokens=prompts * prompt_len,
+                       parts={"parameters (decode layout)": device_bytes(prepared), "batch": device_bytes(ids)},
+                       log=log)
+    # the decode loop's carry as the prefill leaves it: every array's rows over (data, fsdp)
+    last, cache = jax.eval_shape(sampler._prefill, prepared, ids["ids"], ids["mask"], n=n, max_len=max_len)
+    last, cache = rows_abstract(mesh, {"last": (last.shape, last.dtype)})["last"], _rows_like(mesh, cache)
+    r = prompts * n
+    rep = replicated(mesh)
+    carry = {"last": last, "cache": cache, "prompt_len": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+             "max_new": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
+             **rows_abstract(mesh, {"tokens": ((r, steps * chunks), jnp.int32),
+                                    "logprobs": ((r, steps * chunks), jnp.float32),
+                                    "done": ((r,), jnp.bool_), "eos": ((r,), jnp.bool_), "lengths": ((r,), jnp.int32)})}
+    kw = dict(steps=steps, greedy=sp.temperature == 0.0, temperature=float(sp.temperature), top_k=int(sp.top_k),
+              top_p=float(sp.top_p))
+    dec_args = (prepared, carry, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), rng_abstract(mesh))
+    dec = compile_step(f"sampler decode ({steps} tokens a call)", sampler.decode_fn(r), dec_args,
+                       mesh=mesh, kwargs=kw, tokens=r * steps,
+                       flops_fn=lambda: step_flops(sampler._decode_impl, *dec_args, **kw),
+                       parts={"parameters (decode layout)": device_bytes(prepared), "KV cache": device_bytes(cache),
+                              "batch": device_bytes(carry) - device_bytes(cache)}, log=log)
+    return pre, dec, device_bytes(prepared) if prepared is not params else 0
+
+
+def architecture(spec, head: str, num_labels: int | None, where: str):
+    """The ModelConfig a job would train: its HF directory's or Orbax checkpoint's own config
+    when they are at hand, else ``model.preset``, else ``model.architecture`` (the preset a
+    recipe plans with when its weights are not given)."""
+    from rmr1_jax.checkpoint.loading import with_head
+    from rmr1_jax.models.config import ModelConfig
+    from rmr1_jax.models.presets import preset
+
+    exec_kw = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, scan_layers=spec.scan_layers,
+                   remat_policy=spec.remat_policy, attention_impl=spec.attention_impl)
+    if spec.hf_dir and os.path.isfile(os.path.join(spec.hf_dir, "config.json")):
+        src, name = ModelConfig.from_hf_dir(spec.hf_dir, **exec_kw), spec.hf_dir
+    elif spec.init_checkpoint and os.path.isdir(spec.init_checkpoint):
+        from rmr1_jax.checkpoint.manager import CheckpointManager
+
+        with CheckpointManager(spec.init_checkpoint, read_only=True) as mgr:
+            meta = mgr.read_metadata(mgr.resolve_step(None))
+        src = ModelConfig.from_dict(meta["model_config"], source=f"{spec.init_checkpoint} metadata").replace(**exec_kw)
+        name = spec.init_checkpoint
+    elif spec.preset or getattr(spec, "architecture", None):
+        name = spec.preset or spec.architecture
+        src = preset(name, **exec_kw, **({"vocab_size": spec.vocab_size} if spec.vocab_size else {}))
+    else:
+        raise ConfigError(f"{where}: nothing describes the model: set model.architecture (a preset name), "
+                          f"model.preset or model.hf_dir")
+    return with_head(src, head, num_labels if head == "multilabel" else None, name), name
+
+
+def ensure_host_devices(n: int) -> None:
+    """Ask XLA for ``n`` host CPU devices, when JAX has not started yet."""
+    import sys
+
+    if "jax" in sys.modules and getattr(sys.modules["jax"], "_src", None) is not None:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+__all__ = ["CompiledStep", "train_step", "forward_pass", "sampler_steps", "architecture", "device_bytes",
+           "ensure_host_devices"]

@@ -1,0 +1,148 @@
+"""`rmr1 plan`: FLOPs counted from the jaxpr against XLA's own cost analysis and the 6N
+formula, plans on a simulated CPU mesh and (with libtpu) on a TPU slice, and a job that does
+not fit exiting non-zero with a suggestion that, re-planned, does fit."""
+
+import importlib.util
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rmr1_jax.cli import main
+from rmr1_jax.models.decoder import DecoderLM
+from rmr1_jax.models.presets import preset
+from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
+from rmr1_jax.plan import steps as S
+from rmr1_jax.plan.flops import step_flops
+from rmr1_jax.schema import OptimSpec
+from rmr1_jax.train.flops import train_flops_per_token
+from rmr1_jax.train.loop import make_train_step
+from rmr1_jax.train.optim import make_optimizer
+from rmr1_jax.train.sft import sft_loss_fn
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+TINY = "configs/distill/tiny.yaml"
+
+
+def _sft_step(scan: bool, remat: str, accum: int, rows=4, length=256, chunk=64):
+    cfg = preset("bench-100m", dtype="float32", scan_layers=scan, remat_policy=remat, num_hidden_layers=3)
+    model = DecoderLM(cfg)
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    opt, sched = make_optimizer(OptimSpec(), 10)
+    state = S.abstract_state(S.abstract_params(model, mesh, None), opt, mesh)
+    batch = S.rows_abstract(mesh, {k: ((rows, length), jnp.int32)
+                                   for k in ("input_ids", "segment_ids", "positions", "loss_mask")})
+    step = make_train_step(sft_loss_fn(model, loss_chunk=chunk), opt, sched, accum, mesh,
+                           jax.tree.map(lambda x: x.sharding, state))
+    return cfg, model, step.jitted, (state, batch, S.rng_abstract(mesh))
+
+
+def _xla_flops(f, *args):
+    ca = f.lower(*args).compile().cost_analysis()
+    return (ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"]
+
+
+def test_flops_from_the_jaxpr_agree_with_xla_where_xla_sees_no_loop():
+    from rmr1_jax.train.losses import response_logprobs
+
+    cfg, model, _, (state, _, _) = _sft_step(scan=False, remat="none", accum=1)
+    mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])
+    batch = S.rows_abstract(mesh, {k: ((4, 256), jnp.int32) for k in ("input_ids", "attention_mask")})
+    fwd = jax.jit(lambda p, b: response_logprobs(model, p, b, chunk=256))
+    ours, xla = step_flops(fwd, state["params"], batch), _xla_flops(fwd, state["params"], batch)
+    assert 0.97 * xla <= ours <= xla  # XLA also counts elementwise work
+
+
+def test_flops_count_every_layer_micro_batch_and_recomputation():
+    cfg, _, f_unrolled, args = _sft_step(scan=False, remat="none", accum=1)
+    ours = step_flops(f_unrolled, *args)
+    tokens = 4 * 256
+    # the textbook accounting (6 x parameters without the embedding lookup x tokens, plus
+    # attention), and the LM head's forward once more: the chunked loss recomputes its logits
+    head_recompute = 2 * cfg.hidden_size * cfg.vocab_size * tokens
+    assert ours == pytest.approx(train_flops_per_token(cfg, 256) * tokens + head_recompute, rel=0.03)
+    # scanned layers and two accumulated micro-batches are the same arithmetic: the count
+    # holds, where XLA's cost analysis counts one loop body
+    _, _, f_scan, args_scan = _sft_step(scan=True, remat="none", accum=2)
+    assert step_flops(f_scan, *args_scan) == pytest.approx(ours, rel=1e-6)
+    assert _xla_flops(f_scan, *args_scan) < 0.3 * ours
+    # full remat recomputes each layer's forward, its projections (2 x weights x tokens) and
+    # attention scores (4 x heads x head dim x context per token; the CPU path computes causal
+    # blocks only, about half of the square)
+    _, _, f_remat, args_remat = _sft_step(scan=True, remat="full", accum=1)
+    layer_weights = 3 * cfg.hidden_size * cfg.intermediate_size + 2 * cfg.hidden_size * (
+        cfg.num_attention_heads + cfg.num_key_value_heads) * cfg.dim_head
+    forward = cfg.num_hidden_layers * tokens * (2 * layer_weights + 0.5 * 4 * cfg.num_attention_heads * cfg.dim_head * 256)
+    # at most the whole forward again; less where the backward needs no recomputed output
+    # (the output projections' results feed nothing the backward reads)
+    assert 0.6 * forward < step_flops(f_remat, *args_remat) - ours <= 1.0 * forward
+
+
+def _plan(tmp_path, capsys, *argv):
+    out = tmp_path / "plan.json"
+    rc = main(["plan", *argv, "--json", str(out)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def test_cpu_plan_reports_memory_flops_and_step_time(tmp_path, capsys):
+    rc, out, err, js = _plan(tmp_path, capsys, TINY, "--topology", "cpu:8", "train.micro_batch=4")
+    assert rc == 0, err
+    assert "fits: peak" in out and "optimizer state" in out and "step time at 40% MFU" in out
+    ph = js["phases"][0]
+    assert js["fits"] and js["devices"] == 8 and ph["name"] == "SFT step"
+    n = preset("demo", vocab_size=js["params"] and 1024).num_params()  # configs/distill/tiny.yaml: demo, 1K vocab
+    # parameters over data=8 are replicated: every device holds all of them (f32) and the two Adam moments
+    assert ph["parts"]["parameters"] == pytest.approx(4 * js["params"], rel=0.01)
+    assert ph["parts"]["optimizer state"] == pytest.approx(2 * 4 * js["params"], rel=0.01)
+    assert js["params"] == n
+    assert ph["flops_per_device"] > 0 and ph["temp_bytes"] > 0
+
+
+def test_a_plan_that_does_not_fit_exits_nonzero_and_its_suggestion_fits(tmp_path, capsys):
+    base = [TINY, "--topology", "cpu:8", "train.global_batch=64", "train.micro_batch=64", "data.max_length=1024",
+            "mesh.data=1", "mesh.fsdp=8"]
+    rc, _, err, js = _plan(tmp_path, capsys, *base)
+    assert rc == 0, err
+    ph = js["phases"][0]
+    fixed = ph["peak_bytes"] - ph["temp_bytes"]
+    budget = (fixed + 0.5 * ph["temp_bytes"]) / 2**30  # room for about half the temporaries
+    rc, out, err, _ = _plan(tmp_path, capsys, *base, "--hbm-gib", f"{budget:.6f}")
+    assert rc == 2
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("rmr1 plan: error: does not fit: the SFT step needs") and "train.micro_batch=" in line
+    suggested = line.split("train.micro_batch=")[1].split()[0]
+    assert int(suggested) < 64 and 64 % int(suggested) == 0
+    rc, out, err, js2 = _plan(tmp_path, capsys, *base, f"train.micro_batch={suggested}", "--hbm-gib", f"{budget:.6f}")
+    assert rc == 0, err
+    assert js2["fits"] and "fits: peak" in out
+
+
+def test_bad_topology_and_recipe_errors_are_one_line(tmp_path, capsys):
+    for argv, needle in (([TINY, "--topology", "v9x:2x2"], "--topology 'v9x:2x2'"),
+                         ([TINY, "--topology", "v5p:2x2"], "3 positive integer"),
+                         ([str(tmp_path / "none.yaml"), "--topology", "cpu:8"], "no such recipe"),
+                         ([TINY, "--topology", "cpu:8", "model.remat_policy=some"], "model.remat_policy")):
+        rc, _, err, _ = _plan(tmp_path, capsys, *argv)
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.skipif(not HAS_LIBTPU, reason="compiling for a TPU slice needs libtpu (the tpu extra)")
+def test_tpu_grpo_plan_compiles_every_phase(tmp_path, capsys):
+    rc, out, err, js = _plan(tmp_path, capsys, "configs/grpo/tiny.yaml", "--topology", "v5e:2x2",
+                             "mesh.data=1", "mesh.fsdp=4", "model.architecture=demo", "model.vocab_size=1024",
+                             "grpo.n=4", "grpo.prompts_per_step=16", "grpo.minibatch_prompts=8", "grpo.rollout_batch=8",
+                             "grpo.logprob_batch=16", "grpo.max_prompt_tokens=128", "grpo.max_response_tokens=64")
+    assert rc == 0, err
+    names = [p["name"] for p in js["phases"]]
+    assert names[:3] == ["policy update", "log-prob pass", "sampler prefill"] and names[3].startswith("sampler decode")
+    assert js["devices"] == 4 and js["device_hbm_bytes"] == 16 * 2**30
+    dec = js["phases"][3]
+    # the KV cache: layers x (keys + values) x rows x kv heads x head dim x slots (float32), and
+    # the slots' valid flags, rows over the 4 devices. Rows: 8 prompts x 4 samples; slots: the
+    # 128-token prompt and 64 new tokens (4 chunks of 16)
+    rows, slots = 8 * 4, 128 + 64
+    assert dec["parts"]["KV cache"] == (4 * 2 * rows * 2 * 32 * slots * 4 + rows * slots) // 4
+    assert all(p["compile_s"] >= 0 and p["flops_per_device"] > 0 for p in js["phases"])
+    assert "one rollout step" in out
