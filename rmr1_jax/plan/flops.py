@@ -37,6 +37,23 @@ def _sub_jaxprs(eqn):
                 yield x
 
 
+# Splash attention's Pallas kernels, by name: the matmuls each runs over its (causal: about
+# half of the) score blocks. Forward: S = QK^T, PV; dK/dV: S, dP = dO V^T, dV = P^T dO,
+# dK = dS^T Q; dQ: S, dP, dQ = dS K.
+_SPLASH_MATMULS = (("dkv", 4), ("dq", 3), ("fwd", 2))
+
+
+def _pallas_flops(eqn) -> float:
+    name = str(eqn.params.get("name", ""))
+    if "splash" not in name:
+        return 0.0
+    matmuls = next(n for key, n in _SPLASH_MATMULS if key in name)
+    q = next(v.aval for v in eqn.invars if getattr(v.aval, "ndim", 0) >= 3
+             and jax.numpy.issubdtype(v.aval.dtype, jax.numpy.floating))
+    t = q.shape[-2]
+    return matmuls * 2.0 * math.prod(q.shape) * t * 0.5
+
+
 def jaxpr_flops(jaxpr, custom: dict | None = None) -> float:
     """Matmul FLOPs of ``jaxpr`` (a Jaxpr or ClosedJaxpr), scans multiplied by their length.
     ``custom`` maps a primitive name to a function ``eqn -> FLOPs`` for opaque kernels
@@ -47,6 +64,8 @@ def jaxpr_flops(jaxpr, custom: dict | None = None) -> float:
         name = eqn.primitive.name
         if custom and name in custom:
             total += custom[name](eqn)
+        elif name == "pallas_call":
+            total += _pallas_flops(eqn)
         elif name == "dot_general":
             total += _dot_flops(eqn)
         elif name == "while":

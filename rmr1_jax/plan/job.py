@@ -74,7 +74,9 @@ def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) ->
     mcfg, name = S.architecture(cfg.model, obj.head or "lm", cfg.model.num_labels, f"{objective} config")
     mesh = make_mesh(cfg.mesh, devices=list(target.devices))
     model = DecoderLM(mcfg)
-    with axis_rules(cfg.mesh.axis_rules()):
+    from rmr1_jax.models.attention import compile_platform
+
+    with axis_rules(cfg.mesh.axis_rules()), compile_platform(target.kind):
         builder = {"distill": _distill, "reward-model": _reward_model, "rule-adapter": _rule_adapter,
                    "grpo": _grpo}[objective]
         phases, step_time, desc, notes = builder(cfg, model, mesh, target, mfu, log)

@@ -75,37 +75,47 @@ def verdict(p: JobPlan) -> str:
 
 
 def suggest(p: JobPlan) -> str:
-    """The first change that would plausibly make the job fit (memory scaled linearly from
-    the plan: a re-plan with the change is the check)."""
+    """The changes that would plausibly make the job fit, one per phase over the budget
+    (memory scaled linearly from the plan: re-planning with them is the check)."""
     hbm = 0.95 * p.target.device_hbm_bytes
-    worst = p.peak
-    fixed = worst.peak_bytes - worst.temp_bytes  # weights, state, batch, cache, held arrays
     n = p.target.num_devices
     mesh = p.mesh_shape
     if mesh.get("data", 1) > 1 and mesh.get("fsdp", 1) * mesh.get("tensor", 1) < n:
         return f"shard the weights over every device: mesh.data=1 mesh.fsdp={n // mesh.get('tensor', 1)}"
+    over = sorted((ph for ph in p.phases if ph.peak_bytes > hbm), key=lambda ph: -ph.peak_bytes)
+    fixed = max(ph.peak_bytes - ph.temp_bytes for ph in p.phases)  # weights, state, batch, cache, held
     if fixed > hbm:
         need = math.ceil(n * fixed / (0.7 * p.target.device_hbm_bytes))
         return f"the weights and optimizer state alone need {_gib(fixed)} GiB a device: {bigger_slice(p, need)}"
-    over = worst.peak_bytes - hbm
-    scale = 1 - over / max(worst.temp_bytes, 1)  # the fraction of the temporaries that would fit
+    out = []
+    for ph in over:
+        change = _phase_change(p, ph, hbm)
+        if change not in out:
+            out.append(change)
+    return "; ".join(out) + " (then re-plan)"
+
+
+def _phase_change(p: JobPlan, ph, hbm: float) -> str:
     spec = p.hints
-    if worst.name in ("sampler prefill",) or worst.name.startswith("sampler decode"):
+    # the fraction of what this phase scales with (temporaries, and a KV cache) that would fit
+    scalable = ph.temp_bytes + ph.parts.get("KV cache", 0)
+    scale = 1 - (ph.peak_bytes - hbm) / max(scalable, 1)
+    if ph.name.startswith("sampler"):
         rb = spec.get("rollout_batch")
-        if rb and rb > 1:
+        if rb and rb > 1 and scale > 0:
             return f"roll out fewer prompts at once: grpo.rollout_batch={_shrink(rb, scale)}"
-    if worst.name == "log-prob pass":
+    if ph.name == "log-prob pass":
         lb = spec.get("logprob_batch")
-        if lb and lb > 1:
+        if lb and lb > 1 and scale > 0:
             return f"score fewer rows at once: grpo.logprob_batch={_shrink(lb, scale)}"
     mb, rows = spec.get("micro_batch"), spec.get("rows")
-    if mb and rows:
+    if mb and rows and not ph.name.startswith("sampler") and ph.name != "log-prob pass":
         smaller = [d for d in range(1, mb) if rows % d == 0 and d <= mb * scale]
         if smaller:
             return f"accumulate smaller micro-batches: train.micro_batch={max(smaller)} (of {rows} rows a step)"
-    if p.model_cfg.remat_policy != "full":
-        return "recompute each layer in the backward pass: model.remat_policy=full"
-    need = math.ceil(n * worst.peak_bytes / (0.9 * p.target.device_hbm_bytes))
+        if p.model_cfg.remat_policy != "full":
+            return "recompute each layer in the backward pass: model.remat_policy=full"
+    need = math.ceil(p.target.num_devices * ph.peak_bytes / (0.9 * p.target.device_hbm_bytes))
     return bigger_slice(p, need)
 
 

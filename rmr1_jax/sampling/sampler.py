@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmr1_jax.models.decoder import init_cache
+from rmr1_jax.models.layers import matmul_f32
 from rmr1_jax.models.params import unstack_layers
 from rmr1_jax.parallel.hostlocal import agree_max, fetch, process_rows, to_global
 from rmr1_jax.parallel.sharding import activation_sharding
@@ -196,9 +197,13 @@ class Sampler:
     def _prefill_impl(self, params, ids, mask, n: int, max_len: int):
         b = ids.shape[0]
         cache = init_cache(self._decode_model.cfg, b, max_len, self.cache_dtype)
-        logits, cache = self._decode_model.apply({"params": params}, ids, attention_mask=mask,
-                                                 cache=cache, cache_index=0)
-        last = logits[:, -1]
+        # the LM head at each prompt's last position only: [B, T, V] logits of the whole prompt
+        # would be the prefill's largest array by far (4K tokens x 152K vocabulary a prompt)
+        hidden, cache = self._decode_model.apply({"params": params}, ids, attention_mask=mask,
+                                                 cache=cache, cache_index=0, return_hidden=True)
+        cfg = self._decode_model.cfg
+        head = params["embed_tokens"].T if cfg.tie_word_embeddings else params["lm_head"]
+        last = matmul_f32("bd,dv->bv", hidden[:, -1], head.astype(hidden.dtype))
         if n > 1:
             cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)  # per-layer [B, ...] arrays
             last = jnp.repeat(last, n, axis=0)
