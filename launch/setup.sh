@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project virtualenv at .venv and install rmr1_jax into it.
 #   bash launch/setup.sh            # runtime dependencies
-#   bash launch/setup.sh test       # plus pytest, transformers and the torch CPU build
+#   bash launch/setup.sh test       # plus pytest, transformers, the torch CPU build and libtpu
 #   bash launch/setup.sh tpu        # plus jax[tpu] (libtpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,8 @@ fi
 if [ "$EXTRA" = "test" ]; then
   # The CPU build of torch first: an unpinned torch would pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[test]"
+  # the tpu extra (libtpu) lets the tests compile for TPU slices ahead of time (rmr1 plan)
+  .venv/bin/python -m pip install -q -e ".[test,tpu]"
 elif [ -n "$EXTRA" ]; then
   .venv/bin/python -m pip install -q -e ".[$EXTRA]"
 else
