@@ -1,4 +1,4 @@
-"""Peak host memory of ``rmr1_jax.load_hf`` on a ~1 GB checkpoint.
+"""Peak host memory of ``rmr1_jax.load_hf`` on a ~1 GB checkpoint, in one file or several.
 
 The importer promises to stream weights tensor by tensor, so that the memory it needs beyond
 the parameters it returns stays near the size of the largest tensor, not the size of the model.
@@ -7,7 +7,9 @@ This script checks that promise:
 1. writes a random Qwen2 checkpoint (``config.json`` + ``model.safetensors``, written with
    ``safetensors.numpy``; no torch) of about 1 GB in float32: hidden 2048, intermediate 5632,
    vocab 32000, 16 heads, 4 KV heads, untied LM head, ``--layers`` layers (default 3 -> ~1.07 GB);
-2. for each requested checkpoint dtype, starts a FRESH Python subprocess which imports jax and
+   with ``--files N`` > 1 the same tensors go, in ``tensor_specs`` order, into N files of about
+   equal size (``model-0000i-of-0000N.safetensors``) plus ``model.safetensors.index.json``;
+2. for each requested checkpoint dtype and file count, starts a FRESH Python subprocess which imports jax and
    rmr1_jax, initializes the CPU backend (and runs a tiny jit), records the baseline RSS, then runs
    ``load_hf(dir, dtype="float32")`` while a thread samples RSS every ~5 ms (psutil); the peak is
    the larger of the sampled maximum and ``getrusage(RUSAGE_SELF).ru_maxrss``;
@@ -20,7 +22,8 @@ On CPU the returned parameters themselves live in host RAM, so they are subtract
 target "peak below 1.5x the largest tensor plus the runtime baseline, not proportional to the
 model" is read as ``overhead < 1.5 x largest tensor``.
 
-    python benchmarks/hf_import_memory.py [--layers 3] [--ckpt-dtypes float32,bfloat16] [--json out.jsonl]
+    python benchmarks/hf_import_memory.py [--layers 3] [--ckpt-dtypes float32,bfloat16] [--files 1,4]
+        [--json out.jsonl]
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ HF_CONFIG = dict(
 # --- parent: write the checkpoint ----------------------------------------------------------
 
 
-def write_checkpoint(out_dir: str, layers: int, dtype: str, seed: int = 0) -> dict:
-    """config.json + model.safetensors with the names/shapes of ``checkpoint.hf.tensor_specs``."""
+def write_checkpoint(out_dir: str, layers: int, dtype: str, seed: int = 0, files: int = 1) -> dict:
+    """config.json + safetensors with the names/shapes of ``checkpoint.hf.tensor_specs``: one
+    ``model.safetensors``, or ``files`` files of about equal size plus an index. The values do
+    not depend on ``files`` (one random stream, in spec order)."""
     import ml_dtypes
     import numpy as np
     from safetensors.numpy import save_file
@@ -62,25 +67,45 @@ def write_checkpoint(out_dir: str, layers: int, dtype: str, seed: int = 0) -> di
         json.dump(hf, f, indent=2)
     cfg = ModelConfig.from_hf_dict(hf)
     np_dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}[dtype]
+    specs = tensor_specs(cfg)
+    sizes = [int(np.prod(s.hf_shape)) for s in specs]
+    # file k takes the tensors whose middle lies in the k-th equal part of the total (a file left
+    # empty by a tensor larger than a part is dropped)
+    mids = np.cumsum([0] + sizes[:-1]) + np.asarray(sizes) / 2
+    group = [min(files - 1, int(m * files // sum(sizes))) for m in mids]
+    renumber = {g: i for i, g in enumerate(sorted(set(group)))}
+    group, files = [renumber[g] for g in group], len(renumber)
+    names = (["model.safetensors"] if files == 1 else
+             [f"model-{i + 1:05d}-of-{files:05d}.safetensors" for i in range(files)])
+    largest = max(zip(specs, sizes), key=lambda t: t[1])[0]
     rng = np.random.default_rng(seed)
-    tensors = {}
-    for s in tensor_specs(cfg):
-        x = rng.standard_normal(s.hf_shape, dtype=np.float32)
-        x *= 0.02
-        tensors[s.hf_name] = x.astype(np_dtype, copy=False)
-    largest = max(tensors.items(), key=lambda kv: kv[1].size)
-    info = {
+    weight_map = {}
+    for k, name in enumerate(names):  # one file's tensors in memory at a time
+        tensors = {}
+        for s, g in zip(specs, group):
+            if g != k:
+                continue
+            x = rng.standard_normal(s.hf_shape, dtype=np.float32)
+            x *= 0.02
+            tensors[s.hf_name] = x.astype(np_dtype, copy=False)
+            weight_map[s.hf_name] = name
+        save_file(tensors, os.path.join(out_dir, name), metadata={"format": "pt"})
+        del tensors
+    if files > 1:
+        total = sum(os.path.getsize(os.path.join(out_dir, n)) for n in names)
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    return {
         "dtype": dtype,
-        "num_tensors": len(tensors),
-        "num_params": int(sum(t.size for t in tensors.values())),
-        "largest_tensor": largest[0],
-        "largest_tensor_shape": list(largest[1].shape),
-        "largest_tensor_elems": int(largest[1].size),
+        "files": files,
+        "num_tensors": len(specs),
+        "num_params": int(sum(sizes)),
+        "largest_tensor": largest.hf_name,
+        "largest_tensor_shape": list(largest.hf_shape),
+        "largest_tensor_elems": int(np.prod(largest.hf_shape)),
+        "file_bytes": sum(os.path.getsize(os.path.join(out_dir, n)) for n in names),
+        "largest_file_bytes": max(os.path.getsize(os.path.join(out_dir, n)) for n in names),
     }
-    save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    del tensors
-    info["file_bytes"] = os.path.getsize(os.path.join(out_dir, "model.safetensors"))
-    return info
 
 
 # --- child: measure one import in a fresh process -------------------------------------------
@@ -183,6 +208,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--layers", type=int, default=3, help="decoder layers (3 -> ~1.07 GB in float32)")
     ap.add_argument("--ckpt-dtypes", default="float32,bfloat16",
                     help="comma-separated checkpoint dtypes to test; each is loaded as float32")
+    ap.add_argument("--files", default="1,4",
+                    help="comma-separated safetensors file counts to test for each dtype (1: one model.safetensors)")
     ap.add_argument("--interval", type=float, default=0.005, help="RSS sampling interval, seconds")
     ap.add_argument("--tmp", default=None, help="parent directory for the temporary checkpoint")
     ap.add_argument("--json", default=None, help="append one JSON line per checkpoint dtype to this file")
@@ -195,9 +222,11 @@ def main(argv=None) -> list[dict]:
     results = []
     root = tempfile.mkdtemp(prefix="rmr1-bench-import-", dir=args.tmp)
     try:
-        for dtype in [d.strip() for d in args.ckpt_dtypes.split(",") if d.strip()]:
-            ckpt = os.path.join(root, dtype)
-            info = write_checkpoint(ckpt, args.layers, dtype)
+        cases = [(d.strip(), int(n)) for d in args.ckpt_dtypes.split(",") if d.strip()
+                 for n in args.files.split(",") if n.strip()]
+        for dtype, files in cases:
+            ckpt = os.path.join(root, f"{dtype}-{files}")
+            info = write_checkpoint(ckpt, args.layers, dtype, files=files)
             m = run_child(ckpt, args.interval)
             shutil.rmtree(ckpt)
             largest = info["largest_tensor_elems"] * 4  # as loaded (float32)
@@ -219,10 +248,12 @@ def main(argv=None) -> list[dict]:
         return f"{x / MiB:9.1f}"
 
     print(f"load_hf(dtype='float32') of a random Qwen2 checkpoint (hidden 2048, intermediate 5632, vocab 32000, "
-          f"{args.layers} layers, untied head), each in a fresh subprocess; RSS sampled every "
+          f"{args.layers} layers, untied head; one file, or N files + index), each in a fresh subprocess; RSS sampled every "
           f"{args.interval * 1000:.0f} ms + ru_maxrss. Sizes in MiB.")
     rows = [
-        ("checkpoint file", lambda r: mib(r["file_bytes"])),
+        ("checkpoint files", lambda r: f"{r['files']:9d}"),
+        ("checkpoint bytes", lambda r: mib(r["file_bytes"])),
+        ("largest file", lambda r: mib(r["largest_file_bytes"])),
         ("parameters (count)", lambda r: f"{r['num_params'] / 1e6:8.1f}M"),
         ("largest tensor (f32)", lambda r: mib(r["largest_tensor_bytes_loaded"])),
         ("final params bytes", lambda r: mib(r["params_bytes"])),
@@ -237,7 +268,7 @@ def main(argv=None) -> list[dict]:
         ("strict / largest **", lambda r: f"{r['transient_over_largest']:9.2f}"),
         ("load time s", lambda r: f"{r['load_s']:9.1f}"),
     ]
-    print(f"{'':<22}" + "".join(f"{'ckpt ' + r['dtype']:>18}" for r in results))
+    print(f"{'':<22}" + "".join(f"{_label(r):>18}" for r in results))
     for name, fmt in rows:
         print(f"{name:<22}" + "".join(f"{fmt(r):>18}" for r in results))
     print(f"(largest tensor: {results[0]['largest_tensor']} {results[0]['largest_tensor_shape']}; "
@@ -247,6 +278,10 @@ def main(argv=None) -> list[dict]:
           "in place at that moment, from jax.live_arrays()). The headline overhead subtracts ALL final params, "
           "so it under-states a peak that happens early in the load (before most params exist).")
     return results
+
+
+def _label(r: dict) -> str:
+    return f"ckpt {r['dtype']}" + (f" x{r['files']}" if r["files"] > 1 else "")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,12 @@ plan grpo-32b configs/grpo/qwen2.5-32b-instruct.yaml --topology v5p:2x4x4
 plan rm-llama3.1-8b configs/reward_model/ramo-skywork-llama3.1-8b.yaml --topology v6e:4x4
 plan adapter-llama3.2-3b configs/rule_adapter/ramo-llama3.2-3b.yaml --topology v5e:2x4
 # the too-small slice: exits non-zero with its suggestion
-plan grpo-7b-small configs/grpo/qwen2.5-7b-instruct.yaml --topology v5p:2x2x1
+plan grpo-7b-small configs/grpo/qwen2.5-7b-instruct.yaml --topology v5e:2x2
 # attention kernels at 12K tokens (Splash is the TPU default)
 plan distill-7b-xla configs/distill/qwen2.5-7b-instruct.yaml --topology v5p:2x2x2 model.attention_impl=xla
 # rematerialization policies, one row each
 plan distill-7b-remat configs/distill/qwen2.5-7b-instruct.yaml --topology v5p:2x2x2 --remat all
+# LoRA (rank 16 on every projection) against full fine-tuning
+plan distill-7b-lora configs/distill/qwen2.5-7b-instruct.yaml --topology v5p:2x2x2 model.lora_rank=16
+plan grpo-7b-lora configs/grpo/qwen2.5-7b-instruct.yaml --topology v5p:2x2x2 model.lora_rank=16
 .venv/bin/python -m rmr1_jax.plan.tables "$OUT"

@@ -11,6 +11,7 @@ import dataclasses
 from typing import Literal
 
 from rmr1_jax.errors import ConfigError
+from rmr1_jax.models.config import LORA_TARGETS
 from rmr1_jax.parallel.mesh import MeshConfig
 from rmr1_jax.paths import path_field, paths_field
 
@@ -35,6 +36,11 @@ class ModelSpec:
     attention_impl: str | None = None
     vocab_size: int | None = None  # preset override, e.g. to match a freshly trained tokenizer
     num_labels: int | None = None  # outputs of a multi-label head (the rule adapter: the pool size)
+    # LoRA (rmr1_jax.models.lora): rank 0 trains every weight; r > 0 trains low-rank adapters
+    # on the lora_targets projections, scaled by lora_alpha / r, the base frozen
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: list[str] = dataclasses.field(default_factory=lambda: list(LORA_TARGETS))
 
     def validate(self, where: str):
         from rmr1_jax.models.config import REMAT_POLICIES
@@ -50,6 +56,16 @@ class ModelSpec:
             if self.architecture.lower() not in PRESETS:
                 raise ConfigError(f"{where}: model.architecture={self.architecture!r} is not a preset "
                                   f"({', '.join(PRESETS)})")
+        if self.lora_rank < 0:
+            raise ConfigError(f"{where}: model.lora_rank={self.lora_rank} must be 0 (full fine-tuning) or positive")
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"{where}: model.lora_alpha={self.lora_alpha} must be positive")
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad:
+            raise ConfigError(f"{where}: model.lora_targets: {bad[0]!r} is not one of {list(LORA_TARGETS)}")
+        if not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise ConfigError(f"{where}: model.lora_targets={self.lora_targets} must name each projection at "
+                              f"most once, and at least one")
 
 
 @dataclasses.dataclass

@@ -34,8 +34,13 @@ def hf_to_orbax(hf_dir: str, out: str, *, dtype: str = "float32", mesh_cfg: Mesh
 def orbax_to_hf(ckpt: str, out: str, *, step: int | None = None, dtype: str = "bfloat16",
                 tokenizer_dir: str | None = None, overwrite: bool = False,
                 mesh_cfg: MeshConfig | None = None) -> str:
+    """An Orbax checkpoint as an HF directory (:func:`~rmr1_jax.checkpoint.hf.save_hf`). In a
+    multi-host job every process runs it: the parameters are restored sharded over the global
+    mesh, gathered to process 0 one tensor at a time, and written by process 0 alone."""
     from rmr1_jax.checkpoint.hf import save_hf
+    from rmr1_jax.checkpoint.hf_export import check_export_dir
     from rmr1_jax.checkpoint.loading import load_model
 
+    check_export_dir(os.path.abspath(out), overwrite)  # before the restore, not after it
     model, params = load_model(ckpt, kind="orbax", mesh=make_mesh(mesh_cfg), step=step)
     return save_hf(model, params, out, dtype=dtype, tokenizer_dir=tokenizer_dir, overwrite=overwrite)

@@ -9,121 +9,35 @@ shardings: host memory stays near the size of the largest tensor. Pickle weights
 
 Export writes a directory ``transformers.AutoModelForCausalLM.from_pretrained`` (or, for a
 classification head, ``AutoModelForSequenceClassification``) loads, into a temporary sibling
-directory that is renamed into place only when complete.
+directory that is renamed into place only when complete. Parameters sharded over several
+processes are gathered to process 0 one tensor at a time and streamed into size-capped
+safetensors shards (:mod:`rmr1_jax.checkpoint.hf_export`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import json
 import os
-import shutil
-from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors import safe_open
-from safetensors.numpy import save_file
 
+from rmr1_jax.checkpoint.hf_layout import _NP_DTYPES, TensorSpec, _get, _set, _tree_path, tensor_specs
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import HEAD_PARAMS, abstract_params, logical_axes_for
-from rmr1_jax.parallel.hostlocal import fetch
 from rmr1_jax.parallel.sharding import named_sharding
 
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-)
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)
 _HEAD_TENSORS = ("lm_head.weight", "score.weight")
-_NP_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ST_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-
-
-# --- the name/layout table ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One HF tensor and where it lives in our parameter tree."""
-
-    hf_name: str
-    path: tuple[str, ...]  # path in the unrolled-per-layer tree (layer leaves under "layers")
-    layer: int | None
-    hf_shape: tuple[int, ...]
-    to_ours: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def tensor_specs(cfg: ModelConfig) -> list[TensorSpec]:
-    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    n, k, h = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.dim_head
-    ident = lambda x: x
-    T = lambda x: x.T
-
-    def in_heads(heads):  # [heads*h, d] <-> [d, heads, h]
-        return (lambda w: w.T.reshape(d, heads, h), lambda w: w.reshape(d, heads * h).T)
-
-    def bias(heads):
-        return (lambda b: b.reshape(heads, h), lambda b: b.reshape(heads * h))
-
-    specs = [TensorSpec("model.embed_tokens.weight", ("embed_tokens",), None, (v, d), ident, ident),
-             TensorSpec("model.norm.weight", ("norm", "scale"), None, (d,), ident, ident)]
-    if cfg.is_classifier:
-        specs.append(TensorSpec("score.weight", ("score",), None, (cfg.num_labels, d), T, T))
-    elif not cfg.tie_word_embeddings:
-        specs.append(TensorSpec("lm_head.weight", ("lm_head",), None, (v, d), T, T))
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        L = lambda *path: ("layers",) + path
-        specs += [
-            TensorSpec(p + "input_layernorm.weight", L("input_layernorm", "scale"), i, (d,), ident, ident),
-            TensorSpec(p + "post_attention_layernorm.weight", L("post_attention_layernorm", "scale"), i, (d,),
-                       ident, ident),
-            TensorSpec(p + "self_attn.q_proj.weight", L("self_attn", "q_proj_kernel"), i, (n * h, d), *in_heads(n)),
-            TensorSpec(p + "self_attn.k_proj.weight", L("self_attn", "k_proj_kernel"), i, (k * h, d), *in_heads(k)),
-            TensorSpec(p + "self_attn.v_proj.weight", L("self_attn", "v_proj_kernel"), i, (k * h, d), *in_heads(k)),
-            TensorSpec(p + "self_attn.o_proj.weight", L("self_attn", "o_proj_kernel"), i, (d, n * h),
-                       lambda w: w.T.reshape(n, h, d), lambda w: w.reshape(n * h, d).T),
-            TensorSpec(p + "mlp.gate_proj.weight", L("mlp", "gate_proj_kernel"), i, (f, d), T, T),
-            TensorSpec(p + "mlp.up_proj.weight", L("mlp", "up_proj_kernel"), i, (f, d), T, T),
-            TensorSpec(p + "mlp.down_proj.weight", L("mlp", "down_proj_kernel"), i, (d, f), T, T),
-        ]
-        if cfg.attention_bias:
-            specs += [
-                TensorSpec(p + "self_attn.q_proj.bias", L("self_attn", "q_proj_bias"), i, (n * h,), *bias(n)),
-                TensorSpec(p + "self_attn.k_proj.bias", L("self_attn", "k_proj_bias"), i, (k * h,), *bias(k)),
-                TensorSpec(p + "self_attn.v_proj.bias", L("self_attn", "v_proj_bias"), i, (k * h,), *bias(k)),
-            ]
-        if cfg.o_proj_bias:
-            specs.append(TensorSpec(p + "self_attn.o_proj.bias", L("self_attn", "o_proj_bias"), i, (d,), ident, ident))
-    return specs
-
-
-def _tree_path(spec: TensorSpec, scanned: bool) -> tuple[str, ...]:
-    if spec.layer is None or scanned:
-        return spec.path
-    return (f"layers_{spec.layer}",) + spec.path[1:]
-
-
-def _get(tree, path):
-    for p in path:
-        tree = tree[p]
-    return tree
-
-
-def _set(tree, path, value):
-    for p in path[:-1]:
-        tree = tree.setdefault(p, {})
-    tree[path[-1]] = value
 
 
 # --- locating and checking weight files ---------------------------------------------------
@@ -319,23 +233,6 @@ def read_hf_params(path: str, cfg: ModelConfig, mesh: Mesh | None = None, rules=
 # --- export -----------------------------------------------------------------------------
 
 
-def _iter_hf_tensors(cfg: ModelConfig, params, np_dtype) -> Iterator[tuple[str, np.ndarray]]:
-    scanned = "layers" in params
-    for s in tensor_specs(cfg):
-        tp = _tree_path(s, scanned)
-        try:
-            leaf = _get(params, tp)
-        except (KeyError, TypeError):
-            raise CheckpointError(f"params lack {'/'.join(tp)} (needed for {s.hf_name})") from None
-        if s.layer is not None and scanned:
-            leaf = leaf[s.layer]
-        arr = s.to_hf(fetch(leaf))
-        if tuple(arr.shape) != s.hf_shape:
-            raise CheckpointError(f"params {'/'.join(tp)} give {s.hf_name} shape {list(arr.shape)}, "
-                                  f"expected {list(s.hf_shape)}")
-        yield s.hf_name, np.ascontiguousarray(arr.astype(np_dtype))
-
-
 def save_hf(model: DecoderLM, params, out_dir: str, dtype: str = "bfloat16", *, tokenizer_dir: str | None = None,
             max_shard_bytes: int = 2 * 1024**3, overwrite: bool = False) -> str:
     """Write ``params`` as an HF directory that transformers loads (``AutoModelForCausalLM``, or
@@ -343,83 +240,18 @@ def save_hf(model: DecoderLM, params, out_dir: str, dtype: str = "bfloat16", *, 
 
     The directory appears only when complete (written to a temporary sibling, then renamed).
     Tokenizer files are copied from ``tokenizer_dir`` or, for a model from :func:`load_hf`,
-    from its source directory.
+    from its source directory. A model with LoRA adapters is written merged
+    (``W + (alpha / r) A B``, :func:`rmr1_jax.models.lora.merge`): a plain model, no PEFT.
+    Past ``max_shard_bytes`` the weights go into several files with an index. In a multi-host
+    job every process calls it: each tensor is gathered to process 0 alone and written there,
+    one at a time, and every process returns once the directory is in place.
     """
     if dtype not in _NP_DTYPES:
         raise CheckpointError(f"dtype={dtype!r} is not one of {list(_NP_DTYPES)}")
-    cfg = model.cfg
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise CheckpointError(f"{out_dir}: already exists and is not empty (pass overwrite=True / --overwrite)")
-    writer = jax.process_index() == 0
-    tmp = f"{out_dir}.partial-{os.getpid()}"
-    if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    shard_files: list[str] = []
+    from rmr1_jax.models.lora import merge
 
-    def flush():
-        nonlocal size
-        if writer and shards[-1]:
-            fn = f"shard-{len(shard_files):05d}.safetensors"
-            save_file(shards[-1], os.path.join(tmp, fn), metadata={"format": "pt"})
-            shard_files.append(fn)
-        shards[-1] = {}
-        size = 0
+    cfg, params = merge(model.cfg, params)
+    from rmr1_jax.checkpoint.hf_export import plan_export, write_hf_dir
 
-    weight_map: dict[str, int] = {}
-    total = 0
-    try:
-        for name, arr in _iter_hf_tensors(cfg, params, _NP_DTYPES[dtype]):
-            if size and size + arr.nbytes > max_shard_bytes:
-                flush()
-            shards[-1][name] = arr
-            weight_map[name] = len(shard_files)
-            size += arr.nbytes
-            total += arr.nbytes
-        flush()
-        if writer:
-            _finish_export(cfg, tmp, shard_files, weight_map, total, dtype,
-                           tokenizer_dir or cfg.source_dir)
-            if os.path.exists(out_dir):
-                old = f"{out_dir}.old-{os.getpid()}"
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old)
-            else:
-                os.replace(tmp, out_dir)
-    except BaseException:
-        if writer:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _finish_export(cfg, tmp, shard_files, weight_map, total, dtype, source_dir):
-    n = len(shard_files)
-    if n == 1:
-        os.replace(os.path.join(tmp, shard_files[0]), os.path.join(tmp, "model.safetensors"))
-    else:
-        final = [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-        for a, b in zip(shard_files, final):
-            os.replace(os.path.join(tmp, a), os.path.join(tmp, b))
-        index = {"metadata": {"total_size": total}, "weight_map": {k: final[v] for k, v in weight_map.items()}}
-        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump(index, f, indent=2)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(cfg.to_hf_dict(torch_dtype=dtype), f, indent=2)
-    gen_src = os.path.join(source_dir, "generation_config.json") if source_dir else None
-    if gen_src and os.path.isfile(gen_src):
-        shutil.copyfile(gen_src, os.path.join(tmp, "generation_config.json"))
-    else:
-        gen = {"bos_token_id": cfg.bos_token_id, "pad_token_id": cfg.pad_token_id,
-               "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id}
-        with open(os.path.join(tmp, "generation_config.json"), "w") as f:
-            json.dump({k: v for k, v in gen.items() if v is not None}, f, indent=2)
-    if source_dir:
-        for name in TOKENIZER_FILES:
-            src = os.path.join(source_dir, name)
-            if os.path.isfile(src):
-                shutil.copyfile(src, os.path.join(tmp, name))
+    plan = plan_export(cfg, params, dtype, max_shard_bytes)  # every tensor checked before any is gathered
+    return write_hf_dir(cfg, plan, os.path.abspath(out_dir), dtype, tokenizer_dir or cfg.source_dir, overwrite)

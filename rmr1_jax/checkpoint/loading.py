@@ -6,7 +6,9 @@
 * a local HF directory (it has ``config.json``): its safetensors weights, causal LM or
   sequence classifier;
 * an Orbax checkpoint directory written by training: its metadata's ``model_config`` and the
-  saved ``state["params"]`` tree, read with :func:`~rmr1_jax.checkpoint.reading.restore_params`.
+  saved ``state["params"]`` tree, read with :func:`~rmr1_jax.checkpoint.reading.restore_params`;
+  a LoRA run's checkpoint (adapters only) loads its base as the metadata's ``lora_base`` says
+  (:mod:`~rmr1_jax.checkpoint.lora_base`) and comes back merged, a model without adapters.
 
 The kind is inferred from ``source`` (a preset name wins over a directory of the same name:
 write ``./tiny`` for the directory) unless ``kind`` names it.
@@ -30,9 +32,11 @@ from rmr1_jax.checkpoint.hf import read_hf_params
 from rmr1_jax.checkpoint.manager import CheckpointManager
 from rmr1_jax.checkpoint.reading import restore_params
 from rmr1_jax.errors import CheckpointError
-from rmr1_jax.models.config import HEADS, ModelConfig
+from rmr1_jax.models import lora
+from rmr1_jax.models.config import HEADS, LORA_TARGETS, ModelConfig
 from rmr1_jax.models.decoder import DecoderLM
-from rmr1_jax.models.params import init_head, init_params
+from rmr1_jax.models.params import (HEAD_PARAMS, init_head, init_params, param_shardings, stack_layers,
+                                    unstack_layers)
 from rmr1_jax.models.presets import PRESETS, preset
 from rmr1_jax.parallel.mesh import make_mesh
 from rmr1_jax.paths import is_remote
@@ -66,8 +70,8 @@ def source_kind(source: str) -> str:
 def load_model(source: str, head: str | None = None, *, mesh: Mesh | None, num_labels: int | None = None,
                kind: str | None = None, step: int | None = None, param_dtype=FROM_SOURCE, dtype=FROM_SOURCE,
                scan_layers=FROM_SOURCE, remat_policy=FROM_SOURCE, attention_impl=FROM_SOURCE,
-               vocab_size: int | None = None, tokenizer=None, seed: int = 0,
-               rules=None) -> tuple[DecoderLM, dict]:
+               vocab_size: int | None = None, tokenizer=None, seed: int = 0, rules=None,
+               lora_rank: int = 0, lora_alpha: float = 16.0, lora_targets=LORA_TARGETS) -> tuple[DecoderLM, dict]:
     """``(DecoderLM, params)`` from a preset, an HF directory or an Orbax checkpoint.
 
     Args:
@@ -84,6 +88,11 @@ def load_model(source: str, head: str | None = None, *, mesh: Mesh | None, num_l
       vocab_size, tokenizer: presets only: the vocabulary size, raised to
         ``tokenizer.vocab_size``, and the tokenizer's bos/eos/pad ids.
       seed: random initialization of a preset, or of a head started fresh.
+      lora_rank, lora_alpha, lora_targets: with ``lora_rank > 0``, fresh LoRA adapters
+        (:mod:`rmr1_jax.models.lora`, from ``seed``) on the loaded model, which becomes their
+        frozen base. A LoRA checkpoint (written by a LoRA run) loads as the model it trained:
+        its base, read from where its metadata's ``lora_base`` says and checked against the
+        fingerprint saved there, with the saved adapters merged into the kernels.
     Returns:
       the module and its parameter pytree; the model's output is logits [B, T, V] ("lm") or
       scores [B, num_labels] float32 (classification heads).
@@ -91,6 +100,14 @@ def load_model(source: str, head: str | None = None, *, mesh: Mesh | None, num_l
     exec_kw = {k: v for k, v in dict(param_dtype=param_dtype, dtype=dtype, scan_layers=scan_layers,
                                       remat_policy=remat_policy, attention_impl=attention_impl).items()
                if v is not FROM_SOURCE}
+    model, params = _load(source, head, num_labels, kind, step, exec_kw, vocab_size, tokenizer, mesh, seed, rules)
+    if not lora_rank:
+        return model, params
+    model = DecoderLM(lora.with_lora(model.cfg, lora_rank, lora_alpha, lora_targets))
+    return model, lora.combine(params, lora.init_adapters(model, jax.random.key(seed), mesh, rules))
+
+
+def _load(source, head, num_labels, kind, step, exec_kw, vocab_size, tokenizer, mesh, seed, rules):
     inferred = kind is None
     kind = kind or source_kind(source)
     if kind not in _KINDS:
@@ -177,9 +194,36 @@ def _from_orbax(source, head, num_labels, step, exec_kw, mesh, seed, rules, hint
     if not meta.get("model_config"):
         raise CheckpointError(f"{source}: checkpoint metadata has no model_config; cannot build its model")
     src = ModelConfig.from_dict(meta["model_config"], source=f"{source} metadata")
-    cfg = with_head(src.replace(**exec_kw), head, num_labels, source)
-    fresh = _fresh_head(src, cfg)
     if mesh is None:
         mesh = make_mesh(devices=jax.devices()[:1])
+    if meta.get("lora_base"):
+        from rmr1_jax.checkpoint.lora_base import merged_lora_checkpoint
+
+        src, params = merged_lora_checkpoint(source, step, src, meta["lora_base"], mesh, rules, load_model)
+        cfg = with_head(src.replace(**exec_kw), head, num_labels, source)
+        fresh = _fresh_head(src, cfg)
+        return _finish(cfg, _adapt(params, src, cfg, fresh, mesh, rules), fresh, mesh, seed, rules)
+    cfg = with_head(src.replace(**exec_kw), head, num_labels, source)
+    fresh = _fresh_head(src, cfg)
     params = restore_params(source, cfg, mesh, step=step, trunk_only=fresh, rules=rules)
+    if cfg.lora_rank:  # the whole tree, adapters included, saved as one: the model it computes
+        cfg, params = lora.merge(cfg, params)
     return _finish(cfg, params, fresh, mesh, seed, rules)
+
+
+def _adapt(params: dict, src: ModelConfig, cfg: ModelConfig, fresh: bool, mesh, rules) -> dict:
+    """``params`` of ``src`` in the layer layout and parameter dtype of ``cfg`` (without the head
+    when a fresh one replaces it), in one compiled step that writes the final shardings."""
+    if fresh:
+        params = {k: v for k, v in params.items() if k not in HEAD_PARAMS}
+    if src.scan_layers == cfg.scan_layers and src.param_dtype == cfg.param_dtype:
+        return params
+    dt = jax.numpy.dtype(cfg.param_dtype)
+
+    def convert(p):
+        if src.scan_layers != cfg.scan_layers:
+            p = stack_layers(p) if cfg.scan_layers else unstack_layers(p, cfg.num_hidden_layers)
+        return jax.tree.map(lambda x: x.astype(dt), p)
+
+    shapes = jax.eval_shape(convert, params)
+    return jax.jit(convert, out_shardings=param_shardings(shapes, mesh, rules))(params)

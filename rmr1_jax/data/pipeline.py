@@ -1,6 +1,13 @@
 """grain input pipelines over tokenized records: seeded shuffling, per-host sharding, packing,
 batching, and an iterator whose state goes into checkpoints.
 
+The training pipelines give the same global batches whatever the process count: each is the
+single-process pipeline's stream of ``batch_size * process_count`` rows (shuffled, packed and
+batched alike), of which process ``p`` keeps the block of rows ``[p * batch_size, (p + 1) *
+batch_size)`` -- the rows :func:`rmr1_jax.parallel.hostlocal.to_global` places there. So a job
+trains on the same data, in the same order, on one host or many. (Evaluation batches are
+split per host in order: every record once, whatever host reads it.)
+
 Batches are host-local numpy dicts of [per_host_batch, max_length] arrays:
 ``input_ids``, ``segment_ids`` (0 = padding, 1.. = packed sequence), ``positions`` and
 ``loss_mask`` (1 on tokens to learn). Preference-pair batches (:func:`pair_dataset`) hold one
@@ -10,6 +17,7 @@ pair per row: ``chosen_ids``, ``chosen_mask``, ``rejected_ids``, ``rejected_mask
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Iterator
 
 import grain
@@ -17,7 +25,26 @@ import numpy as np
 
 
 def _host_shard(ds, process_index: int, process_count: int):
+    """Every ``process_count``-th record from ``process_index`` (evaluation: each record once)."""
     return ds[process_index::process_count] if process_count > 1 else ds
+
+
+def _host_rows(ds, batch_size: int, process_index: int, process_count: int):
+    """Host batches of the process-invariant row stream ``ds`` (a MapDataset, shuffled and
+    repeated as a single process would): global batch ``k`` holds rows ``[k * B, (k + 1) * B)``
+    (``B = batch_size * process_count``), of which this process keeps its block of
+    ``batch_size``. A finite stream ends after its last full global batch on every process.
+    Random access: each process reads its own rows only."""
+    global_batch = batch_size * process_count
+    if len(ds) < sys.maxsize:  # finite: whole global batches, the same count on every process
+        ds = ds[: len(ds) // global_batch * global_batch]
+    return ds.batch(batch_size, drop_remainder=True)[process_index::process_count].to_iter_dataset()
+
+
+def _host_block(process_index: int, batch_size: int):
+    """This process's rows of a global batch (a dict of arrays)."""
+    lo, hi = process_index * batch_size, (process_index + 1) * batch_size
+    return lambda b: {k: np.ascontiguousarray(v[lo:hi]) for k, v in b.items()}
 
 
 def _to_sft_example(rec: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -28,23 +55,30 @@ def _to_sft_example(rec: dict[str, Any]) -> dict[str, np.ndarray]:
 def sft_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id: int, epochs: int | None = None,
                 pack: bool = True, shuffle: bool = True, process_index: int = 0, process_count: int = 1,
                 num_packing_bins: int | None = None):
-    """An endless (``epochs=None``) or finite grain IterDataset of packed SFT batches."""
+    """An endless (``epochs=None``) or finite grain IterDataset of packed SFT batches of
+    ``batch_size`` rows per process. Packing, being sequential, runs over the global stream on
+    every process (``num_packing_bins``, default the global batch), which then keeps its block
+    of each global batch (see the module docstring)."""
+    global_batch = batch_size * process_count
     ds = grain.MapDataset.source(source)
-    ds = _host_shard(ds, process_index, process_count)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(epochs)
+    if not pack and process_count > 1:  # no packing: each process reads its own rows only
+        return _host_rows(ds.map(lambda r: _pad_single(_to_sft_example(r), max_length, pad_id)), batch_size,
+                          process_index, process_count)
     ds = ds.map(_to_sft_example).to_iter_dataset()
     if pack:
         ds = grain.experimental.FirstFitPackIterDataset(
             ds, length_struct={"input_ids": max_length, "loss_mask": max_length},
-            num_packing_bins=num_packing_bins or batch_size, seed=seed, shuffle_bins=shuffle,
+            num_packing_bins=num_packing_bins or global_batch, seed=seed, shuffle_bins=shuffle,
             padding_struct={"input_ids": pad_id, "loss_mask": 0},
         )
         ds = ds.map(_rename_packed)
     else:
         ds = ds.map(lambda ex: _pad_single(ex, max_length, pad_id))
-    return ds.batch(batch_size, drop_remainder=True)
+    ds = ds.batch(global_batch, drop_remainder=True)
+    return ds.map(_host_block(process_index, batch_size)) if process_count > 1 else ds
 
 
 def _rename_packed(ex):
@@ -100,10 +134,12 @@ def pair_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id:
                  shuffle: bool = True, process_index: int = 0, process_count: int = 1):
     """An endless (``epochs=None``) or finite grain IterDataset of preference-pair batches:
     ``batch_size`` pairs per host, each side right-padded to ``max_length``."""
-    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
+    ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(epochs).map(lambda r: _to_pair_example(r, max_length, pad_id))
+    if process_count > 1:
+        return _host_rows(ds, batch_size, process_index, process_count)
     return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 
@@ -133,9 +169,12 @@ def _to_rules_example(rec: dict[str, Any], max_length: int, pad_id: int, num_lab
 
 def rules_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id: int, num_labels: int,
                   epochs: int | None = None, process_index: int = 0, process_count: int = 1):
-    """Rule-adapter batches: ``input_ids``/``attention_mask`` [B, T] right-padded, ``labels`` [B, R]."""
-    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count).shuffle(seed=seed)
+    """Rule-adapter batches: ``input_ids``/``attention_mask`` [B, T] right-padded, ``labels`` [B, R]
+    (``batch_size`` rows per host)."""
+    ds = grain.MapDataset.source(source).shuffle(seed=seed)
     ds = ds.repeat(epochs).map(lambda r: _to_rules_example(r, max_length, pad_id, num_labels))
+    if process_count > 1:
+        return _host_rows(ds, batch_size, process_index, process_count)
     return ds.to_iter_dataset().batch(batch_size, drop_remainder=True)
 
 

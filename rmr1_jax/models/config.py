@@ -27,6 +27,8 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,  # keep matmul outputs
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
+# The projections a low-rank adapter may sit on (rmr1_jax.models.lora), in layer order.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +64,13 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: "bfloat16" for bf16 compute with f32 params
     scan_layers: bool = True
     remat_policy: str = "none"
-    attention_impl: str | None = None  # passed to jax.nn.dot_product_attention: None/"xla"/"cudnn"
+    attention_impl: str | None = None  # None/"auto" (best for the backend), "xla", "cudnn", "splash"
     source_dir: str | None = None  # HF directory this config came from (tokenizer files are copied on export)
+    # LoRA (rmr1_jax.models.lora): rank 0 = none; else y = x W + (lora_alpha / lora_rank) (x A) B
+    # on each projection of lora_targets. Not architecture: never written to config.json.
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
     def __post_init__(self):
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -72,6 +79,9 @@ class ModelConfig:
             )
         if self.remat_policy not in REMAT_POLICIES:
             raise CheckpointError(f"remat_policy {self.remat_policy!r} is not one of {list(REMAT_POLICIES)}")
+        if self.attention_impl not in (None, "auto", "xla", "cudnn", "splash"):
+            raise CheckpointError(f"attention_impl {self.attention_impl!r} is not one of "
+                                  f"['auto', 'xla', 'cudnn', 'splash']")
         if self.num_attention_heads % self.num_key_value_heads:
             raise CheckpointError(
                 f"num_attention_heads={self.num_attention_heads} is not a multiple of "
@@ -83,6 +93,14 @@ class ModelConfig:
             raise CheckpointError(f"head {self.head!r} is not one of {list(HEADS)}")
         if not isinstance(self.num_labels, int) or isinstance(self.num_labels, bool) or self.num_labels < 1:
             raise CheckpointError(f"num_labels={self.num_labels!r} must be a positive integer")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise CheckpointError(f"lora_rank={self.lora_rank!r} must be a non-negative integer (0: no LoRA)")
+        if self.lora_rank and not self.lora_alpha > 0:
+            raise CheckpointError(f"lora_alpha={self.lora_alpha!r} must be positive")
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad or not self.lora_targets or len(set(self.lora_targets)) != len(self.lora_targets):
+            raise CheckpointError(f"lora_targets={list(self.lora_targets)} must be distinct names out of "
+                                  f"{list(LORA_TARGETS)}")
         if self.head == "scalar" and self.num_labels != 1:
             raise CheckpointError(f"head 'scalar' has one output, not num_labels={self.num_labels} "
                                   f"(use head 'multilabel')")
@@ -103,12 +121,23 @@ class ModelConfig:
         return self.head != "lm"
 
     @property
+    def lora_scale(self) -> float:
+        """alpha / r, the factor of the adapters' product (0 without LoRA)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
+
+    def lora_on(self, projection: str) -> bool:
+        """Whether ``projection`` (a name of :data:`LORA_TARGETS`) carries an adapter."""
+        return self.lora_rank > 0 and projection in self.lora_targets
+
+    @property
     def rope_scaling_dict(self) -> dict | None:
         return dict(self.rope_scaling) if self.rope_scaling else None
 
     def replace(self, **kw) -> "ModelConfig":
         if isinstance(kw.get("rope_scaling"), dict):
             kw["rope_scaling"] = tuple(sorted(kw["rope_scaling"].items()))
+        if isinstance(kw.get("lora_targets"), list):
+            kw["lora_targets"] = tuple(kw["lora_targets"])
         return dataclasses.replace(self, **kw)
 
     def num_params(self) -> int:
@@ -143,6 +172,8 @@ class ModelConfig:
             d["rope_scaling"] = tuple(tuple(pair) for pair in d["rope_scaling"])
         if isinstance(d.get("eos_token_id"), list):
             d["eos_token_id"] = tuple(d["eos_token_id"])
+        if isinstance(d.get("lora_targets"), list):
+            d["lora_targets"] = tuple(d["lora_targets"])
         return cls(**d)
 
     # --- HF translation --------------------------------------------------------------

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rmr1_jax.models.attention import resolve as resolve_attention
 from rmr1_jax.models.config import REMAT_POLICIES, ModelConfig
 from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, matmul_f32, rope_cos_sin
 from rmr1_jax.parallel.sharding import constrain
@@ -111,6 +112,7 @@ class DecoderLM(nn.Module):
         cfg = self.cfg
         dt = dtype_of(cfg.dtype)
         b, t = input_ids.shape
+        segments = None  # [B, T] segment ids for the splash kernel (None: a dense mask)
         if cache is not None and cfg.is_classifier:
             raise ValueError(f"a KV cache is for decoding; a {cfg.head!r} head scores whole sequences")
         if attention_mask is None:
@@ -139,12 +141,17 @@ class DecoderLM(nn.Module):
                     raise ValueError("segment_ids cannot be combined with a KV cache")
                 valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, 0))
                 cache_index = None  # to the layers: write from slot 0, attend over the new tokens
-            causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-            mask = causal & attention_mask[:, None, None, :]
-            if segment_ids is not None:
-                mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-                if positions is None:
-                    positions = _segment_positions(segment_ids)
+            if resolve_attention(cfg.attention_impl, t, dt) == "splash":
+                # the kernel masks by segment (padding: segment 0); no [T, T] mask is formed
+                segments = segment_ids if segment_ids is not None else attention_mask.astype(jnp.int32)
+                mask = None
+            else:
+                causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+                mask = causal & attention_mask[:, None, None, :]
+                if segment_ids is not None:
+                    mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+            if segment_ids is not None and positions is None:
+                positions = _segment_positions(segment_ids)
             if positions is None:
                 positions = _positions_from_mask(attention_mask)
 
@@ -161,16 +168,16 @@ class DecoderLM(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+                in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
-            x, new_kv = stack(x, kv, cos, sin, mask, cache_index)
+            x, new_kv = stack(x, kv, cos, sin, mask, cache_index, segments)
         else:
             ks, vs = [], []
             for i in range(cfg.num_hidden_layers):
                 layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
-                x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index)
+                x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index, segments)
                 if c is not None:
                     ks.append(c[0])
                     vs.append(c[1])

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rmr1_jax.models.attention import platform
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.parallel.sharding import constrain
 
@@ -88,15 +89,29 @@ def blocked_causal_attention(q_btnh, k_bsnh, v_bsnh, mask_b1ts, scale: float, bl
     return jnp.concatenate(outs, axis=1)
 
 
-def self_attention(q_btnh, k_btnh, v_btnh, mask_b1tt, scale: float, implementation: str | None):
-    """Attention of T queries over the same T keys (training forward passes and prefills).
-    ``implementation`` is :func:`jax.nn.dot_product_attention`'s (``None``: plain XLA, or on
-    CPU for T >= 256 the blocked causal form; ``"cudnn"``: cuDNN's fused kernel on NVIDIA GPUs)."""
+def self_attention(q_btnh, k_btnh, v_btnh, mask_b1tt, scale: float, implementation: str | None,
+                   segments_bt=None):
+    """Attention of T queries over the same T keys (training forward passes and prefills), by
+    the kernel :func:`rmr1_jax.models.attention.resolve` picks for ``implementation``:
+    ``"splash"`` (TPU; from ``segments_bt``, no dense mask), ``"cudnn"`` (NVIDIA GPUs), or
+    plain XLA (on CPU for T >= 256 the blocked causal form). The others take the dense mask."""
+    from rmr1_jax.models.attention import resolve, splash_attention
+
     t = q_btnh.shape[1]
-    if implementation is None and t >= 2 * CPU_ATTN_BLOCK and jax.default_backend() == "cpu":
+    impl = resolve(implementation, t, q_btnh.dtype)
+    if impl == "splash":
+        return splash_attention(q_btnh, k_btnh, v_btnh, segments_bt, scale)
+    auto = implementation in (None, "auto")
+    if impl == "xla" and auto and t >= 2 * CPU_ATTN_BLOCK and platform() == "cpu":
         return blocked_causal_attention(q_btnh, k_btnh, v_btnh, mask_b1tt, scale)
+    if impl == "cudnn" and auto:
+        try:  # cuDNN refuses some shapes and masks at trace time: XLA's attention then
+            return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt, scale=scale,
+                                                implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError):
+            impl = "xla"
     return jax.nn.dot_product_attention(q_btnh, k_btnh, v_btnh, mask=mask_b1tt, scale=scale,
-                                        implementation=implementation)
+                                        implementation=None if impl == "xla" else impl)
 
 
 def cached_attention(q_btnh, k_bkhs, v_bksh, mask_b1ts, scale: float):
@@ -142,7 +157,8 @@ def matmul_f32(spec: str, x, kernel):
 
 
 def use_cpu_bf16(dt) -> bool:
-    return jnp.dtype(dt) == jnp.bfloat16 and jax.default_backend() == "cpu"
+    # the platform compiled for: an ahead-of-time TPU compile on a CPU host takes the TPU path
+    return jnp.dtype(dt) == jnp.bfloat16 and platform() == "cpu"
 
 
 def _transposed_copy(a):
@@ -175,6 +191,26 @@ def _cpu_bf16_matmul_bwd(res, g_mn):
 
 cpu_bf16_matmul.defvjp(_cpu_bf16_matmul_fwd, _cpu_bf16_matmul_bwd)
 
+# PEFT's LoRA A init (Kaiming-uniform, a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+lora_a_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def lora_delta(module: nn.Module, name: str, spec: str, x, kernel_shape):
+    """``(alpha / r) (x A) B``, the low-rank update of projection ``name``, whose kernel of
+    ``kernel_shape`` computes ``einsum(spec, x, kernel)``: A = ``<name>_lora_a`` [in..., r],
+    B = ``<name>_lora_b`` [r, out...] (zeros: a fresh adapter changes nothing). W + A B is never
+    formed; two thin matmuls in compute dtype (see :mod:`rmr1_jax.models.lora`)."""
+    cfg = module.cfg
+    lhs, out = spec.split("->")
+    xs, ks = lhs.split(",")
+    n_in = len([c for c in ks if c in xs])
+    pdt, dt = dtype_of(cfg.param_dtype), dtype_of(cfg.dtype)
+    a = module.param(name + "_lora_a", lora_a_init, (*kernel_shape[:n_in], cfg.lora_rank), pdt)
+    b = module.param(name + "_lora_b", nn.initializers.zeros, (cfg.lora_rank, *kernel_shape[n_in:]), pdt)
+    rows = xs[: len(xs) - n_in]
+    xa = dense(f"{xs},{ks[:n_in]}r->{rows}r", x, a, dt) * jnp.asarray(cfg.lora_scale, dt)
+    return dense(f"{rows}r,r{ks[n_in:]}->{out}", xa, b, dt)
+
 
 class Attention(nn.Module):
     cfg: ModelConfig
@@ -189,10 +225,12 @@ class Attention(nn.Module):
             bias = self.param(name + "_bias", nn.initializers.zeros, (heads, cfg.dim_head),
                               dtype_of(cfg.param_dtype))
             y = y + bias.astype(dt)
+        if cfg.lora_on(name):
+            y = y + lora_delta(self, name, "btd,dnh->btnh", x_btd, kernel.shape)
         return y
 
     @nn.compact
-    def __call__(self, x_btd, cos, sin, mask_b1ts, kv_cache=None, cache_index=None):
+    def __call__(self, x_btd, cos, sin, mask_b1ts, kv_cache=None, cache_index=None, segments_bt=None):
         cfg = self.cfg
         dt = dtype_of(cfg.dtype)
         n, k = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -215,11 +253,11 @@ class Attention(nn.Module):
                                                    (0, 0, start, 0))
             new_cache = (k_cache, v_cache)
             if cache_index is None:
-                out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl)
+                out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl, segments_bt)
             else:
                 out = cached_attention(q, k_cache.astype(dt), v_cache.astype(dt), mask_b1ts, scale)
         else:
-            out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl)
+            out = self_attention(q, kk, v, mask_b1ts, scale, cfg.attention_impl, segments_bt)
         out = constrain(out, ("act_batch", "act_length", "act_heads", "act_head_dim"))
         o_kernel = self.param("o_proj_kernel", default_init, (n, cfg.dim_head, cfg.hidden_size),
                               dtype_of(cfg.param_dtype))
@@ -227,6 +265,8 @@ class Attention(nn.Module):
         if cfg.o_proj_bias:
             y = y + self.param("o_proj_bias", nn.initializers.zeros, (cfg.hidden_size,),
                                dtype_of(cfg.param_dtype)).astype(dt)
+        if cfg.lora_on("o_proj"):
+            y = y + lora_delta(self, "o_proj", "btnh,nhd->btd", out, o_kernel.shape)
         return y, new_cache
 
 
@@ -243,8 +283,15 @@ class MLP(nn.Module):
         down = self.param("down_proj_kernel", default_init, (f, d), pdt)
         g = dense("btd,df->btf", x_btd, gate, dt)
         u = dense("btd,df->btf", x_btd, up, dt)
+        if cfg.lora_on("gate_proj"):
+            g = g + lora_delta(self, "gate_proj", "btd,df->btf", x_btd, gate.shape)
+        if cfg.lora_on("up_proj"):
+            u = u + lora_delta(self, "up_proj", "btd,df->btf", x_btd, up.shape)
         h = constrain(nn.silu(g) * u, ("act_batch", "act_length", "act_mlp"))
-        return dense("btf,fd->btd", h, down, dt)
+        y = dense("btf,fd->btd", h, down, dt)
+        if cfg.lora_on("down_proj"):
+            y = y + lora_delta(self, "down_proj", "btf,fd->btd", h, down.shape)
+        return y
 
 
 class DecoderLayer(nn.Module):
@@ -253,11 +300,11 @@ class DecoderLayer(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd, kv_cache, cos, sin, mask_b1ts, cache_index):
+    def __call__(self, x_btd, kv_cache, cos, sin, mask_b1ts, cache_index, segments_bt=None):
         cfg = self.cfg
         norm = lambda name: RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name=name)
         h, new_cache = Attention(cfg, name="self_attn")(norm("input_layernorm")(x_btd), cos, sin, mask_b1ts,
-                                                         kv_cache, cache_index)
+                                                         kv_cache, cache_index, segments_bt)
         x_btd = x_btd + h
         x_btd = x_btd + MLP(cfg, name="mlp")(norm("post_attention_layernorm")(x_btd))
         x_btd = constrain(x_btd, ("act_batch", "act_length", "act_embed"))

@@ -31,6 +31,22 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "down_proj_kernel": ("mlp", "embed"),
     "score": ("embed", "classes"),
     "score_bias": ("classes",),
+    # LoRA adapters (rmr1_jax.models.lora): A [in..., r] and B [r, out...] keep their kernel's
+    # in and out axes; the rank axis is "lora" (replicated by the default rules)
+    "q_proj_lora_a": ("embed", "lora"),
+    "q_proj_lora_b": ("lora", "heads", "head_dim"),
+    "k_proj_lora_a": ("embed", "lora"),
+    "k_proj_lora_b": ("lora", "kv_heads", "head_dim"),
+    "v_proj_lora_a": ("embed", "lora"),
+    "v_proj_lora_b": ("lora", "kv_heads", "head_dim"),
+    "o_proj_lora_a": ("heads", "head_dim", "lora"),
+    "o_proj_lora_b": ("lora", "embed"),
+    "gate_proj_lora_a": ("embed", "lora"),
+    "gate_proj_lora_b": ("lora", "mlp"),
+    "up_proj_lora_a": ("embed", "lora"),
+    "up_proj_lora_b": ("lora", "mlp"),
+    "down_proj_lora_a": ("mlp", "lora"),
+    "down_proj_lora_b": ("lora", "embed"),
 }
 # top-level parameters that belong to the head, not the trunk (embeddings, layers, final norm)
 HEAD_PARAMS = ("lm_head", "score")

@@ -3,7 +3,8 @@
 Each process holds its own rows (its prompts, its rollouts); a jitted computation sees one
 global array whose rows are spread over the mesh's (data, fsdp) shards. ``to_global`` builds
 it, ``process_rows`` says which global rows this process supplied, ``fetch`` brings a global
-array's value to every host, and ``agree_max`` makes every process choose the same shape.
+array's value to every host, ``agree_max`` makes every process choose the same shape, and
+``agree_sum`` totals statistics of the processes' own rows.
 In a single process they reduce to plain numpy.
 """
 
@@ -76,3 +77,15 @@ def agree_max(values) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.max(np.asarray(multihost_utils.process_allgather(v)), axis=0)
+
+
+def agree_sum(values) -> np.ndarray:
+    """Element-wise sum of a small float vector over all processes (totals of statistics each
+    process computed on its own rows, e.g. for metrics process 0 logs); the vector itself, as
+    float32, in a single process. Every process must call it at the same point."""
+    v = np.asarray(values, np.float64).astype(np.float32)
+    if jax.process_count() == 1:
+        return v
+    from jax.experimental import multihost_utils
+
+    return np.sum(np.asarray(multihost_utils.process_allgather(v)), axis=0, dtype=np.float32)

@@ -37,6 +37,7 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("layers", None),
     ("norm", None),
     ("classes", None),
+    ("lora", None),  # the rank of a LoRA adapter (rmr1_jax.models.lora)
     # activations
     ("act_batch", ("data", "fsdp")),
     ("act_length", None),
@@ -166,6 +167,11 @@ def activation_sharding(mesh: Mesh | None, rules: Rules | None = None):
         yield
     finally:
         _ACTIVE.value = prev
+
+
+def active_mesh():
+    """``(mesh, rules)`` of the enclosing :func:`activation_sharding`, else ``(None, None)``."""
+    return getattr(_ACTIVE, "value", None) or (None, None)
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:

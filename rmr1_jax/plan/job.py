@@ -35,12 +35,14 @@ class JobPlan:
     trainable_params: int = 0
     total_params: int = 0
     hints: dict = dataclasses.field(default_factory=dict)  # the batch sizes a suggestion may change
+    attention: str = "xla"  # the kernel model.attention_impl resolves to on the target
 
     def to_json(self) -> dict:
         t = self.target
         return {"objective": self.objective, "model": self.model_name, "topology": t.name, "devices": t.num_devices,
                 "chips": t.chips, "mesh": self.mesh_shape, "remat_policy": self.model_cfg.remat_policy,
-                "attention_impl": self.model_cfg.attention_impl, "params": self.total_params,
+                "attention_impl": self.model_cfg.attention_impl, "attention": self.attention,
+                "params": self.total_params,
                 "trainable_params": self.trainable_params, "device_hbm_bytes": t.device_hbm_bytes,
                 "fits": self.fits, "peak_phase": self.peak.name, "peak_bytes": self.peak.peak_bytes,
                 "step_time_s": self.step_time_s, "mfu": self.mfu, "step": self.step_desc, "notes": self.notes,
@@ -76,13 +78,22 @@ def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) ->
     model = DecoderLM(mcfg)
     from rmr1_jax.models.attention import compile_platform
 
+    from rmr1_jax.models.attention import resolve
+
     with axis_rules(cfg.mesh.axis_rules()), compile_platform(target.kind):
         builder = {"distill": _distill, "reward-model": _reward_model, "rule-adapter": _rule_adapter,
                    "grpo": _grpo}[objective]
         phases, step_time, desc, notes = builder(cfg, model, mesh, target, mfu, log)
+        seq = cfg.grpo.max_prompt_tokens + cfg.grpo.max_response_tokens if objective == "grpo" else cfg.data.max_length
+        attention = resolve(mcfg.attention_impl, seq, mcfg.dtype)
     n = mcfg.num_params()
+    trained = n
+    if mcfg.lora_rank:
+        from rmr1_jax.models.lora import adapter_count
+
+        trained = adapter_count(mcfg) + (mcfg.hidden_size * mcfg.num_labels if mcfg.is_classifier else 0)
     return JobPlan(objective, target, name, mcfg, dict(mesh.shape), phases, step_time, desc, mfu, notes,
-                   trainable_params=n, total_params=n, hints=_hints(objective, cfg))
+                   trainable_params=trained, total_params=n, hints=_hints(objective, cfg), attention=attention)
 
 
 def _hints(objective: str, cfg) -> dict:
@@ -171,15 +182,17 @@ def _grpo(cfg, model, mesh, target, mfu, log):
     opt, sched = _optimizer(cfg)
     update, state = S.train_step("policy update", model, grpo_loss_fn(model, spec), opt, sched, mesh, shapes,
                                  _accum(cfg.train, rows, "grpo.minibatch_prompts x grpo.n"), rows * length, log=log)
-    params_b, opt_b = update.parts["parameters"], update.parts["optimizer state"]
-    ref_b = params_b if spec.uses_reference() else 0
+    params_b = update.parts["parameters"] + update.parts.get("trained parameters (LoRA)", 0)
+    opt_b = update.parts["optimizer state"]
+    # the reference is a second copy of the weights, except with LoRA: the frozen base itself
+    ref_b = update.parts["parameters"] if spec.uses_reference() and not model.cfg.lora_rank else 0
     update.resident_bytes = ref_b
     if ref_b:
         update.parts["reference weights (held)"] = ref_b
     notes = []
     lp_rows = spec.logprob_batch * target.hosts
     lp = S.forward_pass("log-prob pass", lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature),
-                        state["params"], mesh, {"input_ids": ((lp_rows, length), i32),
+                        S.model_params(state), mesh, {"input_ids": ((lp_rows, length), i32),
                                                 "attention_mask": ((lp_rows, length), i32)}, lp_rows * length, log=log)
     lp.resident_bytes = params_b + opt_b + ref_b - lp.parts["parameters"]
     lp.parts["train state and reference (held)"] = lp.resident_bytes
@@ -189,7 +202,7 @@ def _grpo(cfg, model, mesh, target, mfu, log):
                       compiler_options=None if target.kind == "cpu" else {})
     sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature, top_p=spec.top_p,
                         top_k=spec.top_k, n=spec.n)
-    pre, dec, copy_b = S.sampler_steps(sampler, state["params"], mesh, prompts, spec.max_prompt_tokens, spec.n,
+    pre, dec, copy_b = S.sampler_steps(sampler, S.model_params(state), mesh, prompts, spec.max_prompt_tokens, spec.n,
                                        spec.max_response_tokens, sp, log=log)
     for ph in (pre, dec):
         ph.resident_bytes = params_b + opt_b + ref_b - (0 if copy_b else params_b)

@@ -8,7 +8,8 @@ import math
 from rmr1_jax.plan.job import JobPlan
 from rmr1_jax.plan.topology import CHIPS, GIB, parse
 
-ROWS = ("parameters", "parameters (decode layout)", "optimizer state", "batch", "KV cache")
+ROWS = ("parameters", "trained parameters (LoRA)", "parameters (decode layout)", "optimizer state", "batch",
+        "KV cache")
 
 
 def seconds(t: float) -> str:
@@ -27,7 +28,8 @@ def table(p: JobPlan) -> str:
     cols = [ph.name for ph in p.phases]
     lines = [f"plan: {p.objective} of {p.model_name} ({_count(p.total_params)} parameters) on {p.target.name}: "
              f"{p.target.description}",
-             f"mesh {p.mesh_shape}; remat {p.model_cfg.remat_policy}; attention {p.model_cfg.attention_impl or 'xla'}; "
+             f"mesh {p.mesh_shape}; remat {p.model_cfg.remat_policy}; attention {p.attention} "
+             f"(model.attention_impl={p.model_cfg.attention_impl or 'auto'}); "
              f"GiB per device"]
     if p.trainable_params != p.total_params:
         lines.append(f"trainable parameters: {_count(p.trainable_params)} of {_count(p.total_params)} "
@@ -83,7 +85,9 @@ def suggest(p: JobPlan) -> str:
     if mesh.get("data", 1) > 1 and mesh.get("fsdp", 1) * mesh.get("tensor", 1) < n:
         return f"shard the weights over every device: mesh.data=1 mesh.fsdp={n // mesh.get('tensor', 1)}"
     over = sorted((ph for ph in p.phases if ph.peak_bytes > hbm), key=lambda ph: -ph.peak_bytes)
-    fixed = max(ph.peak_bytes - ph.temp_bytes for ph in p.phases)  # weights, state, batch, cache, held
+    # what no batch size changes: weights, optimizer state and the arrays held meanwhile
+    fixed = max(ph.peak_bytes - ph.temp_bytes - ph.parts.get("KV cache", 0) - ph.parts.get("batch", 0)
+                for ph in p.phases)
     if fixed > hbm:
         need = math.ceil(n * fixed / (0.7 * p.target.device_hbm_bytes))
         return f"the weights and optimizer state alone need {_gib(fixed)} GiB a device: {bigger_slice(p, need)}"

@@ -38,6 +38,7 @@ class CompiledStep:
     compile_s: float
     resident_bytes: int = 0  # arrays the job holds during this step that are not its arguments
     over_hbm: bool = False  # the compiler refused it: temporaries alone exceed the HBM (temp_bytes: its figure)
+    output_shardings: Any = dataclasses.field(default=None, repr=False)
 
     @property
     def peak_bytes(self) -> int:
@@ -70,10 +71,17 @@ def rows_abstract(mesh, shapes: dict[str, tuple[tuple, Any]]) -> dict:
             for k, (shape, dt) in shapes.items()}
 
 
-def _rows_like(mesh, tree):
-    from rmr1_jax.parallel.hostlocal import batch_sharding
+def _cache_like(mesh, cache):
+    """A KV cache's arrays ([B, K, H, S] keys, [B, K, S, H] values, [B, S] valid) with rows over
+    (data, fsdp) and key/value heads over tensor."""
+    from rmr1_jax.parallel.sharding import named_sharding
 
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding(mesh, x.shape)), tree)
+    def place(x, axes):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=named_sharding(mesh, axes, x.shape))
+
+    kv = ("cache_batch", "act_kv_heads", None, None)
+    return {"k": jax.tree.map(lambda x: place(x, kv), cache["k"]), "v": jax.tree.map(lambda x: place(x, kv), cache["v"]),
+            "valid": place(cache["valid"], ("cache_batch", None))}
 
 
 def abstract_params(model, mesh, rules):
@@ -127,7 +135,8 @@ def compile_step(name: str, jitted, args: tuple, *, mesh, parts: dict, tokens: i
     except Exception:  # a backend without cost analysis
         xla_flops = None
     return CompiledStep(name, parts, m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
-                        m.temp_size_in_bytes, flops, xla_flops, tokens, dt)
+                        m.temp_size_in_bytes, flops, xla_flops, tokens, dt,
+                        output_shardings=compiled.output_shardings)
 
 
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -152,13 +161,32 @@ def train_step(name, model, loss_fn, optimizer, schedule, mesh, batch_shapes: di
     from rmr1_jax.train.loop import make_train_step
 
     params = abstract_params(model, mesh, current_rules())
+    frozen = None
+    if model.cfg.lora_rank:  # LoRA: the optimizer sees the adapters; the base goes in frozen
+        from rmr1_jax.models.lora import split_for
+
+        params, frozen = split_for(model.cfg, params)
     state = abstract_state(params, optimizer, mesh)
     batch = rows_abstract(mesh, batch_shapes)
     step = make_train_step(loss_fn, optimizer, schedule, accum, mesh, jax.tree.map(lambda x: x.sharding, state))
-    parts = {"parameters": device_bytes(state["params"]), "optimizer state": device_bytes(state["opt_state"]),
-             "batch": device_bytes(batch), **(extra_parts or {})}
-    return compile_step(name, step.jitted, (state, batch, rng_abstract(mesh)), mesh=mesh, parts=parts,
-                        tokens=tokens, log=log), state
+    if frozen is None:
+        parts = {"parameters": device_bytes(params)}
+    else:
+        parts = {"parameters": device_bytes(frozen), "trained parameters (LoRA)": device_bytes(params)}
+    parts.update({"optimizer state": device_bytes(state["opt_state"]), "batch": device_bytes(batch),
+                  **(extra_parts or {})})
+    args = (state, batch, rng_abstract(mesh)) + (() if frozen is None else (frozen,))
+    return compile_step(name, step.jitted, args, mesh=mesh, parts=parts, tokens=tokens, log=log), \
+        dict(state, frozen=frozen)
+
+
+def model_params(state):
+    """The whole parameter tree of a :func:`train_step` state (the base and adapters with LoRA)."""
+    if state.get("frozen") is None:
+        return state["params"]
+    from rmr1_jax.models.lora import combine
+
+    return combine(state["frozen"], state["params"])
 
 
 def forward_pass(name, fn, params, mesh, batch_shapes: dict, tokens: int, log=print) -> CompiledStep:
@@ -186,9 +214,14 @@ def sampler_steps(sampler, params, mesh, prompts: int, prompt_len: int, n: int, 
                        kwargs=dict(n=n, max_len=max_len), tokens=prompts * prompt_len,
                        parts={"parameters (decode layout)": device_bytes(prepared), "batch": device_bytes(ids)},
                        log=log)
-    # the decode loop's carry as the prefill leaves it: every array's rows over (data, fsdp)
-    last, cache = jax.eval_shape(sampler._prefill, prepared, ids["ids"], ids["mask"], n=n, max_len=max_len)
-    last, cache = rows_abstract(mesh, {"last": (last.shape, last.dtype)})["last"], _rows_like(mesh, cache)
+    # the decode loop's carry as the prefill leaves it (the compiled prefill's output shardings;
+    # when the compiler refused the prefill, rows over (data, fsdp) and heads over tensor)
+    shapes = jax.eval_shape(sampler._prefill, prepared, ids["ids"], ids["mask"], n=n, max_len=max_len)
+    if pre.output_shardings is not None:
+        last, cache = abstract(shapes, pre.output_shardings)
+    else:
+        last, cache = rows_abstract(mesh, {"last": (shapes[0].shape, shapes[0].dtype)})["last"], \
+            _cache_like(mesh, shapes[1])
     r = prompts * n
     rep = replicated(mesh)
     carry = {"last": last, "cache": cache, "prompt_len": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
@@ -216,7 +249,8 @@ def architecture(spec, head: str, num_labels: int | None, where: str):
     from rmr1_jax.models.presets import preset
 
     exec_kw = dict(param_dtype=spec.param_dtype, dtype=spec.dtype, scan_layers=spec.scan_layers,
-                   remat_policy=spec.remat_policy, attention_impl=spec.attention_impl)
+                   remat_policy=spec.remat_policy, attention_impl=spec.attention_impl,
+                   lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_targets=tuple(spec.lora_targets))
     if spec.hf_dir and os.path.isfile(os.path.join(spec.hf_dir, "config.json")):
         src, name = ModelConfig.from_hf_dir(spec.hf_dir, **exec_kw), spec.hf_dir
     elif spec.init_checkpoint and os.path.isdir(spec.init_checkpoint):

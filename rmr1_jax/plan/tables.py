@@ -28,7 +28,7 @@ def recipe_row(name: str, p: dict) -> str:
     main = p["phases"][0]
     tflops = main["flops_per_device"] / 1e12
     return (f"| {name} | {p['model']} ({p['params'] / 1e9:.1f}B) | {p['topology']} ({p['chips']} chips) | {mesh} | "
-            f"{p['remat_policy']} | {mem} | {'yes' if p['fits'] else '**no**'} | {tflops:.0f} ({main['name']}) | "
+            f"{p['remat_policy']}, {p.get('attention', 'xla')} | {mem} | {'yes' if p['fits'] else '**no**'} | {tflops:.0f} ({main['name']}) | "
             f"{seconds(p['step_time_s'])} |")
 
 
@@ -41,7 +41,7 @@ def main(directory: str) -> None:
             special[name] = data
         else:
             rows.append(recipe_row(name, data))
-    print("| plan | model | slice | mesh (data x fsdp x tensor) | remat | peak GiB a device (phase) | fits | "
+    print("| plan | model | slice | mesh (data x fsdp x tensor) | remat, attention | peak GiB a device (phase) | fits | "
           "TFLOPs a device per step | step time at 40% |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))

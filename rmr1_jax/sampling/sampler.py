@@ -91,7 +91,9 @@ def cpu_decode_compiler_options(dtype, rows: int) -> dict | None:
     """XLA compiler options for a compiled decode loop over ``rows`` sequences: on CPU with
     float32 weights and at most :data:`FEW_ROWS` rows, dots outside YNNPACK; otherwise none.
     ``None`` too where this XLA does not know the option."""
-    if jax.default_backend() != "cpu" or jnp.dtype(dtype) != jnp.float32 or rows > FEW_ROWS:
+    from rmr1_jax.models.attention import platform
+
+    if platform() != "cpu" or jnp.dtype(dtype) != jnp.float32 or rows > FEW_ROWS:
         return None
     return dict(_CPU_FEW_ROWS_OPTIONS) if _xla_accepts_few_rows_options() else None
 

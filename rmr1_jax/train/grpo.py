@@ -160,6 +160,7 @@ class GRPOObjective:
 
     name = "grpo"
     head = "lm"
+    supports_lora = True  # model.lora_rank > 0 trains adapters on a frozen base
     config_cls = GRPOConfig
 
     def records(self, cfg: GRPOConfig) -> RecordSpec:
@@ -171,8 +172,9 @@ class GRPOObjective:
         from rmr1_jax.sampling.sampler import Sampler
         import grain
 
-        cfg, spec, sources, model, mesh, tokenizer = job.cfg, job.cfg.grpo, job.sources, job.model, job.mesh, job.tokenizer
-        ref_params = reference_params(spec, job.params)
+        cfg, spec, sources, model, mesh, tokenizer = (job.cfg, job.cfg.grpo, job.sources, job.model, job.mesh,
+                                                      job.tokenizer)
+        ref_params = reference_params(spec, job.params, model.cfg)
         n_proc, p_idx = job.process_count, job.process_index
         for name, v in (("grpo.prompts_per_step", spec.prompts_per_step),
                         ("grpo.minibatch_prompts", spec.minibatch_prompts)):
@@ -189,7 +191,8 @@ class GRPOObjective:
         prompts = CheckpointableIterator(ds.shuffle(seed=train.seed).repeat(None).to_iter_dataset())
         eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
         sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
-        source = RolloutSource(model=model, ref_params=ref_params, sampler=sampler, tokenizer=tokenizer,
+        source = RolloutSource(model=model, ref_params=ref_params, ref_model=reference_model(model),
+                               sampler=sampler, tokenizer=tokenizer,
                                prompts=prompts, spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
                                per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=train.seed,
                                row_multiple=_row_multiple(train, mesh))
@@ -240,10 +243,27 @@ def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):
     return run(cfg, OBJECTIVE, log=log, eval_hook=eval_hook)
 
 
-def reference_params(spec: GRPOSpec, params):
-    """A frozen copy of the initial policy, sharded like it, when the loss has a KL term;
-    ``None`` otherwise (no second copy of the weights, no reference pass)."""
-    return jax.tree.map(lambda x: x.copy(), params) if spec.uses_reference() else None
+def reference_params(spec: GRPOSpec, params, model_cfg=None):
+    """The frozen reference policy when the loss has a KL term, ``None`` otherwise (no reference
+    pass). Full fine-tuning: a copy of the initial policy, sharded like it. LoRA
+    (``model_cfg.lora_rank > 0``): the frozen base itself, the same arrays with the adapters
+    left out (no second copy of the weights), applied by :func:`reference_model`."""
+    if not spec.uses_reference():
+        return None
+    if model_cfg is not None and model_cfg.lora_rank:
+        from rmr1_jax.models.lora import split_params
+
+        return split_params(params)[1]
+    return jax.tree.map(lambda x: x.copy(), params)
+
+
+def reference_model(model):
+    """The module the reference params go with: with LoRA, the model without adapters."""
+    if not model.cfg.lora_rank:
+        return model
+    from rmr1_jax.models.lora import base_config
+
+    return model.clone(cfg=base_config(model.cfg))
 
 
 def _row_multiple(train_spec: TrainSpec, mesh) -> int:

@@ -40,11 +40,32 @@ class TrainingDiverged(UserError):
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule, accum: int,
                     mesh: Mesh, state_shardings=None):
-    """jit(step)(state, batch, rng) -> (state, metrics). ``batch`` rows are split into
-    ``accum`` micro-batches, each spread over all data shards (rows i, i+accum, ...)."""
+    """``run(state, batch, rng, frozen=None) -> (state, metrics)``, the jitted step under the
+    mesh's activation shardings. ``batch`` rows are split into ``accum`` micro-batches, each
+    spread over all data shards (rows i, i+accum, ...).
 
-    def step(state, batch, rng):
-        params = state["params"]
+    ``run.jitted`` is the ``jax.jit`` object (``state`` donated), for ahead-of-time lowering
+    under ``activation_sharding(mesh)``:
+
+    * full fine-tuning: ``run.jitted(state, batch, rng)``, where ``state`` is
+      ``{"params": params, "opt_state": optimizer.init(params), "step": int32 []}``;
+    * LoRA: ``run.jitted(state, batch, rng, frozen)``, where ``state`` is the same dict built
+      over the *trained part only*, ``trainable, frozen = rmr1_jax.models.lora.split_for(cfg,
+      params)`` (the ``*_lora_a``/``*_lora_b`` leaves, plus ``score`` for a classification
+      head), and ``frozen`` is the rest of the parameter tree (the base), sharded like the
+      parameters (``param_shardings``) and not donated. The loss sees
+      ``lora.combine(frozen, trainable)``; gradients and optimizer moments cover ``trainable``.
+
+    ``batch`` is the objective's dict of global [rows, ...] arrays and ``rng`` a
+    ``jax.random.key`` (typed key array, shape []). For ``jax.ShapeDtypeStruct`` arguments,
+    ``abstract_like(tree, shardings)`` of :mod:`rmr1_jax.checkpoint.manager` gives the structs."""
+    from rmr1_jax.models.lora import combine
+
+    def step(state, batch, rng, frozen=None):
+        trained = state["params"]
+
+        def loss_of(t, mb, r):  # differentiated w.r.t. the trained part only
+            return loss_fn(t if frozen is None else combine(frozen, t), mb, r)
 
         def split(x):
             micro = x.shape[0] // accum
@@ -53,8 +74,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
         micro_batches = jax.tree.map(split, batch)
 
         def grad_of(mb, i):
-            (loss, (count, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, mb, jax.random.fold_in(rng, i))
+            (loss, (count, metrics)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+                trained, mb, jax.random.fold_in(rng, i))
             return grads, loss, count, metrics
 
         if accum == 1:
@@ -73,8 +94,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
         denom = jnp.maximum(count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_params = optax.apply_updates(params, updates)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], trained)
+        new_params = optax.apply_updates(trained, updates)
         out = {"loss": loss / denom, "grad_norm": grad_norm, "lr": schedule(state["step"]),
                "loss_tokens": count.astype(jnp.float32)}
         for k, (s, n) in metrics.items():
@@ -86,9 +107,9 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, sc
         kwargs = dict(out_shardings=(state_shardings, None))
     jitted = jax.jit(step, donate_argnums=(0,), **kwargs)
 
-    def run(state, batch, rng):
+    def run(state, batch, rng, frozen=None):
         with activation_sharding(mesh):
-            return jitted(state, batch, rng)
+            return jitted(state, batch, rng) if frozen is None else jitted(state, batch, rng, frozen)
 
     run.jitted = jitted  # for ahead-of-time lowering (rmr1 plan), under activation_sharding(mesh)
     return run
@@ -142,15 +163,22 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
           spec: TrainSpec, ckpt, tokens_per_step_fn: Callable[[dict], float] | None = None,
           flops_per_token: float | None = None, eval_fn: Callable[[Any, int], dict] | None = None,
           config_dict: dict | None = None, metadata: dict | None = None, save_every: int = 0,
-          derive_metrics: Callable[[dict], dict] | None = None, log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
+          derive_metrics: Callable[[dict], dict] | None = None, frozen=None,
+          log: Callable[[str], None] = print) -> tuple[Any, TrainResult]:
     """Run (or resume) training to ``total_steps``. ``ckpt`` is a CheckpointManager or None;
     ``batches`` a :class:`~rmr1_jax.train.objective.BatchSource` of host-local numpy batches.
+
+    ``frozen``: with LoRA, the frozen base; ``state["params"]`` is then the trained part only
+    (what the optimizer updates and the checkpoints hold), and the batch source, the
+    evaluation and the loss see ``lora.combine(frozen, state["params"])``.
 
     A source that holds arrays between steps (GRPO's mini-batches of a rollout not yet trained
     on) has them saved with each checkpoint and handed back on resume, so a save inside a
     rollout loses nothing."""
     from rmr1_jax.checkpoint.manager import abstract_like
     from rmr1_jax.parallel.hostlocal import batch_sharding, fetch, process_rows
+
+    from rmr1_jax.models.lora import combine
 
     accum = spec.accum_steps()
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -181,6 +209,9 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
         ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
                   source={k: to_global(v, mesh) for k, v in held.items()} if held else None, force=force)
 
+    def model_params():
+        return state["params"] if frozen is None else combine(frozen, state["params"])
+
     stop = _StopFlag()
     old_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
     bar = _progress(spec, total_steps, start)
@@ -193,13 +224,13 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
         while step < total_steps:
             try:
                 # sources that generate data with the current policy (GRPO rollouts) see it
-                local = batches.next_batch(state["params"])
+                local = batches.next_batch(model_params())
             except StopIteration:
                 log(f"data exhausted at step {step}")
                 break
             batch = to_global(local, mesh)
             rng = jax.random.fold_in(base_rng, step)
-            state, m = step_fn(state, batch, rng)
+            state, m = step_fn(state, batch, rng, frozen)
             m = {k: float(v) for k, v in jax.device_get(m).items()}
             now = time.perf_counter()
             dt, t_last = now - t_last, now
@@ -225,7 +256,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
                 bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}",
                                 **({"tok/s": f"{m['tokens_per_s']:.0f}"} if "tokens_per_s" in m else {}))
             if eval_fn is not None and spec.eval_every and step % spec.eval_every == 0 and step < total_steps:
-                eval_metrics = eval_fn(state["params"], step)
+                eval_metrics = eval_fn(model_params(), step)
                 logger.write(step, eval_metrics, "eval")
                 t_last = time.perf_counter()
             if ckpt is not None and save_every and step % save_every == 0:
@@ -239,7 +270,7 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
                 break
         if not stopped_early:
             if eval_fn is not None:
-                eval_metrics = eval_fn(state["params"], step)
+                eval_metrics = eval_fn(model_params(), step)
                 logger.write(step, eval_metrics, "eval")
             if ckpt is not None and step > start and step not in ckpt.all_steps():
                 save(step, force=True)

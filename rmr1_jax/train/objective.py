@@ -12,6 +12,7 @@ Adding an objective::
         name = "my-objective"
         config_cls = MyConfig                    # a JobConfig subclass with its own section
         head = "scalar"                          # the model head it trains
+        supports_lora = True                     # optional: it may train LoRA adapters
 
         def records(self, cfg) -> RecordSpec: ...
         def plan(self, job: Job) -> Plan: ...
@@ -164,7 +165,9 @@ def row_steps(job: Job, train: TrainSpec, what: str = "examples") -> tuple[int, 
     if train.global_batch % n_proc:
         raise ConfigError(f"train.global_batch={train.global_batch} must be divisible by the {n_proc} processes")
     per_host = train.global_batch // n_proc
-    host_rows = len(range(job.process_index, n, n_proc))
+    # the smallest process's share, the same number on every process: steps counted from each
+    # one's own share could differ by one (a hang at the last step, or diverging schedules)
+    host_rows = n // n_proc
     if host_rows < per_host:
         raise ConfigError(f"data.train has {n} usable {what}, fewer than one step of "
                           f"train.global_batch={train.global_batch}")
@@ -177,6 +180,9 @@ class Objective(Protocol):
     name: str
     config_cls: type
     head: str | None  # the model head it trains ("lm", "scalar", "multilabel"); None: the source's
+    # (optional, default False) whether it trains with model.lora_rank > 0: its losses and
+    # evaluations then get the base and the adapters as one tree (rmr1_jax.models.lora)
+    supports_lora: bool
 
     def records(self, cfg) -> RecordSpec: ...
 

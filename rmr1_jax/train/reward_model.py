@@ -109,6 +109,7 @@ class RewardModelObjective:
     name = "reward-model"
     config_cls = RewardConfig
     head = "scalar"
+    supports_lora = True  # model.lora_rank > 0 trains adapters on a frozen base
 
     def records(self, cfg: RewardConfig) -> RecordSpec:
         return RecordSpec("pair", cfg.data.max_length, cfg.data.overlong)

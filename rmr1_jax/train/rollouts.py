@@ -14,7 +14,8 @@ import time
 import jax
 import numpy as np
 
-from rmr1_jax.parallel.hostlocal import agree_max, fetch, process_rows, to_global
+from rmr1_jax.parallel.hostlocal import agree_max, agree_sum, fetch, process_rows, to_global
+from rmr1_jax.models.lora import has_adapters
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.train import grpo_math
 from rmr1_jax.train.losses import response_logprobs
@@ -28,11 +29,12 @@ class RolloutSource:
     holds_arrays = True  # the queued mini-batches of the current rollout
 
     def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec, mesh, per_host_prompts: int,
-                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1):
+                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1, ref_model=None):
         """``spec``: the :class:`~rmr1_jax.train.grpo.GRPOSpec`. ``row_multiple``: an update's
         host-local row count must be a multiple of it (the micro-batch count times the data
         shards on this host). ``ref_params``: the frozen reference policy, or ``None`` when the
-        loss has no KL term."""
+        loss has no KL term; ``ref_model`` applies it (default ``model``; with LoRA the model
+        without adapters, ``ref_params`` being the frozen base)."""
         if spec.uses_reference() and ref_params is None:
             raise ValueError("the GRPO loss has a KL term: RolloutSource needs ref_params")
         self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
@@ -44,7 +46,12 @@ class RolloutSource:
         self._queued = 0  # queue length a restored data state says the checkpoint holds
         self._metrics: dict = {}
         self._rollouts = 0
-        self._lp = jax.jit(lambda p, b: response_logprobs(model, p, b, temperature=spec.temperature))
+
+        def logprobs(p, b):  # the module follows the params: the LoRA reference has no adapters
+            m = model if ref_model is None or has_adapters(p) else ref_model
+            return response_logprobs(m, p, b, temperature=spec.temperature)
+
+        self._lp = jax.jit(logprobs)
 
     def state(self) -> dict:
         return {"prompts": self.prompts.state(), "rollouts": self._rollouts, "queued": len(self.queue)}
@@ -171,19 +178,21 @@ class RolloutSource:
             batches.append(b)
         for _ in range(spec.ppo_epochs):
             self.queue.extend(batches)
-        n_rows = ids.shape[0]
         n_trained = sum(len(keep) for _, keep, _ in plans)
         self._rollouts += 1
-        verdicts_ok = rewards > 0
-        gen_tokens = float(lengths.sum())
+        format_failures = sum(not f or _no_verdict(t, opened[j // spec.n])
+                              for j, (f, t) in enumerate(zip(finished, texts)))
+        # over every process's rows (each process holds its own; process 0 alone logs them)
+        totals = agree_sum([ids.shape[0], rewards.sum(), np.sum(rewards > 0), format_failures, np.sum(~finished),
+                            lengths.sum(), np.sum(adv == 0), n_trained])
+        rows_all, reward_sum, correct, failed, truncated, gen_tokens, zero_adv, trained = map(float, totals)
         self._metrics = {
-            "reward_mean": float(rewards.mean()), "verdict_accuracy": float(verdicts_ok.mean()),
-            "format_failure_rate": float(np.mean([not f or _no_verdict(t, opened[j // spec.n])
-                                                  for j, (f, t) in enumerate(zip(finished, texts))])),
-            "truncated_rate": float(1.0 - finished.mean()), "response_length": float(lengths.mean()),
+            "reward_mean": reward_sum / rows_all, "verdict_accuracy": correct / rows_all,
+            "format_failure_rate": failed / rows_all, "truncated_rate": truncated / rows_all,
+            "response_length": gen_tokens / rows_all,
             "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
-            "zero_advantage_rate": float(np.mean(adv == 0)), "trained_rows_rate": n_trained / n_rows,
+            "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
         }
 
     def _plan_updates(self, adv: np.ndarray, target_mask: np.ndarray):

@@ -54,7 +54,7 @@ def load_config(objective: str | Objective, path: str | None, overrides: list[st
 
 class RunOutput(NamedTuple):
     model: Any
-    params: Any
+    params: Any  # with LoRA: the base and the trained adapters in one tree (not merged)
     result: Any  # rmr1_jax.train.loop.TrainResult
     tokenizer: Any
 
@@ -79,23 +79,39 @@ def run(cfg, objective: str | Objective, *, log: Callable[[str], None] = print,
 def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
     from rmr1_jax.checkpoint.convert import checkpoint_metadata
     from rmr1_jax.config import to_dict
+    from rmr1_jax.models.lora import combine
+    from rmr1_jax.models.params import num_params
     from rmr1_jax.train import setup
     from rmr1_jax.train.flops import train_flops_per_token
     from rmr1_jax.train.loop import init_state, train
     from rmr1_jax.train.optim import make_optimizer
 
+    if cfg.model.lora_rank and not getattr(obj, "supports_lora", False):
+        raise ConfigError(f"{obj.name} config: model.lora_rank={cfg.model.lora_rank}: the {obj.name!r} objective "
+                          f"does not train LoRA adapters (set model.lora_rank=0)")
     mesh, tokenizer, template, sources = setup.prepare_job(cfg, obj.records(cfg), log)
     model, params = setup.build_model(cfg.model, mesh, tokenizer, seed=cfg.train.seed, head=obj.head)
     job = Job(cfg=cfg, mesh=mesh, tokenizer=tokenizer, template=template, sources=sources, model=model,
               params=params, log=log)
     plan = obj.plan(job)
     optimizer, schedule = make_optimizer(cfg.optim, plan.total_steps)
-    state = init_state(params, optimizer)
-    del params, job  # the state owns the parameters now
+    # LoRA: the state (optimizer, gradients, checkpoints) covers the trained part only; the
+    # frozen base goes to every step as an argument of its own
+    trainable, frozen = setup.split_trainable(model.cfg, params)
+    state = init_state(trainable, optimizer)
+    metadata = checkpoint_metadata(model.cfg)
+    if frozen is not None:
+        metadata.update(setup.lora_base_metadata(cfg.model, cfg.train.seed, frozen))
+    del params, trainable, job  # the state (and the frozen base) own the parameters now
     sizes = {"optimizer steps": plan.total_steps, "rows per step": plan.train.global_batch,
              "micro-batches per step": plan.train.accum_steps(), **plan.sizes}
     log(f"{obj.name}: model {model.cfg.model_type}, {model.cfg.num_params() / 1e6:.2f}M parameters; mesh "
         f"{dict(mesh.shape)}; " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    if frozen is not None:
+        n_train = num_params(state["params"])
+        c = model.cfg
+        log(f"LoRA rank {c.lora_rank} (alpha {c.lora_alpha:g}) on {', '.join(c.lora_targets)}: {n_train:,} trainable "
+            f"parameters ({100 * n_train / (n_train + num_params(frozen)):.3f}%), the base frozen")
     if plan.summary:
         log(plan.summary)
 
@@ -113,8 +129,9 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
             tokens_per_step_fn=plan.tokens_per_step,
             flops_per_token=train_flops_per_token(model.cfg, plan.seq_len), eval_fn=evaluate,
             derive_metrics=plan.derive_metrics,
-            config_dict=to_dict(cfg), metadata=checkpoint_metadata(model.cfg),
+            config_dict=to_dict(cfg), metadata=metadata, frozen=frozen,
             save_every=cfg.checkpoint.save_every if plan.save_every is None else plan.save_every, log=log)
     finally:
         ckpt.close()
-    return RunOutput(model, state["params"], result, tokenizer)
+    params = state["params"] if frozen is None else combine(frozen, state["params"])
+    return RunOutput(model, params, result, tokenizer)

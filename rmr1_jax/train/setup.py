@@ -39,19 +39,49 @@ def load_template(p: PromptSpec):
 def build_model(spec: ModelSpec, mesh, tokenizer=None, seed: int = 0, head: str | None = None):
     """(model, params) as the ``model`` section says: from ``hf_dir``, else ``init_checkpoint``
     (an Orbax checkpoint), else ``preset`` (random init from ``seed``, the vocabulary sized to
-    ``tokenizer``), through :func:`rmr1_jax.checkpoint.loading.load_model`."""
+    ``tokenizer``), through :func:`rmr1_jax.checkpoint.loading.load_model`. With
+    ``model.lora_rank > 0`` the params include fresh LoRA adapters (see :func:`split_trainable`)."""
     from rmr1_jax.checkpoint.loading import load_model
 
-    if spec.hf_dir:
-        source, kind = spec.hf_dir, "hf"
-    elif spec.init_checkpoint:
-        source, kind = spec.init_checkpoint, "orbax"
-    else:
-        source, kind = spec.preset, "preset"
-    return load_model(source, head, mesh=mesh, kind=kind, num_labels=spec.num_labels if head == "multilabel" else None, param_dtype=spec.param_dtype, dtype=spec.dtype,
+    source, kind = model_source(spec)
+    return load_model(source, head, mesh=mesh, kind=kind, num_labels=spec.num_labels if head == "multilabel" else None,
+                      param_dtype=spec.param_dtype, dtype=spec.dtype,
                       scan_layers=spec.scan_layers, remat_policy=spec.remat_policy,
                       attention_impl=spec.attention_impl, vocab_size=spec.vocab_size, tokenizer=tokenizer,
-                      seed=seed)
+                      seed=seed, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_targets=spec.lora_targets)
+
+
+def model_source(spec: ModelSpec) -> tuple[str, str]:
+    """``(source, kind)`` of the ``model`` section: ``hf_dir``, else ``init_checkpoint``, else ``preset``."""
+    if spec.hf_dir:
+        return spec.hf_dir, "hf"
+    if spec.init_checkpoint:
+        return spec.init_checkpoint, "orbax"
+    return spec.preset, "preset"
+
+
+def split_trainable(model_cfg, params):
+    """``(trainable, frozen)``: with LoRA the adapters (and a classification head) and the frozen
+    base (:func:`rmr1_jax.models.lora.split_for`, no copy); without, all params and ``None``."""
+    from rmr1_jax.models import lora
+
+    if not model_cfg.lora_rank:
+        return params, None
+    return lora.split_for(model_cfg, params)
+
+
+def lora_base_metadata(spec: ModelSpec, seed: int, frozen) -> dict:
+    """The checkpoint metadata that lets a LoRA run's checkpoints load without their base in
+    them (:mod:`rmr1_jax.checkpoint.lora_base`): where the base comes from and its fingerprint."""
+    from rmr1_jax.checkpoint.lora_base import base_record
+    from rmr1_jax.checkpoint.manager import CheckpointManager
+
+    source, kind = model_source(spec)
+    step = None
+    if kind == "orbax":  # the step build_model loaded: later saves there must not change the base
+        with CheckpointManager(source, read_only=True) as mgr:
+            step = mgr.resolve_step(None)
+    return {"lora_base": base_record(kind, source, seed, frozen, step)}
 
 
 def prepare_run_dir(run_dir: str, cfg, log=print) -> None:

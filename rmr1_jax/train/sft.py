@@ -53,7 +53,7 @@ def heldout_loss(model, params, batches, mesh, loss_fn=None) -> dict:
     total, count = 0.0, 0.0
     with activation_sharding(mesh):
         for b in batches:
-            s, c = jax.device_get(f(params, to_global(b, mesh)))
+            s, (c, _) = jax.device_get(f(params, to_global(b, mesh)))  # (loss sum, (count, metrics))
             total += float(s)
             count += float(c)
     loss = total / max(count, 1.0)
@@ -66,6 +66,7 @@ class DistillObjective:
 
     name = "distill"
     head = "lm"
+    supports_lora = True  # model.lora_rank > 0 trains adapters on a frozen base
     config_cls = DistillConfig
 
     def records(self, cfg: DistillConfig) -> RecordSpec:

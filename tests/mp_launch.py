@@ -1,0 +1,100 @@
+"""Local multi-process JAX jobs for tests: ``processes`` copies of a worker script, each with
+``devices`` simulated CPU devices, joined over loopback by
+:func:`rmr1_jax.parallel.mesh.initialize_distributed` (``RMR1_COORDINATOR``,
+``RMR1_NUM_PROCESSES``, ``RMR1_PROCESS_ID``; gloo collectives). A job of one process gets none
+of those variables: it is a plain single-process run with ``devices`` devices.
+
+    job = start_job(worker, [arg, ...], processes=2, devices=4)
+    outputs = job.wait(timeout=300)  # every process exited 0, else AssertionError with its output
+
+A worker that calls ``faulthandler.register(signal.SIGUSR1)`` has its stacks in the report of a
+timeout (the launcher sends SIGUSR1 before it kills).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+_DISTRIBUTED_VARS = ("RMR1_COORDINATOR", "RMR1_NUM_PROCESSES", "RMR1_PROCESS_ID")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Job:
+    def __init__(self, procs: list[subprocess.Popen], logs: list):
+        self.procs, self._logs = procs, logs
+
+    def wait(self, timeout: float = 300) -> list[str]:
+        """Each process's output (stdout and stderr); every process must exit 0 within
+        ``timeout`` seconds (a hung collective is killed, and reported, not waited on)."""
+        deadline = time.monotonic() + timeout
+        late = None
+        for i, p in enumerate(self.procs):
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                late = i
+                self._dump_stacks()
+                break
+        self.kill()
+        outs = [self._read(i) for i in range(len(self.procs))]
+        for f in self._logs:
+            f.close()
+        if late is not None:
+            raise AssertionError(f"process {late} of {len(self.procs)} still running after {timeout:.0f} s:\n"
+                                 + "\n\n".join(f"process {i}:\n{out[-3000:]}" for i, out in enumerate(outs)))
+        failed = [f"process {i} of {len(self.procs)} exited {p.returncode}:\n{out[-3000:]}"
+                  for i, (p, out) in enumerate(zip(self.procs, outs)) if p.returncode != 0]
+        assert not failed, "\n\n".join(failed)
+        return outs
+
+    def _read(self, i: int) -> str:
+        f = self._logs[i]
+        f.flush()
+        f.seek(0)
+        return f.read()
+
+    def _dump_stacks(self) -> None:
+        """SIGUSR1 to every running process: a worker that registered faulthandler for it writes
+        its threads' stacks to its output (where a hung collective waits)."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+
+    def kill(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def start_job(script: str, args: list[str], *, processes: int, devices: int, env: dict | None = None,
+              xla_flags: str = "") -> Job:
+    """Start ``processes`` copies of ``python script args...`` (see the module docstring), with
+    ``env`` added to this process's environment and ``xla_flags`` to the device-count flag. Their
+    output goes to temporary files (a full pipe would block a process inside a collective)."""
+    base = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_VARS}
+    base.update(env or {}, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {xla_flags}".strip())
+    port = free_port() if processes > 1 else None
+    procs, logs = [], []
+    for pid in range(processes):
+        penv = dict(base)
+        if processes > 1:
+            penv.update(RMR1_COORDINATOR=f"127.0.0.1:{port}", RMR1_NUM_PROCESSES=str(processes),
+                        RMR1_PROCESS_ID=str(pid))
+        logs.append(tempfile.TemporaryFile("w+"))
+        procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], env=penv, stdout=logs[-1],
+                                      stderr=subprocess.STDOUT, text=True))
+    return Job(procs, logs)
