@@ -17,6 +17,7 @@ through ``shard_map``: rows over (data, fsdp), key/value heads over ``tensor``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -35,20 +36,15 @@ def platform() -> str:
 _TARGET: dict = {}
 
 
-class compile_platform:
+@contextlib.contextmanager
+def compile_platform(name: str | None):
     """``with compile_platform("tpu"):`` traces choose kernels for that platform."""
-
-    def __init__(self, name: str | None):
-        self.name = name
-
-    def __enter__(self):
-        self.prev = _TARGET.get("platform")
-        _TARGET["platform"] = self.name
-        return self
-
-    def __exit__(self, *exc):
-        _TARGET["platform"] = self.prev
-        return False
+    prev = _TARGET.get("platform")
+    _TARGET["platform"] = name
+    try:
+        yield
+    finally:
+        _TARGET["platform"] = prev
 
 
 def resolve(impl: str | None, seq_len: int, dtype) -> str:

@@ -121,12 +121,12 @@ def _accum(train, rows: int, what: str) -> int:
     return rows // mb
 
 
-def _single(name, cfg, model, mesh, target, mfu, log, loss_fn, rows, shapes, tokens, what):
+def _single(name, cfg, model, mesh, target, mfu, log, loss_fn, rows, shapes, tokens, unit):
+    """The one phase of an objective without rollouts: its optimizer step over ``rows`` ``unit``."""
     opt, sched = _optimizer(cfg)
-    step, _ = S.train_step(name, model, loss_fn, opt, sched, mesh, shapes, _accum(cfg.train, rows, what),
-                           tokens, log=log)
-    t = _seconds(step.flops, target, mfu)
-    return [step], t, f"one optimizer step of {rows} {what.split(' (')[0].split('.')[-1]}", []
+    step, _ = S.train_step(name, model, loss_fn, opt, sched, mesh, shapes,
+                           _accum(cfg.train, rows, "train.global_batch"), tokens, log=log)
+    return [step], _seconds(step.flops, target, mfu), f"one optimizer step of {rows} {unit}", []
 
 
 def _distill(cfg, model, mesh, target, mfu, log):
@@ -138,7 +138,7 @@ def _distill(cfg, model, mesh, target, mfu, log):
     rows, length = cfg.train.global_batch or DEFAULT_GLOBAL_BATCH, cfg.data.max_length
     shapes = {k: ((rows, length), jnp.int32) for k in ("input_ids", "segment_ids", "positions", "loss_mask")}
     return _single("SFT step", cfg, model, mesh, target, mfu, log, sft_loss_fn(model), rows, shapes,
-                   rows * length, f"rows of {length} tokens (train.global_batch)")
+                   rows * length, f"rows of {length} tokens")
 
 
 def _reward_model(cfg, model, mesh, target, mfu, log):
@@ -149,7 +149,7 @@ def _reward_model(cfg, model, mesh, target, mfu, log):
     pairs, length = cfg.train.global_batch or DEFAULT_PAIRS_PER_STEP, cfg.data.max_length
     shapes = {k: ((pairs, length), jnp.int32) for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
     return _single("Bradley-Terry step", cfg, model, mesh, target, mfu, log, bt_loss_fn(model, cfg.reward.margin),
-                   pairs, shapes, 2 * pairs * length, f"pairs of 2 x {length} tokens (train.global_batch)")
+                   pairs, shapes, 2 * pairs * length, f"pairs of 2 x {length} tokens")
 
 
 def _rule_adapter(cfg, model, mesh, target, mfu, log):
@@ -162,7 +162,7 @@ def _rule_adapter(cfg, model, mesh, target, mfu, log):
     shapes = {"input_ids": ((rows, length), jnp.int32), "attention_mask": ((rows, length), jnp.int32),
               "labels": ((rows, model.cfg.num_labels), jnp.float32)}
     return _single("rule-adapter step", cfg, model, mesh, target, mfu, log, adapter_loss_fn(model, cfg.adapter.k),
-                   rows, shapes, rows * length, f"rows of {length} tokens (train.global_batch)")
+                   rows, shapes, rows * length, f"rows of {length} tokens")
 
 
 def _grpo(cfg, model, mesh, target, mfu, log):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 import tracemalloc
 
@@ -27,6 +25,7 @@ from safetensors import safe_open
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hf_models  # noqa: E402
+from mp_launch import start_job  # noqa: E402
 
 import rmr1_jax as rj  # noqa: E402
 from rmr1_jax.checkpoint import hf_export  # noqa: E402
@@ -82,12 +81,6 @@ def _assert_same_tensors(got_dir, want_dir, same_files=True):
             assert g[0] == w[0], k
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("src")
@@ -105,20 +98,7 @@ def test_two_process_export_equals_single_process(source, tmp_path):
     root = tmp_path / "mp"
     root.mkdir()
     worker = os.path.join(os.path.dirname(__file__), "export_worker.py")
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ, RMR1_COORDINATOR=f"127.0.0.1:{port}", RMR1_NUM_PROCESSES="2",
-                   RMR1_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-        procs.append(subprocess.Popen([sys.executable, worker, hf_dir, ckpt, str(root)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    start_job(worker, [hf_dir, ckpt, root], processes=2, devices=4).wait(timeout=240)
     res = []
     for pid in range(2):
         with open(root / f"result.{pid}.json") as f:

@@ -6,26 +6,18 @@ with a SentencePiece tokenizer."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import test_scoring
+from mp_launch import start_job
 from test_scoring import ITEMS, RULES, _read, _scorer, _sentence, _write_jsonl
 from rmr1_jax.rules.scoring import score_file
 
 ROWS = [{"id": k, "prompt": p, "response": r} for k, (p, r) in enumerate(
     ITEMS + [(_sentence(k, 6) + "?", _sentence(k + 5, 9)) for k in range(3)])]
 judge, mesh = test_scoring.judge, test_scoring.mesh  # its module fixtures (a judge of this module's own)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _same(got, want):
@@ -53,20 +45,7 @@ def test_two_processes_score_and_resume(judge, mesh, tmp_path):
         f.write(lines[0] + lines[1] + lines[2][:len(lines[2]) // 2])
 
     worker = os.path.join(os.path.dirname(__file__), "scoring_worker.py")
-    port = _free_port()
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ, RMR1_COORDINATOR=f"127.0.0.1:{port}", RMR1_NUM_PROCESSES="2",
-                   RMR1_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
-        procs.append(subprocess.Popen([sys.executable, worker, hf_dir, rules_path, in_path, str(tmp_path)],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    start_job(worker, [hf_dir, rules_path, in_path, tmp_path], processes=2, devices=4).wait(timeout=240)
     res = []
     for pid in range(2):
         with open(tmp_path / f"result.{pid}.json") as f:
