@@ -24,16 +24,16 @@ import pytest
 
 from rmr1_jax.schema import CheckpointSpec, DataSpec, ModelSpec, OptimSpec, PromptSpec, TokenizerSpec, TrainSpec
 from rmr1_jax.data import synthetic
-from rmr1_jax.demo import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
 from rmr1_jax.judging import judge_pairs
 from rmr1_jax.eval.loading import LoadedJudge
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 from rmr1_jax.text.prompts import build_judge_messages
-from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, run_grpo
 from rmr1_jax.train.sft import DistillConfig, run_distill
 
-KIND = ("caps_word",)
+import verdict_task
+
+KIND = verdict_task.KIND
 MESH = MeshConfig(data=-1)
 
 
@@ -52,25 +52,15 @@ class Task:
 @pytest.fixture(scope="module")
 def task(tmp_path_factory) -> Task:
     root = str(tmp_path_factory.mktemp("learning"))
-    pairs = synthetic.generate_pairs(2000, seed=0, kinds=KIND)
-    seen = {_pair_key(p) for p in pairs}
-    held = [p for p in synthetic.generate_pairs(600, seed=7919, kinds=KIND) if _pair_key(p) not in seen][:64]
-    assert len(held) == 64
-    files, template = write_demo_prompts(os.path.join(root, "prompts"))
-    traces = synthetic.make_distillation_examples(pairs[:1500], seed=0, template=template, style="compact")
-    traces = [dataclasses.replace(ex, target=f"<answer>[[{ex.winner}]]</answer>") for ex in traces]
-    texts = [t for ex in traces[:600] for t in [m["content"] for m in ex.messages] + [ex.target]]
-    tok_dir = os.path.join(root, "tok")
-    tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=512, extra_symbols=PROTOCOL_SYMBOLS)
+    w = verdict_task.build(root)
+    assert len(w.held) == 64
     paths = {"traces": os.path.join(root, "traces.jsonl"), "rl": os.path.join(root, "rl_pairs.jsonl")}
-    synthetic.write_traces_jsonl(paths["traces"], traces)
+    synthetic.write_traces_jsonl(paths["traces"], w.traces)
     with open(paths["rl"], "w") as f:  # rendered judge prompts, the right verdict always A
-        for p in pairs[1500:]:
-            msgs = build_judge_messages(p.prompt, p.chosen, p.rejected, template)
+        for p in w.pairs[1500:]:
+            msgs = build_judge_messages(p.prompt, p.chosen, p.rejected, w.template)
             f.write(json.dumps({"context_messages": msgs, "winner": "model_a"}) + "\n")
-    prompt = PromptSpec(variant="instruct", system_file=files["system"], user_file=files["user"],
-                        user_multiturn_file=files["user_multiturn"])
-    return Task(root, paths["traces"], paths["rl"], held, tok_dir, tokenizer, template, prompt)
+    return Task(root, paths["traces"], paths["rl"], w.held, w.tok_dir, w.tokenizer, w.template, w.prompt)
 
 
 def _model_spec(task, **kw):

@@ -29,7 +29,6 @@ from rmr1_jax.checkpoint.manager import CheckpointManager
 from rmr1_jax.data import synthetic
 from rmr1_jax.data.pipeline import eval_batches, pair_eval_batches
 from rmr1_jax.data.records import RecordOptions, build_records
-from rmr1_jax.demo import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.eval.loading import LoadedJudge
 from rmr1_jax.judging import judge_pairs
@@ -38,19 +37,21 @@ from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import num_params
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 from rmr1_jax.schema import CheckpointSpec, DataSpec, ModelSpec, OptimSpec, PromptSpec, TokenizerSpec, TrainSpec
-from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train import runner
 from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, reference_model, reference_params, run_grpo
 from rmr1_jax.train.reward_model import RewardConfig, bt_loss_fn, heldout_pairs
 from rmr1_jax.train.setup import load_template
 from rmr1_jax.train.sft import DistillConfig, heldout_loss, run_distill, sft_loss_fn
 
+from rmr1_jax.text.tokenizer import train_sentencepiece
+import verdict_task
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sigterm_hook import sigterm_at_step  # noqa: E402
 
 pytestmark = pytest.mark.slow  # learning runs (about 3 CPU-minutes in all)
 
-KIND = ("caps_word",)
+KIND = verdict_task.KIND
 MESH = MeshConfig(data=-1)
 QUIET = dict(log=lambda *_: None)
 
@@ -71,26 +72,13 @@ class Task:
 @pytest.fixture(scope="module")
 def task(tmp_path_factory) -> Task:
     root = str(tmp_path_factory.mktemp("lora"))
-    pairs = synthetic.generate_pairs(2000, seed=0, kinds=KIND)
-    seen = {_pair_key(p) for p in pairs}
-    held = [p for p in synthetic.generate_pairs(600, seed=7919, kinds=KIND) if _pair_key(p) not in seen][:64]
-    files, template = write_demo_prompts(os.path.join(root, "prompts"))
-
-    def verdict_traces(ps, seed):
-        exs = synthetic.make_distillation_examples(ps, seed=seed, template=template, style="compact")
-        return [dataclasses.replace(ex, target=f"<answer>[[{ex.winner}]]</answer>") for ex in exs]
-
-    traces = verdict_traces(pairs[:1500], 0)
-    texts = [t for ex in traces[:600] for t in [m["content"] for m in ex.messages] + [ex.target]]
-    tok_dir = os.path.join(root, "tok")
-    tokenizer = train_sentencepiece(texts, tok_dir, vocab_size=512, extra_symbols=PROTOCOL_SYMBOLS)
+    w = verdict_task.build(root)
     paths = {k: os.path.join(root, f"{k}.jsonl") for k in ("traces", "held_traces", "rl")}
-    synthetic.write_traces_jsonl(paths["traces"], traces)
-    synthetic.write_traces_jsonl(paths["held_traces"], verdict_traces(held, 1))
-    synthetic.write_pairs_jsonl(paths["rl"], pairs[1500:])  # GRPO judges each in both A/B orders
-    prompt = PromptSpec(variant="instruct", system_file=files["system"], user_file=files["user"],
-                        user_multiturn_file=files["user_multiturn"])
-    return Task(root, paths["traces"], paths["held_traces"], paths["rl"], held, tok_dir, tokenizer, template, prompt)
+    synthetic.write_traces_jsonl(paths["traces"], w.traces)
+    synthetic.write_traces_jsonl(paths["held_traces"], w.verdict_traces(w.held, 1))
+    synthetic.write_pairs_jsonl(paths["rl"], w.pairs[1500:])  # GRPO judges each in both A/B orders
+    return Task(root, paths["traces"], paths["held_traces"], paths["rl"], w.held, w.tok_dir, w.tokenizer,
+                w.template, w.prompt)
 
 
 def _model_spec(task, **kw):
