@@ -264,6 +264,7 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
         "mutual_information": {st: {"bits": pick(st)["mutual_information"], "low": pick(st)["mi_low"],
                                     "high": pick(st)["mi_high"]} for st in STRATEGIES},
         "adapter_macro_f1": float(ad_eval.get("macro_f1_rules", float("nan"))),
+        "adapter_macro_f1_seen_rules": float(ad_eval.get("macro_f1_seen_rules", float("nan"))),
         "adapter_f1_flattened_two_class": float(ad_eval.get("f1_flattened_two_class", float("nan"))),
         "adapter_topk_precision": float(ad_eval.get("topk_precision", float("nan"))),
         "adapter_label_agreement": applied.get("agreement"),

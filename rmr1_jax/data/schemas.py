@@ -207,7 +207,11 @@ def rule_adapter_text(prompt: list[Message], a: list[Message], b: list[Message])
 def parse_rule_example(row: dict, fallback_id: str, num_rules: int) -> RuleExample:
     """``{prompt, a, b, rule_indices}`` or ``{prompt, a, b, labels}`` (also ``response_a`` /
     ``response_b``; strings or message lists); ``rule_indices`` are 0-based positions in the
-    pool of ``num_rules`` rules, ``labels`` an R-long list of 0/1."""
+    pool of ``num_rules`` rules (the head's width, ``model.num_labels``), ``labels`` an R-long
+    list of 0/1 (numbers or booleans, not both). A row with both (what ``rmr1 rules select`` /
+    ``label`` write) must have ``labels`` as long as the head and equal to the R-hot set of
+    ``rule_indices``: ``labels`` is one entry per rule of the pool the row was selected from,
+    so a length that differs from the head's is a head of the wrong width for that pool."""
     import numpy as np
 
     a = row.get("a", row.get("response_a"))
@@ -217,6 +221,9 @@ def parse_rule_example(row: dict, fallback_id: str, num_rules: int) -> RuleExamp
             raise DataError(f"missing field {key!r}")
     prompt = _messages(row["prompt"], "prompt", "user")
     a, b = _messages(a, "a", "assistant"), _messages(b, "b", "assistant")
+    if "rule_indices" not in row and "labels" not in row:
+        raise DataError("missing field 'rule_indices' (or 'labels')")
+    hot = _rule_labels(row["labels"], num_rules) if "labels" in row else None
     labels = np.zeros(num_rules, np.uint8)
     if "rule_indices" in row:
         idx = row["rule_indices"]
@@ -224,13 +231,29 @@ def parse_rule_example(row: dict, fallback_id: str, num_rules: int) -> RuleExamp
             raise DataError("field 'rule_indices' must be a list of integers")
         bad = [i for i in idx if not 0 <= i < num_rules]
         if bad:
-            raise DataError(f"field 'rule_indices' has {bad[0]}, outside the pool of {num_rules} rules")
+            raise DataError(f"field 'rule_indices' has {bad[0]}, outside the pool of {num_rules} rules "
+                            f"(model.num_labels)")
         labels[idx] = 1
-    elif "labels" in row:
-        lab = row["labels"]
-        if not isinstance(lab, list) or len(lab) != num_rules or any(v not in (0, 1) for v in lab):
-            raise DataError(f"field 'labels' must be a list of {num_rules} zeros and ones")
-        labels[:] = lab
+        if hot is not None and not np.array_equal(hot, labels):
+            raise DataError(f"fields 'labels' and 'rule_indices' disagree: 'labels' marks rules "
+                            f"{np.flatnonzero(hot).tolist()}, 'rule_indices' {sorted(set(idx))}")
     else:
-        raise DataError("missing field 'rule_indices' (or 'labels')")
+        labels[:] = hot
     return RuleExample(_record_id(row, fallback_id), rule_adapter_text(prompt, a, b), labels)
+
+
+def _rule_labels(lab, num_rules: int):
+    """``labels`` of a rule-adapter row as a uint8 [num_rules] array; one DataError otherwise."""
+    import numpy as np
+
+    if not isinstance(lab, list):
+        raise DataError(f"field 'labels' must be a list of {num_rules} zeros and ones, got {type(lab).__name__}")
+    if len(lab) != num_rules:
+        raise DataError(f"field 'labels' has {len(lab)} values (one per rule of the pool the row was selected "
+                        f"from), but the adapter head has model.num_labels={num_rules} outputs: they must be equal")
+    for i, v in enumerate(lab):
+        if not isinstance(v, (bool, int, float)) or v not in (0, 1):
+            raise DataError(f"field 'labels' must be a list of {num_rules} zeros and ones; 'labels'[{i}] is {v!r}")
+    if len({isinstance(v, bool) for v in lab}) > 1:
+        raise DataError("field 'labels' mixes booleans with numbers (write all 0/1 or all true/false)")
+    return np.asarray(lab, dtype=np.uint8)

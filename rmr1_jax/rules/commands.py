@@ -11,6 +11,7 @@ Both commands:
   ``out`` (str, ``--out FILE``): the output JSONL (schema in ``rules.select``).
   ``rules`` (str | None, ``--rules FILE``): the rule pool (JSONL or YAML); None: the default
       pool. Its size must match the score vectors; its ids are written as ``rule_ids``.
+      Scores made with a custom pool and no ``--rules``: one error saying to pass it.
   ``strategy`` (str, ``--strategy``, default ``topk_discrepancy``): one of
       ``rules.select.STRATEGIES``.
   ``k`` (int, ``--k``, default 5): rules kept per pair.
@@ -91,7 +92,7 @@ def _opt(args, name):
 
 def _common(args) -> dict:
     return {"pairs_path": _opt(args, "pairs"), "rules": load_pool(_opt(args, "rules")),
-            "weight": _opt(args, "weight"), "seed": _opt(args, "seed"),
+            "builtin_pool": _opt(args, "rules") is None, "weight": _opt(args, "weight"), "seed": _opt(args, "seed"),
             "fit_scores_path": _opt(args, "fit_scores"), "fit_pairs_path": _opt(args, "fit_pairs"),
             "l2": _opt(args, "l2")}
 

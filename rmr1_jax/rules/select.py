@@ -40,7 +40,7 @@ import dataclasses
 import numpy as np
 
 from rmr1_jax.data.readers import write_jsonl
-from rmr1_jax.errors import UserError
+from rmr1_jax.errors import DataError, UserError
 from rmr1_jax.rules.pool import Rule
 from rmr1_jax.rules.score_files import PairScores, load_pairs
 
@@ -241,11 +241,32 @@ def summary(pairs: PairScores, lab: Labeling, written: int) -> dict:
     return s
 
 
-def _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy):
+def check_builtin_pool(pairs: PairScores, rules: list[Rule], where: str) -> None:
+    """No pool file was named, so ``rules`` is the built-in pool: ``pairs`` (read from
+    ``where``) must have been scored with it. Score vectors of another length, or a row whose
+    recorded ``rule_ids`` name a rule the built-in pool lacks, were made with a custom pool:
+    one DataError saying to pass that pool with --rules (its ids would otherwise be replaced
+    by the built-in pool's, or the score vectors blamed)."""
+    if pairs.num_rules != len(rules):
+        problem = f"its score vectors have {pairs.num_rules} values, the built-in pool has {len(rules)} rules"
+    else:
+        ids = {r.id for r in rules}
+        unknown = next(((i, x) for i, meta in enumerate(pairs.rows) if isinstance(meta.get("rule_ids"), list)
+                        for x in meta["rule_ids"] if isinstance(x, str) and x not in ids), None)
+        if unknown is None:
+            return
+        problem = f"pair {unknown[0] + 1} records rule id {unknown[1]!r}, which the built-in pool lacks"
+    raise DataError(f"{where}: scored with a custom rule pool ({problem}) and no --rules given: "
+                    f"pass --rules FILE with the pool used for scoring")
+
+
+def _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy, builtin_pool=False):
     if fit_pairs_path is not None and fit_scores_path is None:
         raise UserError("--fit-pairs needs --fit-scores (the per-response scores of those pairs)")
     num_rules = len(rules) if rules is not None else None
-    pairs = load_pairs(scores_path, num_rules, pairs_path)
+    pairs = load_pairs(scores_path, None if builtin_pool else num_rules, pairs_path)
+    if builtin_pool:
+        check_builtin_pool(pairs, rules, f"{scores_path} (pairs {pairs_path})" if pairs_path else scores_path)
     fit = None
     if strategy == "fitted_linear" and fit_scores_path is not None:
         fit = load_pairs(fit_scores_path, pairs.num_rules, fit_pairs_path)
@@ -255,15 +276,17 @@ def _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strat
 def select_file(scores_path: str, out_path: str, strategy: str = "topk_discrepancy", k: int = 5, *,
                 pairs_path: str | None = None, rules: list[Rule] | None = None, weight: float = 0.5,
                 seed: int = 0, fit_scores_path: str | None = None, fit_pairs_path: str | None = None,
-                l2: float = 1e-2) -> dict:
+                l2: float = 1e-2, builtin_pool: bool = False) -> dict:
     """Write every pair's selected rules (selection rows, module docstring) to ``out_path``.
 
     Input: ``scores_path`` a pairwise score file, or a per-response file joined with
     ``pairs_path`` (``score_files.load_pairs``); ``rules`` the pool (its size is checked
-    against the score vectors and its ids are written), None to skip both. ``fitted_linear``
-    fits on ``fit_scores_path`` (+ ``fit_pairs_path``) when given, else on the input's gold.
+    against the score vectors and its ids are written), None to skip both; ``builtin_pool``:
+    ``rules`` is the built-in pool because no pool file was named, and scores from another
+    pool are an error saying so (:func:`check_builtin_pool`). ``fitted_linear`` fits on
+    ``fit_scores_path`` (+ ``fit_pairs_path``) when given, else on the input's gold.
     Returns :func:`summary`."""
-    pairs, fit = _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy)
+    pairs, fit = _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy, builtin_pool)
     lab = label_pairs(pairs, strategy, k, weight=weight, seed=seed, ties="skip", fit=fit, l2=l2)
     return summary(pairs, lab, write_jsonl(out_path, labeled_rows(pairs, lab, rules, final=False)))
 
@@ -271,10 +294,10 @@ def select_file(scores_path: str, out_path: str, strategy: str = "topk_discrepan
 def label_file(scores_path: str, out_path: str, strategy: str = "topk_discrepancy", k: int = 5, *,
                ties: str = "skip", pairs_path: str | None = None, rules: list[Rule] | None = None,
                weight: float = 0.5, seed: int = 0, fit_scores_path: str | None = None,
-               fit_pairs_path: str | None = None, l2: float = 1e-2) -> dict:
+               fit_pairs_path: str | None = None, l2: float = 1e-2, builtin_pool: bool = False) -> dict:
     """Like :func:`select_file`, but writes label rows: ties resolved by ``ties`` (skipped
     ties not written) and ``chosen`` / ``rejected`` where the texts are known."""
-    pairs, fit = _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy)
+    pairs, fit = _load(scores_path, pairs_path, rules, fit_scores_path, fit_pairs_path, strategy, builtin_pool)
     lab = label_pairs(pairs, strategy, k, weight=weight, seed=seed, ties=ties, fit=fit, l2=l2)
     s = summary(pairs, lab, write_jsonl(out_path, labeled_rows(pairs, lab, rules, final=True)))
     s["ties_handling"] = ties

@@ -8,11 +8,17 @@ the head reads its last real token. Target: the R-hot set of the pair's selected
 rules and divided by rows x R of the whole global batch.
 
 Metrics: top-k precision and recall (k = ``adapter.k``) and label accuracy during training;
-on held-out data also two F1 figures, named for what they average:
+on held-out data also three F1 figures, named for what they average. A rule is predicted when
+its sigmoid > ``adapter.threshold``; each rule's F1 counts its true / false positives and false
+negatives over the whole held-out set.
 
-* ``macro_f1_rules``: the F1 of each rule (its true/false positives and false negatives over
-  the whole held-out set, predicted when sigmoid > ``adapter.threshold``), averaged over the
-  rules that occur in the gold sets or the predictions - the adapter's selection quality;
+* ``macro_f1_rules`` (the primary figure): the F1 of each rule averaged over every rule of the
+  pool (all R head outputs), a rule that neither occurs in the gold sets nor is predicted
+  counting 0 - scikit-learn's ``f1_score(gold, pred, average="macro", zero_division=0)`` on
+  the [N, R] indicator arrays;
+* ``macro_f1_seen_rules``: the same F1s averaged over only the rules that occur in the gold
+  sets or the predictions (0 when none does) - higher than ``macro_f1_rules`` whenever some
+  rule of the pool never occurs in the held-out data;
 * ``f1_flattened_two_class``: the F1 of the flattened 0/1 labels for class 1 and for class 0,
   averaged - what upstream RAMO reported as "f1_macro" (two classes, not R rules).
 
@@ -86,8 +92,8 @@ def adapter_loss_fn(model, k: int):
 
 
 def f1_scores(pred: np.ndarray, gold: np.ndarray) -> dict:
-    """``macro_f1_rules`` and ``f1_flattened_two_class`` (see the module docstring) of 0/1
-    predictions and gold sets [N, R]."""
+    """``macro_f1_rules``, ``macro_f1_seen_rules`` and ``f1_flattened_two_class`` (see the
+    module docstring) of 0/1 predictions and gold sets [N, R]."""
     pred, gold = pred.astype(bool), gold.astype(bool)
     tp = np.sum(pred & gold, 0)
     fp = np.sum(pred & ~gold, 0)
@@ -100,7 +106,8 @@ def f1_scores(pred: np.ndarray, gold: np.ndarray) -> dict:
         return 2 * t / max(2 * t + np.sum(p & ~g) + np.sum(~p & g), 1)
 
     flat_p, flat_g = pred.ravel(), gold.ravel()
-    return {"macro_f1_rules": float(per_rule[seen].mean()) if seen.any() else 0.0,
+    return {"macro_f1_rules": float(per_rule.mean()) if per_rule.size else 0.0,
+            "macro_f1_seen_rules": float(per_rule[seen].mean()) if seen.any() else 0.0,
             "f1_flattened_two_class": float((f1(flat_p, flat_g) + f1(~flat_p, ~flat_g)) / 2)}
 
 
@@ -112,7 +119,7 @@ def adapter_eval_step(model, loss_fn):
 
 
 def heldout_adapter(step, params, batches, mesh, threshold: float) -> dict:
-    """Loss, top-k precision / recall and both F1 figures over held-out batches; ``step``
+    """Loss, top-k precision / recall and the F1 figures over held-out batches; ``step``
     from :func:`adapter_eval_step`. The F1 figures count every process's rows (the logits,
     labels and masks are gathered), so all processes get the same values."""
     from rmr1_jax.parallel.hostlocal import fetch, to_global
@@ -181,10 +188,11 @@ class RuleAdapterObjective:
 
 
 def best_saver(directory: str, record: str, *, config: dict, metadata: dict):
-    """``save(params, step, macro_f1) -> bool``: when ``macro_f1`` beats the one in ``record``
-    (best.json; none there: it does), save ``{"params": params}`` as ``step`` of the checkpoint
-    ``directory`` (one step kept), then write ``record``. Call it on every process: process 0
-    decides (it alone reads and writes ``record``) and the Orbax save is collective."""
+    """``save(params, step, macro_f1) -> bool``: when ``macro_f1`` (the primary figure,
+    ``macro_f1_rules``) beats the one in ``record`` (best.json; none there: it does), save
+    ``{"params": params}`` as ``step`` of the checkpoint ``directory`` (one step kept), then
+    write ``record``. Call it on every process: process 0 decides (it alone reads and writes
+    ``record``) and the Orbax save is collective."""
     from rmr1_jax.checkpoint.manager import CheckpointManager
     from rmr1_jax.data.readers import atomic_write_text
 

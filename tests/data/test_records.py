@@ -279,6 +279,30 @@ def test_all_rows_overlong_raises_no_usable_records(tmp_path, tok):
         _build(tmp_path, tok, [path], max_length=16, overlong="skip")
 
 
+# Rule-adapter rows that do not fit the head or contradict themselves, on line 2 (line 1 fits a
+# head of 3 or 4): (name, row, model.num_labels, substring). Each passed silently before.
+_RULE_ROW = {"prompt": "Help me.", "a": "Sure.", "b": "No."}
+BAD_RULE_ROWS = [
+    ("head_wider_than_pool", {**_RULE_ROW, "rule_indices": [0, 2], "labels": [1, 0, 1]}, 4,
+     "field 'labels' has 3 values (one per rule of the pool the row was selected from), but the adapter head "
+     "has model.num_labels=4 outputs"),
+    ("labels_longer_than_head", {**_RULE_ROW, "rule_indices": [0, 2], "labels": [1, 0, 1, 0]}, 3,
+     "field 'labels' has 4 values"),
+    ("labels_not_rule_indices", {**_RULE_ROW, "rule_indices": [0, 2], "labels": [0, 1, 0]}, 3,
+     "fields 'labels' and 'rule_indices' disagree"),
+    ("booleans_and_floats", {**_RULE_ROW, "labels": [True, 0.0, 1.0]}, 3, "field 'labels' mixes booleans with numbers"),
+]
+
+
+@pytest.mark.parametrize("name,bad,num_labels,expect", BAD_RULE_ROWS, ids=[b[0] for b in BAD_RULE_ROWS])
+def test_bad_rule_adapter_row_raises_with_file_and_line(tmp_path, tok, name, bad, num_labels, expect):
+    path = _write(tmp_path / f"{name}.jsonl", [{**_RULE_ROW, "rule_indices": [0]}, bad])
+    with pytest.raises(DataError) as ei:
+        _build(tmp_path, tok, [path], kind="rules", num_labels=num_labels)
+    msg = str(ei.value)
+    assert msg.startswith(f"{path}:2: ") and expect in msg and "\n" not in msg, msg
+
+
 def test_sft_needs_a_trace(tmp_path, tok):
     """A generic pair has no judge reply to learn: a clear error for SFT, fine for prompts."""
     path = _write(tmp_path / "pairs.jsonl", _pair_rows(3))

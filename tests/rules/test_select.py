@@ -4,6 +4,7 @@ diagnostics, and the file-level select / label commands."""
 import argparse
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from rmr1_jax.errors import DataError, UserError
 from rmr1_jax.rules import diagnostics as diag
 from rmr1_jax.rules.commands import add_label_arguments, add_select_arguments, cmd_label, cmd_select
-from rmr1_jax.rules.pool import Rule, write_pool
+from rmr1_jax.rules.pool import Rule, load_pool, write_pool
 from rmr1_jax.rules.score_files import PairScores, write_pair_scores
 from rmr1_jax.rules.select import (check_options, fit_linear, label_arrays, label_file, label_pairs, resolve_ties,
                                    select_file, select_rules)
@@ -338,6 +339,36 @@ def test_commands(tmp_path, capsys):
     assert {r["strategy"] for r in rows} == {"topk_discrepancy", "max_discrepancy", "random_k", "all_rules",
                                              "fitted_linear"}
     assert len(_read(lab)) == 200
-    # a namespace with only the required fields works too (defaults: default pool of 100 rules)
-    with pytest.raises(DataError, match="expected 100"):
+    # a namespace with only the required fields works too (defaults: the built-in pool of 100
+    # rules, which these 6-rule scores were not made with)
+    with pytest.raises(DataError, match="the built-in pool has 100 rules"):
         cmd_select(argparse.Namespace(scores=path, out=sel))
+
+
+def test_scores_from_a_custom_pool_without_rules_say_to_pass_the_pool(tmp_path):
+    """No --rules: the built-in pool. Scores made with another pool were blamed on their score
+    vectors ("expected 100") or, at 100 rules, silently given the built-in pool's ids."""
+    path, _ = _pair_file(tmp_path)  # 3 rules
+    out = str(tmp_path / "o.jsonl")
+    want = (rf"^{path}: scored with a custom rule pool \(its score vectors have 3 values, the built-in pool has 100 "
+            r"rules\) and no --rules given: pass --rules FILE with the pool used for scoring$")
+    for cmd, add in ((cmd_select, add_select_arguments), (cmd_label, add_label_arguments)):
+        with pytest.raises(DataError, match=want):
+            cmd(_ns(add, ["--scores", path, "--out", out]))
+    assert not os.path.exists(out)
+    # a custom pool of 100 rules: the rule ids its earlier selection recorded give it away
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"p{i}", "rule_ids": ["mine-3", "mine-7"]} for i in range(4)]
+    hundred = str(tmp_path / "hundred.jsonl")
+    write_pair_scores(hundred, PairScores(rows, rng.random((4, 100)), rng.random((4, 100)), rng.random((4, 100)),
+                                          np.full(4, -1, np.int8)))
+    with pytest.raises(DataError, match=rf"^{hundred}: scored with a custom rule pool \(pair 1 records rule id "
+                                        r"'mine-3', which the built-in pool lacks\) and no --rules given"):
+        cmd_select(_ns(add_select_arguments, ["--scores", hundred, "--out", out]))
+    # scores of the built-in pool's size without foreign ids: the built-in pool, as before
+    for r in rows:
+        del r["rule_ids"]
+    write_pair_scores(hundred, PairScores(rows, rng.random((4, 100)), rng.random((4, 100)), rng.random((4, 100)),
+                                          np.full(4, -1, np.int8)))
+    cmd_select(_ns(add_select_arguments, ["--scores", hundred, "--out", out, "--k", "2"]))
+    assert _read(out)[0]["rule_ids"][0] in {r.id for r in load_pool()}

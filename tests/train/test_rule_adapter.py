@@ -19,11 +19,37 @@ TOPICS = ["poison", "password", "weapon", "insult", "casino", "pirated", "stalki
 def test_f1_figures_by_hand():
     gold = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]])
     pred = np.array([[1, 1, 0], [0, 1, 0], [0, 0, 0]])
-    # rule 0: tp 1, fn 1 -> 2/3; rule 1: tp 1, fp 1 -> 2/3; rule 2 never occurs: left out
+    # rule 0: tp 1, fn 1 -> 2/3; rule 1: tp 1, fp 1 -> 2/3; rule 2 never occurs: 0 (every rule),
+    # left out (seen rules only)
     # flattened: class 1 tp 2, fp 1, fn 1 -> 2/3; class 0 tp 5, fp 1, fn 1 -> 10/12
     out = f1_scores(pred, gold)
-    assert out["macro_f1_rules"] == pytest.approx(2 / 3)
+    assert out["macro_f1_rules"] == pytest.approx(4 / 9)
+    assert out["macro_f1_seen_rules"] == pytest.approx(2 / 3)
     assert out["f1_flattened_two_class"] == pytest.approx((2 / 3 + 10 / 12) / 2)
+
+
+def test_macro_f1_rules_is_scikit_learns_macro_f1_over_every_rule():
+    """The primary figure against scikit-learn on multi-label indicator arrays where some rules
+    never occur (neither gold nor predicted), some only in the predictions, some only in gold."""
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        n, r = int(rng.integers(1, 40)), int(rng.integers(2, 12))
+        gold = rng.random((n, r)) < rng.uniform(0.05, 0.5)
+        pred = rng.random((n, r)) < rng.uniform(0.05, 0.5)
+        never = rng.random(r) < 0.3  # rules absent from the held-out data and never predicted
+        gold[:, never], pred[:, never] = False, False
+        if trial % 4 == 0:
+            gold[:, 0], pred[:, 0] = False, rng.random(n) < 0.5  # only predicted
+        want = f1_score(gold.astype(int), pred.astype(int), average="macro", zero_division=0)
+        got = f1_scores(pred.astype(int), gold.astype(int))
+        assert got["macro_f1_rules"] == pytest.approx(want, abs=1e-12), (trial, n, r)
+        seen = gold.any(0) | pred.any(0)
+        if seen.any():
+            want_seen = f1_score(gold.astype(int), pred.astype(int), average="macro", zero_division=0,
+                                 labels=np.flatnonzero(seen))
+            assert got["macro_f1_seen_rules"] == pytest.approx(want_seen, abs=1e-12)
 
 
 def test_rule_examples_name_their_errors():
@@ -35,8 +61,30 @@ def test_rule_examples_name_their_errors():
         parse_rule_example({**row, "rule_indices": [3]}, "f:1", 3)
     with pytest.raises(DataError, match="missing field 'b'"):
         parse_rule_example({"prompt": "p", "a": "x", "rule_indices": [0]}, "f:1", 3)
-    with pytest.raises(DataError, match="'labels' must be a list of 3 zeros and ones"):
+    with pytest.raises(DataError, match="field 'labels' has 2 values .* model.num_labels=3"):
         parse_rule_example({"prompt": "p", "a": "x", "b": "y", "labels": [1, 0]}, "f:1", 3)
+
+
+def test_rule_adapter_rows_that_disagree_with_the_head_or_themselves_are_one_line_errors():
+    """Each of these passed silently before: ``labels`` beside ``rule_indices`` was never read."""
+    sel = {"prompt": "p", "a": "x", "b": "y", "rule_indices": [2, 0], "labels": [1, 0, 1]}  # a select row
+    assert parse_rule_example(sel, "f:1", 3).labels.tolist() == [1, 0, 1]
+    # the rows were selected from a 3-rule pool: a head of 5 outputs is wider than the pool
+    with pytest.raises(DataError, match=r"^field 'labels' has 3 values \(one per rule of the pool .*\), but the "
+                                        r"adapter head has model.num_labels=5 outputs"):
+        parse_rule_example(sel, "f:1", 5)
+    with pytest.raises(DataError, match="field 'labels' has 4 values"):
+        parse_rule_example({**sel, "labels": [1, 0, 1, 0]}, "f:1", 3)
+    with pytest.raises(DataError, match=r"^fields 'labels' and 'rule_indices' disagree: 'labels' marks rules \[1\], "
+                                        r"'rule_indices' \[0, 2\]$"):
+        parse_rule_example({**sel, "labels": [0, 1, 0]}, "f:1", 3)
+    bare = {"prompt": "p", "a": "x", "b": "y"}
+    assert parse_rule_example({**bare, "labels": [True, False, True]}, "f:1", 3).labels.tolist() == [1, 0, 1]
+    assert parse_rule_example({**bare, "labels": [1.0, 0.0, 1]}, "f:1", 3).labels.tolist() == [1, 0, 1]
+    with pytest.raises(DataError, match=r"^field 'labels' mixes booleans with numbers"):
+        parse_rule_example({**bare, "labels": [True, 0.0, 1.0]}, "f:1", 3)
+    with pytest.raises(DataError, match=r"'labels'\[1\] is 0.5"):
+        parse_rule_example({**bare, "labels": [1, 0.5, 0]}, "f:1", 3)
 
 
 def _examples(n, seed):
