@@ -13,6 +13,13 @@ decoding). They equal what a teacher-forced forward pass at the same temperature
 Top-k and top-p sample from a truncated, renormalized distribution, but the returned log-probs
 stay those of the whole tempered distribution (as verl and vLLM report them): a truncated
 token then has a log-prob slightly below the probability it was sampled with.
+
+Each row draws with its own key, ``fold_in(fold_in(rng, step), row_id)``, where ``row_id`` is
+the row's canonical index ``prompt_index * n + sample``: by default process ``p``'s ``i``-th
+prompt has ``prompt_index = p * k + i`` (``k`` prompts per process), its index in a
+single-process run of the processes' prompts concatenated. So a prompt gets the same samples
+wherever the mesh places its rows (a TPU slice's mesh may interleave the processes' devices)
+and on any process count.
 """
 
 from __future__ import annotations
@@ -196,7 +203,10 @@ class Sampler:
             params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
         return params
 
-    def _prefill_impl(self, params, ids, mask, n: int, max_len: int):
+    def _prefill_impl(self, params, ids, mask, n: int, max_len: int, prompt_index=None):
+        """The last prompt position's logits and the filled cache, each repeated ``n`` times
+        (prompt-major rows); with ``prompt_index`` ([B] int32, each prompt's canonical index)
+        also each row's id, ``prompt_index * n + sample``, which keys its random draws."""
         b = ids.shape[0]
         cache = init_cache(self._decode_model.cfg, b, max_len, self.cache_dtype)
         # the LM head at each prompt's last position only: [B, T, V] logits of the whole prompt
@@ -209,11 +219,18 @@ class Sampler:
         if n > 1:
             cache = jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), cache)  # per-layer [B, ...] arrays
             last = jnp.repeat(last, n, axis=0)
-        return last, cache
+        if prompt_index is None:
+            return last, cache
+        row_id = (prompt_index.astype(jnp.int32)[:, None] * n + jnp.arange(n, dtype=jnp.int32)[None, :]).reshape(-1)
+        return last, cache, row_id
 
     def _decode_impl(self, params, carry, start, rng, steps: int, greedy: bool, temperature: float,
                      top_k: int, top_p: float):
         prompt_len = carry["prompt_len"]
+        # each row's id keys its draws (a carry without "row_id": the row's position)
+        row_id = carry["row_id"] if "row_id" in carry else jnp.arange(carry["last"].shape[0], dtype=jnp.int32)
+        draw = jax.vmap(lambda key, r, lg: jax.random.categorical(jax.random.fold_in(key, r), lg),
+                        in_axes=(None, 0, 0))
 
         def body(i, c):
             t = start + i
@@ -225,7 +242,7 @@ class Sampler:
                 tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
             else:
                 key = jax.random.fold_in(rng, t)
-                tok = jax.random.categorical(key, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+                tok = draw(key, row_id, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
             lp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
             # spare steps past the budget (equal chunks may overshoot by a few) change nothing
             done = c["done"] | (t >= c["max_new"])
@@ -244,13 +261,21 @@ class Sampler:
         return jax.lax.fori_loop(0, steps, body, carry)
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None,
-                 tokenizer=None, prompt_length: int | None = None) -> Generation:
+                 tokenizer=None, prompt_length: int | None = None,
+                 prompt_index: Sequence[int] | None = None) -> Generation:
         """Generate for a batch of token-id prompts. ``tokenizer`` (with ``decode``) is needed
         for stop strings and returns texts.
 
         In a multi-process job every process calls this at once with its own prompts (the
         same number on each) and gets the generations of its own prompts back; the rows are
-        one global batch over the mesh's (data, fsdp) shards."""
+        one global batch over the mesh's (data, fsdp) shards.
+
+        ``prompt_index``: each prompt's canonical index, which (with ``rng``) fixes its samples
+        (sample ``j`` of a prompt draws with row id ``prompt_index * n + j``); distinct over
+        every process's prompts. Default: ``process_index * len(prompts) + i``, the prompt's
+        index in one process's run of every process's prompts concatenated. A caller that
+        splits a larger batch into several calls passes the prompts' indices in that batch, so
+        the split does not change the samples."""
         if sp.stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
         rng = jax.random.key(0) if rng is None else rng
@@ -260,14 +285,19 @@ class Sampler:
                 raise ValueError("generation in a multi-process job needs the Sampler's mesh")
             prompt_length = int(agree_max([prompt_length or _bucket(max(len(p) for p in prompts))])[0])
         ids, mask = left_pad(prompts, self.pad_id, prompt_length)
+        if prompt_index is None:
+            prompt_index = jax.process_index() * len(prompts) + np.arange(len(prompts))
+        prompt_index = np.asarray(prompt_index, np.int32).reshape(-1)
+        if prompt_index.shape[0] != len(prompts):
+            raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
         p = ids.shape[1]
         own = None  # this process's rows of the global batch (None: all of them)
-        if multi:
-            g = to_global({"ids": ids, "mask": mask}, self.mesh)
-            ids, mask = g["ids"], g["mask"]
+        if multi:  # the prompt indices travel with their prompts, to the same global rows
+            g = to_global({"ids": ids, "mask": mask, "prompt_index": prompt_index}, self.mesh)
+            ids, mask, prompt_index = g["ids"], g["mask"], g["prompt_index"]
             own = (process_rows(ids)[:, None] * sp.n + np.arange(sp.n)[None, :]).reshape(-1)
         else:
-            ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+            ids, mask, prompt_index = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(prompt_index)
         step, n_chunks = decode_schedule(sp.max_new_tokens, self.chunk)
         steps_total = n_chunks * step
         max_len = p + steps_total
@@ -275,9 +305,10 @@ class Sampler:
         with activation_sharding(self.mesh):
             if self._unstack or self.weights_dtype is not None:
                 params = self._prepare(params)
-            last, cache = self._prefill(params, ids, mask, n=sp.n, max_len=max_len)
+            last, cache, row_id = self._prefill(params, ids, mask, n=sp.n, max_len=max_len, prompt_index=prompt_index)
             r = last.shape[0]
-            carry = {"last": last, "cache": cache, "prompt_len": jnp.int32(p), "max_new": jnp.int32(sp.max_new_tokens),
+            carry = {"last": last, "cache": cache, "row_id": row_id, "prompt_len": jnp.int32(p),
+                     "max_new": jnp.int32(sp.max_new_tokens),
                      "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),
                      "logprobs": jnp.zeros((r, steps_total), jnp.float32),
                      "done": jnp.zeros((r,), bool), "eos": jnp.zeros((r,), bool),

@@ -170,7 +170,6 @@ class GRPOObjective:
     def plan(self, job: Job) -> Plan:
         from rmr1_jax.data.pipeline import CheckpointableIterator
         from rmr1_jax.sampling.sampler import Sampler
-        import grain
 
         cfg, spec, sources, model, mesh, tokenizer = (job.cfg, job.cfg.grpo, job.sources, job.model, job.mesh,
                                                       job.tokenizer)
@@ -186,9 +185,10 @@ class GRPOObjective:
         rollout_steps = spec.rollout_steps or max(1, n_prompts // spec.prompts_per_step)
         updates = (spec.prompts_per_step // spec.minibatch_prompts) * spec.ppo_epochs
         train = dataclasses.replace(cfg.train, global_batch=spec.minibatch_prompts * spec.n)  # derived, cfg untouched
-        ds = grain.MapDataset.source(sources["train"])
-        ds = ds[p_idx::n_proc] if n_proc > 1 else ds
-        prompts = CheckpointableIterator(ds.shuffle(seed=train.seed).repeat(None).to_iter_dataset())
+        # shuffled globally, then each update's mini-batch of prompts dealt to the processes
+        prompts = CheckpointableIterator(prompt_stream(
+            sources["train"], seed=train.seed, records_per_update=spec.minibatch_prompts // (2 if spec.both_orders else 1),
+            process_index=p_idx, process_count=n_proc).to_iter_dataset())
         eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
         sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
         source = RolloutSource(model=model, ref_params=ref_params, ref_model=reference_model(model),
@@ -234,6 +234,37 @@ class GRPOObjective:
 
 
 OBJECTIVE = GRPOObjective()
+
+
+def prompt_stream(source, *, seed: int, records_per_update: int, process_index: int = 0, process_count: int = 1):
+    """This process's GRPO prompt records: an endless grain MapDataset (its iterator's state
+    gives exact resume). The records are shuffled globally (``seed``; reshuffled each epoch),
+    as one process draws them, then dealt: of the ``u``-th block of ``records_per_update``
+    records (``M``; the records of one optimizer update's mini-batch, a rollout step being a
+    whole number of them), process ``p`` takes the rows ``[u * M + p * m, u * M + (p + 1) *
+    m)``, ``m = M / process_count``. The processes' blocks, concatenated in process order, are
+    then the one-process stream's, as the training pipelines' host batches are (see
+    :mod:`rmr1_jax.data.pipeline`): a run's rollout steps draw the same prompts, and its
+    updates train on the same prompts, on any process count. (The rollout keys each prompt's
+    samples by its index in the one-process step, so they are the same too.)"""
+    import sys
+
+    import grain
+
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    if process_count == 1:
+        return ds
+    if records_per_update % process_count:
+        raise ConfigError(f"{records_per_update} prompt records per GRPO update do not divide over "
+                          f"{process_count} processes")
+    m = records_per_update // process_count
+    offset = process_index * m
+
+    def record(i):
+        block, j = divmod(int(i), m)
+        return ds[block * records_per_update + offset + j]
+
+    return grain.MapDataset.range(sys.maxsize // process_count).map(record)
 
 
 def run_grpo(cfg: GRPOConfig, log=print, eval_hook=None):

@@ -5,6 +5,8 @@ Each rollout step samples ``n`` judgments per prompt, rewards each with
 :func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment gets the
 failure reward), normalizes rewards within each prompt's group, computes the reference (when
 the loss has a KL term) and old-policy log-probs, and queues one mini-batch per update.
+A prompt's samples are keyed by its index in the one-process rollout step, so they are the
+same on any process count and mesh (see :meth:`RolloutSource._prompt_index`).
 """
 
 from __future__ import annotations
@@ -122,9 +124,11 @@ class RolloutSource:
         plen = int(agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
         toks, lps, lens, fin, texts = [], [], [], [], []
         rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
+        index = self._prompt_index(len(prompt_ids))
         for i in range(0, len(prompt_ids), spec.rollout_batch):
-            g = self.sampler.generate(params, prompt_ids[i:i + spec.rollout_batch], sp,
-                                      rng=jax.random.fold_in(rng, i), tokenizer=self.tokenizer, prompt_length=plen)
+            g = self.sampler.generate(params, prompt_ids[i:i + spec.rollout_batch], sp, rng=rng,
+                                      tokenizer=self.tokenizer, prompt_length=plen,
+                                      prompt_index=index[i:i + spec.rollout_batch])
             toks.append(g.tokens), lps.append(g.logprobs), lens.append(g.lengths), fin.append(g.finished)
             texts += g.texts
         tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
@@ -194,6 +198,17 @@ class RolloutSource:
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
             "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
         }
+
+    def _prompt_index(self, k: int) -> np.ndarray:
+        """Each of this process's ``k`` prompts' index in the one-process rollout step, which
+        keys its samples (so they depend neither on the process count, nor on where the mesh
+        puts the rows, nor on how the step is split into sampler calls). The prompt stream
+        (:func:`rmr1_jax.train.grpo.prompt_stream`) deals each update's mini-batch: this
+        process's ``j``-th prompt of update ``u`` is the one-process step's prompt
+        ``u * mb * process_count + process_index * mb + j`` (``mb`` prompts per process and
+        update)."""
+        u, j = np.divmod(np.arange(k), self.mb)
+        return (u * self.mb * jax.process_count() + jax.process_index() * self.mb + j).astype(np.int32)
 
     def _plan_updates(self, adv: np.ndarray, target_mask: np.ndarray):
         """One (row indices, trained rows, count or None) per update. With

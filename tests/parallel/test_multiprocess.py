@@ -2,45 +2,37 @@
 loopback) form one 8-device mesh, load an HF checkpoint onto it, run the model, and export;
 results must equal transformers'. Each process then generates from its own prompts (greedy
 tokens and log-probs must equal transformers' for those prompts) and runs a GRPO rollout step
-and its updates on them."""
+and its updates on them. Last, on a mesh that interleaves the two processes' devices (as a TPU
+slice's may), generation (greedy and sampled) and a GRPO rollout step must give every row what
+a one-process run of the processes' prompts gives it: samples follow the prompt, not where the
+mesh puts its row."""
 
 import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 import hf_models
+import mp_worker
+from mp_launch import start_job
 
 pytestmark = pytest.mark.multiprocess
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_load_run_and_export(tmp_path):
     hf_dir = str(tmp_path / "hf")
     ref_model = hf_models.make_qwen2(hf_dir)
     out_dir, result = str(tmp_path / "export"), str(tmp_path / "result.json")
-    port = _free_port()
     worker = os.path.join(os.path.dirname(__file__), "mp_worker.py")
-    procs = []
-    for pid in range(2):
-        env = dict(os.environ, RMR1_COORDINATOR=f"127.0.0.1:{port}", RMR1_NUM_PROCESSES="2",
-                   RMR1_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4")
-        procs.append(subprocess.Popen([sys.executable, worker, hf_dir, out_dir, result], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    for p, out in zip(procs, outs):
-        assert p.returncode == 0, out[-3000:]
+    job = start_job(worker, [hf_dir, out_dir, result], processes=2, devices=4)
+    try:
+        # the one-process reference of the interleaved case, here (8 devices) while the job runs
+        reference = mp_worker.placement_free_case(hf_dir)
+        job.wait(timeout=300)
+    finally:
+        job.kill()
     with open(result) as f:
         res = json.load(f)
     ids = torch.tensor(res["ids"])
@@ -69,7 +61,6 @@ def test_two_processes_load_run_and_export(tmp_path):
                 logp = F.log_softmax(ref_model(input_ids=seq).logits[0, len(prompt) - 1:-1].double(), dim=-1)
             assert gen["tokens"][i] == want.tolist(), (pid, i)
             np.testing.assert_allclose(gen["logprobs"][i], logp[torch.arange(6), want].numpy(), atol=1e-4)
-            assert gen["tokens_n2"][2 * i] == gen["tokens_n2"][2 * i + 1] == want.tolist()
             assert gen["tokens_tp"][i] == want.tolist()  # on the all-tensor-parallel mesh too
         # GRPO: 2 updates of 2 prompts x 2 samples per process, each row one of this process's prompts
         assert gen["grpo_rows"] == [4, 4] and all(np.isfinite(gen["grpo_losses"]))
@@ -79,3 +70,35 @@ def test_two_processes_load_run_and_export(tmp_path):
         g0, g1 = json.load(f0), json.load(f1)
     assert g0["prompts"] != g1["prompts"]
     assert g0["grpo_param_sum"] == g1["grpo_param_sum"]  # one model, updated on both processes' rows
+
+    # On the interleaved mesh: each process's rows are not a block of the global batch ...
+    two = []
+    for pid in range(2):
+        with open(f"{result}.interleaved{pid}") as f:
+            two.append(json.load(f))
+    assert [r["placement"] for r in two] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert reference["placement"] == list(range(mp_worker.PROMPTS))
+    # ... and still get, row for row, the one-process run's generations
+    for key in ("greedy_tokens", "sampled_tokens"):
+        assert two[0][key] + two[1][key] == reference[key], key
+    for key in ("greedy_logprobs", "sampled_logprobs"):
+        np.testing.assert_allclose(two[0][key] + two[1][key], reference[key], atol=1e-5, err_msg=key)
+    greedy, sampled = np.asarray(reference["greedy_tokens"]), np.asarray(reference["sampled_tokens"])
+    np.testing.assert_array_equal(greedy[0::2], greedy[1::2])  # greedy: a prompt's 2 samples alike
+    assert not np.array_equal(sampled[0::2], sampled[1::2])  # sampled: they differ
+    # the rollout step: each update's global batch (the processes' rows in process order) is the
+    # one-process update's: the same prompts, samples, rewards' advantages and log-probs
+    assert len(reference["updates"]) == len(two[0]["updates"]) == len(two[1]["updates"]) == 2
+    for u, want in enumerate(reference["updates"]):
+        for key, value in want.items():
+            got = np.concatenate([np.asarray(two[p]["updates"][u][key]) for p in range(2)])
+            if key in ("input_ids", "attention_mask", "response_mask"):
+                np.testing.assert_array_equal(got, value, err_msg=f"update {u}: {key}")
+            else:
+                np.testing.assert_allclose(got, value, atol=1e-5, err_msg=f"update {u}: {key}")
+    adv = np.concatenate([u["advantages"] for u in reference["updates"]])
+    assert np.any(adv != 0)  # the rewards vary within groups: the comparison sees them
+    for r in two:  # totals over both processes' rows (reward mean, accuracy, lengths)
+        assert r["metrics"].keys() == reference["metrics"].keys()
+        for key, value in reference["metrics"].items():
+            assert r["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

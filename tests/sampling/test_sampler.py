@@ -247,6 +247,26 @@ def test_temperature_samples(case):
 
 
 @QWEN2_ONLY
+def test_samples_follow_the_prompt_index_not_the_row(case):
+    """Each row draws with a key of its canonical id (``prompt_index * n + sample``), not of its
+    row in the batch: prompts reordered with their indices get the same samples (so a prompt's
+    samples do not depend on where a multi-process mesh puts its row); by default a prompt's
+    index is its position."""
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0, n=3)
+    g = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(7))
+    order = [2, 0, 1]
+    moved = case.sampler.generate(case.params, [PROMPTS[i] for i in order], sp, rng=jax.random.key(7),
+                                  prompt_index=order)
+    for pos, i in enumerate(order):
+        np.testing.assert_array_equal(moved.tokens[3 * pos:3 * pos + 3], g.tokens[3 * i:3 * i + 3])
+        np.testing.assert_allclose(moved.logprobs[3 * pos:3 * pos + 3], g.logprobs[3 * i:3 * i + 3], atol=1e-6)
+    default = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(7), prompt_index=[0, 1, 2])
+    np.testing.assert_array_equal(default.tokens, g.tokens)
+    other = case.sampler.generate(case.params, PROMPTS, sp, rng=jax.random.key(7), prompt_index=[3, 4, 5])
+    assert not np.array_equal(other.tokens, g.tokens)
+
+
+@QWEN2_ONLY
 def test_logprobs_at_temperature_07_are_those_of_the_tempered_policy(case):
     """At T = 0.7 the sampler's log-probs, and GRPO's teacher-forced ones (old, reference and
     training passes), are log_softmax(logits / T) of transformers' logits: the ratio and the

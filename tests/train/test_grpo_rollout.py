@@ -75,6 +75,63 @@ def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
     np.testing.assert_allclose(adv.mean(axis=1), 0.0, atol=1e-6)  # normalized within each prompt's group
 
 
+def test_samples_do_not_depend_on_how_the_step_is_split_into_sampler_calls(tiny):
+    """A prompt's samples are keyed by its index in the rollout step, so one sampler call for
+    the step's prompts or several (``rollout_batch``) give the same rows."""
+    model, params = tiny
+    mesh = make_mesh()
+    sampler = Sampler(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh)
+    rows = []
+    for rollout_batch in (4, 2):
+        spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=4, minibatch_prompts=2,
+                        rollout_batch=rollout_batch, logprob_batch=4, old_logprobs="sampler", kl_estimator="none",
+                        skip_zero_advantage=False)
+        src = RolloutSource(model=model, ref_params=None, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(4)),
+                            spec=spec, mesh=mesh, per_host_prompts=4, per_host_minibatch_prompts=2, seed=0)
+        src._rollout(params)
+        rows.append(np.concatenate([b["input_ids"] for b in src.queue]))
+    assert rows[0].shape[0] == 8  # 4 prompts x 2 samples
+    np.testing.assert_array_equal(rows[0], rows[1])
+    assert all(not np.array_equal(rows[0][2 * i], rows[0][2 * i + 1]) for i in range(4))  # a prompt's samples differ
+
+
+def test_prompt_stream_is_shuffled_globally_then_dealt():
+    """GRPO's prompts, as each process draws them (``prompt_stream``): the records shuffled as
+    one process shuffles them, then each update's mini-batch of records dealt in blocks, so the
+    processes' streams, block by block in process order, are the one-process stream (the same
+    prompts on any process count), and each resumes exactly from its iterator's state."""
+    import itertools
+
+    from rmr1_jax.data.pipeline import CheckpointableIterator
+    from rmr1_jax.train.grpo import prompt_stream
+
+    recs = list(range(13))  # not a multiple of any block here
+    per_update = 4
+    one = list(itertools.islice(prompt_stream(recs, seed=3, records_per_update=per_update).to_iter_dataset(), 48))
+    assert sorted(one[:13]) == recs and one[:13] != recs  # an epoch: every record once, shuffled
+    streams = {}
+    for n in (2, 4):
+        m = per_update // n
+        streams[n] = [list(itertools.islice(prompt_stream(recs, seed=3, records_per_update=per_update,
+                                                          process_index=p, process_count=n).to_iter_dataset(), 48 // n))
+                      for p in range(n)]
+        dealt = [x for u in range(48 // per_update) for s in streams[n] for x in s[u * m:(u + 1) * m]]
+        assert dealt == one, n
+    # exact resume of a process's stream from its iterator's state
+    def make():
+        return CheckpointableIterator(prompt_stream(recs, seed=3, records_per_update=per_update, process_index=1,
+                                                    process_count=2).to_iter_dataset())
+
+    it = make()
+    first = [next(it) for _ in range(7)]
+    state = it.state()
+    rest = [next(it) for _ in range(9)]
+    assert first + rest == streams[2][1][:16]
+    again = make()
+    again.restore(state)
+    assert [next(again) for _ in range(9)] == rest
+
+
 def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
     """``rollout_dtype``: samples come from the bf16-cast sampler, but the old-policy log-probs
     in the update batch are the float32 model's teacher-forced ones (``old_logprobs=recompute``)."""

@@ -37,8 +37,8 @@ RUNS = {"1x8": (1, 8), "2x4": (2, 4)}  # name: (processes, devices per process)
 # per-step values that are timings (or derived from them), not results
 TIMINGS = {"step_time_s", "tokens_per_s", "mfu", "rollout_tokens_per_s", "time_rollout_s", "time_reference_s",
            "time_old_logprobs_s"}
-# Measured on CPU (float32): losses and metrics within ~1e-7 relative (KL ~2e-6), parameters
-# within ~2e-6 (SFT) and ~2e-5 (GRPO) absolute, the largest where the true gradient is zero
+# Measured on CPU (float32): losses and metrics within ~1e-6 relative (KL ~2e-6), parameters
+# within ~2e-6 (SFT) and ~4e-5 (GRPO) absolute, the largest where the true gradient is zero
 # (the key-projection bias: softmax ignores a shift shared by every key), so Adam's normalized
 # update turns rounding noise into steps of the learning rate's size. A real divergence (other
 # rows, other samples) moves every parameter by about the learning rate (3e-3).
@@ -50,17 +50,18 @@ XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def _grpo_seed():
-    """A seed whose shuffle of the two GRPO prompts keeps them in order in every epoch. GRPO
-    shards its prompts before shuffling them (rmr1_jax/train/grpo.py: ``ds[p_idx::n_proc]``,
-    then ``.shuffle(seed)``), so one process draws shuffle(all prompts) and each of two draws
-    its half: with two prompts process p always draws prompt p, and the one-process run draws
-    the same rollouts only where the shuffle leaves both in place. (The sampling itself is the
-    same: the rollout key depends on the seed and the rollout count, not on the process, and
-    the sampler draws the random bits of the one global batch.)"""
+    """A seed whose shuffle of the two GRPO prompts puts them out of order (prompt 1 first), so
+    the test sees how the prompts are dealt: GRPO shuffles its prompts globally, then deals
+    each update's block of them to the processes (rmr1_jax/train/grpo.py ``prompt_stream``), so
+    process p draws what the one-process run draws for its rows. Dealt before shuffling (each
+    process shuffling its own half), process p would draw prompt p at every rollout, here not
+    what the one-process run draws. (The samples are the same too: each row's key depends on
+    the seed, the rollout count and the prompt's index in the rollout step, not on the
+    process.)"""
     for seed in range(1000):
-        if list(grain.MapDataset.range(2).shuffle(seed=seed).repeat(ROLLOUTS)) == [0, 1] * ROLLOUTS:
+        if list(grain.MapDataset.range(2).shuffle(seed=seed))[0] == 1:
             return seed
-    raise AssertionError("no seed keeps the GRPO prompts in order")
+    raise AssertionError("no seed puts the GRPO prompts out of order")
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def test_same_losses_and_metrics(runs, stage):
     if stage == "sft":
         assert len([r for r in one if r["split"] == "eval"]) == 2  # at the stop and at the end
     else:  # the rewards vary, so the advantages and the clipped loss are not all zero
-        assert any(0 < r["zero_advantage_rate"] < 1 for r in one if "zero_advantage_rate" in r)
+        assert any(r["zero_advantage_rate"] < 1 for r in one if "zero_advantage_rate" in r)
 
 
 @multihost
@@ -285,8 +286,8 @@ def test_written_once(runs, stage):
     if stage == "grpo":  # the stop fell inside a rollout: its last mini-batch was saved with it
         assert items["1x8"][stop]["extra"]["data"]["queued"] == 1
         assert os.path.isdir(dirs["2x4"] / "checkpoints" / str(stop) / "source")
-        # GRPO's prompt iterator is per process (each draws from its own shard; the one saved is
-        # process 0's): one process has drawn twice as far into its shard as each of two
+        # GRPO's prompt iterator is per process (each draws its block of every update's prompts;
+        # the one saved is process 0's): one process has drawn twice as many as each of two
         for name, k in (("1x8", 2), ("2x4", 1)):
             for step in (stop, end):
                 prompts = items[name][step]["extra"]["data"].pop("prompts")
