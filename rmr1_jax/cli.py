@@ -33,7 +33,9 @@ def cmd_convert_orbax_to_hf(args) -> None:
     out = convert.orbax_to_hf(args.ckpt, args.out, step=args.step, dtype=args.dtype,
                               tokenizer_dir=args.tokenizer_dir, overwrite=args.overwrite,
                               mesh_cfg=_mesh_arg(args.mesh))
-    print(f"wrote Hugging Face directory {out}")
+    exact = ("" if args.dtype == "float32" else
+             "; transformers gives the same scores as this checkpoint only from a --dtype float32 export")
+    print(f"wrote Hugging Face directory {out} with its tokenizer and chat template (weights in {args.dtype}{exact})")
 
 
 def cmd_demo(args) -> None:

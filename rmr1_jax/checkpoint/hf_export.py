@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rmr1_jax.errors import CheckpointError
+from rmr1_jax.errors import CheckpointError, UserError
 from rmr1_jax.models.config import ModelConfig
 
 _FILE_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -226,10 +226,12 @@ def check_export_dir(out_dir: str, overwrite: bool) -> None:
 
 
 def write_hf_dir(cfg: ModelConfig, plan: list[_Entry], out_dir: str, dtype: str, source_dir: str | None,
-                 overwrite: bool) -> str:
+                 overwrite: bool, *, tokenizer_files: dict[str, bytes] | None = None) -> str:
     """Gather and write every tensor of ``plan`` (:func:`plan_export`) plus config, generation
-    config and tokenizer files into ``out_dir``. Process 0 writes; every process returns only
-    once the directory is complete, or raises on every process when process 0 cannot write."""
+    config and tokenizer files into ``out_dir``: ``tokenizer_files`` ({file name: content}, on
+    process 0) when given, else those found in ``source_dir``. Process 0 writes; every process
+    returns only once the directory is complete, or raises on every process when process 0
+    cannot write (whatever the error: it is carried to the end, never raised mid-collective)."""
     writer = jax.process_index() == 0
     check_export_dir(out_dir, overwrite)
     err: CheckpointError | None = None
@@ -246,7 +248,7 @@ def write_hf_dir(cfg: ModelConfig, plan: list[_Entry], out_dir: str, dtype: str,
                 err = _attempt(files.path(e), files.write, e, full)
             del full
         if writer and err is None:
-            err = _attempt(tmp, files.finish, cfg, source_dir, out_dir)
+            err = _attempt(tmp, files.finish, cfg, source_dir, out_dir, tokenizer_files)
         if writer and err is not None:
             files.close(quiet=True)
             shutil.rmtree(tmp, ignore_errors=True)
@@ -283,10 +285,11 @@ class _Files:
                                              _FILE_DTYPES[self.dtype])
         self.stream.write(e.spec.to_hf(full), _np_dtype(self.dtype))
 
-    def finish(self, cfg: ModelConfig, source_dir: str | None, out_dir: str) -> None:
+    def finish(self, cfg: ModelConfig, source_dir: str | None, out_dir: str,
+               tokenizer_files: dict[str, bytes] | None = None) -> None:
         """The last shard closed, the index and the small files written, the directory renamed."""
         self.close()
-        _finish(cfg, self.tmp, self.names, self.plan, self.dtype, source_dir)
+        _finish(cfg, self.tmp, self.names, self.plan, self.dtype, source_dir, tokenizer_files)
         _replace(self.tmp, out_dir)
 
     def close(self, quiet: bool = False) -> None:
@@ -300,12 +303,19 @@ class _Files:
 
 
 def _attempt(where: str, fn, *args) -> CheckpointError | None:
-    """Run a write step on process 0; an OS error becomes the export's error, so that process 0
-    keeps joining the collectives and every process can fail together at the end."""
+    """Run a write step on process 0; any error it raises (a full disk, a file it cannot write,
+    a tokenizer file it cannot convert, a bug) becomes the export's one-line error, so that
+    process 0 keeps joining the collectives and every process fails together at the end, none
+    left waiting in a collective for it."""
     try:
         fn(*args)
     except OSError as e:
         return CheckpointError(f"{where}: cannot write ({' '.join(str(e).split())})")
+    except CheckpointError as e:
+        return e
+    except Exception as e:  # noqa: BLE001 - carried to every process, see above
+        what = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
+        return CheckpointError(f"{where}: the export failed ({' '.join(what.split())})")
     return None
 
 
@@ -329,7 +339,7 @@ def _replace(tmp: str, out_dir: str) -> None:
         os.replace(tmp, out_dir)
 
 
-def _finish(cfg, tmp, names, plan, dtype, source_dir):
+def _finish(cfg, tmp, names, plan, dtype, source_dir, tokenizer_files=None):
     from rmr1_jax.checkpoint.hf_layout import TOKENIZER_FILES
 
     if len(names) > 1:
@@ -347,7 +357,11 @@ def _finish(cfg, tmp, names, plan, dtype, source_dir):
                "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id}
         with open(os.path.join(tmp, "generation_config.json"), "w") as f:
             json.dump({k: v for k, v in gen.items() if v is not None}, f, indent=2)
-    if source_dir:
+    if tokenizer_files is not None:
+        for name, content in tokenizer_files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(content)
+    elif source_dir:
         for name in TOKENIZER_FILES:
             src = os.path.join(source_dir, name)
             if os.path.isfile(src):

@@ -1,5 +1,10 @@
 """Load a judge for inference from an Orbax training checkpoint or a Hugging Face directory,
-together with its tokenizer and judge prompt template."""
+together with its tokenizer and judge prompt template.
+
+:func:`load_checkpoint_tokenizer` is the one way every consumer of a checkpoint (judges,
+``score-rm``, ``rules score``, ``rules apply``, the HF export) gets its tokenizer: the files the
+run's config names, rendering with the chat template the run trained with (recorded as text in
+the checkpoint metadata), so scoring sees the text training saw."""
 
 from __future__ import annotations
 
@@ -28,20 +33,16 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.checkpoint.reading import read_config
     from rmr1_jax.text.prompts import JudgeTemplate
-    from rmr1_jax.text.tokenizer import load_tokenizer
 
     if not os.path.isdir(path):
         raise UserError(f"{path}: checkpoint directory not found")
     prompt_cfg: dict = {}
     if os.path.isfile(os.path.join(path, "config.json")):
         model, params = load_model(path, "lm", kind="hf", mesh=mesh, param_dtype=dtype, scan_layers=False)
-        tok_path = tokenizer_path or path
     else:  # the checkpoint's own parameter dtype; ``dtype`` is the compute dtype
         model, params = load_model(path, "lm", kind="orbax", mesh=mesh, dtype=dtype, scan_layers=False)
-        run_cfg = read_config(path) or {}
-        prompt_cfg = run_cfg.get("prompt") or {}
-        tok_path = tokenizer_path or _saved_tokenizer(path, run_cfg)
-    tokenizer = load_tokenizer(tok_path)
+        prompt_cfg = (read_config(path) or {}).get("prompt") or {}
+    tokenizer = load_checkpoint_tokenizer(path, tokenizer_path)
     template = JudgeTemplate.from_files(
         prompt_variant or prompt_cfg.get("variant", "instruct"),
         system_file=system_file or prompt_cfg.get("system_file"),
@@ -55,6 +56,58 @@ def _saved_tokenizer(path: str, run_cfg: dict) -> str:
     if tok_path is None:
         raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
     return tok_path
+
+
+def load_checkpoint_tokenizer(path: str, tokenizer_path: str | None = None, *, step: int | None = None):
+    """The tokenizer of checkpoint ``path`` as its run used it.
+
+    The files: ``tokenizer_path``, else an HF directory's own, else what an Orbax checkpoint's
+    saved run config names (``tokenizer.path``, else ``model.hf_dir``; see
+    :func:`tokenizer_path_for`). The chat template: for an Orbax checkpoint, the one its run
+    trained with (:func:`checkpoint_chat_template`), which replaces the files' own template
+    also when ``tokenizer_path`` is given (that names the vocabulary; the rendering is the
+    checkpoint's). An HF directory's template is the one in its tokenizer files (an export
+    writes the trained template there). A command's own flag that changes the rendering (e.g.
+    ``rules score --no-chat-template``) applies on top of this."""
+    from rmr1_jax.text.tokenizer import load_tokenizer
+
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: checkpoint directory not found")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return load_tokenizer(tokenizer_path or path)
+    from rmr1_jax.checkpoint.reading import read_config
+
+    run_cfg = read_config(path, step) or {}
+    tokenizer = load_tokenizer(tokenizer_path or _saved_tokenizer(path, run_cfg))
+    template = checkpoint_chat_template(path, step, run_cfg=run_cfg)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def checkpoint_chat_template(path: str, step: int | None = None, *, run_cfg: dict | None = None) -> str | None:
+    """The chat template an Orbax checkpoint's run trained with (step ``step``, default the
+    latest): the text its metadata records as ``chat_template`` (every training run records
+    the template it rendered with, ``tokenizer.chat_template_file`` or the tokenizer's own).
+    A checkpoint written before that falls back to the file its run config's
+    ``tokenizer.chat_template_file`` names, and is a one-line error when that file is gone;
+    None when it records nothing (the tokenizer's own template is the one it trained with)."""
+    from rmr1_jax.checkpoint.reading import read_config, read_metadata
+
+    template = read_metadata(path, step).get("chat_template")
+    if isinstance(template, str):
+        return template
+    if run_cfg is None:
+        run_cfg = read_config(path, step) or {}
+    file = (run_cfg.get("tokenizer") or {}).get("chat_template_file")
+    if not file:
+        return None
+    if not os.path.isfile(file):
+        raise UserError(f"{path}: the run trained with tokenizer.chat_template_file {file}, which is gone, and the "
+                        f"checkpoint predates recording the template's text; restore that file")
+    from rmr1_jax.text.tokenizer_base import read_text
+
+    return read_text(file)
 
 
 def tokenizer_path_for(path: str, tokenizer_path: str | None = None) -> str:

@@ -166,8 +166,7 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
     ``dtype``: the parameter dtype of an HF directory, the compute dtype of an Orbax checkpoint
     (whose parameters keep their saved dtype)."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.eval.loading import checkpoint_head, tokenizer_path_for
-    from rmr1_jax.text.tokenizer import load_tokenizer
+    from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
 
     head, num_labels = checkpoint_head(path, step=step)
     if head != "scalar":
@@ -178,7 +177,7 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
         model, params = load_model(path, "scalar", kind="hf", mesh=mesh, param_dtype=dtype)
     else:
         model, params = load_model(path, "scalar", kind="orbax", mesh=mesh, dtype=dtype, step=step)
-    tokenizer = load_tokenizer(tokenizer_path_for(path, tokenizer_path))
+    tokenizer = load_checkpoint_tokenizer(path, tokenizer_path, step=step)
     return RewardScorer(model, params, tokenizer, mesh, batch_size=batch_size, max_length=max_length,
                         truncate=truncate, source=path)
 

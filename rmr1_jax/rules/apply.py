@@ -158,9 +158,8 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     ``max_length`` default: the checkpoint's training ``data.max_length``, else 1024.
     Returns ``select.summary`` plus ``ties_handling``."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.eval.loading import checkpoint_head
-    from rmr1_jax.rules.scoring import _mesh, tokenizer_path_for
-    from rmr1_jax.text.tokenizer import load_tokenizer
+    from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
+    from rmr1_jax.rules.scoring import _mesh
 
     pairs = load_pairs(scores_path, len(rules) if rules is not None else None, pairs_path)
     r = pairs.num_rules
@@ -171,7 +170,7 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     if width != r:
         raise UserError(f"{adapter_ckpt}: the adapter's head predicts {width} rules, but the score vectors have {r} "
                         f"(the adapter and the scores must share one rule pool)")
-    tokenizer = load_tokenizer(tokenizer_path_for(adapter_ckpt, tokenizer_path))
+    tokenizer = load_checkpoint_tokenizer(adapter_ckpt, tokenizer_path)
     max_length = max_length or _trained_length(adapter_ckpt)
     path = pairs_path or scores_path
     names = [f"{path}:{n}" for n, _ in iter_rows(path)]  # load_pairs read every row as a pair

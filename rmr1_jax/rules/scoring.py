@@ -420,7 +420,7 @@ def cmd_score(args) -> FileStats:
     """``rmr1 rules score --ckpt DIR --rules FILE --in FILE.jsonl --out FILE.jsonl
     [--template FILE] [--no-chat-template]`` (also reads ``batch_size``, ``mesh``, ``tokenizer``)."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.text.tokenizer import load_tokenizer
+    from rmr1_jax.eval.loading import load_checkpoint_tokenizer
 
     rules = read_rules(args.rules)
     template = None
@@ -430,7 +430,7 @@ def cmd_score(args) -> FileStats:
         template = read_text(args.template)
     mesh = _mesh(getattr(args, "mesh", None))
     model, params = load_model(args.ckpt, "lm", mesh=mesh, scan_layers=False)
-    tokenizer = load_tokenizer(tokenizer_path_for(args.ckpt, getattr(args, "tokenizer", None)))
+    tokenizer = load_checkpoint_tokenizer(args.ckpt, getattr(args, "tokenizer", None))
     scorer = RuleScorer(model, params, tokenizer, mesh, template=template,
                         chat_template=not getattr(args, "no_chat_template", False),
                         batch_size=getattr(args, "batch_size", None) or 32)

@@ -99,7 +99,7 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
     # frozen base goes to every step as an argument of its own
     trainable, frozen = setup.split_trainable(model.cfg, params)
     state = init_state(trainable, optimizer)
-    metadata = checkpoint_metadata(model.cfg)
+    metadata = checkpoint_metadata(model.cfg, chat_template=setup.chat_template_of(tokenizer))
     if frozen is not None:
         metadata.update(setup.lora_base_metadata(cfg.model, cfg.train.seed, frozen))
     del params, trainable, job  # the state (and the frozen base) own the parameters now
@@ -123,6 +123,8 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
     evaluate = plan.evaluate if eval_hook is None else with_hook
     ckpt = setup.checkpoint_manager(cfg.checkpoint, cfg.train.run_dir)
     try:
+        if frozen is not None:  # a resume must find the base its adapters were trained on
+            setup.check_resumed_lora_base(ckpt, metadata["lora_base"])
         state, result = train(
             state=state, loss_fn=plan.loss_fn, optimizer=optimizer, schedule=schedule, mesh=mesh,
             batches=plan.batches, total_steps=plan.total_steps, spec=plan.train, ckpt=ckpt,

@@ -29,6 +29,15 @@ def load_tokenizer_for(tok: TokenizerSpec, model: ModelSpec):
     return t
 
 
+def chat_template_of(tokenizer) -> str:
+    """The template ``tokenizer`` renders chats with (``tokenizer.chat_template_file`` has
+    replaced its own), else the built-in ChatML it falls back to: what a run records in its
+    checkpoints so that every later reader renders the text it trained on."""
+    from rmr1_jax.text.chat_template import DEFAULT_CHAT_TEMPLATE
+
+    return tokenizer.chat_template if tokenizer.chat_template is not None else DEFAULT_CHAT_TEMPLATE
+
+
 def load_template(p: PromptSpec):
     from rmr1_jax.text.prompts import JudgeTemplate
 
@@ -82,6 +91,38 @@ def lora_base_metadata(spec: ModelSpec, seed: int, frozen) -> dict:
         with CheckpointManager(source, read_only=True) as mgr:
             step = mgr.resolve_step(None)
     return {"lora_base": base_record(kind, source, seed, frozen, step)}
+
+
+def check_resumed_lora_base(ckpt, record: dict) -> None:
+    """Before a LoRA run resumes from ``ckpt`` (a CheckpointManager): the frozen base it has
+    just rebuilt (``record``, its :func:`lora_base_metadata` entry, from the current
+    ``model.hf_dir``, the latest step of ``model.init_checkpoint`` or the preset and seed) must
+    be the base the saved adapters were trained on, by the fingerprint in the checkpoint's
+    metadata; else a one-line CheckpointError naming both. No saved step: nothing to compare."""
+    from rmr1_jax.errors import CheckpointError
+    from rmr1_jax.models.lora import fingerprint_mismatch
+
+    step = ckpt.latest_step()
+    if step is None:
+        return
+    saved = ckpt.read_metadata(step).get("lora_base") or {}
+    if not saved.get("fingerprint"):
+        return  # a checkpoint from before fingerprints: nothing to compare with
+    bad = fingerprint_mismatch(saved["fingerprint"], record["fingerprint"])
+    if bad is not None:
+        raise CheckpointError(
+            f"{ckpt.directory} step {step}: cannot resume this LoRA run: its base is now {_describe_base(record)}, "
+            f"not the weights the saved adapters were trained on ({_describe_base(saved)}; {bad} differs from the "
+            f"fingerprint in the checkpoint metadata)")
+
+
+def _describe_base(rec: dict) -> str:
+    kind, source = rec.get("kind"), rec.get("source")
+    if kind == "preset":
+        return f"preset {source!r} initialized from seed {rec.get('seed')}"
+    step = rec.get("step")
+    return f"{'Orbax checkpoint' if kind == 'orbax' else 'HF directory'} {source}" + (
+        f" step {step}" if step is not None else "")
 
 
 def prepare_run_dir(run_dir: str, cfg, log=print) -> None:

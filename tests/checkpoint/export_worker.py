@@ -2,12 +2,19 @@
 pytest): a random Qwen2 loaded onto an fsdp mesh over both processes (4 CPU devices each),
 exported with ``save_hf`` several ways and converted from an Orbax checkpoint with
 ``orbax_to_hf``. Every array this process gets back from the per-tensor gather is tracked, and
-a warm export runs under tracemalloc, to show how much of the model this process ever holds."""
+a warm export runs under tracemalloc, to show how much of the model this process ever holds.
+Last, ``rmr1 convert orbax-to-hf`` with process 0's final write failing with a ValueError (not an
+OSError): the worker exits with the command's status, its one error line in ``cli.<pid>.json``."""
 
+import contextlib
+import io
 import json
+import os
 import sys
 import tracemalloc
 import weakref
+
+CHATML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "text", "fixtures", "chatml")
 
 
 def main():
@@ -49,14 +56,15 @@ def main():
     rj.save_hf(model, params, f"{root}/f32-measured", dtype="float32")
     traced_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    convert.orbax_to_hf(ckpt_dir, f"{root}/converted", dtype="float32", mesh_cfg=MeshConfig(1, -1, 1))
+    convert.orbax_to_hf(ckpt_dir, f"{root}/converted", dtype="float32", mesh_cfg=MeshConfig(1, -1, 1),
+                        tokenizer_dir=CHATML)
     try:  # process 0 refuses the non-empty directory: every process must raise, none may hang
         rj.save_hf(model, params, f"{root}/bf16", dtype="bfloat16")
         refused = None
     except CheckpointError as e:
         refused = str(e)
     try:  # the conversion refuses it too, before restoring anything
-        convert.orbax_to_hf(ckpt_dir, f"{root}/converted", mesh_cfg=MeshConfig(1, -1, 1))
+        convert.orbax_to_hf(ckpt_dir, f"{root}/converted", mesh_cfg=MeshConfig(1, -1, 1), tokenizer_dir=CHATML)
         refused_convert = None
     except CheckpointError as e:
         refused_convert = str(e)
@@ -80,7 +88,34 @@ def main():
            "params_bytes": sum(x.nbytes for x in leaves)}
     with open(f"{root}/result.{jax.process_index()}.json", "w") as f:
         json.dump(res, f)
+    return cli_export_failing_on_process_0(ckpt_dir, root)
+
+
+def cli_export_failing_on_process_0(ckpt_dir, root) -> int:
+    """``rmr1 convert orbax-to-hf`` whose final write (config, tokenizer files, rename) raises a
+    ValueError on process 0 alone: every process must exit non-zero with one line, none left
+    waiting in a collective."""
+    import jax
+
+    from rmr1_jax import cli
+    from rmr1_jax.checkpoint import hf_export
+    from rmr1_jax.parallel import mesh
+
+    def broken(*_):
+        raise ValueError("chat template cannot be written\n(second line)")
+
+    if jax.process_index() == 0:
+        hf_export._finish = broken
+    mesh.initialize_distributed = lambda *a, **k: None  # this process joined the job already
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = cli.main(["convert", "orbax-to-hf", "--ckpt", ckpt_dir, "--out", f"{root}/cli-failed", "--mesh", "1,-1,1",
+                       "--tokenizer-dir", CHATML])
+    sys.stderr.write(err.getvalue())
+    with open(f"{root}/cli.{jax.process_index()}.json", "w") as f:
+        json.dump({"rc": rc, "stderr": err.getvalue()}, f)
+    return rc
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -98,15 +98,22 @@ def test_two_process_export_equals_single_process(source, tmp_path):
     root = tmp_path / "mp"
     root.mkdir()
     worker = os.path.join(os.path.dirname(__file__), "export_worker.py")
-    start_job(worker, [hf_dir, ckpt, root], processes=2, devices=4).wait(timeout=240)
-    res = []
+    job = start_job(worker, [hf_dir, ckpt, root], processes=2, devices=4)
+    try:  # the worker's last export fails on purpose: every process exits 2
+        job.wait(timeout=240)
+    except AssertionError as e:
+        assert "still running" not in str(e), str(e)  # none left waiting in a collective
+    assert [p.returncode for p in job.procs] == [2, 2]
+    res, cli_res = [], []
     for pid in range(2):
         with open(root / f"result.{pid}.json") as f:
             res.append(json.load(f))
+        with open(root / f"cli.{pid}.json") as f:
+            cli_res.append(json.load(f))
 
     # one directory per export, written by process 0 alone: no temporary or second copy anywhere
-    assert sorted(os.listdir(root)) == ["bf16", "converted", "f32-files", "f32-measured", "result.0.json",
-                                        "result.1.json"]
+    assert sorted(os.listdir(root)) == ["bf16", "cli.0.json", "cli.1.json", "converted", "f32-files",
+                                        "f32-measured", "result.0.json", "result.1.json"]
     # the same files and bytes as a single-process export of the same sharded parameters
     ref = tmp_path / "single"
     model, params = rj.load_hf(hf_dir, mesh=make_mesh((1, 8, 1)))
@@ -151,6 +158,14 @@ def test_two_process_export_equals_single_process(source, tmp_path):
     assert "No space left on device" in res[0]["failed"] and "failed.partial-" in res[0]["failed"]
     assert "process 0 failed to write" in res[1]["failed"]
     assert all("\n" not in r["refused"] + r["refused_convert"] + r["failed"] for r in res)
+    # a failure that is not an OSError on process 0 (its last write step): both exit 2, one line each
+    assert [r["rc"] for r in cli_res] == [2, 2]
+    lines = [r["stderr"].strip().splitlines() for r in cli_res]
+    assert all(len(ln) == 1 and ln[0].startswith("rmr1 convert: error: ") for ln in lines), lines
+    assert "ValueError: chat template cannot be written (second line)" in lines[0][0], lines
+    assert "process 0 failed to write the export" in lines[1][0], lines
+    # the conversion carries the tokenizer it was given, with its chat template in tokenizer_config.json
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(root / "converted"))
 
 
 def test_export_holds_one_tensor_at_a_time(source, tmp_path, monkeypatch):

@@ -165,13 +165,22 @@ def test_conflicting_heads_are_one_line_errors(rm, lm_ckpt, mesh):
 
 
 def test_convert_a_reward_model_both_ways(rm, tmp_path):
+    from rmr1_jax.text.tokenizer import train_sentencepiece
+
     _, params, hf_dir, _ = rm
     ckpt = str(tmp_path / "orbax")
     hf_to_orbax(hf_dir, ckpt)
-    out = orbax_to_hf(ckpt, str(tmp_path / "hf"), dtype="float32")
+    # its source directory has no tokenizer files and nothing else names one: no export without one
+    with pytest.raises(CheckpointError, match="no tokenizer to export") as e:
+        orbax_to_hf(ckpt, str(tmp_path / "hf"), dtype="float32")
+    assert "\n" not in str(e.value) and not os.path.exists(tmp_path / "hf")
+    tok_dir = str(tmp_path / "tok")
+    train_sentencepiece(["a reward model both ways"] * 20, tok_dir, vocab_size=290)
+    out = orbax_to_hf(ckpt, str(tmp_path / "hf"), dtype="float32", tokenizer_dir=tok_dir)
     m, p = rj.load_hf(out)
     assert m.cfg.head == "scalar"
     _equal(p, params)
+    assert os.path.isfile(os.path.join(out, "tokenizer.model"))
 
 
 def test_source_errors(tmp_path):

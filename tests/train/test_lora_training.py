@@ -24,12 +24,13 @@ import jax
 import numpy as np
 import pytest
 
+from rmr1_jax.checkpoint.convert import checkpoint_metadata
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.checkpoint.manager import CheckpointManager
 from rmr1_jax.data import synthetic
 from rmr1_jax.data.pipeline import eval_batches, pair_eval_batches
 from rmr1_jax.data.records import RecordOptions, build_records
-from rmr1_jax.errors import ConfigError
+from rmr1_jax.errors import CheckpointError, ConfigError
 from rmr1_jax.eval.loading import LoadedJudge
 from rmr1_jax.judging import judge_pairs
 from rmr1_jax.models import lora
@@ -196,6 +197,31 @@ def test_a_stopped_lora_run_resumes_bit_identically(task):
     err = np.abs(np.asarray(model.apply({"params": resumed}, ids)) - np.asarray(merged_model.apply({"params": merged},
                                                                                                      ids))).max()
     assert err < 1e-4, err
+
+
+def test_a_lora_run_refuses_to_resume_on_another_base(task):
+    """The run's base is an Orbax checkpoint (``model.init_checkpoint``, its latest step); a new
+    step saved there meanwhile (other weights) must stop the resume in one line, not train the
+    saved adapters on top of it."""
+    mesh = make_mesh(MESH)
+    spec = _model_spec(task, preset="tiny")
+    model, params = load_model("tiny", mesh=mesh, dtype="float32", vocab_size=spec.vocab_size)
+    base = os.path.join(task.root, "rebase-base")
+    with CheckpointManager(base, async_save=False) as mgr:
+        mgr.save(0, {"params": params}, metadata=checkpoint_metadata(model.cfg), force=True)
+    kw = dict(global_batch=4, eval_data=False, preset=None, init_checkpoint=base, lora_rank=4)
+    run_distill(_distill_cfg(task, "rebase", 1, **kw), **QUIET)
+    ckpt = os.path.join(task.root, "rebase", "checkpoints")
+    with CheckpointManager(base, async_save=False) as mgr:  # the base directory gets a newer step
+        changed = dict(params, norm={"scale": params["norm"]["scale"] * 1.5})
+        mgr.save(1, {"params": changed}, metadata=checkpoint_metadata(model.cfg), force=True)
+    with pytest.raises(CheckpointError) as e:
+        run_distill(_distill_cfg(task, "rebase", 2, **kw), **QUIET)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot resume this LoRA run" in msg, msg
+    assert f"{base} step 1" in msg and f"{base} step 0" in msg and "norm/scale differs" in msg, msg
+    with CheckpointManager(ckpt, read_only=True) as mgr:
+        assert mgr.all_steps() == [1]  # nothing trained on the wrong base
 
 
 def test_grpo_with_lora_lifts_the_heldout_accuracy_of_a_briefly_distilled_judge(task, judge):
