@@ -121,14 +121,25 @@ def _print_rewardbench2(summary: dict, name: str, out: str | None) -> None:
         f"- (no score for {', '.join(summary['missing'])}; mean of the others {pct(summary['overall_present'])})"
     print(f"RewardBench 2 {name}: overall {overall} ({subsets})")
     if out:
-        os.makedirs(out, exist_ok=True)
-        for fn, text in (("summary-rewardbench2.json", json.dumps(summary, indent=2) + "\n"),
-                         ("report-rewardbench2.md", summary_markdown(summary))):
-            path = os.path.join(out, fn)
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
+        from rmr1_jax.data.readers import atomic_write_text
+        from rmr1_jax.parallel.agreement import on_process_zero
+
+        def write():
+            os.makedirs(out, exist_ok=True)
+            atomic_write_text(os.path.join(out, "summary-rewardbench2.json"), json.dumps(summary, indent=2) + "\n")
+            atomic_write_text(os.path.join(out, "report-rewardbench2.md"), summary_markdown(summary))
+
+        on_process_zero(write, share=False)
         print(f"report: {os.path.join(out, 'report-rewardbench2.md')}")
+
+
+def _report(benchmark: str, results: str, out: str, no_verdict: str, tasks):
+    """Score the results file and write the report on process 0 (which alone wrote the results);
+    every process gets the summary."""
+    from rmr1_jax.eval.report import score_and_report
+    from rmr1_jax.parallel.agreement import on_process_zero
+
+    return on_process_zero(score_and_report, benchmark, results, out, no_verdict, expected=tasks)
 
 
 def _eval_scalar(args, tasks, results: str, out: str) -> None:
@@ -143,19 +154,37 @@ def _eval_scalar(args, tasks, results: str, out: str) -> None:
     name = os.path.basename(os.path.normpath(args.ckpt))
     if args.benchmark == "rewardbench2":
         from rmr1_jax.eval.rewardbench2 import run_rewardbench2, score_rewardbench2
+        from rmr1_jax.parallel.agreement import on_process_zero
 
         stats = run_rewardbench2(scorer, tasks, results, batch_size=args.batch_size, model_name=name)
         print(f"scored {stats.written} new prompts ({stats.skipped} already in {results})")
-        _print_rewardbench2(score_rewardbench2(results), name, out)
+        _print_rewardbench2(on_process_zero(score_rewardbench2, results), name, out)
         return
-    from rmr1_jax.eval.report import score_and_report, summary_line
+    from rmr1_jax.eval.report import summary_line
     from rmr1_jax.eval.scalar import run_scalar
 
     stats = run_scalar(scorer, tasks, results, batch_size=args.batch_size, model_name=name)
-    summary, _ = score_and_report(args.benchmark, results, out, args.no_verdict, expected=tasks)
+    summary, _ = _report(args.benchmark, results, out, args.no_verdict, tasks)
     print(f"scored {stats.written} new examples ({stats.total - stats.written} already in {results})")
     print(summary_line(summary))
     print(f"report: {out}")
+
+
+def _eval_inputs(args):
+    """(whether the checkpoint is a scalar reward model, the benchmark's tasks)."""
+    from rmr1_jax.eval.loading import checkpoint_head
+
+    scalar = checkpoint_head(args.ckpt)[0] == "scalar"
+    if args.benchmark == "rewardbench2":
+        if not scalar:
+            raise UserError(f"{args.ckpt}: RewardBench 2 has no official pairwise-judge path; "
+                            f"--benchmark rewardbench2 needs a scalar reward model")
+        from rmr1_jax.eval.rewardbench2 import load_rewardbench2
+
+        return scalar, load_rewardbench2(args.data)
+    from rmr1_jax.eval.benchmarks import load_benchmark
+
+    return scalar, load_benchmark(args.benchmark, args.data)
 
 
 def cmd_eval(args) -> None:
@@ -181,9 +210,10 @@ def cmd_eval(args) -> None:
             table = compare({n: score_results(args.benchmark, r, args.no_verdict) for n, r in zip(names, args.results)})
             print(table)
             if args.out:
+                from rmr1_jax.data.readers import atomic_write_text
+
                 os.makedirs(args.out, exist_ok=True)
-                with open(os.path.join(args.out, f"compare-{args.benchmark}.md"), "w") as f:
-                    f.write(table + "\n")
+                atomic_write_text(os.path.join(args.out, f"compare-{args.benchmark}.md"), table + "\n")
             return
         summary, paths = score_and_report(args.benchmark, args.results[0], args.out, args.no_verdict)
         print(summary_line(summary))
@@ -192,20 +222,9 @@ def cmd_eval(args) -> None:
         return
     if not (args.ckpt and args.data):
         raise UserError("rmr1 eval needs --ckpt DIR and --data PATH (or: rmr1 eval score --results FILE)")
-    from rmr1_jax.eval.loading import checkpoint_head
+    from rmr1_jax.parallel.agreement import agreed
 
-    scalar = checkpoint_head(args.ckpt)[0] == "scalar"
-    if args.benchmark == "rewardbench2":
-        if not scalar:
-            raise UserError(f"{args.ckpt}: RewardBench 2 has no official pairwise-judge path; "
-                            f"--benchmark rewardbench2 needs a scalar reward model")
-        from rmr1_jax.eval.rewardbench2 import load_rewardbench2
-
-        tasks = load_rewardbench2(args.data)
-    else:
-        from rmr1_jax.eval.benchmarks import load_benchmark
-
-        tasks = load_benchmark(args.benchmark, args.data)
+    scalar, tasks = agreed(_eval_inputs, args)  # a file one host cannot read stops every process
     if args.limit:
         tasks = tasks[: args.limit]
     out = args.out or os.path.join("runs", "eval", args.benchmark)
@@ -227,7 +246,7 @@ def cmd_eval(args) -> None:
 
     stats = run_generative(judge_fn, tasks, results, order=args.order, seed=args.seed, batch_size=args.batch_size,
                            model_name=os.path.basename(os.path.normpath(args.ckpt)), keep_text=args.keep_text)
-    summary, paths = score_and_report(args.benchmark, results, out, args.no_verdict, expected=tasks)
+    summary, _ = _report(args.benchmark, results, out, args.no_verdict, tasks)
     print(f"judged {stats.written} new examples ({stats.total - stats.written} already in {results})")
     print(summary_line(summary))
     print(f"report: {out}")

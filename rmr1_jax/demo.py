@@ -131,14 +131,14 @@ def _kind(p) -> str:
 def write_demo_prompts(prompt_dir: str):
     """Write the demo's judge templates as text files in ``prompt_dir`` and load them like any
     user-supplied template. Returns ({"system"|"user"|"user_multiturn": path}, JudgeTemplate)."""
+    from rmr1_jax.data.readers import atomic_write_text
     from rmr1_jax.text.prompts import JudgeTemplate
 
     os.makedirs(prompt_dir, exist_ok=True)
     files = {}
     for name, text in (("system", DEMO_SYSTEM), ("user", DEMO_USER), ("user_multiturn", DEMO_USER_MULTITURN)):
         files[name] = os.path.join(prompt_dir, f"{name}.txt")
-        with open(files[name], "w") as f:
-            f.write(text + "\n")
+        atomic_write_text(files[name], text + "\n")
     template = JudgeTemplate.from_files("instruct", system_file=files["system"], user_file=files["user"],
                                         user_multiturn_file=files["user_multiturn"])
     return files, template
@@ -236,8 +236,9 @@ def run_demo(recipe: DemoRecipe | None = None, log=print) -> dict:
     log(f"example judgment:\n{results['stage2']['example']}")
     log(f"plots: {s.out_dir}/stage1_loss.png, {s.out_dir}/stage2_curves.png; TensorBoard: {d1}/tb, {d2}/tb; "
         f"HF export: {export}")
-    with open(os.path.join(s.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    from rmr1_jax.data.readers import atomic_write_text
+
+    atomic_write_text(os.path.join(s.out_dir, "results.json"), json.dumps(results, indent=2))
     return results
 
 

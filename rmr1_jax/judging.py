@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 from typing import Any, Sequence, TypeVar
 
+import jax
 import numpy as np
 
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
@@ -134,20 +135,38 @@ def prompts_open_thinking(tokenizer, prompt_ids: Sequence[Sequence[int]]) -> lis
 def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
                   max_new_tokens: int, temperature: float = 0.0, rng=None) -> list[Judgment]:
     """Generate a judgment for each tokenized prompt, ``batch_size`` at a time (the last batch
-    is padded with a copy of its first prompt so every batch compiles to one shape)."""
+    is padded with a copy of its first prompt so every batch compiles to one shape).
+
+    In a multi-process job every process passes the same prompts and gets every judgment: each
+    process generates its block of every batch (``batch_size`` is rounded up to a multiple of
+    the process count), and the blocks' tokens are gathered to every process."""
     out: list[Judgment] = []
     sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
     plen = max((len(p) for p in prompt_ids), default=1)
     plen = -(-plen // 32) * 32
     opened = prompts_open_thinking(tokenizer, prompt_ids)
+    n_proc = jax.process_count()
+    batch_size = -(-batch_size // n_proc) * n_proc
+    block = batch_size // n_proc
     for i in range(0, len(prompt_ids), batch_size):
         chunk = list(prompt_ids[i:i + batch_size])
         real = len(chunk)
         chunk += [chunk[0]] * (batch_size - real)
-        g = sampler.generate(params, chunk, sp, rng=rng, tokenizer=tokenizer, prompt_length=plen)
+        if n_proc == 1:
+            g = sampler.generate(params, chunk, sp, rng=rng, tokenizer=tokenizer, prompt_length=plen)
+            texts, finished, lengths = g.texts, g.finished, g.lengths
+        else:  # this process's block; the whole batch's tokens from every process, in batch order
+            from jax.experimental import multihost_utils
+
+            p = jax.process_index()
+            g = sampler.generate(params, chunk[p * block:(p + 1) * block], sp, rng=rng, prompt_length=plen)
+            tokens, lengths, finished = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                                         for x in (g.tokens, g.lengths, g.finished.astype(np.int32)))
+            texts = [tokenizer.decode(tokens[j, :lengths[j]].tolist(), skip_special_tokens=True)
+                     for j in range(real)]
         for j in range(real):
-            out.append(Judgment(g.texts[j], parse_verdict(g.texts[j], opened[i + j]) if g.finished[j] else None,
-                                bool(g.finished[j]), int(g.lengths[j])))
+            out.append(Judgment(texts[j], parse_verdict(texts[j], opened[i + j]) if finished[j] else None,
+                                bool(finished[j]), int(lengths[j])))
     return out
 
 
@@ -170,7 +189,8 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
 
     tok, tpl = judge.tokenizer, judge.template
     if judge.sampler is None:  # one Sampler per judge: its compiled functions are reused across calls
-        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh)
+        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
+                                mesh=mesh if mesh is not None else getattr(judge, "mesh", None))
     sampler = judge.sampler
 
     def encode(p, a, b):

@@ -27,6 +27,7 @@ import json
 import os
 import time
 
+from rmr1_jax.data.readers import atomic_write_text
 from rmr1_jax.demo import read_quick, recipe_dir
 
 JUDGE_TEMPLATE = ("Does the reply follow the rule? Answer Yes, No or Irrelevant.\n"
@@ -129,8 +130,7 @@ def _write_data(s: RamoSettings, splits, paths: dict, template: str, log) -> lis
         os.makedirs(os.path.join(s.out_dir, d), exist_ok=True)
     world = synthetic.world()
     write_pool(paths["pool"], list(world.rules))
-    with open(paths["template"], "w") as f:
-        f.write(template)
+    atomic_write_text(paths["template"], template)
     keep = ("id", "prompt", "a", "b", "winner", "topic", "deciding", "tone_a", "tone_b")
     for name in ("label", "fit", "heldout"):
         write_jsonl(paths[name], ({k: p[k] for k in keep} for p in splits[name]))
@@ -283,8 +283,8 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
     log(format_results(results))
     log(f"plots: {', '.join(plots)}; HF exports: {exports['adapter']}"
         + (f", {exports['reward_model']}" if rm_out is not None else ""))
-    with open(o("ramo_results.json"), "w") as f:
-        json.dump(results, f, indent=2, default=lambda x: float(x) if isinstance(x, np.floating) else str(x))
+    atomic_write_text(o("ramo_results.json"), json.dumps(
+        results, indent=2, default=lambda x: float(x) if isinstance(x, np.floating) else str(x)))
     return results
 
 

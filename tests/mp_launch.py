@@ -8,7 +8,14 @@ of those variables: it is a plain single-process run with ``devices`` devices.
     outputs = job.wait(timeout=300)  # every process exited 0, else AssertionError with its output
 
 A worker that calls ``faulthandler.register(signal.SIGUSR1)`` has its stacks in the report of a
-timeout (the launcher sends SIGUSR1 before it kills).
+timeout (the launcher sends SIGUSR1 before it kills). ``wait(check=False)`` returns the outputs
+without asserting the exit status (``job.returncodes`` holds them), for jobs meant to fail.
+
+CPU devices come in process order, so a mesh over them puts each process's devices together; a
+TPU slice's mesh follows the chips' topology and need not. ``interleave_devices()`` (called in a
+worker before any mesh is made) makes every mesh interleave the processes' devices instead, so a
+test can see code that assumes process-major rows. ``cli_worker.py [--interleave] ARGS...`` runs
+``rmr1 ARGS...`` as one process of such a job.
 """
 
 from __future__ import annotations
@@ -34,9 +41,10 @@ class Job:
     def __init__(self, procs: list[subprocess.Popen], logs: list):
         self.procs, self._logs = procs, logs
 
-    def wait(self, timeout: float = 300) -> list[str]:
-        """Each process's output (stdout and stderr); every process must exit 0 within
-        ``timeout`` seconds (a hung collective is killed, and reported, not waited on)."""
+    def wait(self, timeout: float = 300, check: bool = True) -> list[str]:
+        """Each process's output (stdout and stderr); every process must exit within ``timeout``
+        seconds (a hung collective is killed, and reported, not waited on), and with ``check``
+        exit 0."""
         deadline = time.monotonic() + timeout
         late = None
         for i, p in enumerate(self.procs):
@@ -53,6 +61,9 @@ class Job:
         if late is not None:
             raise AssertionError(f"process {late} of {len(self.procs)} still running after {timeout:.0f} s:\n"
                                  + "\n\n".join(f"process {i}:\n{out[-3000:]}" for i, out in enumerate(outs)))
+        self.returncodes = [p.returncode for p in self.procs]
+        if not check:
+            return outs
         failed = [f"process {i} of {len(self.procs)} exited {p.returncode}:\n{out[-3000:]}"
                   for i, (p, out) in enumerate(zip(self.procs, outs)) if p.returncode != 0]
         assert not failed, "\n\n".join(failed)
@@ -98,3 +109,26 @@ def start_job(script: str, args: list[str], *, processes: int, devices: int, env
         procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], env=penv, stdout=logs[-1],
                                       stderr=subprocess.STDOUT, text=True))
     return Job(procs, logs)
+
+
+def interleave_devices() -> None:
+    """Make ``jax.experimental.mesh_utils.create_device_mesh`` (what
+    :func:`rmr1_jax.parallel.mesh.make_mesh` arranges devices with) lay the devices out
+    process-interleaved in mesh order (process 0's first device, process 1's first, process 0's
+    second, ...), as a TPU slice's topology-ordered mesh may: no process's rows of a batch are
+    then a contiguous block."""
+    import jax
+    import numpy as np
+    from jax.experimental import mesh_utils
+
+    def create_device_mesh(shape, devices=None, **kwargs):
+        del kwargs
+        devices = list(jax.devices() if devices is None else devices)
+        by_process: dict[int, list] = {}
+        for d in devices:
+            by_process.setdefault(d.process_index, []).append(d)
+        per = len(devices) // len(by_process)
+        order = [by_process[p][i] for i in range(per) for p in sorted(by_process)]
+        return np.asarray(order, dtype=object).reshape(shape)
+
+    mesh_utils.create_device_mesh = create_device_mesh

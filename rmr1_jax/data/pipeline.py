@@ -4,9 +4,9 @@ batching, and an iterator whose state goes into checkpoints.
 The training pipelines give the same global batches whatever the process count: each is the
 single-process pipeline's stream of ``batch_size * process_count`` rows (shuffled, packed and
 batched alike), of which process ``p`` keeps the block of rows ``[p * batch_size, (p + 1) *
-batch_size)`` -- the rows :func:`rmr1_jax.parallel.hostlocal.to_global` places there. So a job
-trains on the same data, in the same order, on one host or many. (Evaluation batches are
-split per host in order: every record once, whatever host reads it.)
+batch_size)``. So a job trains on the same data, in the same order, on one host or many.
+Evaluation batches are dealt the same way, every record once, with a short last block padded
+with rows that count nowhere, so every process runs the same number of evaluation steps.
 
 Batches are host-local numpy dicts of [per_host_batch, max_length] arrays:
 ``input_ids``, ``segment_ids`` (0 = padding, 1.. = packed sequence), ``positions`` and
@@ -24,9 +24,17 @@ import grain
 import numpy as np
 
 
-def _host_shard(ds, process_index: int, process_count: int):
-    """Every ``process_count``-th record from ``process_index`` (evaluation: each record once)."""
-    return ds[process_index::process_count] if process_count > 1 else ds
+def _eval_shares(source, batch_size: int, limit: int | None, process_index: int, process_count: int):
+    """Evaluation: the records of each global batch that this process reads (every record once).
+    Global batch ``k`` holds records ``[k * G, (k + 1) * G)`` (``G = batch_size * process_count``),
+    of which process ``p`` takes its block of ``batch_size``; the last global batch's blocks may
+    be short or empty. Every process gets the same number of batches, so each takes part in
+    every step of the evaluation (a process without rows pads its whole block)."""
+    n = len(source) if limit is None else min(limit, len(source))
+    g = batch_size * process_count
+    for start in range(0, n, g):
+        lo = start + process_index * batch_size
+        yield [source[i] for i in range(lo, min(lo + batch_size, n))]
 
 
 def _host_rows(ds, batch_size: int, process_index: int, process_count: int):
@@ -101,21 +109,14 @@ def _pad_single(ex, max_length: int, pad_id: int):
 
 def eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, limit: int | None = None,
                  process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Every record once, in order, one per row (no packing); the last batch is padded with
+    """Every record once, one per row (no packing), ``batch_size`` rows per process and the same
+    number of batches on every process (:func:`_eval_shares`); a short block is padded with
     all-padding rows (segment 0, loss 0) so every batch has the same shape."""
-    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    rows = []
-    for i in range(n):
-        rows.append(_pad_single(_to_sft_example(ds[i]), max_length, pad_id))
-        if len(rows) == batch_size:
-            yield _stack(rows)
-            rows = []
-    if rows:
-        while len(rows) < batch_size:
-            rows.append({"input_ids": np.full(max_length, pad_id, np.int32),
-                         **{k: np.zeros(max_length, np.int32) for k in ("segment_ids", "positions", "loss_mask")}})
-        yield _stack(rows)
+    empty = {"input_ids": np.full(max_length, pad_id, np.int32),
+             **{k: np.zeros(max_length, np.int32) for k in ("segment_ids", "positions", "loss_mask")}}
+    for recs in _eval_shares(source, batch_size, limit, process_index, process_count):
+        rows = [_pad_single(_to_sft_example(r), max_length, pad_id) for r in recs]
+        yield _stack(rows + [empty] * (batch_size - len(rows)))
 
 
 def _to_pair_example(rec: dict[str, Any], max_length: int, pad_id: int) -> dict[str, np.ndarray]:
@@ -145,15 +146,14 @@ def pair_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id:
 
 def pair_eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, limit: int | None = None,
                       process_index: int = 0, process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Every pair once, in order; the last batch is filled with all-padding pairs (masks 0),
-    which the reward-model loss does not count."""
-    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    empty = {"chosen_ids": np.zeros(0, np.int32), "rejected_ids": np.zeros(0, np.int32)}
-    for i in range(0, n, batch_size):
-        rows = [_to_pair_example(ds[j], max_length, pad_id) for j in range(i, min(i + batch_size, n))]
-        rows += [_to_pair_example(empty, max_length, pad_id)] * (batch_size - len(rows))
-        yield _stack(rows)
+    """Every pair once, the same number of batches on every process (:func:`_eval_shares`); a
+    short block is filled with all-padding pairs (masks 0), which the reward-model loss does
+    not count."""
+    empty = _to_pair_example({"chosen_ids": np.zeros(0, np.int32), "rejected_ids": np.zeros(0, np.int32)},
+                             max_length, pad_id)
+    for recs in _eval_shares(source, batch_size, limit, process_index, process_count):
+        rows = [_to_pair_example(r, max_length, pad_id) for r in recs]
+        yield _stack(rows + [empty] * (batch_size - len(rows)))
 
 
 def _to_rules_example(rec: dict[str, Any], max_length: int, pad_id: int, num_labels: int) -> dict[str, np.ndarray]:
@@ -181,14 +181,13 @@ def rules_dataset(source, *, batch_size: int, max_length: int, seed: int, pad_id
 def rules_eval_batches(source, *, batch_size: int, max_length: int, pad_id: int, num_labels: int,
                        limit: int | None = None, process_index: int = 0,
                        process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """Every example once, in order; the last batch is filled with empty rows (mask 0)."""
-    ds = _host_shard(grain.MapDataset.source(source), process_index, process_count)
-    n = len(ds) if limit is None else min(limit, len(ds))
-    empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.uint8)}
-    for i in range(0, n, batch_size):
-        rows = [_to_rules_example(ds[j], max_length, pad_id, num_labels) for j in range(i, min(i + batch_size, n))]
-        rows += [_to_rules_example(empty, max_length, pad_id, num_labels)] * (batch_size - len(rows))
-        yield _stack(rows)
+    """Every example once, the same number of batches on every process (:func:`_eval_shares`);
+    a short block is filled with empty rows (mask 0)."""
+    empty = _to_rules_example({"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.uint8)},
+                              max_length, pad_id, num_labels)
+    for recs in _eval_shares(source, batch_size, limit, process_index, process_count):
+        rows = [_to_rules_example(r, max_length, pad_id, num_labels) for r in recs]
+        yield _stack(rows + [empty] * (batch_size - len(rows)))
 
 
 def _stack(rows):

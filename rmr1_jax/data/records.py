@@ -284,20 +284,27 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
     """Build (or reuse) tokenized records for ``files`` ({split: [paths]}).
 
     Returns ``(sources, stats)``: ``{split: random-access source}`` and ``{split: stats dict}``.
-    On multi-host runs process 0 builds while the others wait, then all read.
+    On multi-host runs process 0 builds while the others wait, then all read; when the build
+    fails, every process raises (:mod:`rmr1_jax.parallel.agreement`).
     """
-    import jax
+    from rmr1_jax.parallel.agreement import agreed, on_process_zero
 
     opts = opts or RecordOptions()
-    for split, paths in files.items():
-        for p in paths:
-            if not os.path.isfile(p):
-                raise DataError(f"{p}: data file not found (split {split!r})")
+
+    def check_files():
+        for split, paths in files.items():
+            for p in paths:
+                if not os.path.isfile(p):
+                    raise DataError(f"{p}: data file not found (split {split!r})")
+
+    agreed(check_files)  # every process reads the records: a file one host cannot see stops them all
     key = fingerprint(files, tokenizer, template, opts)
     data_dir = os.path.join(cache_dir, f"records-{opts.kind}-{key}")
     stats_path = os.path.join(data_dir, "build_stats.json")
     cls = _builder_cls(opts.kind)
-    if jax.process_index() == 0 and not os.path.isfile(stats_path):
+    def build():
+        if os.path.isfile(stats_path):
+            return
         stats = {split: BuildStats() for split in files}
 
         def split_fn(split):
@@ -314,10 +321,9 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
         _quiet_tfds()
         builder.download_and_prepare()
         atomic_write_text(stats_path, json.dumps({s: st.to_json() for s, st in stats.items()}))
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices(f"records-{key}")
+    # process 0 builds; a bad row (or any failure) there stops every process, none left waiting
+    on_process_zero(build, share=False)
     with open(stats_path) as f:
         stats_json = json.load(f)
     builder = cls(data_dir=data_dir, file_format="array_record")

@@ -22,6 +22,7 @@ class LoadedJudge:
     template: object
     source: str
     sampler: object = None  # created on first use, then reused (compiled once)
+    mesh: object = None  # the mesh the parameters live on (generation shards its rows over it)
 
 
 def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_variant: str | None = None,
@@ -48,7 +49,7 @@ def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_var
         system_file=system_file or prompt_cfg.get("system_file"),
         user_file=user_file or prompt_cfg.get("user_file"),
         user_multiturn_file=user_multiturn_file or prompt_cfg.get("user_multiturn_file"))
-    return LoadedJudge(model, params, tokenizer, template, path)
+    return LoadedJudge(model, params, tokenizer, template, path, mesh=mesh)
 
 
 def _saved_tokenizer(path: str, run_cfg: dict) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rmr1_jax.data.readers import repair_tail
 from rmr1_jax.errors import DataError
@@ -66,29 +66,45 @@ def done_keys(path: str, benchmark: str | None = None) -> set[tuple[str, int]]:
 class ResultsWriter:
     """Appends result rows to a JSONL file, one line per finished example, flushed and
     fsynced after each :meth:`write` (one call per batch). ``done`` holds the keys already in
-    the file, so a rerun can skip them; a line cut off by a crash is dropped on open."""
+    the file, so a rerun can skip them; a line cut off by a crash is dropped on open.
+    ``check(path)``, when given, vets an existing file before it is resumed (raise DataError).
 
-    def __init__(self, path: str, benchmark: str | None = None):
+    In a multi-host job process 0 alone reads and writes the file; every process gets its
+    ``done`` set and the outcome of every write, so all of them skip the same examples and
+    stop together when one fails (:mod:`rmr1_jax.parallel.agreement`)."""
+
+    def __init__(self, path: str, benchmark: str | None = None, check: Callable[[str], None] | None = None):
+        from rmr1_jax.parallel.agreement import on_process_zero
+
         self.path = path
         self.benchmark = canonical_benchmark(benchmark) if benchmark else None
-        parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
-        repair_tail(path)
-        self.done: set[tuple[str, int]] = done_keys(path, self.benchmark)
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = None
+        self.done: set[tuple[str, int]] = {(str(k), int(i)) for k, i in on_process_zero(self._open, check)}
+
+    def _open(self, check) -> list[list]:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        repair_tail(self.path)
+        if check is not None and os.path.exists(self.path):
+            check(self.path)
+        done = sorted(done_keys(self.path, self.benchmark))
+        self._f = open(self.path, "a", encoding="utf-8")
+        return [list(k) for k in done]
 
     def write(self, rows: Iterable[dict]) -> int:
-        n = 0
-        for r in rows:
-            self._f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            self.done.add(row_key(r))
-            n += 1
+        from rmr1_jax.parallel.agreement import on_process_zero
+
+        rows = list(rows)
+        on_process_zero(self._write, rows, share=False)
+        self.done.update(row_key(r) for r in rows)
+        return len(rows)
+
+    def _write(self, rows: list[dict]) -> None:
+        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         self._f.flush()
         os.fsync(self._f.fileno())
-        return n
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self._f.close()
 
     def __enter__(self) -> "ResultsWriter":

@@ -19,8 +19,10 @@ id never changes a score. A row longer than ``max_length`` is an error naming it
 kept).
 
 Multi-process jobs: every process calls with the same rows and gets every score back; each
-process supplies its block of every batch (``batch_size`` must be a multiple of the process
-count). :func:`score_file` reads which rows are done on process 0, which alone writes.
+process supplies the rows of every batch that its own devices hold (``batch_size`` must be a
+multiple of the process count). :func:`score_file` reads which rows are done on process 0,
+which alone writes; a failure on any process stops every process
+(:mod:`rmr1_jax.parallel.agreement`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import jax
 import numpy as np
 
 from rmr1_jax.errors import CheckpointError, DataError, UserError
-from rmr1_jax.data.readers import FileStats, repair_tail
+from rmr1_jax.data.readers import FileStats
 
 # Fields score_file adds to each row (an input field of the same name is replaced).
 OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "score_chosen", "score_rejected", "preferred")
@@ -133,7 +135,7 @@ class RewardScorer:
         return min(self.max_length, -(-longest // self.bucket) * self.bucket)
 
     def _batch(self, rows: list[list[int]], names: list[str]) -> np.ndarray:
-        from rmr1_jax.parallel.hostlocal import fetch, to_global
+        from rmr1_jax.parallel.hostlocal import fetch, to_global_shared
         from rmr1_jax.parallel.sharding import activation_sharding
 
         real = len(rows)
@@ -148,12 +150,21 @@ class RewardScorer:
         for i, r in enumerate(rows):
             ids[i, :len(r)] = r
             mask[i, :len(r)] = 1
-        k = self.batch_size // jax.process_count()  # this process's block of the global batch
-        p = jax.process_index()
-        g = to_global({"ids": ids[p * k:(p + 1) * k], "mask": mask[p * k:(p + 1) * k]}, self.mesh)
+        # every process holds the whole batch; each supplies the rows its devices hold
+        g = to_global_shared({"ids": ids, "mask": mask}, self.mesh)
         with activation_sharding(self.mesh):
             scores = fetch(self._fwd(self.params, g["ids"], g["mask"]))
         return scores[:real]
+
+    def fingerprint(self) -> dict:
+        """What the scores depend on besides the rows: the model, the tokenizer's template, the
+        length limit and truncation (for a resumed output file, :mod:`rmr1_jax.data.resumable`)."""
+        from rmr1_jax.checkpoint.identity import checkpoint_identity, text_digest
+
+        model = checkpoint_identity(self.source) if os.path.isdir(self.source) else self.source
+        return {"model": model, "chat_template": text_digest(getattr(self.tokenizer, "chat_template", None)),
+                "vocab_size": int(self.model.cfg.vocab_size), "max_length": self.max_length,
+                "truncate": self.truncate}
 
 
 def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dtype: str = "float32",
@@ -168,16 +179,21 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
 
-    head, num_labels = checkpoint_head(path, step=step)
-    if head != "scalar":
-        what = "a causal LM (an 'lm' head)" if head == "lm" else f"a {head!r} head of {num_labels} labels"
-        raise CheckpointError(f"{path}: the checkpoint has {what}, not a scalar reward model head ('scalar', "
-                              f"e.g. an HF *ForSequenceClassification with num_labels=1)")
+    from rmr1_jax.parallel.agreement import agreed
+
+    def prepare():  # every process, before any collective: a failure on one host stops them all
+        head, num_labels = checkpoint_head(path, step=step)
+        if head != "scalar":
+            what = "a causal LM (an 'lm' head)" if head == "lm" else f"a {head!r} head of {num_labels} labels"
+            raise CheckpointError(f"{path}: the checkpoint has {what}, not a scalar reward model head ('scalar', "
+                                  f"e.g. an HF *ForSequenceClassification with num_labels=1)")
+        return load_checkpoint_tokenizer(path, tokenizer_path, step=step)
+
+    tokenizer = agreed(prepare)
     if os.path.isfile(os.path.join(path, "config.json")):
         model, params = load_model(path, "scalar", kind="hf", mesh=mesh, param_dtype=dtype)
     else:
         model, params = load_model(path, "scalar", kind="orbax", mesh=mesh, dtype=dtype, step=step)
-    tokenizer = load_checkpoint_tokenizer(path, tokenizer_path, step=step)
     return RewardScorer(model, params, tokenizer, mesh, batch_size=batch_size, max_length=max_length,
                         truncate=truncate, source=path)
 
@@ -185,7 +201,10 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
 # ============================================================================ JSONL files
 
 
-def _check_prompt(prompt, where: str) -> None:
+def check_prompt(prompt, where: str) -> None:
+    """A prompt is a non-empty string (one user message) or a non-empty list of ``{"role",
+    "content"}`` messages that does not end with the assistant's turn (the response to score or
+    judge is given apart from its prompt)."""
     if isinstance(prompt, str):
         if prompt:
             return
@@ -195,6 +214,9 @@ def _check_prompt(prompt, where: str) -> None:
     for m in prompt:
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise DataError(f"{where}: every 'prompt' message needs string 'role' and 'content', got {m!r:.80}")
+    if prompt[-1]["role"] == "assistant":
+        raise DataError(f"{where}: 'prompt' ends with an assistant turn; give the conversation up to the user's "
+                        f"last turn as the prompt and the assistant's reply as the response")
 
 
 def row_kind(row, where: str) -> str:
@@ -223,7 +245,7 @@ def row_kind(row, where: str) -> str:
     if kind == "text" and not row["text"]:
         raise DataError(f"{where}: 'text' is empty")
     if kind != "text":
-        _check_prompt(row["prompt"], where)
+        check_prompt(row["prompt"], where)
     return kind
 
 
@@ -259,41 +281,6 @@ def read_score_rows(path: str) -> list[tuple[int, dict, str]]:
 
 def _kept(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
-
-
-def _done_lines(out_path: str, in_path: str, inputs: dict[int, dict]) -> set[int]:
-    """Input line numbers already scored in ``out_path``, after making the file end at a line
-    boundary (a line cut off by a crash is dropped). A row that is not one of ``in_path``'s
-    rows means the output belongs to another input: an error, never an overwrite."""
-    if not os.path.exists(out_path):
-        return set()
-    repair_tail(out_path)
-    done = set()
-    with open(out_path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise DataError(f"{out_path}:{i}: corrupt output line ({e})") from None
-            line = row.get("line") if isinstance(row, dict) else None
-            if not isinstance(line, int) or isinstance(line, bool):
-                raise DataError(f"{out_path}:{i}: output row has no integer 'line' (not written by score-rm?)")
-            if line not in inputs or _kept(row) != _kept(inputs[line]):
-                raise DataError(f"{out_path}:{i}: does not match {in_path}:{line}; the output file was written "
-                                f"for another input (choose another output path)")
-            done.add(line)
-    return done
-
-
-def _agree_done(pending: np.ndarray) -> np.ndarray:
-    """Process 0's pending-row mask on every process (only process 0 reads the output)."""
-    if jax.process_count() == 1:
-        return pending
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.broadcast_one_to_all(pending))
 
 
 def _scored_rows(scorer: RewardScorer, chunk: list[tuple[int, dict, str]], in_path: str) -> list[dict]:
@@ -342,39 +329,31 @@ def score_file(scorer: RewardScorer, in_path: str, out_path: str, *, batch_size:
     user message), or ``score_a``, ``score_b`` and ``preferred`` (``"a"``, ``"b"`` or ``"tie"``)
     for ``{"prompt", "a", "b"}`` rows.
 
-    Every input row's shape is checked before anything is scored (a row too long or a token
-    outside the vocabulary is found when its batch is scored; the rows before it stay written,
-    and a rerun resumes after them). Resumable: rows whose line is already
-    in ``out_path`` are skipped and the rest appended ``batch_size`` input rows at a time
-    (default: the scorer's), in input order, flushed and fsynced per batch; a line cut off by a
-    crash is dropped first. An output file written for another input is an error."""
+    Every input row's shape is checked before anything is scored, and an input without rows
+    is an error (a row too long or a token outside the vocabulary is found when its batch is
+    scored; the rows before it stay written, and a rerun resumes after them). Resumable
+    (:class:`~rmr1_jax.data.resumable.ResumableOutput`): rows whose line is already in
+    ``out_path`` are skipped and the rest appended ``batch_size`` input rows at a time
+    (default: the scorer's), in input order, flushed and fsynced per batch. An output file
+    written for another input, or by another model, template or length limit
+    (:meth:`RewardScorer.fingerprint`), is an error."""
+    from rmr1_jax.data.resumable import ResumableOutput
+    from rmr1_jax.parallel.agreement import agreed
+
     batch_size = batch_size or scorer.batch_size
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be positive")
-    rows = read_score_rows(in_path)
-    writer = jax.process_index() == 0
-    pending = np.ones(len(rows), np.int32)
-    if writer:
-        done = _done_lines(out_path, in_path, {n: row for n, row, _ in rows})
-        pending = np.array([n not in done for n, _, _ in rows], np.int32)
-    pending = _agree_done(pending)
-    todo = [r for r, p in zip(rows, pending) if p]
-    stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
-    f = None
-    if writer:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-        f = open(out_path, "a", encoding="utf-8")
-    try:
+    rows = agreed(read_score_rows, in_path)
+    if not rows:
+        raise DataError(f"{in_path}: no rows to score (the file is empty)")
+    with ResumableOutput(out_path, in_path, {n: row for n, row, _ in rows}, fingerprint=scorer.fingerprint(),
+                         output_fields=OUTPUT_FIELDS) as out:
+        todo = [r for r in rows if r[0] not in out.done]
+        stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
         for i in range(0, len(todo), batch_size):
             scored = _scored_rows(scorer, todo[i:i + batch_size], in_path)
-            if f is not None:
-                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored))
-                f.flush()
-                os.fsync(f.fileno())
+            out.append(scored)
             stats.written += len(scored)
             if progress:
                 progress(stats.skipped + stats.written, stats.total)
-    finally:
-        if f is not None:
-            f.close()
     return stats

@@ -232,9 +232,8 @@ def run_rewardbench2(model: ScalarRewardModel, items: Sequence[Rb2Item], results
             raise ValueError(f"two items share the id {it.id!r}")
         by_id[it.id] = it
     path = os.fspath(results_path)
-    _check_done_rows(path, by_id)
     stats = RunStats(total=len(items))
-    with ResultsWriter(path) as writer:
+    with ResultsWriter(path, check=lambda p: _check_done_rows(p, by_id)) as writer:
         todo = [it for it in items if (it.id, 0) not in writer.done]
         stats.skipped = len(items) - len(todo)
         flat = [(k, c) for k, it in enumerate(todo) for c in it.completions]

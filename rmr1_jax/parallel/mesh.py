@@ -102,11 +102,18 @@ def make_mesh(cfg: MeshConfig | Sequence[int] | None = None, devices: Sequence[j
     return Mesh(arr, MESH_AXES)
 
 
+_JOINED = False  # this process has joined its multi-host job
+
+
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
                            process_id: int | None = None) -> None:
     """Join a multi-host job. On TPU pods and SLURM, JAX finds everything by itself; the
     arguments (or ``RMR1_COORDINATOR`` / ``RMR1_NUM_PROCESSES`` / ``RMR1_PROCESS_ID``) are
-    for plain multi-process CPU/GPU runs. A single-process run is left untouched."""
+    for plain multi-process CPU/GPU runs. A single-process run is left untouched, and a process
+    that has joined already stays joined (several commands may run in one process)."""
+    global _JOINED
+    if _JOINED:
+        return
     coordinator = coordinator or os.environ.get("RMR1_COORDINATOR")
     if num_processes is None and os.environ.get("RMR1_NUM_PROCESSES"):
         num_processes = int(os.environ["RMR1_NUM_PROCESSES"])
@@ -118,8 +125,10 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         if not (tpu_pod or slurm):
             return
         jax.distributed.initialize()
+        _JOINED = True
         return
     # CPU processes need a collectives backend; this setting does not affect GPU or TPU.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id)
+    _JOINED = True

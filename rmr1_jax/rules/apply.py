@@ -24,8 +24,10 @@ the sum of A's selected rule scores is larger than B's; equal sums are ties, res
 Batching: rows sorted by length, ``batch_size`` per forward pass (the last batch filled with
 copies of its first row), each right-padded to its longest row rounded up to a multiple of 32
 (at most ``max_length``), so one shape compiles per width; rows are sharded over the mesh's
-(data, fsdp) axes. Several processes: each passes the same rows and gets every result;
-``batch_size`` must be a multiple of the process count; process 0 writes the file.
+(data, fsdp) axes. Several processes: each passes the same rows and gets every result (each
+supplies the rows its own devices hold, wherever the mesh puts them); ``batch_size`` must be a
+multiple of the process count; process 0 writes the file, and a failure on any process stops
+every process.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 from rmr1_jax.data.readers import iter_rows, write_jsonl
 from rmr1_jax.data.records import RecordOptions, rules_record
 from rmr1_jax.errors import CheckpointError, DataError, UserError
-from rmr1_jax.parallel.hostlocal import fetch, to_global
+from rmr1_jax.parallel.hostlocal import fetch, to_global_shared
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.rules.pool import Rule
 from rmr1_jax.rules.score_files import load_pairs
@@ -67,7 +69,9 @@ def adapter_inputs(tokenizer, rows: Sequence[dict], num_rules: int, *, max_lengt
             if not isinstance(row, dict):
                 raise DataError(f"expected a JSON object, got {type(row).__name__}")
             # the selected-rule set is what we predict: an empty one satisfies the record parser
-            rec = rules_record({**row, "rule_indices": []}, name, 0, tokenizer, None, opts)
+            # (a selection file's own labels, if the row has them, are not read)
+            rec = rules_record({**{k: v for k, v in row.items() if k != "labels"}, "rule_indices": []}, name, 0,
+                               tokenizer, None, opts)
         except DataError as e:
             raise DataError(f"{name}: cannot show this pair to the rule adapter: {e}") from None
         if rec.length > max_length:
@@ -92,7 +96,7 @@ def adapter_logits(model, params, seqs: Sequence[np.ndarray], *, mesh, batch_siz
         raise CheckpointError(f"the model has a {model.cfg.head!r} head; a rule adapter has a 'multilabel' head")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size={batch_size!r} must be a positive integer")
-    n_proc, p = jax.process_count(), jax.process_index()
+    n_proc = jax.process_count()
     if batch_size % n_proc:
         raise UserError(f"batch_size={batch_size} must be a multiple of the process count ({n_proc})")
     names = list(names) if names is not None else [f"row {i + 1}" for i in range(len(seqs))]
@@ -107,7 +111,6 @@ def adapter_logits(model, params, seqs: Sequence[np.ndarray], *, mesh, batch_siz
     fwd = jax.jit(lambda prm, ids, mask: model.apply({"params": prm}, ids, attention_mask=mask))
     out = np.zeros((len(seqs), model.cfg.num_labels), np.float32)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    blk = batch_size // n_proc  # this process's block of every global batch
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         rows = [seqs[i] for i in idx]
@@ -117,7 +120,7 @@ def adapter_logits(model, params, seqs: Sequence[np.ndarray], *, mesh, batch_siz
         mask = np.zeros((batch_size, width), np.int32)
         for j, r in enumerate(rows):
             ids[j, :len(r)], mask[j, :len(r)] = r, 1
-        g = to_global({"ids": ids[p * blk:(p + 1) * blk], "mask": mask[p * blk:(p + 1) * blk]}, mesh)
+        g = to_global_shared({"ids": ids, "mask": mask}, mesh)  # each process supplies its devices' rows
         with activation_sharding(mesh):
             out[idx] = fetch(fwd(params, g["ids"], g["mask"]))[:len(idx)]
     if not np.isfinite(out).all():
@@ -161,20 +164,26 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
     from rmr1_jax.rules.scoring import _mesh
 
-    pairs = load_pairs(scores_path, len(rules) if rules is not None else None, pairs_path)
-    r = pairs.num_rules
-    k = check_options("topk_discrepancy", DEFAULT_K if k is None else k, r, ties)
-    head, width = checkpoint_head(adapter_ckpt)
-    if head != "multilabel":
-        raise CheckpointError(f"{adapter_ckpt}: has a {head!r} head, not a rule adapter's 'multilabel' head")
-    if width != r:
-        raise UserError(f"{adapter_ckpt}: the adapter's head predicts {width} rules, but the score vectors have {r} "
-                        f"(the adapter and the scores must share one rule pool)")
-    tokenizer = load_checkpoint_tokenizer(adapter_ckpt, tokenizer_path)
-    max_length = max_length or _trained_length(adapter_ckpt)
-    path = pairs_path or scores_path
-    names = [f"{path}:{n}" for n, _ in iter_rows(path)]  # load_pairs read every row as a pair
-    seqs = adapter_inputs(tokenizer, pairs.rows, r, max_length=max_length, overlong=overlong, names=names)
+    from rmr1_jax.parallel.agreement import agreed, on_process_zero
+
+    def prepare():  # on every process, before any collective: a failure on one host stops them all
+        pairs = load_pairs(scores_path, len(rules) if rules is not None else None, pairs_path)
+        r = pairs.num_rules
+        k_ = check_options("topk_discrepancy", DEFAULT_K if k is None else k, r, ties)
+        head, width = checkpoint_head(adapter_ckpt)
+        if head != "multilabel":
+            raise CheckpointError(f"{adapter_ckpt}: has a {head!r} head, not a rule adapter's 'multilabel' head")
+        if width != r:
+            raise UserError(f"{adapter_ckpt}: the adapter's head predicts {width} rules, but the score vectors have "
+                            f"{r} (the adapter and the scores must share one rule pool)")
+        tokenizer = load_checkpoint_tokenizer(adapter_ckpt, tokenizer_path)
+        length = max_length or _trained_length(adapter_ckpt)
+        path = pairs_path or scores_path
+        names = [f"{path}:{n}" for n, _ in iter_rows(path)]  # load_pairs read every row as a pair
+        seqs = adapter_inputs(tokenizer, pairs.rows, r, max_length=length, overlong=overlong, names=names)
+        return pairs, k_, tokenizer, length, names, seqs
+
+    pairs, k, tokenizer, max_length, names, seqs = agreed(prepare)
     mesh = _mesh(mesh)
     model, params = load_model(adapter_ckpt, "multilabel", mesh=mesh)
     logits = adapter_logits(model, params, seqs, mesh=mesh, batch_size=batch_size, max_length=max_length,
@@ -185,7 +194,8 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     winner, tie = resolve_ties(sa, sb, ties, seed)
     lab = Labeling(STRATEGY, k, idx, sa, sb, tie, winner)
     rows = labeled_rows(pairs, lab, rules, final=True)
-    s = summary(pairs, lab, write_jsonl(out_path, rows) if jax.process_index() == 0 else len(rows))
+    on_process_zero(write_jsonl, out_path, rows, share=False)
+    s = summary(pairs, lab, len(rows))
     s["ties_handling"] = ties
     return s
 
@@ -193,11 +203,12 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
 def cmd_apply(args) -> dict:
     """``rmr1 rules apply``: adapter-selected rules and labels; prints one line, returns the summary."""
     from rmr1_jax.rules.commands import report
+    from rmr1_jax.parallel.agreement import agreed
     from rmr1_jax.rules.pool import load_pool
 
     opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     s = apply_file(args.adapter, args.scores, args.out, k=opt("k", DEFAULT_K), pairs_path=opt("pairs"),
-                   rules=load_pool(opt("rules")), ties=opt("ties", "skip"), seed=opt("seed", 0), mesh=opt("mesh"),
+                   rules=agreed(load_pool, opt("rules")), ties=opt("ties", "skip"), seed=opt("seed", 0), mesh=opt("mesh"),
                    batch_size=opt("batch_size") or 16, max_length=opt("max_length"),
                    tokenizer_path=opt("tokenizer"), overlong=opt("overlong", "error"))
     report(s, f"adapter-labeled pairs (ties: {s['ties_handling']})", args.out)

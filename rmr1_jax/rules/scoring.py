@@ -32,14 +32,13 @@ Batching: ``batch_size`` (item, rule) rows per call (items by length, each item'
 shortest first; the last batch filled up with copies of its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
 tokens (short rule suffixes: of ``bucket // 4``) and prefix counts powers of two, so few shapes
 compile. Several processes (a multi-host job): every process passes the same items and rules
-and gets every score back, supplying its block of each batch (``batch_size`` must be a
-multiple of the process count); :func:`score_file` reads which rows are done on process 0,
-which alone writes.
+and gets every score back, supplying the rows of each batch its own devices hold (``batch_size``
+must be a multiple of the process count); :func:`score_file` reads which rows are done on
+process 0, which alone writes, and a failure on any process stops every process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -50,12 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmr1_jax.data.readers import FileStats, repair_tail
+from rmr1_jax.data.readers import FileStats
 from rmr1_jax.errors import DataError, UserError
 from rmr1_jax.models.decoder import init_cache
 from rmr1_jax.models.layers import dtype_of, matmul_f32
 from rmr1_jax.models.params import unstack_layers
-from rmr1_jax.parallel.hostlocal import fetch, to_global
+from rmr1_jax.parallel.hostlocal import fetch, to_global_shared
 from rmr1_jax.parallel.sharding import activation_sharding
 
 DEFAULT_TEMPLATE = (
@@ -134,7 +133,7 @@ class RuleScorer:
                 raise UserError(f"{name}={v!r} must be a positive integer")
         if batch_size % jax.process_count():
             raise UserError(f"batch_size={batch_size} must be a multiple of the process count "
-                            f"({jax.process_count()}): each process supplies an equal block of every batch")
+                            f"({jax.process_count()}): every process's devices hold an equal share of every batch")
         self.template = DEFAULT_TEMPLATE if template is None else template
         missing = [p for p in PLACEHOLDERS if p not in self.template]
         if missing:
@@ -181,6 +180,19 @@ class RuleScorer:
 
     def model_vocab(self) -> int:
         return self._vocab
+
+    def fingerprint(self, rules: Sequence[str], model: str | None = None) -> dict:
+        """What the scores depend on besides the rows (for a resumed output file): the model
+        (``model``, see :func:`~rmr1_jax.checkpoint.identity.checkpoint_identity`; None: not
+        known, not compared), the rules,
+        the judge template and the chat template it is rendered with, the answer tokens."""
+        from rmr1_jax.checkpoint.identity import text_digest
+
+        chat = getattr(self.tokenizer, "chat_template", None) if self.chat_template else None
+        return {**({"model": model} if model else {}), "rules": text_digest("\n".join(rules)), "rule_count": len(rules),
+                "template": text_digest(self.template), "chat_template": self.chat_template,
+                "chat_template_text": text_digest(chat), "answer_ids": [int(x) for x in self.answer_ids],
+                "normalize": self.normalize}
 
     def _answer_probs(self, params, hidden_btd, last_b, answer_ids):
         """[B, 3] full-vocabulary probabilities of the answer tokens at each row's ``last``."""
@@ -252,12 +264,10 @@ class RuleScorer:
         return ids, mask
 
     def _run(self, fn, arrays: dict, n: int) -> np.ndarray:
-        """Every process builds the same whole batch and supplies its block of each array's rows
-        (the global rows are the blocks in process order); every process gets all results."""
-        n_proc, p = jax.process_count(), jax.process_index()
-        local = {k: v[p * (len(v) // n_proc):(p + 1) * (len(v) // n_proc)] for k, v in arrays.items()}
+        """Every process builds the same whole batch and supplies the rows its own devices hold
+        (wherever the mesh puts them); every process gets all results, in batch order."""
         with activation_sharding(self.mesh):
-            g = to_global(local, self.mesh)
+            g = to_global_shared(arrays, self.mesh)
             out = fn(self.params, *g.values(), self.answer_ids)
         return fetch(out)[:n]
 
@@ -289,15 +299,13 @@ def score_items(scorer: RuleScorer, items: Sequence[tuple], rules: Sequence[str]
 
 
 def _check_row(row, where: str) -> None:
+    from rmr1_jax.eval.reward_scoring import check_prompt
+
     if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
         raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
     if not isinstance(row["response"], str):
         raise DataError(f"{where}: 'response' must be a string")
-    p = row["prompt"]
-    ok = isinstance(p, str) or (isinstance(p, list) and p and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in p))
-    if not ok:
-        raise DataError(f"{where}: 'prompt' must be a string or a non-empty list of {{'role', 'content'}} messages")
+    check_prompt(row["prompt"], where)
 
 
 def read_jsonl(path: str, what: str = "input file") -> list[tuple[int, object]]:
@@ -315,72 +323,51 @@ def read_jsonl(path: str, what: str = "input file") -> list[tuple[int, object]]:
     return out
 
 
-def _kept(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
-
-
-def _done_lines(out_path: str, in_path: str, inputs: dict[int, dict], n_rules: int) -> set[int]:
-    if not os.path.exists(out_path):
-        return set()
-    repair_tail(out_path)
-    done = set()
-    for i, row in read_jsonl(out_path, "output file"):
-        line = row.get("line") if isinstance(row, dict) else None
-        if not isinstance(line, int) or line not in inputs or _kept(row) != _kept(inputs[line]):
-            raise DataError(f"{out_path}:{i}: does not match a row of {in_path}; the output file was written for "
-                            f"another input (choose another output path)")
-        if len(row.get("scores") or ()) != n_rules:
-            raise DataError(f"{out_path}:{i}: has {len(row.get('scores') or ())} scores for {n_rules} rules; it "
-                            f"was written with another rule pool (choose another output path)")
-        done.add(line)
-    return done
-
-
-def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path: str) -> FileStats:
-    """Score every ``{"prompt", "response"}`` row of ``in_path`` against every rule into
-    ``out_path``: one row per input row, its fields plus ``scores`` and ``relevance`` (one float
-    per rule, in ``rules`` order) and ``line`` (its input line number). Every row is checked
-    before anything is scored. Resumable: lines already in ``out_path`` are skipped, the rest
-    appended in input order, flushed and fsynced per batch (about ``batch_size`` rows of
-    (item, rule) work); a cut-off last line is dropped first. An output written for another
-    input or rule count is an error, never overwritten. Several processes: each scores every
-    remaining row; process 0 alone reads the output (it says which rows remain) and writes."""
-    rules = list(rules)
+def _read_rows(in_path: str) -> list[tuple[int, dict]]:
     rows = read_jsonl(in_path)
     for n, row in rows:
         _check_row(row, f"{in_path}:{n}")
-    writer = jax.process_index() == 0
-    pending, err = np.ones(len(rows) + 1, np.int32), None  # [-1]: process 0 could resume from out_path
-    if writer:
-        try:
-            done = _done_lines(out_path, in_path, dict(rows), len(rules))
-            pending[:-1] = [n not in done for n, _ in rows]
-        except DataError as e:
-            err, pending[-1] = e, 0
-    if jax.process_count() > 1:  # every process scores the rows process 0 found pending
-        from jax.experimental import multihost_utils
+    if not rows:
+        raise DataError(f"{in_path}: no rows to score (the file is empty)")
+    return rows
 
-        pending = np.asarray(multihost_utils.broadcast_one_to_all(pending))
-    if err is not None or not pending[-1]:
-        raise err or DataError(f"{out_path}: process 0 cannot resume from this output file (its error says why)")
-    todo = [r for r, p in zip(rows, pending[:-1]) if p]
-    stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
-    per_write = max(1, scorer.batch_size // len(rules)) if rules else 1
-    if writer:
-        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "a", encoding="utf-8") if writer else contextlib.nullcontext() as f:
+
+def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path: str, *,
+               model: str | None = None) -> FileStats:
+    """Score every ``{"prompt", "response"}`` row of ``in_path`` against every rule into
+    ``out_path``: one row per input row, its fields plus ``scores`` and ``relevance`` (one float
+    per rule, in ``rules`` order) and ``line`` (its input line number). Every row is checked
+    before anything is scored; an input without rows is an error. Resumable
+    (:class:`~rmr1_jax.data.resumable.ResumableOutput`): lines already in ``out_path`` are
+    skipped, the rest appended in input order, flushed and fsynced per batch (about
+    ``batch_size`` rows of (item, rule) work). An output written for another input, or with
+    other rules, templates or model (:meth:`RuleScorer.fingerprint`; ``model`` names the
+    checkpoint), is an error, never overwritten. Several processes: each scores every remaining
+    row; process 0 alone reads the output (it says which rows remain) and writes."""
+    from rmr1_jax.data.resumable import ResumableOutput
+    from rmr1_jax.parallel.agreement import agreed
+
+    rules = list(rules)
+    rows = agreed(_read_rows, in_path)
+
+    def check_done(row, where):
+        if len(row.get("scores") or ()) != len(rules):
+            raise DataError(f"{where}: has {len(row.get('scores') or ())} scores for {len(rules)} rules; it "
+                            f"was written with another rule pool (choose another output path)")
+
+    with ResumableOutput(out_path, in_path, dict(rows), fingerprint=scorer.fingerprint(rules, model),
+                         output_fields=OUTPUT_FIELDS, check_row=check_done) as out:
+        todo = [r for r in rows if r[0] not in out.done]
+        stats = FileStats(total=len(rows), skipped=len(rows) - len(todo))
+        per_write = max(1, scorer.batch_size // len(rules)) if rules else 1
         for start in range(0, len(todo), per_write):
             chunk = todo[start:start + per_write]
             scores, rel = scorer.score([(r["prompt"], r["response"]) for _, r in chunk], rules,
                                        [f"{in_path}:{n}" for n, _ in chunk])
             if not (np.isfinite(scores).all() and np.isfinite(rel).all()):
                 raise DataError(f"{in_path}:{chunk[0][0]}: the model gave non-finite rule scores")
-            if f is not None:
-                f.write("".join(json.dumps({**_kept(r), "scores": [float(x) for x in s],
-                                            "relevance": [float(x) for x in q], "line": n}, ensure_ascii=False) + "\n"
-                                for (n, r), s, q in zip(chunk, scores, rel)))
-                f.flush()
-                os.fsync(f.fileno())
+            out.append({**{k: v for k, v in r.items() if k not in OUTPUT_FIELDS}, "scores": [float(x) for x in sc],
+                        "relevance": [float(x) for x in q], "line": n} for (n, r), sc, q in zip(chunk, scores, rel))
             stats.written += len(chunk)
     return stats
 
@@ -422,19 +409,23 @@ def cmd_score(args) -> FileStats:
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.eval.loading import load_checkpoint_tokenizer
 
-    rules = read_rules(args.rules)
-    template = None
-    if getattr(args, "template", None):
+    from rmr1_jax.parallel.agreement import agreed
+
+    def inputs():  # read on every process; a file missing on one host stops them all
         from rmr1_jax.text.tokenizer_base import read_text
 
-        template = read_text(args.template)
+        return read_rules(args.rules), read_text(args.template) if getattr(args, "template", None) else None
+
+    rules, template = agreed(inputs)
     mesh = _mesh(getattr(args, "mesh", None))
     model, params = load_model(args.ckpt, "lm", mesh=mesh, scan_layers=False)
     tokenizer = load_checkpoint_tokenizer(args.ckpt, getattr(args, "tokenizer", None))
     scorer = RuleScorer(model, params, tokenizer, mesh, template=template,
                         chat_template=not getattr(args, "no_chat_template", False),
                         batch_size=getattr(args, "batch_size", None) or 32)
-    stats = score_file(scorer, rules, args.in_path, args.out)
+    from rmr1_jax.checkpoint.identity import checkpoint_identity
+
+    stats = score_file(scorer, rules, args.in_path, args.out, model=checkpoint_identity(args.ckpt))
     print(f"rules score: {stats.written} rows scored, {stats.skipped} already done, against {len(rules)} rules "
           f"-> {args.out}")
     return stats

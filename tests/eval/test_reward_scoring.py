@@ -304,3 +304,31 @@ def test_eval_rewardbench2_with_a_scalar_checkpoint(rms, tok_dir, tmp_path, caps
     assert cli.main(["eval", "score", "--benchmark", "rewardbench2", "--results",
                      os.path.join(out, "results.jsonl")]) == 0
     assert line.split(": ", 1)[1] in capsys.readouterr().out
+
+
+def test_resume_refuses_another_model_or_length_limit_and_empty_inputs(rms, tmp_path, capsys):
+    """What produced an output file is kept beside it (<out>.fingerprint.json): resuming with
+    another model, or another limit that changes scores, is one line naming what differs, and the
+    file stays as it was. An empty input is an error, not an empty success; a prompt that ends
+    with the assistant's turn is refused."""
+    (_, qwen), (_, llama) = rms["qwen2"], rms["llama3"]
+    half = _write_jsonl(tmp_path / "half.jsonl", ROWS[:4])
+    out = str(tmp_path / "out.jsonl")
+    assert cli.main(["score-rm", "--ckpt", qwen, "--in", half, "--out", out]) == 0
+    before = open(out).read()
+    for extra, needle in ((["--ckpt", llama], "model"), (["--ckpt", qwen, "--max-length", "64"], "max_length")):
+        assert cli.main(["score-rm", *extra, "--in", half, "--out", out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "was written by another set-up" in err[0] and needle in err[0], err
+        assert open(out).read() == before
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert cli.main(["score-rm", "--ckpt", qwen, "--in", str(empty), "--out", str(tmp_path / "e.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{empty}: no rows to score" in err[0]
+    turn = _write_jsonl(tmp_path / "turn.jsonl", [{"prompt": [{"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": "a"}],
+                                                  "response": "r"}])
+    assert cli.main(["score-rm", "--ckpt", qwen, "--in", turn, "--out", str(tmp_path / "t.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{turn}:1: 'prompt' ends with an assistant turn" in err[0]

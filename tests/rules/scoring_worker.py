@@ -15,7 +15,7 @@ def main():
     import jax
 
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.errors import DataError, UserError
+    from rmr1_jax.errors import UserError
     from rmr1_jax.parallel import make_mesh
     from rmr1_jax.rules.scoring import RuleScorer, read_rules, score_file
     from rmr1_jax.text.tokenizer import load_tokenizer
@@ -35,7 +35,7 @@ def main():
         res[name] = [s.total, s.skipped, s.written]
     try:  # process 0 finds full.jsonl written for 3 rules: both processes fail (none waits for the other)
         score_file(shared, rules[:2], in_path, f"{root}/full.jsonl")
-    except DataError as e:
+    except UserError as e:  # process 0's DataError; a PeerError naming it on process 1
         res["other_pool"] = str(e)
     with open(f"{root}/result.{jax.process_index()}.json", "w") as f:
         json.dump(res, f)

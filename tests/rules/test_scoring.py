@@ -16,7 +16,7 @@ import hf_models
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.errors import UserError
 from rmr1_jax.parallel import make_mesh
-from rmr1_jax.rules.scoring import RuleScorer, cmd_score, score_file, score_items
+from rmr1_jax.rules.scoring import DEFAULT_TEMPLATE, RuleScorer, cmd_score, score_file, score_items
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 
 TOL = 1e-4
@@ -214,3 +214,34 @@ def test_bad_inputs(judge, mesh, tmp_path):
                               no_chat_template=False, batch_size=8, mesh=None, tokenizer=None)
     with pytest.raises(UserError, match="rules.jsonl:2: duplicate rule id 'a'"):
         cmd_score(args)
+
+
+def test_resume_refuses_other_rules_templates_and_models(judge, mesh, tmp_path):
+    """The rules, the templates and the model that scored an output are its fingerprint: a
+    resume with another of any is refused, naming it, before anything is appended; an empty
+    input and a prompt ending with the assistant's turn are one-line errors."""
+    rows = [{"id": k, "prompt": p, "response": r} for k, (p, r) in enumerate(ITEMS)]
+    in_path = _write_jsonl(tmp_path / "in.jsonl", rows[:1])
+    out = str(tmp_path / "out.jsonl")
+    scorer = _scorer(judge, mesh)
+    score_file(scorer, RULES, in_path, out, model="judge-a")
+    before = open(out).read()
+    reworded = [RULES[0] + " Always.", *RULES[1:]]  # as many rules, other words
+    for call, needle in ((lambda: score_file(scorer, reworded, in_path, out, model="judge-a"), "rules"),
+                         (lambda: score_file(_scorer(judge, mesh, template=DEFAULT_TEMPLATE.replace("Answer with", "Reply with")), RULES, in_path, out,
+                                             model="judge-a"), "template"),
+                         (lambda: score_file(_scorer(judge, mesh, chat_template=False), RULES, in_path, out,
+                                             model="judge-a"), "chat_template"),
+                         (lambda: score_file(scorer, RULES, in_path, out, model="judge-b"), "model")):
+        with pytest.raises(UserError, match=f"was written by another set-up .*{needle}"):
+            call()
+        assert open(out).read() == before
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(UserError, match="empty.jsonl: no rows to score"):
+        score_file(scorer, RULES, str(empty), str(tmp_path / "e.jsonl"))
+    turn = _write_jsonl(tmp_path / "turn.jsonl", [{"prompt": [{"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": "a"}],
+                                                  "response": "r"}])
+    with pytest.raises(UserError, match="turn.jsonl:1: 'prompt' ends with an assistant turn"):
+        score_file(scorer, RULES, turn, str(tmp_path / "t.jsonl"))
