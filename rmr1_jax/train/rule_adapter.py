@@ -157,6 +157,7 @@ class RuleAdapterObjective:
     def plan(self, job: Job) -> Plan:
         from rmr1_jax.checkpoint.convert import checkpoint_metadata
         from rmr1_jax.config import to_dict
+        from rmr1_jax.train.setup import chat_template_of
         from rmr1_jax.data.pipeline import CheckpointableIterator, rules_dataset, rules_eval_batches
 
         cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
@@ -171,7 +172,8 @@ class RuleAdapterObjective:
         loss_fn = adapter_loss_fn(model, cfg.adapter.k)
         eval_step = adapter_eval_step(model, loss_fn)
         save_best = best_saver(os.path.join(cfg.train.run_dir, "best"), os.path.join(cfg.train.run_dir, "best.json"),
-                               config=to_dict(cfg), metadata=checkpoint_metadata(model.cfg))
+                               config=to_dict(cfg),
+                               metadata=checkpoint_metadata(model.cfg, chat_template=chat_template_of(job.tokenizer)))
 
         def evaluate(p, step):
             out = heldout_adapter(eval_step, p, rules_eval_batches(sources["eval"], limit=train.eval_limit, **kw),

@@ -27,6 +27,7 @@ from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import abstract_params, init_params, num_params
 from rmr1_jax.models.presets import preset
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
+from rmr1_jax.text.tokenizer import train_sentencepiece
 
 TOL = 1e-4
 B, T = 3, 20
@@ -149,8 +150,9 @@ def test_a_lora_checkpoint_loads_and_exports_as_the_merged_model(hf_dirs, tmp_pa
     m2, p2 = load_model(ckpt, mesh=mesh, scan_layers=False)  # another layout than the run's
     assert m2.cfg.lora_rank == 0 and not lora.has_adapters(p2) and not m2.cfg.scan_layers
     assert max_err(ours, logits(m2, p2)) < 1e-5
-    out = str(tmp_path / "hf")
-    orbax_to_hf(ckpt, out, dtype="float32", mesh_cfg=VARIANTS[name][2])
+    out, tok = str(tmp_path / "hf"), str(tmp_path / "tok")  # an export carries a tokenizer
+    train_sentencepiece([f"word{i} and word{i + 1} again" for i in range(60)], tok, vocab_size=hf_models.VOCAB - 10)
+    orbax_to_hf(ckpt, out, dtype="float32", mesh_cfg=VARIANTS[name][2], tokenizer_dir=tok)
     tm = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert max_err(ours, hf_models.hf_logits(tm, IDS, MASK)) < TOL
 
