@@ -74,10 +74,13 @@ def cmd_judge(args) -> None:
         rows = list(read_records(args.pairs, lambda row, fid: (row, fid)))
         items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
                  for row, fid in rows]
+        from rmr1_jax.eval.reward_scoring import check_prompt
+
         for fid, p, a, b in items:
             if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
                     isinstance(b, (str, list)) and b):
                 raise UserError(f"{args.pairs}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
+            check_prompt(p, f"{args.pairs}: record {fid}")
     else:
         items = [("cli", args.prompt, args.a, args.b)]
     out = judge_pairs(judge, [(p, a, b) for _, p, a, b in items], both_orders=args.both_orders,

@@ -69,3 +69,12 @@ def test_eval_bad_benchmark_file_is_one_line(tmp_path, judge_dir, capsys):
                    "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "bad.jsonl:1" in err[0] and "nope" in err[0]
+
+
+def test_judge_pairs_refuse_a_prompt_that_ends_with_the_assistant(tmp_path, judge_dir, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n" + json.dumps(
+        {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "a": "x", "b": "y"}) + "\n")
+    rc = cli.main(["judge", "--ckpt", judge_dir, "--pairs", str(pairs), "--max-new-tokens", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "ends with an assistant turn" in err[0] and f"{pairs}: record" in err[0], err
