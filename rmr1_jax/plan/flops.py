@@ -8,6 +8,12 @@ holds its recomputed forward, so counting matmuls there gives the whole step, re
 included. Only matrix products are counted (``dot_general``: 2 x M x N x K; convolutions
 likewise); elementwise work is a few percent of a transformer step and is left out, as in
 the usual 6 x parameters x tokens accounting.
+
+The count is of the whole (global) program, which the plan divides by the devices once: a
+``shard_map`` body (Splash attention under a mesh) is traced at one device's shapes, so it
+counts once per device it runs on. Where its operands are split over every device that is the
+count at global shapes; where a body repeats the same shard on several devices (rows that do
+not divide over the mesh), the repeats count too, as the work each of those devices does.
 """
 
 from __future__ import annotations
@@ -54,10 +60,20 @@ def _pallas_flops(eqn) -> float:
     return matmuls * 2.0 * math.prod(q.shape) * t * 0.5
 
 
+def _shard_devices(eqn) -> int:
+    """How many devices run a ``shard_map`` body: the product of the sizes of its manual mesh
+    axes (the body's shapes are one device's along those axes, global along the others)."""
+    p = eqn.params
+    sizes = dict(p["mesh"].shape)
+    manual = next((p[k] for k in ("newly_manual_axes", "manual_axes", "axis_names") if p.get(k)), None)
+    return math.prod(sizes[a] for a in (manual if manual is not None else sizes))
+
+
 def jaxpr_flops(jaxpr, custom: dict | None = None) -> float:
     """Matmul FLOPs of ``jaxpr`` (a Jaxpr or ClosedJaxpr), scans multiplied by their length.
     ``custom`` maps a primitive name to a function ``eqn -> FLOPs`` for opaque kernels
-    (a Pallas attention kernel counts its own work)."""
+    (a Pallas attention kernel counts its own work). A ``shard_map`` counts its body once per
+    device it runs on: the global count, like every other equation."""
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     total = 0.0
     for eqn in jaxpr.eqns:
@@ -74,6 +90,9 @@ def jaxpr_flops(jaxpr, custom: dict | None = None) -> float:
             total += jaxpr_flops(eqn.params["body_jaxpr"], custom)
         elif name == "cond":
             total += max(jaxpr_flops(b, custom) for b in eqn.params["branches"])
+        elif name == "shard_map":
+            # its body is at one device's shapes: once per device is the global count
+            total += jaxpr_flops(eqn.params["jaxpr"], custom) * _shard_devices(eqn)
         else:
             inner = sum(jaxpr_flops(j, custom) for j in _sub_jaxprs(eqn))
             total += inner * (eqn.params["length"] if name == "scan" else 1)

@@ -96,15 +96,30 @@ def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) ->
                    trainable_params=trained, total_params=n, hints=_hints(objective, cfg), attention=attention)
 
 
-def _hints(objective: str, cfg) -> dict:
+# rows per optimizer step of the rule adapter when train.global_batch is unset: what
+# RuleAdapterObjective.plan trains with (``train.global_batch or 8``, RAMO's batch);
+# tests/plan/test_plan.py checks the two agree
+RULE_ADAPTER_ROWS = 8
+
+
+def default_rows(objective: str, cfg) -> int:
+    """Rows (reward model: pairs) of one optimizer step, as the objective's training fills in
+    an unset ``train.global_batch``."""
     from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
     from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP
 
     if objective == "grpo":
-        rows = cfg.grpo.minibatch_prompts * cfg.grpo.n
+        return cfg.grpo.minibatch_prompts * cfg.grpo.n
+    default = {"reward-model": DEFAULT_PAIRS_PER_STEP, "rule-adapter": RULE_ADAPTER_ROWS}.get(objective,
+                                                                                            DEFAULT_GLOBAL_BATCH)
+    return cfg.train.global_batch or default
+
+
+def _hints(objective: str, cfg) -> dict:
+    rows = default_rows(objective, cfg)
+    if objective == "grpo":
         return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "rollout_batch": cfg.grpo.rollout_batch,
                 "logprob_batch": cfg.grpo.logprob_batch}
-    rows = cfg.train.global_batch or (DEFAULT_PAIRS_PER_STEP if objective == "reward-model" else DEFAULT_GLOBAL_BATCH)
     return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows}
 
 
@@ -132,10 +147,9 @@ def _single(name, cfg, model, mesh, target, mfu, log, loss_fn, rows, shapes, tok
 def _distill(cfg, model, mesh, target, mfu, log):
     import jax.numpy as jnp
 
-    from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
     from rmr1_jax.train.sft import sft_loss_fn
 
-    rows, length = cfg.train.global_batch or DEFAULT_GLOBAL_BATCH, cfg.data.max_length
+    rows, length = default_rows("distill", cfg), cfg.data.max_length
     shapes = {k: ((rows, length), jnp.int32) for k in ("input_ids", "segment_ids", "positions", "loss_mask")}
     return _single("SFT step", cfg, model, mesh, target, mfu, log, sft_loss_fn(model), rows, shapes,
                    rows * length, f"rows of {length} tokens")
@@ -144,9 +158,9 @@ def _distill(cfg, model, mesh, target, mfu, log):
 def _reward_model(cfg, model, mesh, target, mfu, log):
     import jax.numpy as jnp
 
-    from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP, bt_loss_fn
+    from rmr1_jax.train.reward_model import bt_loss_fn
 
-    pairs, length = cfg.train.global_batch or DEFAULT_PAIRS_PER_STEP, cfg.data.max_length
+    pairs, length = default_rows("reward-model", cfg), cfg.data.max_length
     shapes = {k: ((pairs, length), jnp.int32) for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
     return _single("Bradley-Terry step", cfg, model, mesh, target, mfu, log, bt_loss_fn(model, cfg.reward.margin),
                    pairs, shapes, 2 * pairs * length, f"pairs of 2 x {length} tokens")
@@ -155,10 +169,9 @@ def _reward_model(cfg, model, mesh, target, mfu, log):
 def _rule_adapter(cfg, model, mesh, target, mfu, log):
     import jax.numpy as jnp
 
-    from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
     from rmr1_jax.train.rule_adapter import adapter_loss_fn
 
-    rows, length = cfg.train.global_batch or DEFAULT_GLOBAL_BATCH, cfg.data.max_length
+    rows, length = default_rows("rule-adapter", cfg), cfg.data.max_length
     shapes = {"input_ids": ((rows, length), jnp.int32), "attention_mask": ((rows, length), jnp.int32),
               "labels": ((rows, model.cfg.num_labels), jnp.float32)}
     return _single("rule-adapter step", cfg, model, mesh, target, mfu, log, adapter_loss_fn(model, cfg.adapter.k),

@@ -114,6 +114,7 @@ def compile_step(name: str, jitted, args: tuple, *, mesh, parts: dict, tokens: i
     t = time.perf_counter()
     with activation_sharding(mesh):
         lowered = jitted.lower(*args, **kwargs)
+        # the jaxpr's global count (a shard_map body once per device it runs on) over the devices
         flops = (flops_fn or (lambda: step_flops(jitted, *args, **kwargs)))() / mesh.size
         try:
             compiled = lowered.compile()

@@ -1,6 +1,8 @@
 """`rmr1 plan`: FLOPs counted from the jaxpr against XLA's own cost analysis and the 6N
-formula, plans on a simulated CPU mesh and (with libtpu) on a TPU slice, and a job that does
-not fit exiting non-zero with a suggestion that, re-planned, does fit."""
+formula, Splash attention's FLOPs under a mesh equal to its one-device count, plans on a
+simulated CPU mesh and (with libtpu) on a TPU slice, the rule adapter planned at the rows
+training uses, and a job that does not fit exiting non-zero with a suggestion that,
+re-planned, does fit."""
 
 import importlib.util
 import json
@@ -146,3 +148,68 @@ def test_tpu_grpo_plan_compiles_every_phase(tmp_path, capsys):
     assert dec["parts"]["KV cache"] == (4 * 2 * rows * 2 * 32 * slots * 4 + rows * slots) // 4
     assert all(p["compile_s"] >= 0 and p["flops_per_device"] > 0 for p in js["phases"])
     assert "one rollout step" in out
+
+
+def _splash_grad(mesh=None):
+    """The gradient of Splash attention (interpret mode off TPU) over [8, 256, 4, 64] queries
+    and 2 key/value heads, and its abstract arguments (rows over data x fsdp under ``mesh``)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from rmr1_jax.models.attention import splash_attention
+
+    b, t, n, k, h = 8, 256, 4, 2, 64
+    sh = NamedSharding(mesh, PartitionSpec(("data", "fsdp"))) if mesh is not None else None
+    args = tuple(jax.ShapeDtypeStruct(s, dt, sharding=sh) for s, dt in (
+        ((b, t, n, h), jnp.float32), ((b, t, k, h), jnp.float32), ((b, t, k, h), jnp.float32), ((b, t), jnp.int32)))
+    grad = jax.jit(jax.grad(lambda *a: splash_attention(*a, 0.125).sum(), argnums=(0, 1, 2)))
+    return grad, args, (b, t, n, h)
+
+
+def test_splash_flops_under_a_mesh_are_the_global_count():
+    from rmr1_jax.parallel.sharding import activation_sharding
+
+    grad, args, (b, t, n, h) = _splash_grad()
+    one = step_flops(grad, *args)
+    # forward QK^T, PV; dK/dV 4 matmuls; dQ 3; each 2 x B x N x T x T x H over the causal half
+    # (and the backward's rowwise dO . O, under 0.1% more)
+    assert one == pytest.approx((2 + 4 + 3) * 2 * b * n * t * t * h * 0.5, rel=2e-3)
+    # under a mesh the kernel runs per device through shard_map, whose body is traced at one
+    # device's shapes: counted at those shapes it read 1/8 of the work on 8 devices (and the
+    # plan divided by the devices again). Rows over data x fsdp and key/value heads over tensor
+    # split it over all 8 here, so the count under the mesh is the one-device count
+    for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "tensor": 2}):
+        mesh = make_mesh(MeshConfig(**shape))
+        assert mesh.size == 8
+        grad, args, _ = _splash_grad(mesh)
+        with activation_sharding(mesh):
+            assert step_flops(grad, *args) == pytest.approx(one, rel=1e-9), shape
+    # and the plan's figure per device is that count over the 8 devices, once
+    step = S.compile_step("splash", grad, args, mesh=mesh, parts={}, tokens=b * t, log=lambda *_: None)
+    assert step.flops == pytest.approx(one / 8, rel=1e-9)
+
+
+def test_rule_adapter_plan_rows_are_the_rows_training_uses(tmp_path, capsys, monkeypatch):
+    import types
+
+    from rmr1_jax.schema import TrainSpec
+    from rmr1_jax.train import rule_adapter
+
+    # what training fills in for an unset train.global_batch: RuleAdapterObjective.plan's
+    # train spec, caught where it asks for the steps per epoch
+    class Caught(Exception):
+        pass
+
+    def caught(job, train):
+        raise Caught(train.global_batch)
+
+    monkeypatch.setattr(rule_adapter, "row_steps", caught)
+    cfg = types.SimpleNamespace(train=TrainSpec(global_batch=None))
+    job = types.SimpleNamespace(cfg=cfg, sources={}, mesh=None, model=None, process_count=1, process_index=0)
+    with pytest.raises(Caught) as e:
+        rule_adapter.RuleAdapterObjective().plan(job)
+    trained = e.value.args[0]
+    assert trained == 8
+    rc, out, err, js = _plan(tmp_path, capsys, "configs/rule_adapter/tiny.yaml", "--topology", "cpu:8",
+                             "train.global_batch=null", "mesh.data=8")
+    assert rc == 0, err
+    assert js["phases"][0]["tokens"] == trained * 256 and js["step"] == f"one optimizer step of {trained} rows of 256 tokens"
