@@ -14,6 +14,9 @@ helper returns is what our import must reproduce, logit for logit.
   ``rope_scaling`` at top level, ``torch_dtype``, no ``rope_parameters``).
 * ``make_sharded`` saves with a small ``max_shard_size``: several safetensors files plus
   ``model.safetensors.index.json``.
+* ``make_answer_judge``: a Qwen2 rule-scoring judge for a given tokenizer whose answer words
+  get large, prompt-dependent probabilities (a random head gives every token about 1/vocab
+  everywhere, and a comparison of answer probabilities could hardly fail).
 """
 
 from __future__ import annotations
@@ -148,3 +151,33 @@ def hf_logits(model, ids, mask, position_ids=None):
         out = model(input_ids=torch.as_tensor(ids, dtype=torch.long),
                     attention_mask=torch.as_tensor(mask, dtype=torch.long), use_cache=False, **kw)
     return out.logits.float().numpy()
+
+
+def make_answer_judge(path, tok, answers, texts, *, seed=0, spread=10.0):
+    """A random Qwen2 LM for ``tok`` (saved with the tokenizer files to ``path``) whose head rows
+    for the ``answers`` words (each as a piece alone and after SentencePiece's space) point
+    along the directions in which the final hidden state varies over ``texts`` (its principal
+    axes, orthogonal to its mean), scaled so the answers' logits spread by about ``spread`` from
+    prompt to prompt. Returns the torch model (eval mode)."""
+    config = qwen2_config()
+    config.vocab_size = tok.vocab_size
+    config.max_position_embeddings = 2048
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = tok.pad_id, tok.eos_id, None
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    randomize(model, seed)
+    with torch.no_grad():
+        hs = torch.stack([model(input_ids=torch.tensor([tok.encode(t)]), output_hidden_states=True)
+                          .hidden_states[-1][0, -1] for t in texts])
+        mean = hs.mean(0)
+        _, sv, vt = torch.linalg.svd(hs - mean, full_matrices=False)
+        w = model.lm_head.weight
+        for k, answer in enumerate(answers):
+            v = vt[k] - (vt[k] @ mean) / (mean @ mean) * mean
+            for piece in (answer, "\u2581" + answer):
+                w[tok.token_to_id(piece)] = v * (spread * len(hs) ** 0.5 / sv[k])
+    model.eval()
+    model.save_pretrained(path)
+    tok.save(path)
+    return model

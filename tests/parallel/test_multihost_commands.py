@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hf_models import make_answer_judge
 from mp_launch import start_job
 from rmr1_jax import cli
 from rmr1_jax.checkpoint.hf import save_hf
@@ -46,18 +47,23 @@ def _rows(path) -> list[dict]:
 
 
 def _models(root):
-    """A tokenizer and three random tiny models exported as HF directories: a causal LM (judge
-    and rule scorer), a scalar reward model and a three-rule adapter."""
+    """A tokenizer and three random tiny models as HF directories: a causal LM (judge and rule
+    scorer, its answer words given prompt-dependent probabilities), a scalar reward model and a
+    three-rule adapter."""
     answers = ("Yes", "No", "Irrelevant")  # the rule scorer's answer words: one token each
     tok = train_sentencepiece([_s(i, 12) for i in range(80)] + RULES, str(root / "tok"), vocab_size=300,
                               extra_symbols=[*answers, *("\u2581" + a for a in answers)])
-    dirs = {}
-    for name, kw in (("lm", {}), ("rm", {"head": "scalar"}), ("adapter", {"head": "multilabel", "num_labels": 3})):
+    dirs = {"lm": str(root / "lm")}
+    make_answer_judge(dirs["lm"], tok, answers, [_s(i, 6 + i % 9) for i in range(32)])
+    for name, kw in (("rm", {"head": "scalar"}), ("adapter", {"head": "multilabel", "num_labels": 3})):
         cfg = preset("tiny", vocab_size=tok.vocab_size, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id,
                      dtype="float32", **kw)
         model = DecoderLM(cfg)
-        dirs[name] = save_hf(model, init_params(model, jax.random.key(len(dirs))), str(root / name),
-                             dtype="float32", tokenizer_dir=str(root / "tok"))
+        params = init_params(model, jax.random.key(len(dirs)))
+        # a large head: scores and adapter logits that differ from row to row by far more than
+        # the comparison's tolerance, so a score on the wrong row shows
+        params["score"] = params["score"] * 30.0
+        dirs[name] = save_hf(model, params, str(root / name), dtype="float32", tokenizer_dir=str(root / "tok"))
     return str(root / "tok"), dirs
 
 
@@ -115,21 +121,21 @@ def _inputs(root):
 
 def _commands(out, dirs, files, recipes) -> list[list[str]]:
     return [
-        ["score-rm", "--ckpt", dirs["rm"], "--in", files["score"], "--out", f"{out}/score.jsonl", "--batch-size", "4"],
+        ["score-rm", "--ckpt", dirs["rm"], "--in", files["score"], "--out", f"{out}/score.jsonl", "--batch-size", "8"],
         ["rules", "score", "--ckpt", dirs["lm"], "--rules", files["rules"], "--in", files["rules_in"],
-         "--out", f"{out}/rules.jsonl", "--batch-size", "8"],
+         "--out", f"{out}/rules.jsonl", "--batch-size", "16"],
         ["rules", "apply", "--adapter", dirs["adapter"], "--scores", f"{out}/rules.jsonl", "--pairs", files["pairs"],
-         "--rules", files["rules"], "--k", "2", "--out", f"{out}/apply.jsonl", "--batch-size", "4"],
+         "--rules", files["rules"], "--k", "2", "--out", f"{out}/apply.jsonl", "--batch-size", "8"],
         ["eval", "--benchmark", "rewardbench", "--ckpt", dirs["rm"], "--data", files["rb"], "--out", f"{out}/ev-rm",
-         "--batch-size", "4"],
+         "--batch-size", "8"],
         ["eval", "--benchmark", "rewardbench2", "--ckpt", dirs["rm"], "--data", files["rb2"], "--out", f"{out}/ev-rb2",
-         "--batch-size", "4"],
+         "--batch-size", "8"],
         ["eval", "--benchmark", "rewardbench", "--ckpt", dirs["lm"], "--data", files["rb"], "--out", f"{out}/ev-judge",
-         "--batch-size", "4", "--max-new-tokens", "5"],
+         "--batch-size", "8", "--max-new-tokens", "5"],
         [recipes["rm"][0], recipes["rm"][1], f"train.run_dir={out}/rm"],
         [recipes["adapter"][0], recipes["adapter"][1], f"train.run_dir={out}/adapter"],
         ["score-rm", "--ckpt", dirs["rm"], "--in", files["score_again"], "--out", f"{out}/never.jsonl",
-         "--batch-size", "4"],
+         "--batch-size", "8"],
     ]
 
 
@@ -179,8 +185,20 @@ def _same_rows(a: list[dict], b: list[dict], float_keys: tuple[str, ...]):
                 np.testing.assert_allclose(np.asarray(x[k], float), np.asarray(y[k], float), rtol=1e-4, atol=1e-5)
 
 
+def _spread(rows, key) -> float:
+    """The smallest gap between two different rows' values of ``key``: how far a value put on
+    another row would be from the right one."""
+    v = np.asarray([np.ravel(r[key]) for r in rows if key in r], float)
+    gaps = np.abs(v[:, None, :] - v[None, :, :]).max(-1)
+    return float(gaps[~np.eye(len(v), dtype=bool)].min())
+
+
 def test_file_commands_put_every_score_on_its_row(runs):
     ref, mp, _, _ = runs
+    # the one-process values differ from row to row far beyond the tolerance below
+    assert _spread(_rows(f"{ref}/score.jsonl"), "score") > 1e-2
+    assert _spread(_rows(f"{ref}/rules.jsonl"), "scores") > 1e-2
+    assert _spread(_rows(f"{ref}/apply.jsonl"), "score_a") > 1e-2
     _same_rows(_rows(f"{mp}/score.jsonl"), _rows(f"{ref}/score.jsonl"), ("score", "score_a", "score_b"))
     _same_rows(_rows(f"{mp}/rules.jsonl"), _rows(f"{ref}/rules.jsonl"), ("scores", "relevance"))
     _same_rows(_rows(f"{mp}/apply.jsonl"), _rows(f"{ref}/apply.jsonl"), ("score_a", "score_b", "margin"))

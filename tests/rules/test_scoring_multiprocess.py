@@ -25,8 +25,8 @@ def _same(got, want):
     for g, w in zip(got, want):
         assert {k: v for k, v in g.items() if k not in ("scores", "relevance")} == \
             {k: v for k, v in w.items() if k not in ("scores", "relevance")}
-        np.testing.assert_allclose(g["scores"], w["scores"], atol=1e-6)
-        np.testing.assert_allclose(g["relevance"], w["relevance"], atol=1e-6)
+        np.testing.assert_allclose(g["scores"], w["scores"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g["relevance"], w["relevance"], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.multiprocess
