@@ -175,7 +175,7 @@ def _eval_scalar(args, tasks, results: str, out: str) -> None:
 
 def _eval_inputs(args):
     """(whether the checkpoint is a scalar reward model, the benchmark's tasks)."""
-    from rmr1_jax.eval.loading import checkpoint_head
+    from rmr1_jax.checkpoint.introspect import checkpoint_head
 
     scalar = checkpoint_head(args.ckpt)[0] == "scalar"
     if args.benchmark == "rewardbench2":

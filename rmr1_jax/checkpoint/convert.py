@@ -17,7 +17,7 @@ from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 def checkpoint_metadata(cfg: ModelConfig, *, chat_template: str | None = None) -> dict:
     """The metadata item of a checkpoint of a ``cfg`` model; ``chat_template``: the text of the
     template its run rendered chats with (training records it; every reader renders with it,
-    see :func:`rmr1_jax.eval.loading.load_checkpoint_tokenizer`)."""
+    see :func:`rmr1_jax.checkpoint.introspect.load_checkpoint_tokenizer`)."""
     meta = {"format_version": 1, "layer_layout": "scanned" if cfg.scan_layers else "unrolled",
             "model_config": cfg.to_dict()}
     if chat_template is not None:
@@ -88,7 +88,7 @@ def export_tokenizer(ckpt: str, tokenizer_dir: str | None = None, step: int | No
     """The tokenizer of checkpoint ``ckpt`` for its HF export: the files in ``tokenizer_dir``,
     else those its run config names (``tokenizer.path``, else ``model.hf_dir``), else those in
     the HF directory it was converted from (``rmr1 convert hf-to-orbax``); the chat template is
-    the one the run trained with (:func:`rmr1_jax.eval.loading.load_checkpoint_tokenizer`), else
+    the one the run trained with (:func:`rmr1_jax.checkpoint.introspect.load_checkpoint_tokenizer`), else
     the tokenizer's own, else the built-in ChatML it renders with. No tokenizer, one that does
     not load, or one larger than the model's vocabulary is a one-line CheckpointError. Every
     process of a multi-host job calls it and they fail together (process 0 reads the files)."""
@@ -110,7 +110,7 @@ def export_tokenizer(ckpt: str, tokenizer_dir: str | None = None, step: int | No
 
 def _export_tokenizer(ckpt: str, tokenizer_dir: str | None, step: int | None, read_files: bool) -> ExportTokenizer:
     from rmr1_jax.checkpoint.reading import read_config, read_metadata
-    from rmr1_jax.eval.loading import load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
     from rmr1_jax.text.chat_template import DEFAULT_CHAT_TEMPLATE
 
     meta = read_metadata(ckpt, step)

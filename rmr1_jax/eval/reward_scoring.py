@@ -177,7 +177,7 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
     ``dtype``: the parameter dtype of an HF directory, the compute dtype of an Orbax checkpoint
     (whose parameters keep their saved dtype)."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer
 
     from rmr1_jax.parallel.agreement import agreed
 

@@ -96,17 +96,12 @@ def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) ->
                    trainable_params=trained, total_params=n, hints=_hints(objective, cfg), attention=attention)
 
 
-# rows per optimizer step of the rule adapter when train.global_batch is unset: what
-# RuleAdapterObjective.plan trains with (``train.global_batch or 8``, RAMO's batch);
-# tests/plan/test_plan.py checks the two agree
-RULE_ADAPTER_ROWS = 8
-
-
 def default_rows(objective: str, cfg) -> int:
     """Rows (reward model: pairs) of one optimizer step, as the objective's training fills in
     an unset ``train.global_batch``."""
     from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH
     from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP
+    from rmr1_jax.train.rule_adapter import DEFAULT_ROWS_PER_STEP as RULE_ADAPTER_ROWS
 
     if objective == "grpo":
         return cfg.grpo.minibatch_prompts * cfg.grpo.n

@@ -161,7 +161,7 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     ``max_length`` default: the checkpoint's training ``data.max_length``, else 1024.
     Returns ``select.summary`` plus ``ties_handling``."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.eval.loading import checkpoint_head, load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer
     from rmr1_jax.rules.scoring import _mesh
 
     from rmr1_jax.parallel.agreement import agreed, on_process_zero

@@ -380,22 +380,6 @@ def read_rules(path: str | None) -> list[str]:
     return [r.text for r in load_pool(path)]
 
 
-def tokenizer_path_for(path: str, tokenizer_path: str | None = None) -> str:
-    """``tokenizer_path``, else an HF directory's own files, else the tokenizer an Orbax
-    checkpoint's saved run config names."""
-    if tokenizer_path:
-        return tokenizer_path
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return path
-    from rmr1_jax.checkpoint.reading import read_config
-
-    cfg = read_config(path) or {}
-    tok = (cfg.get("tokenizer") or {}).get("path") or (cfg.get("model") or {}).get("hf_dir")
-    if tok is None:
-        raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
-    return tok
-
-
 def _mesh(spec):
     """A Mesh as it is; ``None``/``""``: all devices on data; else ``"DATA,FSDP,TENSOR"``."""
     from rmr1_jax.parallel.mesh import make_mesh, parse_mesh
@@ -407,7 +391,7 @@ def cmd_score(args) -> FileStats:
     """``rmr1 rules score --ckpt DIR --rules FILE --in FILE.jsonl --out FILE.jsonl
     [--template FILE] [--no-chat-template]`` (also reads ``batch_size``, ``mesh``, ``tokenizer``)."""
     from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.eval.loading import load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
 
     from rmr1_jax.parallel.agreement import agreed
 

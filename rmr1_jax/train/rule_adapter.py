@@ -47,6 +47,10 @@ from rmr1_jax.schema import JobConfig
 from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec, row_steps
 
 
+# rows per optimizer step when train.global_batch is unset (RAMO's Rule Adapter batch: 8)
+DEFAULT_ROWS_PER_STEP = 8
+
+
 @dataclasses.dataclass
 class AdapterSpec:
     k: int = 5  # rules selected per pair: top-k precision / recall
@@ -161,7 +165,7 @@ class RuleAdapterObjective:
         from rmr1_jax.data.pipeline import CheckpointableIterator, rules_dataset, rules_eval_batches
 
         cfg, sources, mesh, model = job.cfg, job.sources, job.mesh, job.model
-        train = dataclasses.replace(cfg.train, global_batch=cfg.train.global_batch or 8)
+        train = dataclasses.replace(cfg.train, global_batch=cfg.train.global_batch or DEFAULT_ROWS_PER_STEP)
         n_proc, p_idx = job.process_count, job.process_index
         per_host, total_steps, epochs = row_steps(job, train)
         r = cfg.model.num_labels

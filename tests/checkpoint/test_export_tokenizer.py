@@ -28,7 +28,7 @@ from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.checkpoint.manager import CheckpointManager
 from rmr1_jax.data import synthetic
 from rmr1_jax.errors import CheckpointError
-from rmr1_jax.eval.loading import load_checkpoint_tokenizer
+from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
 from rmr1_jax.parallel.mesh import make_mesh
 from rmr1_jax.text.tokenizer import load_tokenizer
 from rmr1_jax.train import runner

@@ -10,7 +10,6 @@ import os
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import hf_models
 from rmr1_jax.checkpoint.loading import load_model
