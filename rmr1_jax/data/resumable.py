@@ -46,7 +46,33 @@ def _differences(old: dict, new: dict) -> list[str]:
     return [f"{k} {old.get(k)!r:.60} -> {new.get(k)!r:.60}" for k in keys if old.get(k) != new.get(k)]
 
 
-class ResumableOutput:
+class JsonlAppender:
+    """A JSONL file that process 0 appends to (``self._f``, opened by a subclass on process 0):
+    :meth:`append` writes, flushes and fsyncs a batch of rows there, and every process learns
+    whether that worked (a failure stops every process)."""
+
+    _f = None
+
+    def append(self, rows: Iterable[dict]) -> None:
+        on_process_zero(self._write, list(rows), share=False)
+
+    def _write(self, rows: list[dict]) -> None:
+        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if self._f is not None and not self._f.closed:
+            self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class ResumableOutput(JsonlAppender):
     """See the module docstring. ``inputs``: {input line number: input row}; ``output_fields``:
     the fields the job adds (an input field of the same name is replaced); ``check_row(row,
     where)`` may reject a done row further (raise DataError)."""
@@ -103,23 +129,3 @@ class ResumableOutput:
                     check_row(row, where)
                 done.append(line)
         return done
-
-    def append(self, rows: Iterable[dict]) -> None:
-        """Append ``rows`` (process 0 writes, flushes and fsyncs; a failure stops every process)."""
-        rows = list(rows)
-        on_process_zero(self._write, rows, share=False)
-
-    def _write(self, rows: list[dict]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if self._f is not None and not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "ResumableOutput":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

@@ -10,6 +10,7 @@ import os
 from typing import Callable, Iterable
 
 from rmr1_jax.data.readers import repair_tail
+from rmr1_jax.data.resumable import JsonlAppender
 from rmr1_jax.errors import DataError
 from rmr1_jax.eval.benchmarks import canonical_benchmark
 
@@ -63,7 +64,7 @@ def done_keys(path: str, benchmark: str | None = None) -> set[tuple[str, int]]:
     return {row_key(r) for r in read_results(path, benchmark)}
 
 
-class ResultsWriter:
+class ResultsWriter(JsonlAppender):
     """Appends result rows to a JSONL file, one line per finished example, flushed and
     fsynced after each :meth:`write` (one call per batch). ``done`` holds the keys already in
     the file, so a rerun can skip them; a line cut off by a crash is dropped on open.
@@ -78,7 +79,6 @@ class ResultsWriter:
 
         self.path = path
         self.benchmark = canonical_benchmark(benchmark) if benchmark else None
-        self._f = None
         self.done: set[tuple[str, int]] = {(str(k), int(i)) for k, i in on_process_zero(self._open, check)}
 
     def _open(self, check) -> list[list]:
@@ -91,27 +91,10 @@ class ResultsWriter:
         return [list(k) for k in done]
 
     def write(self, rows: Iterable[dict]) -> int:
-        from rmr1_jax.parallel.agreement import on_process_zero
-
         rows = list(rows)
-        on_process_zero(self._write, rows, share=False)
+        self.append(rows)
         self.done.update(row_key(r) for r in rows)
         return len(rows)
-
-    def _write(self, rows: list[dict]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
-
-    def close(self) -> None:
-        if self._f is not None and not self._f.closed:
-            self._f.close()
-
-    def __enter__(self) -> "ResultsWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # ============================================================================ per-example value

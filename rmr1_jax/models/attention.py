@@ -73,7 +73,10 @@ def _kernel(t: int, group: int, interpret: bool):
     sizes = sk.BlockSizes(block_q=b, block_kv=b, block_kv_compute=b, block_q_dkv=b, block_kv_dkv=b,
                           block_kv_dkv_compute=b, block_q_dq=b, block_kv_dq=b)
     mask = sm.MultiHeadMask([sm.CausalMask((t, t)) for _ in range(group)])
-    return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # cached across programs: its mask arrays must be constants, not tracers of whichever jit
+    # first asks for this kernel (a later program would find them leaked)
+    with jax.ensure_compile_time_eval():
+        return sk.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(q_btnh, k_btkh, v_btkh, segments_bt, scale: float):
