@@ -45,7 +45,7 @@ from rmr1_jax.parallel.hostlocal import fetch, to_global_shared
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.rules.pool import Rule
 from rmr1_jax.rules.score_files import load_pairs
-from rmr1_jax.rules.select import Labeling, check_options, labeled_rows, resolve_ties, summary
+from rmr1_jax.rules.select import Labeling, check_builtin_pool, check_options, labeled_rows, resolve_ties, summary
 
 STRATEGY = "adapter"
 DEFAULT_K = 5
@@ -153,12 +153,14 @@ def _trained_length(path: str) -> int:
 def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | None = None,
                pairs_path: str | None = None, rules: list[Rule] | None = None, ties: str = "skip", seed: int = 0,
                mesh=None, batch_size: int = 16, max_length: int | None = None, tokenizer_path: str | None = None,
-               overlong: str = "error") -> dict:
+               overlong: str = "error", builtin_pool: bool = False) -> dict:
     """Label the pairs of ``scores_path`` (+ ``pairs_path``: ``score_files.load_pairs``) with
     the adapter ``adapter_ckpt`` (Orbax or HF classifier dir) and write label rows to
     ``out_path`` (atomically). ``k`` default 5; ``rules`` the pool (sizes checked, ids
     written) or None; ``mesh`` a Mesh or ``"DATA,FSDP,TENSOR"`` (None: all devices on data);
-    ``max_length`` default: the checkpoint's training ``data.max_length``, else 1024.
+    ``max_length`` default: the checkpoint's training ``data.max_length``, else 1024;
+    ``builtin_pool``: ``rules`` is the built-in pool because no pool file was named, and scores
+    from another pool are an error saying to pass it (``select.check_builtin_pool``).
     Returns ``select.summary`` plus ``ties_handling``."""
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer
@@ -167,7 +169,9 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     from rmr1_jax.parallel.agreement import agreed, on_process_zero
 
     def prepare():  # on every process, before any collective: a failure on one host stops them all
-        pairs = load_pairs(scores_path, len(rules) if rules is not None else None, pairs_path)
+        pairs = load_pairs(scores_path, len(rules) if rules is not None and not builtin_pool else None, pairs_path)
+        if builtin_pool:  # no pool file named: the scores must come from the built-in pool
+            check_builtin_pool(pairs, rules, scores_path)
         r = pairs.num_rules
         k_ = check_options("topk_discrepancy", DEFAULT_K if k is None else k, r, ties)
         head, width = checkpoint_head(adapter_ckpt)
@@ -208,7 +212,8 @@ def cmd_apply(args) -> dict:
 
     opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     s = apply_file(args.adapter, args.scores, args.out, k=opt("k", DEFAULT_K), pairs_path=opt("pairs"),
-                   rules=agreed(load_pool, opt("rules")), ties=opt("ties", "skip"), seed=opt("seed", 0), mesh=opt("mesh"),
+                   rules=agreed(load_pool, opt("rules")), builtin_pool=opt("rules") is None,
+                   ties=opt("ties", "skip"), seed=opt("seed", 0), mesh=opt("mesh"),
                    batch_size=opt("batch_size") or 16, max_length=opt("max_length"),
                    tokenizer_path=opt("tokenizer"), overlong=opt("overlong", "error"))
     report(s, f"adapter-labeled pairs (ties: {s['ties_handling']})", args.out)

@@ -191,3 +191,10 @@ def test_one_line_errors(adapter, tmp_path):
     with pytest.raises(DataError, match=f"^{bare}:2: cannot show this pair to the rule adapter: missing field 'prompt'$"):
         apply_file(hf_dir, bare, out)
     assert not (tmp_path / "out.jsonl").exists()
+    # scores from a custom pool and no --rules: the pool is named as the fix, not the score vectors
+    parser = argparse.ArgumentParser()
+    add_apply_arguments(parser)
+    args = parser.parse_args(["--adapter", hf_dir, "--scores", scores_path, "--pairs", pairs_path, "--out", out])
+    with pytest.raises(DataError, match=r"scored with a custom rule pool \(its score vectors have 12 values, the "
+                                        r"built-in pool has 100 rules\) and no --rules given: pass --rules FILE"):
+        cmd_apply(args)
