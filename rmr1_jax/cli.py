@@ -54,7 +54,10 @@ def cmd_train(args) -> None:
     """``rmr1 <objective> CONFIG [key=value ...]``: one runner, the objective named by the subcommand."""
     from rmr1_jax.train.runner import load_config, run
 
-    cfg = load_config(args.objective, args.config, args.overrides)
+    from rmr1_jax.parallel.agreement import agreed
+
+    # read on every process: a config one host cannot read stops every process, none waits
+    cfg = agreed(load_config, args.objective, args.config, args.overrides)
     result = run(cfg, args.objective).result
     print(f"{args.objective} finished at step {result.step}: {_fmt(result.last_metrics)}"
           + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))

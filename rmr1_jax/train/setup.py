@@ -150,11 +150,21 @@ def prepare_job(cfg, records, log=print):
     Returns ``(mesh, tokenizer, template, sources)``."""
     from rmr1_jax.data.records import RecordOptions, build_records
 
+    from rmr1_jax.parallel.agreement import agreed
+
     run_dir = cfg.train.run_dir
-    prepare_run_dir(run_dir, cfg, log)
+
+    def inputs():  # every process reads them; one host that cannot stops every process
+        prepare_run_dir(run_dir, cfg, log)
+        source, kind = model_source(cfg.model)
+        if kind == "hf" and not os.path.isfile(os.path.join(source, "config.json")):
+            raise ConfigError(f"model.hf_dir: {source} is not a Hugging Face directory (no config.json)")
+        if kind == "orbax" and not os.path.isdir(source):
+            raise ConfigError(f"model.init_checkpoint: {source} not found")
+        return load_tokenizer_for(cfg.tokenizer, cfg.model), load_template(cfg.prompt)
+
+    tokenizer, template = agreed(inputs)
     mesh = make_mesh(cfg.mesh)
-    tokenizer = load_tokenizer_for(cfg.tokenizer, cfg.model)
-    template = load_template(cfg.prompt)
     files = {"train": list(cfg.data.train)}
     if cfg.data.eval:
         files["eval"] = list(cfg.data.eval)

@@ -5,11 +5,11 @@ which hides code that assumes each process's rows are a contiguous block).
 One two-process job (4 CPU devices each, ``cli_worker.py --interleave``) runs, in order:
 ``score-rm``, ``rules score``, ``rules apply``, ``rmr1 eval`` with a scalar model (RewardBench
 and RewardBench 2) and with a generative judge, ``train-rm`` and ``rule-adapter`` with 9 held-out
-rows (which two processes cannot split evenly), and finally ``score-rm`` on an input that is
-malformed on the last process only. The same commands run here in one process (8 devices) give
+rows (which two processes cannot split evenly), and finally ``train-rm`` with a config file and
+``score-rm`` with an input that the last process alone cannot read or finds malformed. The same commands run here in one process (8 devices) give
 the reference: every output file equals it (byte for byte where nothing is a float computed on
 another mesh; the scores within float tolerance), the training jobs' losses and held-out metrics
-match, and the failing command exits 2 on both processes with one line, within seconds."""
+match, and each failing command exits 2 on both processes with one line, within seconds."""
 
 import json
 import os
@@ -86,6 +86,7 @@ def _recipes(root, tok_dir):
                "checkpoint": {"save_every": 1000, "keep": 1, "async_save": False}, **extra}
         path = root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
+        (root / f"{name}.yaml.again").write_text(yaml.safe_dump(cfg))  # for a failure on one process
         out[name] = (objective, str(path))
     return out
 
@@ -134,6 +135,7 @@ def _commands(out, dirs, files, recipes) -> list[list[str]]:
          "--batch-size", "8", "--max-new-tokens", "5"],
         [recipes["rm"][0], recipes["rm"][1], f"train.run_dir={out}/rm"],
         [recipes["adapter"][0], recipes["adapter"][1], f"train.run_dir={out}/adapter"],
+        [recipes["rm"][0], recipes["rm"][1] + ".again", f"train.run_dir={out}/never-rm"],
         ["score-rm", "--ckpt", dirs["rm"], "--in", files["score_again"], "--out", f"{out}/never.jsonl",
          "--batch-size", "8"],
     ]
@@ -147,11 +149,12 @@ def runs(tmp_path_factory):
     files, recipes = _inputs(root), _recipes(root, tok_dir)
     ref, mp = str(root / "ref"), str(root / "mp")
     job = start_job(os.path.join(os.path.dirname(os.path.dirname(__file__)), "cli_worker.py"),
-                    ["--interleave", "--swap-on-last", files["score_again"] + "=" + files["bad"]]
+                    ["--interleave", "--swap-on-last", files["score_again"] + "=" + files["bad"],
+                     "--swap-on-last", recipes["rm"][1] + ".again=" + str(root / "missing.yaml")]
                     + [a for cmd in _commands(mp, dirs, files, recipes) for a in cmd + ["::"]][:-1],
                     processes=2, devices=4)
     try:
-        for cmd in _commands(ref, dirs, files, recipes)[:-1]:  # the reference, in this process, while the job runs
+        for cmd in _commands(ref, dirs, files, recipes)[:-2]:  # the reference, in this process, while the job runs
             assert cli.main(cmd) == 0, cmd
         outs = job.wait(timeout=900)
     finally:
@@ -167,13 +170,18 @@ def test_every_command_succeeds_on_both_processes_but_the_bad_one(runs):
     _, _, outs, files = runs
     for pid, out in enumerate(outs):
         st = _statuses(out)
-        assert [rc for rc, _ in st] == [0] * 8 + [2], (pid, out[-3000:])
-        assert st[-1][1] < 30, st  # the failure reached both processes within seconds
+        assert [rc for rc, _ in st] == [0] * 8 + [2, 2], (pid, out[-3000:])
+        assert st[-1][1] < 30 and st[-2][1] < 30, st  # each failure reached both processes within seconds
     err1 = [line for line in outs[1].splitlines() if line.startswith("rmr1 score-rm: error:")]
     err0 = [line for line in outs[0].splitlines() if line.startswith("rmr1 score-rm: error:")]
     assert len(err1) == 1 and f"{files['bad']}:5" in err1[0] and "'response' must be a string" in err1[0]
     assert len(err0) == 1 and err0[0].startswith("rmr1 score-rm: error: process 1 failed: ") and \
         f"{files['bad']}:5" in err0[0]
+    # a config file one host cannot read: before any collective, so nothing waits on that host
+    cfg1 = [line for line in outs[1].splitlines() if line.startswith("rmr1 train-rm: error:")]
+    cfg0 = [line for line in outs[0].splitlines() if line.startswith("rmr1 train-rm: error:")]
+    assert len(cfg1) == 1 and "missing.yaml: config file not found" in cfg1[0]
+    assert len(cfg0) == 1 and cfg0[0].startswith("rmr1 train-rm: error: process 1 failed: ")
 
 
 def _same_rows(a: list[dict], b: list[dict], float_keys: tuple[str, ...]):
