@@ -63,35 +63,44 @@ def cmd_train(args) -> None:
           + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
 
 
+def _judge_items(args) -> list[tuple]:
+    """``(id, prompt, a, b)`` of each pair ``rmr1 judge`` is given, checked."""
+    from rmr1_jax.data.readers import read_records
+    from rmr1_jax.eval.reward_scoring import check_prompt
+
+    if not os.path.isdir(args.ckpt):
+        raise UserError(f"{args.ckpt}: checkpoint directory not found")
+    if not args.pairs:
+        return [("cli", args.prompt, args.a, args.b)]
+    rows = list(read_records(args.pairs, lambda row, fid: (row, fid)))
+    items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
+             for row, fid in rows]
+    for fid, p, a, b in items:
+        if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
+                isinstance(b, (str, list)) and b):
+            raise UserError(f"{args.pairs}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
+        check_prompt(p, f"{args.pairs}: record {fid}")
+    return items
+
+
 def cmd_judge(args) -> None:
-    from rmr1_jax.data.readers import read_records, write_jsonl
+    from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.judging import judge_pairs
     from rmr1_jax.eval.loading import load_judge
     from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.parallel.agreement import agreed, on_process_zero
 
     if args.pairs is None and None in (args.prompt, args.a, args.b):
         raise UserError("give --prompt, --a and --b, or --pairs FILE.jsonl")
+    items = agreed(_judge_items, args)  # read on every process before any collective
     judge = load_judge(args.ckpt, make_mesh(_mesh_arg(args.mesh)), tokenizer_path=args.tokenizer,
                        prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
-    if args.pairs:
-        rows = list(read_records(args.pairs, lambda row, fid: (row, fid)))
-        items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
-                 for row, fid in rows]
-        from rmr1_jax.eval.reward_scoring import check_prompt
-
-        for fid, p, a, b in items:
-            if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
-                    isinstance(b, (str, list)) and b):
-                raise UserError(f"{args.pairs}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
-            check_prompt(p, f"{args.pairs}: record {fid}")
-    else:
-        items = [("cli", args.prompt, args.a, args.b)]
     out = judge_pairs(judge, [(p, a, b) for _, p, a, b in items], both_orders=args.both_orders,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     for (rid, *_), r in zip(items, out):
         r["id"] = rid
-    if args.out:
-        write_jsonl(args.out, out)
+    if args.out:  # process 0 writes (atomically); every process learns the outcome
+        on_process_zero(write_jsonl, args.out, out, share=False)
         print(f"wrote {len(out)} judgments to {args.out}")
     else:
         for r in out:
