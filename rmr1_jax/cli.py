@@ -1,8 +1,7 @@
 """The ``rmr1`` command. Each subcommand is a thin function over a library call.
 
 Any :class:`~rmr1_jax.errors.UserError` ends the command with one line on stderr and exit
-status 2; nothing is left half-written (outputs are written to temporary paths and renamed).
-"""
+status 2, on every process of a multi-host job (:mod:`rmr1_jax.parallel.agreement`)."""
 
 from __future__ import annotations
 
@@ -10,6 +9,7 @@ import argparse
 import os
 import sys
 
+from rmr1_jax import __version__
 from rmr1_jax.errors import UserError
 
 
@@ -284,6 +284,7 @@ def _rules_cmd(module: str, name: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models in JAX.")
+    p.add_argument("--version", action="version", version=f"rmr1 {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="a whole pipeline on the embedded default (synthetic data, CPU): "

@@ -306,3 +306,16 @@ def test_grpo_update_batch_is_derived_and_never_overwritten(tmp_path):
         load_grpo_config(path, over + ["train.global_batch=112"])
     with pytest.raises(ConfigError, match="train.micro_batch=100 must divide grpo.minibatch_prompts x grpo.n=896"):
         load_grpo_config(path, over + ["train.micro_batch=100"])
+
+
+def test_help_and_version_answer_without_importing_jax():
+    """``rmr1 --help`` and ``rmr1 --version`` build the whole parser without importing JAX (a
+    fraction of a second, not the seconds JAX's import takes)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom rmr1_jax.cli import build_parser\nbuild_parser()\n"
+            "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))[:5]\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = subprocess.run([sys.executable, "-m", "rmr1_jax.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "rmr1 0.1.0"
