@@ -326,6 +326,11 @@ class Sampler:
                     carry["done"] = jnp.asarray(done)
                 if done.all():
                     break
+        return self._finish(carry, sp, stop_at, own, tokenizer)
+
+    def _finish(self, carry, sp: SamplingParams, stop_at: np.ndarray, own, tokenizer) -> Generation:
+        """The finished decode state as a Generation: cut at the budget and at stop strings
+        (``stop_at``), padded after each row's end, this process's rows (``own``) only."""
         tokens = fetch(carry["tokens"])[:, : sp.max_new_tokens].copy()
         logprobs = fetch(carry["logprobs"])[:, : sp.max_new_tokens].copy()
         lengths = np.minimum(fetch(carry["lengths"]), sp.max_new_tokens)

@@ -102,11 +102,12 @@ class RolloutSource:
                 out.append(fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real])
         return np.concatenate(out)
 
-    def _rollout(self, params):
-        from rmr1_jax.judging import flip, prompts_open_thinking
+    def _next_prompts(self) -> tuple[list[list[int]], list[str]]:
+        """This process's prompts of the next rollout step (token ids, cut to the prompt budget)
+        and their winners; with ``both_orders`` each pair also swapped, its winner flipped."""
+        from rmr1_jax.judging import flip
 
         spec = self.spec
-        t0 = time.perf_counter()
         prompt_ids, winners = [], []
         for _ in range(self.k // 2 if spec.both_orders else self.k):
             r = next(self.prompts)
@@ -116,9 +117,15 @@ class RolloutSource:
             if spec.both_orders:
                 prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
                 winners.append(flip(w))
-        from rmr1_jax.sampling.sampler import SamplingParams, left_pad
-        from rmr1_jax.text.verdict import judgment_reward
+        return prompt_ids, winners
 
+    def _sample(self, params, prompt_ids):
+        """``(plen, tokens, sampler log-probs, lengths, finished, texts)`` of ``spec.n`` samples a
+        prompt, ``rollout_batch`` prompts a sampler call; the token columns cut to the bucketed
+        width any response reaches (agreed over processes, so few shapes compile)."""
+        from rmr1_jax.sampling.sampler import SamplingParams
+
+        spec = self.spec
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
         plen = int(agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
@@ -133,11 +140,19 @@ class RolloutSource:
             texts += g.texts
         tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
         lengths, finished = np.concatenate(lens), np.concatenate(fin)
-        # The sampler returns max_response_tokens columns; train on the columns any response
-        # reaches, bucketed so that only a few shapes are compiled.
         bucket = max(32, spec.max_response_tokens // 8)
         width = int(agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
-        tokens, sampler_lp = tokens[:, :width], sampler_lp[:, :width]
+        return plen, tokens[:, :width], sampler_lp[:, :width], lengths, finished, texts
+
+    def _rollout(self, params):
+        from rmr1_jax.judging import prompts_open_thinking
+        from rmr1_jax.sampling.sampler import left_pad
+        from rmr1_jax.text.verdict import judgment_reward
+
+        spec = self.spec
+        t0 = time.perf_counter()
+        prompt_ids, winners = self._next_prompts()
+        plen, tokens, sampler_lp, lengths, finished, texts = self._sample(params, prompt_ids)
         t_gen = time.perf_counter() - t0
         # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
         # output inside it: without "</think>" the whole output is thinking, no verdict
