@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -183,9 +182,10 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
     from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.rules import diagnostics, synthetic
     from rmr1_jax.rules.apply import apply_file
-    from rmr1_jax.rules.commands import report
-    from rmr1_jax.rules.scoring import cmd_score
-    from rmr1_jax.rules.select import STRATEGIES, label_file, select_file
+    from rmr1_jax.checkpoint.identity import checkpoint_identity
+    from rmr1_jax.parallel.mesh import make_mesh
+    from rmr1_jax.rules.scoring import load_rule_scorer, score_file
+    from rmr1_jax.rules.select import STRATEGIES, label_file, report, select_file
     from rmr1_jax.text.tokenizer import train_sentencepiece
     from rmr1_jax.train.runner import run
 
@@ -211,9 +211,13 @@ def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
     run(recipe.judge, "distill", log=log)
     stamps["judge"] = time.perf_counter() - t0
     log("== rules score ==")
-    cmd_score(argparse.Namespace(ckpt=recipe.judge.checkpoint.dir, rules=paths["pool"], in_path=paths["responses"],
-                                 out=paths["scores"], template=paths["template"], no_chat_template=False,
-                                 batch_size=s.score_batch, mesh=None, tokenizer=recipe.judge.tokenizer.path))
+    scorer, rule_texts = load_rule_scorer(recipe.judge.checkpoint.dir, make_mesh(), rules_path=paths["pool"],
+                                          template_path=paths["template"], tokenizer_path=recipe.judge.tokenizer.path,
+                                          batch_size=s.score_batch)
+    stats = score_file(scorer, rule_texts, paths["responses"], paths["scores"],
+                       model=checkpoint_identity(recipe.judge.checkpoint.dir))
+    print(f"rules score: {stats.written} rows scored, {stats.skipped} already done, against {len(rule_texts)} rules "
+          f"-> {paths['scores']}")
     stamps["score"] = time.perf_counter() - t0
     judge = _judge_summary(paths["scores"], splits, world)
     log("judge on held-out responses (mean score / relevance): " + ", ".join(

@@ -20,3 +20,13 @@ def run_in_empty_dir(tmp_path_factory, name: str, argv: list[str]):
         yield work, text.getvalue()
     finally:
         os.chdir(cwd)
+
+
+def handle(*argv: str):
+    """Parse ``rmr1 *argv`` as the command line does and run its handler, returning what it
+    returns; errors propagate (unlike :func:`rmr1_jax.cli.main`, which turns them into exit 2)."""
+    from rmr1_jax.cli.options import check_required
+
+    args = cli.build_parser().parse_args(list(argv))
+    check_required(args)
+    return args.func(args)

@@ -59,9 +59,9 @@ def test_distill_resume_and_convert_with_relative_paths(in_new_user_dir, capsys)
     assert "resumed from" in capsys.readouterr().out
     assert sorted(os.listdir("runs/distill-tiny/checkpoints")) == ["2", "4"]
     assert cli.main(["convert", "orbax-to-hf", "--ckpt", "runs/distill-tiny/checkpoints", "--out", "export/hf",
-                     "--dtype", "float32", "--tokenizer-dir", "runs/demo/tokenizer"]) == 0
+                     "--dtype", "float32", "--tokenizer", "runs/demo/tokenizer"]) == 0
     hf = transformers.AutoModelForCausalLM.from_pretrained("export/hf")
-    assert cli.main(["convert", "hf-to-orbax", "--hf-dir", "export/hf", "--out", "export/orbax"]) == 0
+    assert cli.main(["convert", "hf-to-orbax", "--ckpt", "export/hf", "--out", "export/orbax"]) == 0
     assert os.path.isdir("export/orbax/0")
     ckpt = os.path.abspath("runs/distill-tiny/checkpoints")
     os.chdir(os.path.dirname(REPO))  # elsewhere: the checkpoint still finds its tokenizer and prompts

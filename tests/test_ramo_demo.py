@@ -140,7 +140,7 @@ def test_rules_apply_cli_on_the_demo_adapter(ramo_dir, capsys, monkeypatch):
     """`rmr1 rules apply` as the README writes it, on the demo's outputs, relative paths."""
     monkeypatch.chdir(ramo_dir[0])
     o = "runs/demo-ramo"
-    assert cli.main(["rules", "apply", "--adapter", f"{o}/adapter/checkpoints", "--scores", f"{o}/scores/responses.jsonl",
+    assert cli.main(["rules", "apply", "--ckpt", f"{o}/adapter/checkpoints", "--scores", f"{o}/scores/responses.jsonl",
                      "--pairs", f"{o}/data/heldout_pairs.jsonl", "--rules", f"{o}/pool.jsonl",
                      "--out", f"{o}/applied.jsonl", "--k", "3"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]

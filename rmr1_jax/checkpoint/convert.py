@@ -122,7 +122,7 @@ def _export_tokenizer(ckpt: str, tokenizer_dir: str | None, step: int | None, re
         path = source
     if path is None:
         raise CheckpointError(f"{ckpt}: no tokenizer to export with the model (the checkpoint's run config names "
-                              f"none in tokenizer.path or model.hf_dir); pass --tokenizer-dir DIR")
+                              f"none in tokenizer.path or model.hf_dir); pass --tokenizer DIR")
     tok = load_checkpoint_tokenizer(ckpt, path, step=step)
     vocab = (meta.get("model_config") or {}).get("vocab_size")
     if isinstance(vocab, int) and tok.vocab_size > vocab:

@@ -15,24 +15,6 @@ class DoesNotFit(UserError):
     """The planned job needs more memory than the target's devices have."""
 
 
-def add_parser(sub) -> None:
-    pl = sub.add_parser("plan", help="compile a recipe's steps ahead of time for a TPU slice (or a simulated CPU "
-                                     "mesh): memory per device, FLOPs, step time, whether it fits")
-    pl.add_argument("config", help="YAML recipe (configs/...)")
-    pl.add_argument("overrides", nargs="*", help="key=value overrides, e.g. mesh.tensor=4 train.micro_batch=8")
-    pl.add_argument("--topology", required=True,
-                    help="v5p:2x2x2, v5p:4x4x4, v6e:4x4, v5e:8x8, v4:2x2x2 (needs the tpu extra: libtpu), or cpu:N")
-    pl.add_argument("--objective", choices=("distill", "grpo", "reward-model", "rule-adapter"), default=None,
-                    help="default: from the recipe's own section (grpo:, reward:, adapter:; else distill)")
-    pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization the step time assumes")
-    pl.add_argument("--remat", default=None,
-                    help="plan once per rematerialization policy, comma-separated, or 'all' (one row each)")
-    pl.add_argument("--hbm-gib", type=float, default=None,
-                    help="device memory to plan against, GiB (default: the chip's HBM; cpu: host memory / N)")
-    pl.add_argument("--json", default=None, help="also write the plan as JSON to this file")
-    pl.set_defaults(func=cmd_plan)
-
-
 def objective_of(path: str) -> str:
     from rmr1_jax.config import load_yaml
 

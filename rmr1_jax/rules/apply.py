@@ -3,7 +3,7 @@ the pair is labeled from the rule scores of those rules.
 
 ::
 
-    rmr1 rules apply --adapter DIR --scores FILE [--pairs FILE] --out FILE [--k 5] [--ties skip]
+    rmr1 rules apply --ckpt DIR --scores FILE [--pairs FILE] --out FILE [--k 5] [--ties skip]
         [--rules FILE] [--seed 0] [--batch-size 16] [--max-length N] [--overlong error|truncate]
         [--tokenizer DIR] [--mesh DATA,FSDP,TENSOR]
 
@@ -157,14 +157,13 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     """Label the pairs of ``scores_path`` (+ ``pairs_path``: ``score_files.load_pairs``) with
     the adapter ``adapter_ckpt`` (Orbax or HF classifier dir) and write label rows to
     ``out_path`` (atomically). ``k`` default 5; ``rules`` the pool (sizes checked, ids
-    written) or None; ``mesh`` a Mesh or ``"DATA,FSDP,TENSOR"`` (None: all devices on data);
+    written) or None; ``mesh`` a Mesh (None: all devices on data);
     ``max_length`` default: the checkpoint's training ``data.max_length``, else 1024;
     ``builtin_pool``: ``rules`` is the built-in pool because no pool file was named, and scores
     from another pool are an error saying to pass it (``select.check_builtin_pool``).
     Returns ``select.summary`` plus ``ties_handling``."""
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer
-    from rmr1_jax.rules.scoring import _mesh
 
     from rmr1_jax.parallel.agreement import agreed, on_process_zero
 
@@ -188,7 +187,10 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
         return pairs, k_, tokenizer, length, names, seqs
 
     pairs, k, tokenizer, max_length, names, seqs = agreed(prepare)
-    mesh = _mesh(mesh)
+    if mesh is None:
+        from rmr1_jax.parallel.mesh import make_mesh
+
+        mesh = make_mesh()
     model, params = load_model(adapter_ckpt, "multilabel", mesh=mesh)
     logits = adapter_logits(model, params, seqs, mesh=mesh, batch_size=batch_size, max_length=max_length,
                             pad_id=tokenizer.pad_id, names=names)
@@ -201,20 +203,4 @@ def apply_file(adapter_ckpt: str, scores_path: str, out_path: str, *, k: int | N
     on_process_zero(write_jsonl, out_path, rows, share=False)
     s = summary(pairs, lab, len(rows))
     s["ties_handling"] = ties
-    return s
-
-
-def cmd_apply(args) -> dict:
-    """``rmr1 rules apply``: adapter-selected rules and labels; prints one line, returns the summary."""
-    from rmr1_jax.rules.commands import report
-    from rmr1_jax.parallel.agreement import agreed
-    from rmr1_jax.rules.pool import load_pool
-
-    opt = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    s = apply_file(args.adapter, args.scores, args.out, k=opt("k", DEFAULT_K), pairs_path=opt("pairs"),
-                   rules=agreed(load_pool, opt("rules")), builtin_pool=opt("rules") is None,
-                   ties=opt("ties", "skip"), seed=opt("seed", 0), mesh=opt("mesh"),
-                   batch_size=opt("batch_size") or 16, max_length=opt("max_length"),
-                   tokenizer_path=opt("tokenizer"), overlong=opt("overlong", "error"))
-    report(s, f"adapter-labeled pairs (ties: {s['ties_handling']})", args.out)
     return s

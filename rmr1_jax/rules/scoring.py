@@ -380,36 +380,24 @@ def read_rules(path: str | None) -> list[str]:
     return [r.text for r in load_pool(path)]
 
 
-def _mesh(spec):
-    """A Mesh as it is; ``None``/``""``: all devices on data; else ``"DATA,FSDP,TENSOR"``."""
-    from rmr1_jax.parallel.mesh import make_mesh, parse_mesh
-
-    return spec if spec is not None and not isinstance(spec, str) else make_mesh(parse_mesh(spec))
-
-
-def cmd_score(args) -> FileStats:
-    """``rmr1 rules score --ckpt DIR --rules FILE --in FILE.jsonl --out FILE.jsonl
-    [--template FILE] [--no-chat-template]`` (also reads ``batch_size``, ``mesh``, ``tokenizer``)."""
-    from rmr1_jax.checkpoint.loading import load_model
+def load_rule_scorer(ckpt: str, mesh, *, rules_path: str | None = None, template_path: str | None = None,
+                     tokenizer_path: str | None = None, chat_template: bool = True,
+                     batch_size: int = 16) -> tuple[RuleScorer, list[str]]:
+    """The rule scorer of checkpoint ``ckpt`` (Orbax or HF causal LM, with its tokenizer) and
+    the rule texts of ``rules_path`` (``None``: the built-in pool), scoring with the template of
+    ``template_path`` (``None``: :data:`DEFAULT_TEMPLATE`). The files are read on every process
+    first: one a host cannot read stops every process (:func:`~rmr1_jax.parallel.agreement.agreed`)."""
     from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
-
+    from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.parallel.agreement import agreed
+    from rmr1_jax.text.tokenizer_base import read_text
 
-    def inputs():  # read on every process; a file missing on one host stops them all
-        from rmr1_jax.text.tokenizer_base import read_text
-
-        return read_rules(args.rules), read_text(args.template) if getattr(args, "template", None) else None
+    def inputs():
+        return read_rules(rules_path), read_text(template_path) if template_path else None
 
     rules, template = agreed(inputs)
-    mesh = _mesh(getattr(args, "mesh", None))
-    model, params = load_model(args.ckpt, "lm", mesh=mesh, scan_layers=False)
-    tokenizer = load_checkpoint_tokenizer(args.ckpt, getattr(args, "tokenizer", None))
-    scorer = RuleScorer(model, params, tokenizer, mesh, template=template,
-                        chat_template=not getattr(args, "no_chat_template", False),
-                        batch_size=getattr(args, "batch_size", None) or 32)
-    from rmr1_jax.checkpoint.identity import checkpoint_identity
-
-    stats = score_file(scorer, rules, args.in_path, args.out, model=checkpoint_identity(args.ckpt))
-    print(f"rules score: {stats.written} rows scored, {stats.skipped} already done, against {len(rules)} rules "
-          f"-> {args.out}")
-    return stats
+    model, params = load_model(ckpt, "lm", mesh=mesh, scan_layers=False)
+    tokenizer = load_checkpoint_tokenizer(ckpt, tokenizer_path)
+    scorer = RuleScorer(model, params, tokenizer, mesh, template=template, chat_template=chat_template,
+                        batch_size=batch_size)
+    return scorer, rules

@@ -241,6 +241,15 @@ def summary(pairs: PairScores, lab: Labeling, written: int) -> dict:
     return s
 
 
+def report(s: dict, what: str, out: str) -> None:
+    """Print the one line a labeling step reports: strategy, k, pairs, ties, rows written and,
+    with gold, the agreement (``s`` is a :func:`summary`)."""
+    line = f"{s['strategy']} (k={s['k']}): {s['pairs']} pairs, {s['ties']} ties; wrote {s['written']} {what} to {out}"
+    if "agreement" in s:
+        line += f"; agreement with gold {s['agreement']:.3f} on {s['gold_pairs']} pairs"
+    print(line)
+
+
 def check_builtin_pool(pairs: PairScores, rules: list[Rule], where: str) -> None:
     """No pool file was named, so ``rules`` is the built-in pool: ``pairs`` (read from
     ``where``) must have been scored with it. Score vectors of another length, or a row whose

@@ -268,3 +268,10 @@ def train_sentencepiece(
     tok = SentencePieceTokenizer(model_path, model_proto=model.getvalue(), config=config)
     tok.save(out_dir)
     return tok
+
+
+# pieces a tokenizer trained for this project's judges keeps whole: the RM-R1 judgment's tags
+# and verdicts, and RAMO's rule-scoring answer words (each must add exactly one token)
+JUDGE_SYMBOLS = ("<type>", "</type>", "<rubric>", "</rubric>", "<eval>", "</eval>", "<solution>", "</solution>",
+                 "<answer>", "</answer>", "[[A]]", "[[B]]", "Yes", "No", "Irrelevant")
+

@@ -110,7 +110,7 @@ def cli_export_failing_on_process_0(ckpt_dir, root) -> int:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = cli.main(["convert", "orbax-to-hf", "--ckpt", ckpt_dir, "--out", f"{root}/cli-failed", "--mesh", "1,-1,1",
-                       "--tokenizer-dir", CHATML])
+                       "--tokenizer", CHATML])
     sys.stderr.write(err.getvalue())
     with open(f"{root}/cli.{jax.process_index()}.json", "w") as f:
         json.dump({"rc": rc, "stderr": err.getvalue()}, f)

@@ -109,7 +109,7 @@ def test_an_export_without_a_tokenizer_is_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(CheckpointError) as e:
         orbax_to_hf(ckpt, out)
     msg = str(e.value)
-    assert "\n" not in msg and "no tokenizer" in msg and "--tokenizer-dir" in msg, msg
+    assert "\n" not in msg and "no tokenizer" in msg and "--tokenizer DIR" in msg, msg
     assert not os.path.exists(out)
     assert cli.main(["convert", "orbax-to-hf", "--ckpt", ckpt, "--out", out]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -246,7 +246,7 @@ def cli_runs(bad_dirs, tmp_path_factory):
     procs = {}
     for case, (d, _) in bad_dirs.items():
         out = str(outs / case)
-        cmd = [sys.executable, "-m", "rmr1_jax.cli", "convert", "hf-to-orbax", "--hf-dir", d, "--out", out]
+        cmd = [sys.executable, "-m", "rmr1_jax.cli", "convert", "hf-to-orbax", "--ckpt", d, "--out", out]
         procs[case] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                              env=env, cwd=REPO))
     # a good checkpoint, but --out is an existing plain file
@@ -254,7 +254,7 @@ def cli_runs(bad_dirs, tmp_path_factory):
     with open(out, "w") as f:
         f.write("data")
     good = os.path.join(os.path.dirname(next(iter(bad_dirs.values()))[0]), "good")
-    cmd = [sys.executable, "-m", "rmr1_jax.cli", "convert", "hf-to-orbax", "--hf-dir", good, "--out", out]
+    cmd = [sys.executable, "-m", "rmr1_jax.cli", "convert", "hf-to-orbax", "--ckpt", good, "--out", out]
     procs["out-is-a-file"] = (out, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                     text=True, env=env, cwd=REPO))
     results = {}

@@ -37,7 +37,7 @@ def _rows(path):
 def test_eval_runs_resumes_and_rescores(tmp_path, judge_dir, capsys):
     data = rewardbench_file(tmp_path, n=12)
     out = str(tmp_path / "out")
-    base = ["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", data, "--out", out,
+    base = ["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", data, "--out-dir", out,
             "--max-new-tokens", "6", "--batch-size", "4"]
     assert cli.main(base + ["--limit", "5"]) == 0  # an "interrupted" run: 5 of 12 done
     assert len(_rows(os.path.join(out, "results.jsonl"))) == 5
@@ -66,7 +66,7 @@ def test_eval_bad_benchmark_file_is_one_line(tmp_path, judge_dir, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "prompt": "q", "chosen": "a", "rejected": "b", "subset": "nope"}) + "\n")
     rc = cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", str(bad),
-                   "--out", str(tmp_path / "o")])
+                   "--out-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "bad.jsonl:1" in err[0] and "nope" in err[0]
 
@@ -75,6 +75,6 @@ def test_judge_pairs_refuse_a_prompt_that_ends_with_the_assistant(tmp_path, judg
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"prompt": "q", "a": "x", "b": "y"}) + "\n" + json.dumps(
         {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "a": "x", "b": "y"}) + "\n")
-    rc = cli.main(["judge", "--ckpt", judge_dir, "--pairs", str(pairs), "--max-new-tokens", "2"])
+    rc = cli.main(["judge", "--ckpt", judge_dir, "--in", str(pairs), "--max-new-tokens", "2"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "ends with an assistant turn" in err[0] and f"{pairs}: record" in err[0], err

@@ -204,7 +204,7 @@ def test_long_rows_error_or_truncate_from_the_left(rms, tok_dir, tmp_path, capsy
     assert cli.main(base) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{inp}:2" in err[0] and "max_length=40" in err[0]
-    assert cli.main(base + ["--truncate"]) == 0
+    assert cli.main(base + ["--overlong", "truncate"]) == 0
     assert _read(out)[1]["score"] == pytest.approx(_hf_score(tm, ids[-40:]), abs=TOL)
 
 
@@ -218,7 +218,7 @@ def test_causal_lm_and_unknown_tokenizer_are_one_line_errors(rms, tok_dir, tmp_p
     # RewardBench 2 with a generative judge: no official path
     data = rewardbench_file(tmp_path, n=2)
     assert cli.main(["eval", "--benchmark", "rewardbench2", "--ckpt", causal, "--data", data,
-                     "--out", str(tmp_path / "rb2")]) == 2
+                     "--out-dir", str(tmp_path / "rb2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "RewardBench 2 has no official pairwise-judge path" in err[0]
 
@@ -226,7 +226,7 @@ def test_causal_lm_and_unknown_tokenizer_are_one_line_errors(rms, tok_dir, tmp_p
 def test_orbax_reward_model_scores_like_its_hf_source(rms, tok_dir, tmp_path, capsys):
     tm, d = rms["llama3"]
     ckpt = str(tmp_path / "ckpt")
-    assert cli.main(["convert", "hf-to-orbax", "--hf-dir", d, "--out", ckpt]) == 0
+    assert cli.main(["convert", "hf-to-orbax", "--ckpt", d, "--out", ckpt]) == 0
     assert checkpoint_head(ckpt) == ("scalar", 1)
     inp = _write_jsonl(tmp_path / "in.jsonl", ROWS[:5])
     out = str(tmp_path / "out.jsonl")
@@ -268,7 +268,7 @@ def test_eval_rewardbench_with_a_scalar_checkpoint(rms, tmp_path, capsys):
     _, d = rms["qwen2"]
     data = rewardbench_file(tmp_path, n=6)
     out = str(tmp_path / "out")
-    assert cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", d, "--data", data, "--out", out,
+    assert cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", d, "--data", data, "--out-dir", out,
                      "--batch-size", "4"]) == 0
     text = capsys.readouterr().out
     assert "scored 6 new examples" in text and "RewardBench" in text
@@ -289,7 +289,7 @@ def test_eval_rewardbench2_with_a_scalar_checkpoint(rms, tok_dir, tmp_path, caps
                "rejected": ["37"]}]
     data = _write_jsonl(tmp_path / "rb2.jsonl", items)
     out = str(tmp_path / "out")
-    assert cli.main(["eval", "--benchmark", "rewardbench2", "--ckpt", d, "--data", data, "--out", out,
+    assert cli.main(["eval", "--benchmark", "rewardbench2", "--ckpt", d, "--data", data, "--out-dir", out,
                      "--batch-size", "8"]) == 0
     text = capsys.readouterr().out
     assert "scored 7 new prompts" in text and "RewardBench 2" in text and "overall" in text

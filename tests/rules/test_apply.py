@@ -4,7 +4,6 @@ it selects must be the top-k of transformers' logits on the same rendered pair (
 message through the chat template, each pair run alone, unpadded), and each label must follow
 from numpy sums of the selected rules' scores."""
 
-import argparse
 import json
 
 import jax
@@ -13,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+from cli_runs import handle
 from rmr1_jax.checkpoint.hf import save_hf
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.data.schemas import rule_adapter_text
@@ -21,8 +21,7 @@ from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import init_params
 from rmr1_jax.models.presets import preset
 from rmr1_jax.parallel import make_mesh
-from rmr1_jax.rules.apply import apply_file, cmd_apply, predict_rules
-from rmr1_jax.rules.commands import add_apply_arguments
+from rmr1_jax.rules.apply import apply_file, predict_rules
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 
 R, K = 12, 3
@@ -159,12 +158,9 @@ def test_apply_file_labels_from_the_selected_rules(adapter, mesh, tmp_path, caps
                  "gold_pairs": len(gold), "agreement": pytest.approx(agree), "ties_handling": "skip"}
     # the command: one line; ties given to B are written too, with the pool's ids
     pool = _write(tmp_path / "pool.jsonl", [{"id": f"r{j}", "text": f"Prefer rule {j}."} for j in range(R)])
-    parser = argparse.ArgumentParser()
-    add_apply_arguments(parser)
     out_b = str(tmp_path / "labels_b.jsonl")
-    args = parser.parse_args(["--adapter", hf_dir, "--scores", scores_path, "--pairs", pairs_path, "--out", out_b,
-                              "--k", str(K), "--ties", "b", "--rules", pool, "--batch-size", "8"])
-    cmd_apply(args)
+    handle("rules", "apply", "--ckpt", hf_dir, "--scores", scores_path, "--pairs", pairs_path, "--out", out_b,
+           "--k", str(K), "--ties", "b", "--rules", pool, "--batch-size", "8")
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"adapter (k={K}): 6 pairs, {int(tie.sum())} ties; wrote 6 ") and "\n" not in line
     rows_b = [json.loads(line) for line in open(out_b)]
@@ -172,7 +168,7 @@ def test_apply_file_labels_from_the_selected_rules(adapter, mesh, tmp_path, caps
     assert rows_b[0]["rule_ids"] == [f"r{j}" for j in idx[0]]
 
 
-def test_one_line_errors(adapter, tmp_path):
+def test_one_line_errors(adapter, tmp_path, capsys):
     hf_dir = adapter[0]
     _, _, _, pairs_path, scores_path = _files(tmp_path)
     out = str(tmp_path / "out.jsonl")
@@ -192,9 +188,8 @@ def test_one_line_errors(adapter, tmp_path):
         apply_file(hf_dir, bare, out)
     assert not (tmp_path / "out.jsonl").exists()
     # scores from a custom pool and no --rules: the pool is named as the fix, not the score vectors
-    parser = argparse.ArgumentParser()
-    add_apply_arguments(parser)
-    args = parser.parse_args(["--adapter", hf_dir, "--scores", scores_path, "--pairs", pairs_path, "--out", out])
     with pytest.raises(DataError, match=r"scored with a custom rule pool \(its score vectors have 12 values, the "
                                         r"built-in pool has 100 rules\) and no --rules given: pass --rules FILE"):
-        cmd_apply(args)
+        # the old spelling --adapter still works, with a note
+        handle("rules", "apply", "--adapter", hf_dir, "--scores", scores_path, "--pairs", pairs_path, "--out", out)
+    assert "--adapter is deprecated" in capsys.readouterr().err

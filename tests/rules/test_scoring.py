@@ -3,7 +3,6 @@ with a SentencePiece tokenizer; every score must equal P(Yes) - P(No), and every
 1 - P(Irrelevant), computed from transformers' logits on the same rendered judge prompt, run
 alone (no padding), with and without prefix sharing, chat template on and off."""
 
-import argparse
 import json
 import os
 
@@ -12,10 +11,11 @@ import pytest
 import torch
 
 import hf_models
+from cli_runs import handle
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.errors import UserError
 from rmr1_jax.parallel import make_mesh
-from rmr1_jax.rules.scoring import DEFAULT_TEMPLATE, RuleScorer, cmd_score, score_file, score_items
+from rmr1_jax.rules.scoring import DEFAULT_TEMPLATE, RuleScorer, score_file, score_items
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 
 TOL = 1e-4
@@ -161,9 +161,8 @@ def test_score_file_resume_and_cli(judge, mesh, tmp_path):
     in_path = _write_jsonl(tmp_path / "in.jsonl", rows)
     rules_path = _write_jsonl(tmp_path / "rules.jsonl", [{"id": f"r{j}", "text": t} for j, t in enumerate(RULES)])
     out = str(tmp_path / "out.jsonl")
-    args = argparse.Namespace(ckpt=hf_dir, rules=rules_path, in_path=in_path, out=out, template=None,
-                              no_chat_template=False, batch_size=8, mesh=None, tokenizer=None)
-    stats = cmd_score(args)
+    stats = handle("rules", "score", "--ckpt", hf_dir, "--rules", rules_path, "--in", in_path, "--out", out,
+                   "--batch-size", "8")
     assert (stats.total, stats.skipped, stats.written) == (3, 0, 3)
     full = _read(out)
     assert [r["line"] for r in full] == [1, 2, 3]
@@ -200,10 +199,9 @@ def test_bad_inputs(judge, mesh, tmp_path):
         score_file(scorer, RULES, bad, str(tmp_path / "o.jsonl"))
     assert not os.path.exists(tmp_path / "o.jsonl")
     dup = _write_jsonl(tmp_path / "rules.jsonl", [{"id": "a", "text": "t"}, {"id": "a", "text": "u"}])
-    args = argparse.Namespace(ckpt=judge[0], rules=dup, in_path=bad, out=str(tmp_path / "o.jsonl"), template=None,
-                              no_chat_template=False, batch_size=8, mesh=None, tokenizer=None)
     with pytest.raises(UserError, match="rules.jsonl:2: duplicate rule id 'a'"):
-        cmd_score(args)
+        handle("rules", "score", "--ckpt", judge[0], "--rules", dup, "--in", bad, "--out", str(tmp_path / "o.jsonl"),
+               "--batch-size", "8")
 
 
 def test_resume_refuses_other_rules_templates_and_models(judge, mesh, tmp_path):

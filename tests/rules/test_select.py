@@ -1,7 +1,6 @@
 """Rule selection, labels, tie handling, the fitted-linear baseline, the mutual-information
 diagnostics, and the file-level select / label commands."""
 
-import argparse
 import json
 import math
 import os
@@ -9,9 +8,9 @@ import os
 import numpy as np
 import pytest
 
+from cli_runs import handle
 from rmr1_jax.errors import DataError, UserError
 from rmr1_jax.rules import diagnostics as diag
-from rmr1_jax.rules.commands import add_label_arguments, add_select_arguments, cmd_label, cmd_select
 from rmr1_jax.rules.pool import Rule, load_pool, write_pool
 from rmr1_jax.rules.score_files import PairScores, write_pair_scores
 from rmr1_jax.rules.select import (check_options, fit_linear, label_arrays, label_file, label_pairs, resolve_ties,
@@ -314,12 +313,6 @@ def test_file_pool_size_mismatch_is_a_line_error(tmp_path):
         label_file(path, str(tmp_path / "o.jsonl"), "fitted_linear", fit_pairs_path=path)
 
 
-def _ns(add, argv):
-    parser = argparse.ArgumentParser()
-    add(parser)
-    return parser.parse_args(argv)
-
-
 def test_commands(tmp_path, capsys):
     planted = _planted_pairs(n=200, r=6)
     path = str(tmp_path / "pairs.jsonl")
@@ -327,22 +320,22 @@ def test_commands(tmp_path, capsys):
     pool_path = str(tmp_path / "pool.jsonl")
     write_pool(pool_path, [Rule(f"r{i}", f"Prefer the response that follows rule {i}.") for i in range(6)])
     sel = str(tmp_path / "sel.jsonl")
-    cmd_select(_ns(add_select_arguments, ["--scores", path, "--out", sel, "--rules", pool_path, "--k", "3"]))
+    handle("rules", "select", "--scores", path, "--out", sel, "--rules", pool_path, "--k", "3")
     assert "wrote 200 selections" in capsys.readouterr().out
     assert len(_read(sel)) == 200 and _read(sel)[0]["rule_ids"][0].startswith("r")
     lab, dj = str(tmp_path / "lab.jsonl"), str(tmp_path / "diag.json")
-    cmd_label(_ns(add_label_arguments, ["--scores", path, "--out", lab, "--rules", pool_path, "--ties", "a",
-                                        "--diagnostics", dj, "--ks", "2", "3", "--n-boot", "50"]))
+    handle("rules", "label", "--scores", path, "--out", lab, "--rules", pool_path, "--ties", "a",
+                                        "--diagnostics", dj, "--ks", "2", "3", "--n-boot", "50")
     out = capsys.readouterr().out
     assert "labeled pairs (ties: a)" in out and "agreement with gold" in out and "fitted_linear" in out
     rows = json.load(open(dj))
     assert {r["strategy"] for r in rows} == {"topk_discrepancy", "max_discrepancy", "random_k", "all_rules",
                                              "fitted_linear"}
     assert len(_read(lab)) == 200
-    # a namespace with only the required fields works too (defaults: the built-in pool of 100
-    # rules, which these 6-rule scores were not made with)
+    # only the required options: the built-in pool of 100 rules, which these 6-rule scores were
+    # not made with
     with pytest.raises(DataError, match="the built-in pool has 100 rules"):
-        cmd_select(argparse.Namespace(scores=path, out=sel))
+        handle("rules", "select", "--scores", path, "--out", sel)
 
 
 def test_scores_from_a_custom_pool_without_rules_say_to_pass_the_pool(tmp_path):
@@ -352,9 +345,9 @@ def test_scores_from_a_custom_pool_without_rules_say_to_pass_the_pool(tmp_path):
     out = str(tmp_path / "o.jsonl")
     want = (rf"^{path}: scored with a custom rule pool \(its score vectors have 3 values, the built-in pool has 100 "
             r"rules\) and no --rules given: pass --rules FILE with the pool used for scoring$")
-    for cmd, add in ((cmd_select, add_select_arguments), (cmd_label, add_label_arguments)):
+    for step in ("select", "label"):
         with pytest.raises(DataError, match=want):
-            cmd(_ns(add, ["--scores", path, "--out", out]))
+            handle("rules", step, "--scores", path, "--out", out)
     assert not os.path.exists(out)
     # a custom pool of 100 rules: the rule ids its earlier selection recorded give it away
     rng = np.random.default_rng(0)
@@ -364,11 +357,11 @@ def test_scores_from_a_custom_pool_without_rules_say_to_pass_the_pool(tmp_path):
                                           np.full(4, -1, np.int8)))
     with pytest.raises(DataError, match=rf"^{hundred}: scored with a custom rule pool \(pair 1 records rule id "
                                         r"'mine-3', which the built-in pool lacks\) and no --rules given"):
-        cmd_select(_ns(add_select_arguments, ["--scores", hundred, "--out", out]))
+        handle("rules", "select", "--scores", hundred, "--out", out)
     # scores of the built-in pool's size without foreign ids: the built-in pool, as before
     for r in rows:
         del r["rule_ids"]
     write_pair_scores(hundred, PairScores(rows, rng.random((4, 100)), rng.random((4, 100)), rng.random((4, 100)),
                                           np.full(4, -1, np.int8)))
-    cmd_select(_ns(add_select_arguments, ["--scores", hundred, "--out", out, "--k", "2"]))
+    handle("rules", "select", "--scores", hundred, "--out", out, "--k", "2")
     assert _read(out)[0]["rule_ids"][0] in {r.id for r in load_pool()}

@@ -1,0 +1,5 @@
+import sys
+
+from rmr1_jax.cli import main
+
+sys.exit(main())

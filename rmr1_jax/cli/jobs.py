@@ -1,0 +1,127 @@
+"""The handlers of ``rmr1 demo``, the training jobs, ``plan``, ``judge``, ``score-rm``,
+``convert`` and ``tokenizer``: each reads its options and calls one library function."""
+
+from __future__ import annotations
+
+import os
+
+from rmr1_jax.cli.options import mesh_config, mesh_of
+from rmr1_jax.errors import UserError
+
+
+def cmd_demo(args) -> None:
+    if args.which == "ramo":
+        from rmr1_jax.ramo_demo import load_ramo_recipe, run_ramo_demo
+
+        run_ramo_demo(load_ramo_recipe(args.out_dir or "runs/demo-ramo", seed=args.seed, quick=args.quick,
+                                       directory=args.recipes))
+        return
+    from rmr1_jax.demo import load_demo_recipe, run_demo
+
+    run_demo(load_demo_recipe(args.out_dir or "runs/demo", seed=args.seed, quick=args.quick,
+                              directory=args.recipes))
+
+
+def cmd_train(args) -> None:
+    """``rmr1 <objective> CONFIG [key=value ...]``: one runner, the objective named by the subcommand."""
+    from rmr1_jax.parallel.agreement import agreed
+    from rmr1_jax.train.runner import load_config, run
+
+    # read on every process: a config one host cannot read stops every process, none waits
+    cfg = agreed(load_config, args.objective, args.config, args.overrides)
+    result = run(cfg, args.objective).result
+    print(f"{args.objective} finished at step {result.step}: {_fmt(result.last_metrics)}"
+          + (f"; held-out: {_fmt(result.eval_metrics)}" if result.eval_metrics else ""))
+
+
+def _fmt(m: dict) -> str:
+    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "margin", "perplexity") if k in m]
+    return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
+
+
+def cmd_plan(args) -> None:
+    from rmr1_jax.plan.commands import cmd_plan as plan
+
+    plan(args)
+
+
+def _judge_items(args) -> list[tuple]:
+    """``(id, prompt, a, b)`` of each pair ``rmr1 judge`` is given, checked."""
+    from rmr1_jax.data.readers import read_records
+    from rmr1_jax.eval.reward_scoring import check_prompt
+
+    if not os.path.isdir(args.ckpt):
+        raise UserError(f"{args.ckpt}: checkpoint directory not found")
+    if not args.inp:
+        return [("cli", args.prompt, args.a, args.b)]
+    rows = list(read_records(args.inp, lambda row, fid: (row, fid)))
+    items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
+             for row, fid in rows]
+    for fid, p, a, b in items:
+        if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
+                isinstance(b, (str, list)) and b):
+            raise UserError(f"{args.inp}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
+        check_prompt(p, f"{args.inp}: record {fid}")
+    return items
+
+
+def cmd_judge(args) -> None:
+    from rmr1_jax.data.readers import write_jsonl
+    from rmr1_jax.eval.loading import load_judge
+    from rmr1_jax.judging import judge_pairs
+    from rmr1_jax.parallel.agreement import agreed, on_process_zero
+
+    if args.inp is None and None in (args.prompt, args.a, args.b):
+        raise UserError("give --prompt, --a and --b, or --in FILE.jsonl")
+    items = agreed(_judge_items, args)  # read on every process before any collective
+    judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer,
+                       prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
+    out = judge_pairs(judge, [(p, a, b) for _, p, a, b in items], both_orders=args.both_orders,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    for (rid, *_), r in zip(items, out):
+        r["id"] = rid
+    if args.out:  # process 0 writes (atomically); every process learns the outcome
+        on_process_zero(write_jsonl, args.out, out, share=False)
+        print(f"wrote {len(out)} judgments to {args.out}")
+    else:
+        for r in out:
+            print(r["judgment"])
+            line = f"verdict: {r['verdict']}"
+            if args.both_orders:
+                line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
+            print(line)
+
+
+def cmd_score_rm(args) -> None:
+    from rmr1_jax.eval.reward_scoring import load_reward_model, score_file
+
+    scorer = load_reward_model(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, dtype=args.dtype,
+                               max_length=args.max_length, batch_size=args.batch_size,
+                               truncate=args.overlong == "truncate")
+    stats = score_file(scorer, args.inp, args.out, batch_size=args.batch_size)
+    print(f"scored {stats.written} rows ({stats.skipped} already in {args.out}) -> {args.out}")
+
+
+def cmd_hf_to_orbax(args) -> None:
+    from rmr1_jax.checkpoint import convert
+
+    step = convert.hf_to_orbax(args.ckpt, args.out, dtype=args.dtype, mesh_cfg=mesh_config(args),
+                               scan_layers=not args.unrolled)
+    print(f"wrote Orbax checkpoint step {step} to {args.out}")
+
+
+def cmd_orbax_to_hf(args) -> None:
+    from rmr1_jax.checkpoint import convert
+
+    out = convert.orbax_to_hf(args.ckpt, args.out, step=args.step, dtype=args.dtype,
+                              tokenizer_dir=args.tokenizer, overwrite=args.overwrite, mesh_cfg=mesh_config(args))
+    exact = ("" if args.dtype == "float32" else
+             "; transformers gives the same scores as this checkpoint only from a --dtype float32 export")
+    print(f"wrote Hugging Face directory {out} with its tokenizer and chat template (weights in {args.dtype}{exact})")
+
+
+def cmd_tokenizer_train(args) -> None:
+    from rmr1_jax.data.corpus import train_sentencepiece_files
+
+    tok = train_sentencepiece_files(args.inp, args.out, vocab_size=args.vocab_size, seed=args.seed)
+    print(f"wrote a SentencePiece tokenizer of {tok.vocab_size} pieces to {args.out}")

@@ -1,0 +1,263 @@
+"""Every ``rmr1`` parser, built in this one place from the shared options of
+:mod:`rmr1_jax.cli.options`. Building them imports no JAX (``rmr1 --help`` answers at once);
+each handler is imported by name when its command runs (:func:`_handler`).
+
+The epilogs show the rows each command reads, so ``rmr1 CMD --help`` is enough to prepare a
+file."""
+
+from __future__ import annotations
+
+import argparse
+
+from rmr1_jax import __version__
+from rmr1_jax.cli import options as opt
+
+_RAW = argparse.RawDescriptionHelpFormatter
+OBJECTIVES = (("distill", "distill", "stage 1: distill reasoning traces (SFT)"),
+              ("grpo", "grpo", "stage 2: GRPO with the verifiable verdict reward"),
+              ("train-rm", "reward-model", "a Bradley-Terry scalar reward model on preference pairs"),
+              ("rule-adapter", "rule-adapter", "the RAMO Rule Adapter on selected-rule sets"))
+PAIR_ROWS = """rows (JSONL, one per line; a prompt is a string or a list of {role, content} messages):
+  {"prompt": "...", "a": "...", "b": "...", "winner": "A"}     winner (optional, gold): A, B, model_a, model_b
+  ("response_a" / "response_b" are read as "a" / "b")"""
+
+
+def _handler(module: str, name: str):
+    """``module.name(args)``, imported when the command runs."""
+    def run(args):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
+def _command(sub, name: str, help: str, module: str, func: str, *, epilog: str | None = None, required=()):
+    p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=epilog,
+                       formatter_class=_RAW)
+    p.set_defaults(func=_handler(f"rmr1_jax.cli.{module}", func))
+    opt.require(p, *required)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rmr1", description="Reasoning reward models (RM-R1) and rule-labeled "
+                                "reward models (RAMO) in JAX, from a laptop CPU to a TPU pod.")
+    p.add_argument("--version", action="version", version=f"rmr1 {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _demo(sub)
+    _training(sub)
+    _plan(sub)
+    _judge(sub)
+    _score_rm(sub)
+    _eval(sub)
+    _rules(sub.add_parser("rules", help="RAMO labeling: score rules with a model, select rules per pair, "
+                                       "label pairs, apply a Rule Adapter").add_subparsers(
+        dest="rules_command", required=True, metavar="STEP"))
+    _convert(sub.add_parser("convert", help="convert checkpoints between Hugging Face and Orbax").add_subparsers(
+        dest="direction", required=True, metavar="DIRECTION"))
+    _tokenizer(sub.add_parser("tokenizer", help="train a SentencePiece tokenizer on your own texts")
+               .add_subparsers(dest="tokenizer_command", required=True, metavar="STEP"))
+    return p
+
+
+def _demo(sub) -> None:
+    d = _command(sub, "demo", "a whole pipeline on the embedded default (synthetic data, CPU): RM-R1 or RAMO",
+                 "jobs", "cmd_demo")
+    d.add_argument("which", nargs="?", choices=("rm-r1", "ramo"), default="rm-r1",
+                   help="rm-r1 (default): distillation + GRPO of a reasoning judge; ramo: rule scoring, "
+                        "selection, Rule Adapter and reward models")
+    opt.out_dir(d, "run directory (default: runs/demo, or runs/demo-ramo)")
+    d.add_argument("--seed", type=int, default=None, help="data and training seed (default: the recipes')")
+    d.add_argument("--quick", action="store_true",
+                   help="a seconds-long smoke run (no learning expected): the recipes' quick.yaml overrides")
+    d.add_argument("--recipes", default=None, metavar="DIR",
+                   help="recipe directory (default: configs/demo, or configs/demo_ramo)")
+
+
+def _training(sub) -> None:
+    for name, objective, text in OBJECTIVES:
+        t = _command(sub, name, text, "jobs", "cmd_train")
+        t.add_argument("config", help="YAML recipe (configs/...)")
+        t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=2e-6")
+        t.set_defaults(objective=objective)
+
+
+def _plan(sub) -> None:
+    p = _command(sub, "plan", "compile a recipe's steps ahead of time for a TPU slice (or a simulated CPU mesh): "
+                 "memory per device, FLOPs, step time, whether it fits", "jobs", "cmd_plan",
+                 epilog="exit status 2 when the job does not fit the target's device memory")
+    p.add_argument("config", help="YAML recipe (configs/...)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. mesh.tensor=4 train.micro_batch=8")
+    p.add_argument("--topology", required=True,
+                   help="v5p:2x2x2, v5p:4x4x4, v6e:4x4, v5e:8x8, v4:2x2x2 (needs the tpu extra: libtpu), or cpu:N")
+    p.add_argument("--objective", choices=[o for _, o, _ in OBJECTIVES], default=None,
+                   help="default: from the recipe's own section (grpo:, reward:, adapter:; else distill)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization the step time assumes")
+    p.add_argument("--remat", default=None,
+                   help="plan once per rematerialization policy, comma-separated, or 'all' (one row each)")
+    p.add_argument("--hbm-gib", type=float, default=None,
+                   help="device memory to plan against, GiB (default: the chip's HBM; cpu: host memory / N)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the plan as JSON to this file")
+
+
+def _judge(sub) -> None:
+    j = _command(sub, "judge", "judge a pair (or a JSONL file of pairs) with a trained judge", "jobs", "cmd_judge",
+                 required=("--ckpt",), epilog=PAIR_ROWS + "\n\n--out rows: the input row's fields, then "
+                 "judgment, verdict (A, B or null), and with --both-orders judgment_swapped, verdict_swapped, "
+                 "consistent")
+    opt.ckpt(j, "the judge: Orbax checkpoint, LoRA run, or HF causal-LM directory")
+    j.add_argument("--prompt", help="the client question")
+    j.add_argument("--a", help="response A")
+    j.add_argument("--b", help="response B")
+    opt.in_file(j, "JSONL file of pairs (instead of --prompt/--a/--b)", old="--pairs")
+    opt.out_file(j, "write the judgments as JSONL here (default: print them)")
+    j.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped")
+    opt.max_new_tokens(j)
+    opt.batch_size(j, "judgments generated together")
+    opt.tokenizer(j)
+    opt.prompt_template(j)
+    opt.mesh(j)
+
+
+def _score_rm(sub) -> None:
+    s = _command(sub, "score-rm", "score responses or pairs (JSONL) with a scalar reward model", "jobs",
+                 "cmd_score_rm", required=("--ckpt", "--in", "--out"), epilog="""rows (JSONL, one shape per row):
+  {"prompt": "...", "response": "..."}                 -> "score"
+  {"prompt": "...", "a": "...", "b": "..."}            -> "score_a", "score_b"
+  {"prompt": "...", "chosen": "...", "rejected": "..."} -> "score_chosen", "score_rejected" (training's pair rows)
+  {"text": "..."}                                      -> "score" (the text as is, no chat template)
+a prompt is a string or a list of {role, content} messages ending with a user turn""")
+    opt.ckpt(s, "Orbax reward-model checkpoint or HF *ForSequenceClassification directory")
+    opt.in_file(s, "JSONL rows to score")
+    opt.out_file(s, "output JSONL: each input row with its scores (resumed if it exists)")
+    opt.batch_size(s, "rows per forward pass and per fsynced write")
+    opt.overlong(s)
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    opt.tokenizer(s)
+    opt.mesh(s)
+
+
+def _eval(sub) -> None:
+    from rmr1_jax.eval.registry import BENCHMARKS
+
+    e = _command(sub, "eval", "RewardBench / RewardBench 2 / RM-Bench / RMB with the official formulas", "evaluate",
+                 "cmd_eval", required=("--benchmark",))
+    e.add_argument("mode", nargs="?", choices=["run", "score"], default="run",
+                   help="run (judge or score, then report) or score (re-score a results file)")
+    e.add_argument("--benchmark", choices=BENCHMARKS, default=None)
+    opt.ckpt(e, "a generative judge, or a scalar reward model (Orbax or HF directory)")
+    e.add_argument("--data", metavar="PATH", help="benchmark file or directory (JSON / JSONL / Parquet)")
+    e.add_argument("--results", nargs="+", metavar="FILE",
+                   help="per-example results JSONL (for score); several: side by side")
+    opt.out_dir(e, "report directory (results.jsonl, report.md, summary JSON, charts; default runs/eval/BENCHMARK)")
+    e.add_argument("--no-verdict", choices=["zero", "half"], default="zero",
+                   help="score of an output without a verdict: 0 (RM-R1) or 0.5 (upstream RewardBench)")
+    e.add_argument("--order", choices=["random", "both"], default="random",
+                   help="A/B order: seeded random per example, or both orders (position consistency)")
+    e.add_argument("--seed", type=int, default=0)
+    opt.max_new_tokens(e)
+    opt.batch_size(e, "judgments generated (or rows scored) together")
+    e.add_argument("--limit", type=int, default=None, help="judge only the first N comparisons")
+    e.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
+    opt.overlong(e, what="scalar reward models: ")
+    opt.tokenizer(e)
+    opt.prompt_template(e)
+    opt.mesh(e)
+
+
+def _rules(rsub) -> None:
+    from rmr1_jax.rules.select import STRATEGIES, TIES
+
+    sc = _command(rsub, "score", "score every (prompt, response) against every rule: P(Yes) - P(No)", "rules",
+                  "cmd_score", required=("--ckpt", "--in", "--out"), epilog="""rows (JSONL): {"prompt": "...", "response": "..."}, other fields kept
+--out rows: the input row plus "scores" and "relevance" (one float per rule, pool order) and "line"
+rule pool (--rules): JSONL {"id", "text", "category"?} per line, or YAML (a list, or {rules: [...]})
+template (--template): text with {rule}, {prompt} and {response}; the judge answers Yes, No or Irrelevant
+  (default: rmr1_jax.rules.scoring.DEFAULT_TEMPLATE)""")
+    opt.ckpt(sc, "the rule-scoring judge (Orbax or HF causal LM)")
+    sc.add_argument("--rules", default=None, metavar="FILE", help="rule pool (default: the built-in 100 rules)")
+    opt.in_file(sc, "JSONL rows {prompt, response}")
+    opt.out_file(sc, "output JSONL (resumed if it exists)")
+    sc.add_argument("--template", default=None, metavar="FILE", help="scoring prompt with {rule}, {prompt}, {response}")
+    sc.add_argument("--no-chat-template", action="store_true", help="send the rendered template as is")
+    opt.batch_size(sc, "(response, rule) rows per forward pass")
+    opt.tokenizer(sc)
+    opt.mesh(sc)
+
+    pairs_epilog = """--scores: a pairwise score file {"scores_a", "scores_b", "relevance", "winner"?} (or RAMO's
+  {"scoresA", "scoresB", "relevance"}), or with --pairs the per-response file `rmr1 rules score` wrote
+--pairs: """ + PAIR_ROWS.split(":", 1)[1].strip() + """
+--k: rules kept per pair; it must not exceed the pool's size (the same rule for every k given)"""
+    sel = _command(rsub, "select", "pick the rules of each pair (top-k discrepancy and baselines)", "rules",
+                   "cmd_select", required=("--scores", "--out"), epilog=pairs_epilog)
+    _selection(sel, STRATEGIES)
+    lab = _command(rsub, "label", "label each pair from its selected rules, with diagnostics against gold",
+                   "rules", "cmd_label", required=("--scores", "--out"), epilog=pairs_epilog)
+    _selection(lab, STRATEGIES)
+    lab.add_argument("--ties", default="skip", choices=TIES, help="what a tie becomes (default: skipped)")
+    lab.add_argument("--diagnostics", default=None, metavar="FILE",
+                     help="write agreement / mutual information JSON here")
+    lab.add_argument("--ks", type=int, nargs="+", default=[3, 5, 8],
+                     help="the diagnostics' k values (each must fit the pool)")
+    lab.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+
+    ap = _command(rsub, "apply", "label new pairs from the rules a trained Rule Adapter selects", "rules",
+                  "cmd_apply", required=("--ckpt", "--scores", "--out"), epilog=pairs_epilog)
+    opt.ckpt(ap, "the Rule Adapter: Orbax checkpoint or HF classifier directory", old="--adapter")
+    ap.add_argument("--scores", default=None, metavar="FILE", help="pairwise score file, or per-response file with --pairs")
+    ap.add_argument("--pairs", default=None, metavar="FILE", help="pairs {prompt, a, b, winner?} to join with --scores")
+    opt.out_file(ap, "output JSONL (rules label rows, strategy 'adapter')")
+    ap.add_argument("--rules", default=None, metavar="FILE", help="rule pool (default: the built-in pool)")
+    ap.add_argument("--k", type=int, default=5, help="rules selected per pair")
+    ap.add_argument("--ties", default="skip", choices=TIES, help="what a tie becomes (default: skipped)")
+    ap.add_argument("--seed", type=int, default=0, help="for --ties random")
+    opt.batch_size(ap, "pairs per forward pass")
+    opt.overlong(ap, max_length=None)
+    opt.tokenizer(ap)
+    opt.mesh(ap)
+
+
+def _selection(p, strategies) -> None:
+    p.add_argument("--scores", default=None, metavar="FILE", help="pairwise score file, or per-response file with --pairs")
+    p.add_argument("--pairs", default=None, metavar="FILE", help="pairs {prompt, a, b, winner?} to join with --scores")
+    opt.out_file(p, "output JSONL")
+    p.add_argument("--rules", default=None, metavar="FILE", help="rule pool (JSONL or YAML); default: the built-in pool")
+    p.add_argument("--strategy", default="topk_discrepancy", choices=strategies)
+    p.add_argument("--k", type=int, default=5, help="rules kept per pair (at most the pool's size)")
+    p.add_argument("--weight", type=float, default=0.5, help="discrepancy weight of topk_discrepancy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fit-scores", default=None, metavar="FILE",
+                   help="gold pairs for fitted_linear (default: the input's gold pairs)")
+    p.add_argument("--fit-pairs", default=None, metavar="FILE", help="pairs file joined with --fit-scores")
+    p.add_argument("--l2", type=float, default=1e-2, help="L2 strength of the fitted_linear fit")
+
+
+def _convert(csub) -> None:
+    h = _command(csub, "hf-to-orbax", "HF safetensors directory -> Orbax checkpoint", "jobs", "cmd_hf_to_orbax",
+                 required=("--ckpt", "--out"))
+    opt.ckpt(h, "the Hugging Face directory (config.json + safetensors)", old="--hf-dir")
+    h.add_argument("--out", default=None, metavar="DIR", help="the Orbax checkpoint directory to write")
+    h.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    h.add_argument("--unrolled", action="store_true", help="store layers unrolled instead of stacked")
+    opt.mesh(h)
+    o = _command(csub, "orbax-to-hf", "Orbax checkpoint -> HF directory transformers loads", "jobs",
+                 "cmd_orbax_to_hf", required=("--ckpt", "--out"))
+    opt.ckpt(o, "the Orbax checkpoint directory (a training run's checkpoints/)")
+    o.add_argument("--out", default=None, metavar="DIR", help="the Hugging Face directory to write")
+    o.add_argument("--step", type=int, default=None, help="default: latest")
+    o.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    opt.tokenizer(o, "copy tokenizer files from here (default: the run's tokenizer)", old="--tokenizer-dir")
+    o.add_argument("--overwrite", action="store_true")
+    opt.mesh(o)
+
+
+def _tokenizer(tsub) -> None:
+    t = _command(tsub, "train", "train a byte-fallback SentencePiece tokenizer with the chat special tokens",
+                 "jobs", "cmd_tokenizer_train", required=("--in", "--out"),
+                 epilog="--in: text files (one document per file) or JSONL files whose rows' strings are all read "
+                        "(prompt, responses, messages); several files may be given")
+    t.add_argument("--in", dest="inp", nargs="+", default=None, metavar="FILE", help="training texts")
+    t.add_argument("--out", default=None, metavar="DIR", help="the tokenizer directory to write")
+    t.add_argument("--vocab-size", type=int, default=8000, help="an upper bound; a small corpus gives fewer pieces")
+    t.add_argument("--seed", type=int, default=0)
