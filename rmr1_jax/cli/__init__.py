@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     from rmr1_jax.cli.options import check_required
+    from rmr1_jax.cli.platforms import skip_absent_tpu
 
     logging.getLogger("absl").addFilter(_QuietReadOnly())
     parser = build_parser()
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     check_required(args)
+    skip_absent_tpu()  # before JAX starts a backend: libtpu's probe is noisy where no TPU is
     try:
         from rmr1_jax.parallel.mesh import initialize_distributed
 

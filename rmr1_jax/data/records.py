@@ -76,6 +76,15 @@ def _builder_cls(kind: str = "sft"):
         def _generate_examples(self):  # pragma: no cover - splits come from _split_generators
             raise NotImplementedError
 
+        # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared"
+        # to stdout around every build; nothing is downloaded here, and build_records reports
+        # each split's counts itself
+        def _log_download_bytes(self):
+            pass
+
+        def _log_download_done(self):
+            pass
+
     # the dataset name (and so the directory under data_dir) comes from the class name
     name = {"pair": "Rmr1PairRecords", "rules": "Rmr1RuleRecords"}.get(family, "Rmr1Records")
     cls = type(name, (_Records,),
