@@ -4,6 +4,7 @@ option, file or field at fault."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -80,3 +81,51 @@ def test_record_build_prints_no_download_banner(tmp_path, tok, capfd):
     assert "Downloading and preparing" not in out + err
     assert "downloaded and prepared" not in out + err
     assert lines == ["data[train]: 3 written of 3 rows"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. A k the rule pool cannot hold: one error naming the option and the pool's size
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def four_rule_scores(tmp_path):
+    import numpy as np
+
+    from rmr1_jax.rules.pool import Rule, write_pool
+    from rmr1_jax.rules.score_files import PairScores, write_pair_scores
+
+    rng = np.random.default_rng(0)
+    pairs = PairScores([{"id": f"p{i}", "winner": "AB"[i % 2]} for i in range(8)], rng.random((8, 4)),
+                       rng.random((8, 4)), rng.random((8, 4)), np.array([1, 0] * 4, np.int8))
+    scores, pool = str(tmp_path / "scores.jsonl"), str(tmp_path / "pool.jsonl")
+    write_pair_scores(scores, pairs)
+    write_pool(pool, [Rule(f"mine-{i}", f"Prefer the response that follows rule {i}.") for i in range(4)])
+    return scores, pool
+
+
+def _rmr1(capsys, *argv) -> tuple[int, str]:
+    from rmr1_jax.cli import main
+
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def test_k_larger_than_the_pool_names_the_option(tmp_path, four_rule_scores, capsys):
+    scores, pool = four_rule_scores
+    out, diag = str(tmp_path / "out.jsonl"), str(tmp_path / "diag.json")
+    code, err = _rmr1(capsys, "rules", "select", "--scores", scores, "--rules", pool, "--out", out)
+    assert code == 2
+    assert err == "rmr1 rules: error: --k 5: k must be an integer from 1 to the pool size (4 rules)\n"
+    # the diagnostics' --ks used to drop 5 and 8 without a word; --k and --ks are said in one line,
+    # before the labels are written
+    code, err = _rmr1(capsys, "rules", "label", "--scores", scores, "--rules", pool, "--out", out,
+                      "--diagnostics", diag, "--ks", "3", "5", "8")
+    assert code == 2
+    assert err == ("rmr1 rules: error: --k 5; --ks 5 8: k must be an integer from 1 to the pool size "
+                   "(4 rules)\n")
+    assert not os.path.exists(out) and not os.path.exists(diag)
+    code, err = _rmr1(capsys, "rules", "label", "--scores", scores, "--rules", pool, "--out", out, "--k", "3",
+                      "--diagnostics", diag, "--ks", "2", "3", "--n-boot", "10")
+    assert code == 0 and err == ""
+    assert sorted({r["k"] for r in json.load(open(diag)) if r["k"] is not None}) == [2, 3]

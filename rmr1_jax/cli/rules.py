@@ -47,6 +47,8 @@ def cmd_label(args) -> None:
     from rmr1_jax.rules.select import label_file, report
 
     common = _common(args)
+    if args.diagnostics:
+        diagnostics.check_label_ks(len(common["rules"]), args.strategy, args.k, args.ks)
     s = label_file(args.scores, args.out, args.strategy, args.k, ties=args.ties, **common)
     report(s, f"labeled pairs (ties: {s['ties_handling']})", args.out)
     if args.diagnostics:

@@ -24,7 +24,7 @@ from rmr1_jax.data.readers import atomic_write_text
 from rmr1_jax.errors import UserError
 from rmr1_jax.rules.pool import Rule
 from rmr1_jax.rules.score_files import PairScores, load_pairs
-from rmr1_jax.rules.select import K_FREE, STRATEGIES, fit_pairs_weights, label_arrays
+from rmr1_jax.rules.select import K_FREE, STRATEGIES, check_ks, fit_pairs_weights, label_arrays
 
 DEFAULT_KS = (3, 5, 8)
 
@@ -81,12 +81,13 @@ def diagnose(pairs: PairScores, strategies=STRATEGIES, ks=DEFAULT_KS, *, ties: s
     (None for strategies whose label ignores k: ``all_rules``, ``fitted_linear``),
     ``gold_pairs``, ``labeled``, ``ties``, ``coverage``, ``agreement``,
     ``mutual_information``, ``mi_low``, ``mi_high``, ``level``. ``fitted_linear`` fits on the
-    gold pairs of ``fit`` (default: the evaluated pairs themselves, in-sample). Values of
-    ``ks`` above the pool size are left out; ``agreement`` is None when no pair got a label."""
+    gold pairs of ``fit`` (default: the evaluated pairs themselves, in-sample). A value of
+    ``ks`` above the pool size is an error (``select.check_ks``); ``agreement`` is None when
+    no pair got a label."""
+    check_ks(pairs.num_rules, {"--ks": ks})
     gold_pairs = pairs.subset(np.flatnonzero(pairs.gold >= 0))
     if len(gold_pairs) == 0:
         raise UserError("the diagnostics need pairs with a gold 'winner' (A or B); none has one")
-    ks = [k for k in ks if k <= pairs.num_rules] or [pairs.num_rules]
     out = []
     for strategy in strategies:
         weights = None
@@ -107,6 +108,13 @@ def diagnose(pairs: PairScores, strategies=STRATEGIES, ks=DEFAULT_KS, *, ties: s
                 "level": level,
             })
     return out
+
+
+def check_label_ks(num_rules: int, strategy: str, k: int, ks) -> None:
+    """Before ``rmr1 rules label --diagnostics`` writes anything: every k the pool cannot hold,
+    the label's ``--k`` (unless the strategy ignores it) and the diagnostics' ``--ks``, in one
+    error (``select.check_ks``)."""
+    check_ks(num_rules, {"--k": [] if strategy == "all_rules" else [k], "--ks": ks})
 
 
 def format_table(rows: list[dict]) -> str:

@@ -36,6 +36,7 @@ winner's text and the other), so it feeds ``rmr1 train-rm`` directly.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 
@@ -71,6 +72,17 @@ class Labeling:
         return m
 
 
+def check_ks(num_rules: int, ks_by_option: dict[str, Sequence]) -> None:
+    """The one rule for every k (``--k`` of select, label and apply; the diagnostics' ``--ks``):
+    an integer from 1 to the pool's size. Every value that breaks it, under each option that
+    gave it, is named in one error with the pool's size; nothing is dropped silently."""
+    bad = {opt: [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer))
+                 or not 1 <= k <= num_rules] for opt, ks in ks_by_option.items()}
+    named = "; ".join(f"{opt} {' '.join(map(str, v))}" for opt, v in bad.items() if v)
+    if named:
+        raise UserError(f"{named}: k must be an integer from 1 to the pool size ({num_rules} rules)")
+
+
 def check_options(strategy: str, k: int, num_rules: int, ties: str = "skip") -> int:
     """Validate the options; returns the effective k (R for ``all_rules``)."""
     if strategy not in STRATEGIES:
@@ -79,8 +91,7 @@ def check_options(strategy: str, k: int, num_rules: int, ties: str = "skip") -> 
         raise UserError(f"unknown tie handling {ties!r} (choose from {', '.join(TIES)})")
     if strategy == "all_rules":
         return num_rules
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_rules:
-        raise UserError(f"k must be an integer from 1 to the pool size {num_rules}, got {k!r}")
+    check_ks(num_rules, {"--k": [k]})
     return int(k)
 
 

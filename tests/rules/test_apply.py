@@ -178,7 +178,7 @@ def test_one_line_errors(adapter, tmp_path, capsys):
         apply_file(hf_dir, wide_scores, out, pairs_path=wide_pairs)
     assert "\n" not in str(e.value)
     for k in (0, R + 1):
-        with pytest.raises(UserError, match=f"k must be an integer from 1 to the pool size {R}, got {k}"):
+        with pytest.raises(UserError, match=rf"^--k {k}: k must be an integer from 1 to the pool size \({R} rules\)$"):
             apply_file(hf_dir, scores_path, out, k=k, pairs_path=pairs_path)
     vec = [0.0] * R
     bare = _write(tmp_path / "pairwise.jsonl", [

@@ -93,10 +93,10 @@ def test_random_ties_are_seeded_coins():
 
 @pytest.mark.parametrize("kwargs, needle", [
     ({"strategy": "best"}, "unknown rule selection strategy 'best'"),
-    ({"k": 0}, "k must be an integer from 1 to the pool size 4, got 0"),
-    ({"k": 5}, "got 5"),
-    ({"k": True}, "got True"),
-    ({"k": 2.0}, "got 2.0"),
+    ({"k": 0}, "--k 0: k must be an integer from 1 to the pool size (4 rules)"),
+    ({"k": 5}, "--k 5: "),
+    ({"k": True}, "--k True: "),
+    ({"k": 2.0}, "--k 2.0: "),
     ({"ties": "coin"}, "unknown tie handling 'coin'"),
 ])
 def test_option_errors(kwargs, needle):
@@ -238,14 +238,16 @@ def test_diagnose_rows_and_that_discrepancy_beats_random():
     assert "topk_discrepancy" in table and len(table.splitlines()) == len(rows) + 2
 
 
-def test_diagnose_needs_gold_and_drops_oversized_k():
+def test_diagnose_needs_gold_and_refuses_oversized_k():
     pairs = _planted_pairs(n=40, r=4)
-    rows = diag.diagnose(pairs, strategies=("max_discrepancy",), ks=(3, 5, 8), n_boot=10)
-    assert [r["k"] for r in rows] == [3]
+    rows = diag.diagnose(pairs, strategies=("max_discrepancy",), ks=(3, 4), n_boot=10)
+    assert [r["k"] for r in rows] == [3, 4]
+    with pytest.raises(UserError, match=r"^--ks 5 8: k must be an integer from 1 to the pool size \(4 rules\)$"):
+        diag.diagnose(pairs, strategies=("max_discrepancy",), ks=(3, 5, 8), n_boot=10)
     no_gold = pairs.subset(np.arange(5))
     no_gold.gold[:] = -1
     with pytest.raises(UserError, match="gold 'winner'"):
-        diag.diagnose(no_gold)
+        diag.diagnose(no_gold, ks=(3,))
 
 
 # ---- files and commands ----
