@@ -16,7 +16,7 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -69,6 +69,63 @@ def _segment_positions(segment_ids_bt):
     return idx - start_idx
 
 
+class _Attention(NamedTuple):
+    """What the layers of one call attend by."""
+
+    positions: jax.Array  # [B, T] rotary positions
+    mask: jax.Array | None  # [B, 1, T, S] bool, S = T without a cache (None: the splash kernel's segments)
+    segments: jax.Array | None  # [B, T] segment ids for the splash kernel (None: the dense mask)
+    cache_index: Any  # where the layers write K/V (None: a prefill, from slot 0 over the new tokens only)
+    valid: jax.Array | None  # [B, S] the cache's new ``valid`` (None without a cache)
+
+
+def _attend_cached(cache, cache_index, attention_mask, positions, segment_ids) -> _Attention:
+    """A decode step: the T new tokens, written at slots [cache_index, cache_index + T), attend
+    over the cache's real tokens up to their own slot."""
+    if segment_ids is not None:
+        raise ValueError("segment_ids cannot be combined with a KV cache")
+    t = attention_mask.shape[1]
+    s = cache["valid"].shape[1]
+    cache_index = jnp.asarray(cache_index, jnp.int32)
+    slots = jnp.arange(s)
+    prior = jnp.sum(cache["valid"] & (slots[None, :] < cache_index), axis=-1, dtype=jnp.int32)
+    if positions is None:
+        positions = prior[:, None] + _positions_from_mask(attention_mask)
+    valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, cache_index))
+    q_slot = cache_index + jnp.arange(t)
+    mask = valid[:, None, None, :] & (slots[None, None, None, :] <= q_slot[None, None, :, None])
+    return _Attention(positions, mask, None, cache_index, valid)
+
+
+def _attend_new(cfg: ModelConfig, cache, cache_index, attention_mask, positions, segment_ids) -> _Attention:
+    """A forward pass, or a prefill (a cache filled from slot 0): the T tokens attend causally
+    over each other only (and within their segment), never over other cache slots; a prefill
+    then writes them to the cache. Scores over every slot (prompt + generation budget) would be
+    [B, K, G, T, S] float32."""
+    t = attention_mask.shape[1]
+    valid = None
+    if cache is not None:  # a prefill
+        if segment_ids is not None:
+            raise ValueError("segment_ids cannot be combined with a KV cache")
+        valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, 0))
+        cache_index = None  # to the layers: write from slot 0, attend over the new tokens
+    segments = None
+    if resolve_attention(cfg.attention_impl, t, dtype_of(cfg.dtype)) == "splash":
+        # the kernel masks by segment (padding: segment 0); no [T, T] mask is formed
+        segments = segment_ids if segment_ids is not None else attention_mask.astype(jnp.int32)
+        mask = None
+    else:
+        causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
+        mask = causal & attention_mask[:, None, None, :]
+        if segment_ids is not None:
+            mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    if segment_ids is not None and positions is None:
+        positions = _segment_positions(segment_ids)
+    if positions is None:
+        positions = _positions_from_mask(attention_mask)
+    return _Attention(positions, mask, segments, cache_index, valid)
+
+
 class DecoderLM(nn.Module):
     cfg: ModelConfig
 
@@ -110,59 +167,42 @@ class DecoderLM(nn.Module):
           With ``return_hidden``: the hidden states in place of either.
         """
         cfg = self.cfg
-        dt = dtype_of(cfg.dtype)
         b, t = input_ids.shape
-        segments = None  # [B, T] segment ids for the splash kernel (None: a dense mask)
         if cache is not None and cfg.is_classifier:
             raise ValueError(f"a KV cache is for decoding; a {cfg.head!r} head scores whole sequences")
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
-
-        # A prefill (the cache filled from slot 0, cache_index a Python 0) attends over its own T
-        # tokens only, as a forward pass without cache does, and then writes them to the cache:
-        # scores over every slot (prompt + generation budget) would be [B, K, G, T, S] float32.
+        # a prefill fills the cache from slot 0 (cache_index a Python 0)
         prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
         if cache is not None and not prefill:
-            if segment_ids is not None:
-                raise ValueError("segment_ids cannot be combined with a KV cache")
-            s = cache["valid"].shape[1]
-            cache_index = jnp.asarray(cache_index, jnp.int32)
-            slots = jnp.arange(s)
-            prior = jnp.sum(cache["valid"] & (slots[None, :] < cache_index), axis=-1, dtype=jnp.int32)
-            if positions is None:
-                positions = prior[:, None] + _positions_from_mask(attention_mask)
-            valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, cache_index))
-            q_slot = cache_index + jnp.arange(t)
-            mask = valid[:, None, None, :] & (slots[None, None, None, :] <= q_slot[None, None, :, None])
+            att = _attend_cached(cache, cache_index, attention_mask, positions, segment_ids)
         else:
-            if prefill:
-                if segment_ids is not None:
-                    raise ValueError("segment_ids cannot be combined with a KV cache")
-                valid = jax.lax.dynamic_update_slice(cache["valid"], attention_mask, (0, 0))
-                cache_index = None  # to the layers: write from slot 0, attend over the new tokens
-            if resolve_attention(cfg.attention_impl, t, dt) == "splash":
-                # the kernel masks by segment (padding: segment 0); no [T, T] mask is formed
-                segments = segment_ids if segment_ids is not None else attention_mask.astype(jnp.int32)
-                mask = None
-            else:
-                causal = jnp.tril(jnp.ones((t, t), bool))[None, None]
-                mask = causal & attention_mask[:, None, None, :]
-                if segment_ids is not None:
-                    mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-            if segment_ids is not None and positions is None:
-                positions = _segment_positions(segment_ids)
-            if positions is None:
-                positions = _positions_from_mask(attention_mask)
+            att = _attend_new(cfg, cache, cache_index, attention_mask, positions, segment_ids)
 
+        embedding, x = self._embed(input_ids)
+        cos, sin = rope_cos_sin(cfg, att.positions)
+        kv = (cache["k"], cache["v"]) if cache is not None else None
+        x, new_kv = self._layer_stack(x, kv, cos, sin, att)
+        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
+        out = x if return_hidden else self._head(x, embedding, attention_mask)
+        if cache is not None:
+            return out, {"k": new_kv[0], "v": new_kv[1], "valid": att.valid}
+        return out
+
+    def _embed(self, input_ids):
+        """``(embed_tokens [V, D] param_dtype, x [B, T, D] compute dtype)``."""
+        cfg = self.cfg
         embedding = self.param("embed_tokens", default_init, (cfg.vocab_size, cfg.hidden_size),
                                dtype_of(cfg.param_dtype))
-        x = jnp.take(embedding, input_ids, axis=0).astype(dt)
-        x = constrain(x, ("act_batch", "act_length", "act_embed"))
-        cos, sin = rope_cos_sin(cfg, positions)
+        x = jnp.take(embedding, input_ids, axis=0).astype(dtype_of(cfg.dtype))
+        return embedding, constrain(x, ("act_batch", "act_length", "act_embed"))
 
+    def _layer_stack(self, x, kv, cos, sin, att: _Attention):
+        """``(x, new (k, v) or None)`` after the L layers: one ``nn.scan`` over stacked
+        parameters ("layers", leading axis L) with ``scan_layers``, else unrolled ("layers_i")."""
+        cfg = self.cfg
         layer_cls = self._layer_cls()
-        kv = (cache["k"], cache["v"]) if cache is not None else None
         if cfg.scan_layers:
             stack = nn.scan(
                 layer_cls,
@@ -172,33 +212,30 @@ class DecoderLM(nn.Module):
                 length=cfg.num_hidden_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
-            x, new_kv = stack(x, kv, cos, sin, mask, cache_index, segments)
-        else:
-            ks, vs = [], []
-            for i in range(cfg.num_hidden_layers):
-                layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
-                x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, mask, cache_index, segments)
-                if c is not None:
-                    ks.append(c[0])
-                    vs.append(c[1])
-            new_kv = (tuple(ks), tuple(vs)) if kv is not None else None
+            return stack(x, kv, cos, sin, att.mask, att.cache_index, att.segments)
+        ks, vs = [], []
+        for i in range(cfg.num_hidden_layers):
+            layer_kv = (kv[0][i], kv[1][i]) if kv is not None else None
+            x, c = layer_cls(cfg, name=f"layers_{i}")(x, layer_kv, cos, sin, att.mask, att.cache_index, att.segments)
+            if c is not None:
+                ks.append(c[0])
+                vs.append(c[1])
+        return x, ((tuple(ks), tuple(vs)) if kv is not None else None)
 
-        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
-        if return_hidden:
-            out = x
-        elif cfg.is_classifier:
+    def _head(self, x, embedding, attention_mask):
+        """The head ``cfg.head`` on the final-norm hidden states x [B, T, D]: logits [B, T, V]
+        ("lm"; ``embedding`` transposed when tied), or scores [B, num_labels] at each row's last
+        real token; float32 either way."""
+        cfg = self.cfg
+        dt = dtype_of(cfg.dtype)
+        if cfg.is_classifier:
             score = self.param("score", default_init, (cfg.hidden_size, cfg.num_labels), dtype_of(cfg.param_dtype))
             # pooling before the head is transformers' score-every-position-then-pool, at 1/T the work
             pooled_bd = jnp.take_along_axis(x, last_real_index(attention_mask)[:, None, None], axis=1)[:, 0]
-            out = matmul_f32("bd,dn->bn", pooled_bd, score.astype(dt))
+            return matmul_f32("bd,dn->bn", pooled_bd, score.astype(dt))
+        if cfg.tie_word_embeddings:
+            head = embedding.T
         else:
-            if cfg.tie_word_embeddings:
-                head = embedding.T
-            else:
-                head = self.param("lm_head", default_init, (cfg.hidden_size, cfg.vocab_size),
-                                  dtype_of(cfg.param_dtype))
-            out = matmul_f32("btd,dv->btv", x, head.astype(dt))
-            out = constrain(out, ("act_batch", "act_length", "act_vocab"))
-        if cache is not None:
-            return out, {"k": new_kv[0], "v": new_kv[1], "valid": valid}
-        return out
+            head = self.param("lm_head", default_init, (cfg.hidden_size, cfg.vocab_size), dtype_of(cfg.param_dtype))
+        out = matmul_f32("btd,dv->btv", x, head.astype(dt))
+        return constrain(out, ("act_batch", "act_length", "act_vocab"))
