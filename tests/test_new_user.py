@@ -12,11 +12,20 @@ from rmr1_jax.cli.platforms import skip_absent_tpu
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
+def tok_dir(tmp_path_factory) -> str:
     from rmr1_jax.text.tokenizer import train_sentencepiece
 
     texts = ["Which reply is better? A said four, B said five."] * 4 + ["The answer is four."] * 4
-    return train_sentencepiece(texts, str(tmp_path_factory.mktemp("tok")), vocab_size=400)
+    out = str(tmp_path_factory.mktemp("tok"))
+    train_sentencepiece(texts, out, vocab_size=400)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    from rmr1_jax.text.tokenizer import load_tokenizer
+
+    return load_tokenizer(tok_dir)
 
 
 def _write_rows(path, rows) -> str:
@@ -129,3 +138,41 @@ def test_k_larger_than_the_pool_names_the_option(tmp_path, four_rule_scores, cap
                       "--diagnostics", diag, "--ks", "2", "3", "--n-boot", "10")
     assert code == 0 and err == ""
     assert sorted({r["k"] for r in json.load(open(diag)) if r["k"] is not None}) == [2, 3]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. A wrong model.hf_dir is named as such, not as a missing tokenizer path
+# ---------------------------------------------------------------------------------------------
+
+
+def test_wrong_hf_dir_is_named_not_the_tokenizer(tmp_path, tok_dir):
+    from rmr1_jax.errors import ConfigError
+    from rmr1_jax.schema import ModelSpec, TokenizerSpec
+    from rmr1_jax.train.setup import load_tokenizer_for
+
+    gone = str(tmp_path / "my-modle")
+    with pytest.raises(ConfigError, match=f"^model.hf_dir: {gone} not found$"):
+        load_tokenizer_for(TokenizerSpec(), ModelSpec(hf_dir=gone))
+    model_only = tmp_path / "random-hf-model"  # what save_pretrained writes for a model alone
+    model_only.mkdir()
+    (model_only / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"^model.hf_dir: {model_only} has no tokenizer \(tokenizer.json or "
+                                          r"tokenizer.model\) and tokenizer.path is not set"):
+        load_tokenizer_for(TokenizerSpec(), ModelSpec(hf_dir=str(model_only)))
+    # the newcomer's own tokenizer beside the model: fine
+    assert load_tokenizer_for(TokenizerSpec(path=tok_dir), ModelSpec(hf_dir=gone)).vocab_size > 0
+
+
+def test_checkpoint_whose_run_hf_dir_moved_names_it(tmp_path):
+    import numpy as np
+
+    from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.manager import CheckpointManager
+    from rmr1_jax.errors import UserError
+
+    ckpt, gone = str(tmp_path / "ckpt"), str(tmp_path / "moved-model")
+    with CheckpointManager(ckpt, async_save=False) as mgr:
+        mgr.save(0, {"params": {"w": np.zeros(2, np.float32)}}, config={"model": {"hf_dir": gone}}, force=True)
+    with pytest.raises(UserError, match=f"^{ckpt}: its run read the tokenizer from model.hf_dir {gone}, which is "
+                                        f"not found; pass --tokenizer$"):
+        load_checkpoint_tokenizer(ckpt)

@@ -110,13 +110,12 @@ def export_tokenizer(ckpt: str, tokenizer_dir: str | None = None, step: int | No
 
 def _export_tokenizer(ckpt: str, tokenizer_dir: str | None, step: int | None, read_files: bool) -> ExportTokenizer:
     from rmr1_jax.checkpoint.reading import read_config, read_metadata
-    from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
+    from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer, saved_tokenizer_path
     from rmr1_jax.text.chat_template import DEFAULT_CHAT_TEMPLATE
 
     meta = read_metadata(ckpt, step)
     run_cfg = read_config(ckpt, step) or {}
-    path = (tokenizer_dir or (run_cfg.get("tokenizer") or {}).get("path")
-            or (run_cfg.get("model") or {}).get("hf_dir"))
+    path = tokenizer_dir or saved_tokenizer_path(ckpt, run_cfg)
     source = (meta.get("model_config") or {}).get("source_dir")
     if path is None and source and any(os.path.isfile(os.path.join(source, n)) for n in _TOKENIZER_MAIN_FILES):
         path = source

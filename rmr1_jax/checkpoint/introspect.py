@@ -11,8 +11,31 @@ import os
 from rmr1_jax.errors import UserError
 
 
+def saved_tokenizer_path(path: str, run_cfg: dict) -> str | None:
+    """The tokenizer checkpoint ``path``'s run used, as its saved run config names it
+    (``tokenizer.path``, else ``model.hf_dir``), or None when it names none. A named path that
+    is gone, or an ``hf_dir`` without tokenizer files, is a one-line error naming that field
+    (a moved model directory is not a "tokenizer path")."""
+    from rmr1_jax.text.tokenizer_base import SENTENCEPIECE_MODEL, TOKENIZER_JSON
+
+    tok_path = (run_cfg.get("tokenizer") or {}).get("path")
+    field = "tokenizer.path"
+    if not tok_path:
+        tok_path, field = (run_cfg.get("model") or {}).get("hf_dir"), "model.hf_dir"
+    if not tok_path:
+        return None
+    if not os.path.exists(tok_path):
+        raise UserError(f"{path}: its run read the tokenizer from {field} {tok_path}, which is not found; "
+                        f"pass --tokenizer")
+    if field == "model.hf_dir" and not any(os.path.isfile(os.path.join(tok_path, n))
+                                           for n in (TOKENIZER_JSON, SENTENCEPIECE_MODEL)):
+        raise UserError(f"{path}: its run read the tokenizer from model.hf_dir {tok_path}, which has no "
+                        f"{TOKENIZER_JSON} or {SENTENCEPIECE_MODEL}; pass --tokenizer")
+    return tok_path
+
+
 def _saved_tokenizer(path: str, run_cfg: dict) -> str:
-    tok_path = (run_cfg.get("tokenizer") or {}).get("path") or (run_cfg.get("model") or {}).get("hf_dir")
+    tok_path = saved_tokenizer_path(path, run_cfg)
     if tok_path is None:
         raise UserError(f"{path}: the checkpoint does not name its tokenizer; pass --tokenizer")
     return tok_path

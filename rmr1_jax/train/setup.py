@@ -16,10 +16,16 @@ from rmr1_jax.schema import CheckpointSpec, ModelSpec, PromptSpec, TokenizerSpec
 
 def load_tokenizer_for(tok: TokenizerSpec, model: ModelSpec):
     from rmr1_jax.text.tokenizer import load_tokenizer
+    from rmr1_jax.text.tokenizer_base import SENTENCEPIECE_MODEL, TOKENIZER_JSON
 
     path = tok.path or model.hf_dir
     if path is None:
         raise ConfigError("tokenizer.path is required when the model is not loaded from model.hf_dir")
+    if not tok.path:  # the tokenizer defaults to the model's directory: a wrong hf_dir is named as such
+        check_hf_dir(path)
+        if not any(os.path.isfile(os.path.join(path, n)) for n in (TOKENIZER_JSON, SENTENCEPIECE_MODEL)):
+            raise ConfigError(f"model.hf_dir: {path} has no tokenizer ({TOKENIZER_JSON} or {SENTENCEPIECE_MODEL}) "
+                              f"and tokenizer.path is not set: set tokenizer.path to the model's tokenizer")
     t = load_tokenizer(path)
     if tok.chat_template_file:
         if not os.path.isfile(tok.chat_template_file):
@@ -58,6 +64,15 @@ def build_model(spec: ModelSpec, mesh, tokenizer=None, seed: int = 0, head: str 
                       scan_layers=spec.scan_layers, remat_policy=spec.remat_policy,
                       attention_impl=spec.attention_impl, vocab_size=spec.vocab_size, tokenizer=tokenizer,
                       seed=seed, lora_rank=spec.lora_rank, lora_alpha=spec.lora_alpha, lora_targets=spec.lora_targets)
+
+
+def check_hf_dir(path: str) -> None:
+    """``model.hf_dir`` must be a Hugging Face model directory: a one-line error naming the
+    field when it is missing or has no ``config.json``."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"model.hf_dir: {path} not found")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"model.hf_dir: {path} is not a Hugging Face directory (no config.json)")
 
 
 def model_source(spec: ModelSpec) -> tuple[str, str]:
@@ -157,8 +172,8 @@ def prepare_job(cfg, records, log=print):
     def inputs():  # every process reads them; one host that cannot stops every process
         prepare_run_dir(run_dir, cfg, log)
         source, kind = model_source(cfg.model)
-        if kind == "hf" and not os.path.isfile(os.path.join(source, "config.json")):
-            raise ConfigError(f"model.hf_dir: {source} is not a Hugging Face directory (no config.json)")
+        if kind == "hf":
+            check_hf_dir(source)
         if kind == "orbax" and not os.path.isdir(source):
             raise ConfigError(f"model.init_checkpoint: {source} not found")
         return load_tokenizer_for(cfg.tokenizer, cfg.model), load_template(cfg.prompt)
