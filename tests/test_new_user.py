@@ -176,3 +176,22 @@ def test_checkpoint_whose_run_hf_dir_moved_names_it(tmp_path):
     with pytest.raises(UserError, match=f"^{ckpt}: its run read the tokenizer from model.hf_dir {gone}, which is "
                                         f"not found; pass --tokenizer$"):
         load_checkpoint_tokenizer(ckpt)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A --ckpt that is no model directory: say what it lacks
+# ---------------------------------------------------------------------------------------------
+
+
+def test_ckpt_without_config_or_steps_names_both(tmp_path, capsys):
+    weights_only = tmp_path / "my-model"  # weights, but neither config.json nor an Orbax step
+    weights_only.mkdir()
+    (weights_only / "model.safetensors").write_bytes(b"")
+    code, err = _rmr1(capsys, "judge", "--ckpt", str(weights_only), "--prompt", "hi", "--a", "x", "--b", "y")
+    assert code == 2
+    assert err == (f"rmr1 judge: error: {weights_only}: no checkpoint found (no committed step in it, and no "
+                   f"config.json: neither an Orbax checkpoint nor a Hugging Face model directory)\n")
+    run = tmp_path / "run"  # a training run's directory instead of its checkpoints/
+    (run / "checkpoints").mkdir(parents=True)
+    code, err = _rmr1(capsys, "judge", "--ckpt", str(run), "--prompt", "hi", "--a", "x", "--b", "y")
+    assert code == 2 and err.endswith(f"; a training run keeps its checkpoints in {run / 'checkpoints'})\n")

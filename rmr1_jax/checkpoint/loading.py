@@ -108,14 +108,11 @@ def load_model(source: str, head: str | None = None, *, mesh: Mesh | None, num_l
 
 
 def _load(source, head, num_labels, kind, step, exec_kw, vocab_size, tokenizer, mesh, seed, rules):
-    inferred = kind is None
     kind = kind or source_kind(source)
     if kind not in _KINDS:
         raise CheckpointError(f"kind={kind!r} is not one of {list(_KINDS)}")
-    if kind == "orbax":
-        # a local directory taken for a checkpoint because it has no config.json: say both
-        hint = inferred and not is_remote(source)
-        return _from_orbax(source, head, num_labels, step, exec_kw, mesh, seed, rules, hint)
+    if kind == "orbax":  # a directory with no step says what it lacks (CheckpointManager)
+        return _from_orbax(source, head, num_labels, step, exec_kw, mesh, seed, rules)
     if "dtype" not in exec_kw and "param_dtype" in exec_kw:
         exec_kw["dtype"] = exec_kw["param_dtype"]
     if kind == "preset":
@@ -182,15 +179,10 @@ def _from_preset(name, head, num_labels, exec_kw, vocab_size, tokenizer, mesh, s
     return model, init_params(model, jax.random.key(seed), mesh, rules)
 
 
-def _from_orbax(source, head, num_labels, step, exec_kw, mesh, seed, rules, hint: bool):
-    try:
-        with CheckpointManager(source, read_only=True) as mgr:
-            step = mgr.resolve_step(step)
-            meta = mgr.read_metadata(step)
-    except CheckpointError as e:
-        if not hint:
-            raise
-        raise CheckpointError(f"{source}: not an HF directory (no config.json), nor an Orbax checkpoint: {e}") from None
+def _from_orbax(source, head, num_labels, step, exec_kw, mesh, seed, rules):
+    with CheckpointManager(source, read_only=True) as mgr:
+        step = mgr.resolve_step(step)
+        meta = mgr.read_metadata(step)
     if not meta.get("model_config"):
         raise CheckpointError(f"{source}: checkpoint metadata has no model_config; cannot build its model")
     src = ModelConfig.from_dict(meta["model_config"], source=f"{source} metadata")

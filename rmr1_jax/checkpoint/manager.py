@@ -287,13 +287,24 @@ class CheckpointManager:
         steps = self.all_steps()
         if step is None:
             if not steps:
-                why = "directory does not exist" if not self._existed else "no committed step in it"
-                raise CheckpointError(f"{self.directory}: no checkpoint found ({why})")
+                raise CheckpointError(f"{self.directory}: no checkpoint found ({self._why_no_steps()})")
             return steps[-1]
         if step not in steps:
             have = ", ".join(map(str, steps)) if steps else "none"
             raise CheckpointError(f"{self.directory}: no checkpoint for step {step} (available steps: {have})")
         return step
+
+    def _why_no_steps(self) -> str:
+        """What a reader finds missing: a command that takes a checkpoint also takes a Hugging
+        Face directory, and a training run's directory holds its checkpoints one level down."""
+        if not self._existed:
+            return "directory does not exist"
+        why = "no committed step in it"
+        if not (self.directory / "config.json").exists():
+            why += ", and no config.json: neither an Orbax checkpoint nor a Hugging Face model directory"
+        if (self.directory / "checkpoints").is_dir():
+            why += f"; a training run keeps its checkpoints in {self.directory / 'checkpoints'}"
+        return why
 
     def _items(self, step: int) -> dict[str, Any]:
         """Item name -> Orbax item metadata (a ``TreeMetadata`` for ``state``) of one step."""
