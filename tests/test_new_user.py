@@ -195,3 +195,33 @@ def test_ckpt_without_config_or_steps_names_both(tmp_path, capsys):
     (run / "checkpoints").mkdir(parents=True)
     code, err = _rmr1(capsys, "judge", "--ckpt", str(run), "--prompt", "hi", "--a", "x", "--b", "y")
     assert code == 2 and err.endswith(f"; a training run keeps its checkpoints in {run / 'checkpoints'})\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Fields a training row has that its shape does not read: one line per file
+# ---------------------------------------------------------------------------------------------
+
+
+def test_unknown_fields_are_named_once_per_file(tmp_path, tok):
+    from rmr1_jax.data.records import RecordOptions, build_records
+
+    mine = _write_rows(tmp_path / "mine.jsonl", [
+        {**PAIRS[0], "source": "hh", "system_prompt": "Be brief."},
+        {**PAIRS[1], "source": "hh"},
+        {**PAIRS[2], "task-type": "Chat"}])
+    clean = _write_rows(tmp_path / "clean.jsonl", PAIRS)
+    # a rules label file feeds train-rm as it is: its bookkeeping is known, not ignored
+    labeled = _write_rows(tmp_path / "labels.jsonl", [
+        {**p, "a": p["chosen"], "b": p["rejected"], "winner": "A", "strategy": "topk_discrepancy", "k": 2,
+         "rule_indices": [0, 1], "rule_ids": ["r0", "r1"], "labels": [1, 1], "score_a": 1.0, "score_b": 0.0,
+         "rule_winner": "A", "tie": False} for p in PAIRS])
+    lines = []
+    build_records(str(tmp_path / "cache"), {"train": [mine, clean, labeled]}, tok, None,
+                  RecordOptions(kind="pair", max_length=256), log=lines.append)
+    note = (f"data[train]: {mine}: ignored fields source, system_prompt, task-type (a pair row reads prompt, "
+            f"chosen, rejected, task_type, id, example_id)")
+    assert lines == ["data[train]: 9 written of 9 rows", note]
+    lines.clear()  # a reused build says it again
+    build_records(str(tmp_path / "cache"), {"train": [mine, clean, labeled]}, tok, None,
+                  RecordOptions(kind="pair", max_length=256), log=lines.append)
+    assert lines[1:] == [note]

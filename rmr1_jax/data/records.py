@@ -111,11 +111,14 @@ class BuildStats:
     truncated: int = 0
     overlong_skipped: int = 0
     max_tokens: int = 0
+    # file -> (row shape, fields its rows have that the shape does not read), see ignored_fields
+    ignored: dict = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"read": self.read.read, "skipped": dict(self.read.skipped), "written": self.written,
                 "truncated": self.truncated, "overlong_skipped": self.overlong_skipped,
-                "max_tokens": self.max_tokens}
+                "max_tokens": self.max_tokens,
+                "ignored": {path: [shape, sorted(fields)] for path, (shape, fields) in self.ignored.items()}}
 
     @staticmethod
     def summary_of(d: dict) -> str:
@@ -133,6 +136,32 @@ class BuildStats:
 
 def _is_generic_pair(row: dict) -> bool:
     return "prompt" in row or "chosen" in row or "rejected" in row
+
+
+# The fields each row shape reads (rmr1_jax.data.schemas); anything else in a row is ignored,
+# and the build says so once per file: a misspelled field would otherwise vanish without a word.
+_IDS = ("id", "example_id")
+ROW_FIELDS = {
+    "pair": ("prompt", "chosen", "rejected", "task_type", *_IDS),
+    "judge": ("context_messages", "winner", "label", "verdict", *_IDS),
+    "trace": ("messages", "winner", "label", "task_type", *_IDS),
+    "rules": ("prompt", "a", "b", "response_a", "response_b", "rule_indices", "labels", *_IDS),
+}
+# what `rmr1 rules select` / `label` add to a pair (rules.select.labeled_rows): label files feed
+# train-rm and rule-adapter as they are, so their bookkeeping is known, not a stray field
+_LABEL_ROW_FIELDS = ("strategy", "k", "rule_indices", "rule_ids", "labels", "score_a", "score_b", "rule_winner",
+                     "tie", "winner", "a", "b", "response_a", "response_b", "chosen", "rejected")
+
+
+def ignored_fields(row: dict, kind: Kind) -> tuple[str, list[str]]:
+    """``(shape, fields)``: the shape ``row`` is read as for ``kind`` records, and the fields of
+    ``row`` that shape does not read (sorted)."""
+    if kind in ("pair", "rules"):
+        shape = kind
+    else:
+        shape = "pair" if _is_generic_pair(row) else "judge" if "context_messages" in row else "trace"
+    known = set(ROW_FIELDS[shape]) | (set(_LABEL_ROW_FIELDS) if shape in ("pair", "rules") else set())
+    return shape, sorted(k for k in row if k not in known)
 
 
 def to_judge_example(row: dict, fallback_id: str, index: int, position_seed: int, template,
@@ -274,6 +303,9 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
                 continue
             index += 1
             stats.read.read += 1
+            shape, unread = ignored_fields(row, opts.kind)
+            if unread:
+                stats.ignored.setdefault(path, (shape, set()))[1].update(unread)
             if rec.length > opts.max_length:
                 if opts.overlong == "error":
                     raise DataError(f"{where}: record is {rec.length} tokens, longer than "
@@ -339,6 +371,9 @@ def build_records(cache_dir: str, files: dict[str, list[str]], tokenizer, templa
     sources = builder.as_data_source()
     for split in files:
         log(f"data[{split}]: {BuildStats.summary_of(stats_json[split])}")
+        for path, (shape, fields) in stats_json[split].get("ignored", {}).items():
+            log(f"data[{split}]: {path}: ignored field{'s' * (len(fields) > 1)} {', '.join(fields)} "
+                f"(a {shape} row reads {', '.join(ROW_FIELDS[shape])})")
     return {s: sources[s] for s in files}, stats_json
 
 
