@@ -29,12 +29,12 @@ def main():
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    from rmr1_jax.data import synthetic
-    from rmr1_jax import judging as judge_mod
+    from rmr1_jax.worlds import judging_tasks as synthetic
     from rmr1_jax.eval.benchmarks import load_benchmark
-    from rmr1_jax.judging import judge_pairs
-    from rmr1_jax.eval.loading import load_judge
-    from rmr1_jax.eval.scalar import run_generative
+    from rmr1_jax.eval.runs import run_generative
+    from rmr1_jax.inference import judge as judge_mod
+    from rmr1_jax.inference.judge import judge_pairs
+    from rmr1_jax.inference.loading import load_judge
     from rmr1_jax.eval.scoring import score_results
     from rmr1_jax.parallel import make_mesh
 

@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.parallel import make_mesh
     from rmr1_jax.models.presets import PRESETS
-    from rmr1_jax.rules.scoring import DEFAULT_TEMPLATE, RuleScorer
+    from rmr1_jax.inference.rules import DEFAULT_TEMPLATE, RuleScorer
     from rmr1_jax.text.tokenizer import train_sentencepiece
 
     rng = np.random.default_rng(0)

@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     import torch
 
     import rmr1_jax
-    from rmr1_jax.eval.reward_scoring import RewardScorer
+    from rmr1_jax.inference.reward import RewardScorer
     from rmr1_jax.parallel import make_mesh
 
     with tempfile.TemporaryDirectory(prefix="rmr1-bench-rm-") as tmp:

@@ -46,7 +46,7 @@ def _report(benchmark: str, results: str, out: str, no_verdict: str, tasks):
 
 def _eval_scalar(args, tasks, results: str, out: str) -> None:
     """``rmr1 eval`` with a scalar reward model: every response scored, no judging."""
-    from rmr1_jax.eval.reward_scoring import load_reward_model
+    from rmr1_jax.inference.reward import load_reward_model
 
     if args.order == "both":
         raise UserError("--order both is for generative judges; a scalar reward model scores each response once")
@@ -63,7 +63,7 @@ def _eval_scalar(args, tasks, results: str, out: str) -> None:
         _print_rewardbench2(on_process_zero(score_rewardbench2, results), name, out)
         return
     from rmr1_jax.eval.report import summary_line
-    from rmr1_jax.eval.scalar import run_scalar
+    from rmr1_jax.eval.runs import run_scalar
 
     stats = run_scalar(scorer, tasks, results, batch_size=args.batch_size, model_name=name)
     summary, _ = _report(args.benchmark, results, out, args.no_verdict, tasks)
@@ -135,9 +135,9 @@ def cmd_eval(args) -> None:
     if scalar:
         _eval_scalar(args, tasks, results, out)
         return
-    from rmr1_jax.judging import judge_pairs
-    from rmr1_jax.eval.loading import load_judge
-    from rmr1_jax.eval.scalar import run_generative
+    from rmr1_jax.inference.judge import judge_pairs
+    from rmr1_jax.inference.loading import load_judge
+    from rmr1_jax.eval.runs import run_generative
 
     judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer,
                        prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)

@@ -11,12 +11,12 @@ from rmr1_jax.errors import UserError
 
 def cmd_demo(args) -> None:
     if args.which == "ramo":
-        from rmr1_jax.ramo_demo import load_ramo_recipe, run_ramo_demo
+        from rmr1_jax.demos.ramo import load_ramo_recipe, run_ramo_demo
 
         run_ramo_demo(load_ramo_recipe(args.out_dir or "runs/demo-ramo", seed=args.seed, quick=args.quick,
                                        directory=args.recipes))
         return
-    from rmr1_jax.demo import load_demo_recipe, run_demo
+    from rmr1_jax.demos.rmr1 import load_demo_recipe, run_demo
 
     run_demo(load_demo_recipe(args.out_dir or "runs/demo", seed=args.seed, quick=args.quick,
                               directory=args.recipes))
@@ -45,55 +45,45 @@ def cmd_plan(args) -> None:
     plan(args)
 
 
-def _judge_items(args) -> list[tuple]:
-    """``(id, prompt, a, b)`` of each pair ``rmr1 judge`` is given, checked."""
-    from rmr1_jax.data.readers import read_records
-    from rmr1_jax.eval.reward_scoring import check_prompt
+def _judge_items(args) -> list[tuple[int, dict]]:
+    """``(line, row)`` of each pair ``rmr1 judge`` is given (``--in``, or the one pair of
+    ``--prompt``/``--a``/``--b`` as line 1), checked, with the checkpoint directory."""
+    from rmr1_jax.inference.rows import pair_of, read_pairs
 
     if not os.path.isdir(args.ckpt):
         raise UserError(f"{args.ckpt}: checkpoint directory not found")
-    if not args.inp:
-        return [("cli", args.prompt, args.a, args.b)]
-    rows = list(read_records(args.inp, lambda row, fid: (row, fid)))
-    items = [(fid, row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b")))
-             for row, fid in rows]
-    for fid, p, a, b in items:
-        if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
-                isinstance(b, (str, list)) and b):
-            raise UserError(f"{args.inp}: record {fid} needs non-empty 'prompt', 'a' and 'b'")
-        check_prompt(p, f"{args.inp}: record {fid}")
-    return items
+    if args.inp:
+        return read_pairs(args.inp)
+    if None in (args.prompt, args.a, args.b):
+        raise UserError("give --prompt, --a and --b, or --in FILE.jsonl")
+    row = {"prompt": args.prompt, "a": args.a, "b": args.b}
+    pair_of(row, "--prompt/--a/--b")
+    return [(1, row)]
 
 
 def cmd_judge(args) -> None:
-    from rmr1_jax.data.readers import write_jsonl
-    from rmr1_jax.eval.loading import load_judge
-    from rmr1_jax.judging import judge_pairs
-    from rmr1_jax.parallel.agreement import agreed, on_process_zero
+    from rmr1_jax.inference.judge import judge_rows
+    from rmr1_jax.inference.loading import load_judge
+    from rmr1_jax.parallel.agreement import agreed
 
-    if args.inp is None and None in (args.prompt, args.a, args.b):
-        raise UserError("give --prompt, --a and --b, or --in FILE.jsonl")
-    items = agreed(_judge_items, args)  # read on every process before any collective
-    judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer,
-                       prompt_variant=args.prompt_variant, system_file=args.system_file, user_file=args.user_file)
-    out = judge_pairs(judge, [(p, a, b) for _, p, a, b in items], both_orders=args.both_orders,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    for (rid, *_), r in zip(items, out):
-        r["id"] = rid
-    if args.out:  # process 0 writes (atomically); every process learns the outcome
-        on_process_zero(write_jsonl, args.out, out, share=False)
+    rows = agreed(_judge_items, args)  # read on every process before any collective
+    judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, prompt_variant=args.prompt_variant,
+                       system_file=args.system_file, user_file=args.user_file)
+    out = judge_rows(judge, rows, args.out, both_orders=args.both_orders, max_new_tokens=args.max_new_tokens,
+                     batch_size=args.batch_size)
+    if args.out:
         print(f"wrote {len(out)} judgments to {args.out}")
-    else:
-        for r in out:
-            print(r["judgment"])
-            line = f"verdict: {r['verdict']}"
-            if args.both_orders:
-                line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
-            print(line)
+        return
+    for r in out:
+        print(r["judgment"])
+        line = f"verdict: {r['verdict']}"
+        if args.both_orders:
+            line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
+        print(line)
 
 
 def cmd_score_rm(args) -> None:
-    from rmr1_jax.eval.reward_scoring import load_reward_model, score_file
+    from rmr1_jax.inference.reward import load_reward_model, score_file
 
     scorer = load_reward_model(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, dtype=args.dtype,
                                max_length=args.max_length, batch_size=args.batch_size,

@@ -9,7 +9,7 @@ from rmr1_jax.cli.options import mesh_of
 def cmd_score(args):
     """``rmr1 rules score``: every (prompt, response) of ``--in`` against every rule."""
     from rmr1_jax.checkpoint.identity import checkpoint_identity
-    from rmr1_jax.rules.scoring import load_rule_scorer, score_file
+    from rmr1_jax.inference.rules import load_rule_scorer, score_file
 
     scorer, rules = load_rule_scorer(args.ckpt, mesh_of(args), rules_path=args.rules, template_path=args.template,
                                      tokenizer_path=args.tokenizer, chat_template=not args.no_chat_template,

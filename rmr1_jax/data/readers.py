@@ -1,8 +1,15 @@
-"""Readers for JSONL and Parquet record files, with errors that name the file and line.
+"""The one way the package reads and writes its JSONL (and Parquet) row files, with errors that
+name the file and line.
 
-``read_records(path, parse, on_error)`` yields parsed records. With ``on_error="raise"`` the
-first bad row raises :class:`DataError` ("``file:line: what is wrong``"); with ``"skip"`` bad
-rows are counted by reason in the returned :class:`ReadStats` and reading goes on.
+* :func:`read_rows` yields ``(line, row)`` and stops at the first bad row with a
+  :class:`DataError` ("``file:line: what is wrong``"); :func:`iter_rows` yields the error in
+  the row's place instead, and :func:`read_records` parses rows, raising or skipping bad ones
+  (counted by reason in a :class:`ReadStats`).
+* A file that is appended to (results, scores) may end in a line cut off by a crash:
+  readers skip it (``cut_tail``), :func:`repair_tail` drops it before the next append
+  (:mod:`rmr1_jax.data.resumable` resumes such files).
+* :func:`atomic_open` / :func:`atomic_write_text` / :func:`write_jsonl` write a whole file
+  through a temporary file renamed over it: a reader never sees half of it.
 """
 
 from __future__ import annotations
@@ -39,11 +46,13 @@ class ReadStats:
         self.skipped.update(other.skipped)
 
 
-def iter_rows(path: str) -> Iterator[tuple[int, dict | Exception]]:
-    """(line number, row dict or the decode error) for every non-blank row of a JSONL or
-    Parquet file. Parquet rows are numbered from 1 like lines."""
+def iter_rows(path: str, *, what: str = "file", cut_tail: bool = False) -> Iterator[tuple[int, dict | DataError]]:
+    """(line number, row dict or the error that says why the line is not one) for every
+    non-blank row of a JSONL or Parquet file; Parquet rows are numbered from 1 like lines.
+    ``what`` names the file in the error when it is missing. With ``cut_tail`` a last line
+    that lacks its newline and is not a JSON object (a write cut off by a crash) is left out."""
     if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
+        raise DataError(f"{path}: {what} not found")
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -59,10 +68,24 @@ def iter_rows(path: str) -> Iterator[tuple[int, dict | Exception]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                yield lineno, DataError(f"not valid UTF-8 (byte {e.start})")
-                continue
-            if line.strip():
-                yield lineno, parse_json_line(line)
+                row: dict | DataError = DataError(f"not valid UTF-8 (byte {e.start})")
+            else:
+                if not line.strip():
+                    continue
+                row = parse_json_line(line)
+            if isinstance(row, DataError) and cut_tail and not raw.endswith(b"\n"):
+                return
+            yield lineno, row
+
+
+def read_rows(path: str, *, what: str = "file", cut_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for every non-blank row of a JSONL or Parquet file (see
+    :func:`iter_rows`); the first row that is not a JSON object raises a :class:`DataError`
+    naming ``file:line``."""
+    for lineno, row in iter_rows(path, what=what, cut_tail=cut_tail):
+        if isinstance(row, DataError):
+            raise DataError(f"{path}:{lineno}: {row}")
+        yield lineno, row
 
 
 def parse_json_line(line: str) -> dict | DataError:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from rmr1_jax import judging
+from rmr1_jax import ab_positions
 from rmr1_jax.errors import DataError
 from rmr1_jax.text.prompts import JudgeTemplate, Message, build_judge_messages
 from rmr1_jax.text.verdict import normalize_winner
@@ -163,19 +163,19 @@ def _label(value) -> str:
 
 def assign_positions(pair: PreferencePair, index: int, seed: int) -> tuple[list[Message], list[Message], str]:
     """Place chosen/rejected at A/B by record index, alternating from the seed's start
-    (:func:`rmr1_jax.judging.alternate_at_a`): the labels stay balanced to within one in
+    (:func:`rmr1_jax.ab_positions.alternate_at_a`): the labels stay balanced to within one in
     every prefix of the stream. Returns (a, b, winner)."""
-    return judging.place(pair.chosen, pair.rejected, judging.alternate_at_a(index, judging.seeded_start(seed)))
+    return ab_positions.place(pair.chosen, pair.rejected, ab_positions.alternate_at_a(index, ab_positions.seeded_start(seed)))
 
 
 def pair_to_example(pair: PreferencePair, index: int, seed: int,
                     template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
     """Render a preference pair as a judge example, placing chosen/rejected at A/B with
     :func:`assign_positions` (balanced, seeded); ``swap`` renders the opposite placement
-    (and label, :func:`rmr1_jax.judging.swap`)."""
+    (and label, :func:`rmr1_jax.ab_positions.swap`)."""
     a, b, winner = assign_positions(pair, index, seed)
     if swap:
-        a, b, winner = judging.swap(a, b, winner)
+        a, b, winner = ab_positions.swap(a, b, winner)
     return JudgeExample(
         id=pair.id,
         messages=build_judge_messages(pair.prompt, a, b, template),

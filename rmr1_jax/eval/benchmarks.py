@@ -37,7 +37,7 @@ list of :class:`ComparisonTask` - one prompt and two responses, with which one i
   prefixed ``pairwise/`` or ``bon/`` so the two sets never collide.
 
 Every task puts the better response first (``first_is_better=True``); which one the judge
-sees as A is decided when judging (:mod:`rmr1_jax.eval.scalar`). A malformed row raises
+sees as A is decided when judging (:mod:`rmr1_jax.eval.runs`). A malformed row raises
 :class:`~rmr1_jax.errors.DataError` naming the file, the line (JSONL), row (Parquet) or
 array item (JSON), and what is wrong.
 """

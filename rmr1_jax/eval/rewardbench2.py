@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable, Sequence
 from rmr1_jax.errors import DataError
 from rmr1_jax.eval.benchmarks import iter_file_rows
 from rmr1_jax.eval.results import ResultsWriter, read_results
-from rmr1_jax.eval.scalar import RunStats, ScalarRewardModel
+from rmr1_jax.eval.runs import RunStats, ScalarRewardModel
 
 BENCHMARK = "rewardbench2"
 #: The six subsets, in report order.

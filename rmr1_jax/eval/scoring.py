@@ -83,7 +83,7 @@ from rmr1_jax.eval.benchmarks import (
 )
 
 from rmr1_jax.eval.results import read_results, row_key
-from rmr1_jax.judging import position_consistent
+from rmr1_jax.ab_positions import position_consistent
 
 NO_VERDICT_RULES = {"zero": 0.0, "half": 0.5}
 NO_VERDICT_TEXT = {"zero": "no verdict counts 0 (RM-R1 rule)",

@@ -201,7 +201,7 @@ class GRPOObjective:
                                                                             mesh=mesh)
 
         def evaluate(p, step):
-            from rmr1_jax.judging import judge_prompts, verdict_accuracy
+            from rmr1_jax.inference.judge import judge_prompts, verdict_accuracy
 
             del step
             src = sources["eval"]

@@ -9,7 +9,7 @@ import pytest
 
 from rmr1_jax import cli
 from rmr1_jax.checkpoint.hf import save_hf
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.models import DecoderLM, init_params, preset
 from rmr1_jax.text.tokenizer import train_sentencepiece
 
@@ -77,4 +77,22 @@ def test_judge_pairs_refuse_a_prompt_that_ends_with_the_assistant(tmp_path, judg
         {"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x"}], "a": "x", "b": "y"}) + "\n")
     rc = cli.main(["judge", "--ckpt", judge_dir, "--in", str(pairs), "--max-new-tokens", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "ends with an assistant turn" in err[0] and f"{pairs}: record" in err[0], err
+    assert rc == 2 and len(err) == 1 and "ends with an assistant turn" in err[0] and f"{pairs}:2:" in err[0], err
+
+
+def test_judge_file_keeps_each_pair_with_its_judgment(tmp_path, judge_dir, capsys):
+    """``rmr1 judge --in --out`` writes one row per pair: the input row (prompt, replies, any
+    other field), its line, and the judgment with its verdict in both orders."""
+    rows = [{"id": "p1", "prompt": "which is longer?", "a": "x", "b": "a much longer reply"},
+            {"prompt": [{"role": "user", "content": "q"}], "response_a": "yes", "response_b": "no", "k": [1]}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "judged.jsonl"
+    assert cli.main(["judge", "--ckpt", judge_dir, "--in", str(pairs), "--out", str(out), "--both-orders",
+                     "--max-new-tokens", "3", "--batch-size", "2"]) == 0
+    assert f"wrote 2 judgments to {out}" in capsys.readouterr().out
+    got = _rows(out)
+    for n, (row, want) in enumerate(zip(got, rows), 1):
+        assert {k: row[k] for k in want} == want and row["line"] == n
+        assert isinstance(row["judgment"], str) and row["verdict"] in ("A", "B", None)
+        assert {"finished", "judgment_swapped", "verdict_swapped", "consistent"} <= row.keys()

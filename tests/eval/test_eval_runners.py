@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rmr1_jax.eval.benchmarks import load_rewardbench, load_rm_bench, load_rmb
-from rmr1_jax.eval.scalar import ScalarRewardModel, first_shown_as_a, run_generative, run_scalar
+from rmr1_jax.eval.runs import ScalarRewardModel, first_shown_as_a, run_generative, run_scalar
 from rmr1_jax.eval.results import ResultsWriter, read_results
 from rmr1_jax.eval.scoring import score_results
 

@@ -1,4 +1,4 @@
-"""Scalar reward-model scoring (``rmr1_jax.eval.reward_scoring``, ``rmr1 score-rm``, and
+"""Scalar reward-model scoring (``rmr1_jax.inference.reward``, ``rmr1 score-rm``, and
 ``rmr1 eval`` with a scalar checkpoint) against transformers' ``*ForSequenceClassification``:
 random tiny Qwen2 and Llama classifiers saved with a SentencePiece tokenizer; every score must
 equal transformers' logit for the same token ids, each row run alone (no padding)."""
@@ -15,8 +15,9 @@ import transformers
 import hf_models
 from rmr1_jax import cli
 from rmr1_jax.errors import UserError
-from rmr1_jax.eval.loading import checkpoint_head
-from rmr1_jax.eval.reward_scoring import RewardScorer, conversation, load_reward_model
+from rmr1_jax.checkpoint.introspect import checkpoint_head
+from rmr1_jax.inference.reward import RewardScorer, load_reward_model
+from rmr1_jax.inference.rows import conversation
 from rmr1_jax.parallel import make_mesh
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 
@@ -174,12 +175,12 @@ def test_score_rm_resumes_and_repairs_a_cut_off_line(rms, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("line,needle", [
-    ("not json", "not a JSON line"),
+    ("not json", "invalid JSON"),
     (json.dumps({"prompt": "q"}), "has 'text', or 'prompt' with 'response'"),
     (json.dumps({"text": "t", "prompt": "q", "response": "r"}), "this one has prompt, response, text"),
     (json.dumps({"prompt": "q", "a": "x", "b": 3}), "'b' must be a string"),
     (json.dumps({"prompt": [{"role": "user"}], "response": "r"}), "string 'role' and 'content'"),
-    (json.dumps([1, 2]), "expected a JSON object"),
+    (json.dumps([1, 2]), "row is not a JSON object"),
 ])
 def test_bad_rows_are_one_line(line, needle, rms, tmp_path, capsys):
     _, d = rms["qwen2"]

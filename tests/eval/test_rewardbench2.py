@@ -14,7 +14,7 @@ from rmr1_jax.errors import DataError
 from rmr1_jax.eval.results import ResultsWriter, read_results
 from rmr1_jax.eval.rewardbench2 import (SUBSETS, Rb2Item, best_of_n_credit, load_rewardbench2, normalize_subset,
                                         run_rewardbench2, score_rewardbench2, summary_markdown, ties_stats)
-from rmr1_jax.eval.scalar import ScalarRewardModel
+from rmr1_jax.eval.runs import ScalarRewardModel
 
 
 class LengthRM:

@@ -17,7 +17,7 @@ def main():
     from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.errors import UserError
     from rmr1_jax.parallel import make_mesh
-    from rmr1_jax.rules.scoring import RuleScorer, read_rules, score_file
+    from rmr1_jax.inference.rules import RuleScorer, read_rules, score_file
     from rmr1_jax.text.tokenizer import load_tokenizer
 
     assert jax.process_count() == 2 and jax.device_count() == 8, (jax.process_count(), jax.device_count())

@@ -1,4 +1,4 @@
-"""Rule scoring (``rmr1_jax.rules.scoring``) against transformers: a random tiny Qwen2 causal LM
+"""Rule scoring (``rmr1_jax.inference.rules``) against transformers: a random tiny Qwen2 causal LM
 with a SentencePiece tokenizer; every score must equal P(Yes) - P(No), and every relevance
 1 - P(Irrelevant), computed from transformers' logits on the same rendered judge prompt, run
 alone (no padding), with and without prefix sharing, chat template on and off."""
@@ -15,7 +15,7 @@ from cli_runs import handle
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.errors import UserError
 from rmr1_jax.parallel import make_mesh
-from rmr1_jax.rules.scoring import DEFAULT_TEMPLATE, RuleScorer, score_file, score_items
+from rmr1_jax.inference.rules import DEFAULT_TEMPLATE, RuleScorer, score_file, score_items
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 
 TOL = 1e-4

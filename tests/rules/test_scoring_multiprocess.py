@@ -13,7 +13,7 @@ import pytest
 import test_scoring
 from mp_launch import start_job
 from test_scoring import ITEMS, RULES, _read, _scorer, _sentence, _write_jsonl
-from rmr1_jax.rules.scoring import score_file
+from rmr1_jax.inference.rules import score_file
 
 ROWS = [{"id": k, "prompt": p, "response": r} for k, (p, r) in enumerate(
     ITEMS + [(_sentence(k, 6) + "?", _sentence(k + 5, 9)) for k in range(3)])]

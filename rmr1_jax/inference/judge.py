@@ -1,123 +1,40 @@
-"""Judging a pair with its responses at positions A and B: where each response is shown, the
-same pair in the other order, position consistency, and verdicts generated for batches of
-judge prompts.
+"""Generating judgments: a judge's verdict on pairs of responses, for a notebook, ``rmr1
+judge`` and evaluation.
 
-Every A/B rule of the package is defined here once:
+::
 
-* placement - :func:`alternate_at_a` from :func:`seeded_start` (training data: alternating,
-  so the labels stay balanced), :func:`coin_at_a` (evaluation: a seeded coin flip per task
-  that does not depend on the task's position in the file), and :func:`place`;
-* the other order - :func:`flip` (a label or verdict read in the swapped order) and
-  :func:`swap`;
-* both orders - :func:`position_consistent` and :func:`both_orders_metrics`;
-* generation - :func:`judge_prompts`, :func:`judge_pairs`, :func:`verdict_accuracy`.
+    judge = load_judge("runs/rm-r1/checkpoints", mesh)             # rmr1_jax.inference.loading
+    rows = judge_pairs(judge, [(prompt, response_a, response_b)], both_orders=True)
+    rows[0]["verdict"], rows[0]["consistent"]                       # "A" | "B" | None, bool
+    judge_file(judge, "pairs.jsonl", "judged.jsonl")                # what `rmr1 judge --in --out` does
 
-This module sits below ``data``, ``train`` and ``eval`` (they import it; it imports none of
-them), so records, rollouts and benchmark runs place and flip with the same functions.
+Greedy decoding, ``batch_size`` prompts per generation (:func:`judge_prompts`); the verdict is
+read from the text by :func:`~rmr1_jax.text.verdict.parse_verdict` (none when the judgment was
+cut off at ``max_new_tokens``). Where each response is shown and the other order are the rules
+of :mod:`rmr1_jax.ab_positions`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-from typing import Any, Sequence, TypeVar
+from typing import Sequence
 
 import jax
 import numpy as np
 
+from rmr1_jax.ab_positions import flip, position_consistent
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
 from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
 
-T = TypeVar("T")
-
-_OTHER = {"A": "B", "B": "A", None: None}
-
-
-# ============================================================================ placement
-
-
-def seeded_start(seed: int) -> int:
-    """The first placement (0 or 1) of :func:`alternate_at_a` for a seed: a hash, so every
-    seed picks its own start, the same one on every machine."""
-    return int(hashlib.sha256(f"positions:{seed}".encode()).hexdigest(), 16) % 2
-
-
-def alternate_at_a(index: int, start: int = 0) -> bool:
-    """Whether item ``index`` of a stream shows its chosen response at A: alternating from
-    ``start`` (0: the first item has it at A), which keeps the two labels balanced to within
-    one in every prefix of the stream."""
-    return (index + start) % 2 == 0
-
-
-def coin_at_a(seed: int, benchmark: str, item_id, pair_index) -> bool:
-    """A seeded coin flip per task: whether its first response is shown at A. It depends only
-    on ``(seed, benchmark, item_id, pair_index)``, so a resumed or reordered run shows every
-    task the same way."""
-    h = hashlib.sha256(f"ab:{seed}:{benchmark}:{item_id}:{pair_index}".encode()).digest()
-    return h[0] % 2 == 0
-
-
-def place(first: T, second: T, first_at_a: bool) -> tuple[T, T, str]:
-    """``(response_a, response_b, position of first)``: ``first`` at A when ``first_at_a``,
-    else at B. With ``first`` the chosen response the position is the right verdict."""
-    return (first, second, "A") if first_at_a else (second, first, "B")
-
-
-# ============================================================================ the other order
-
-
-def flip(label: str | None) -> str | None:
-    """The other position: ``"A"`` <-> ``"B"``; ``None`` (no verdict) stays ``None``. Maps a
-    winner to the swapped order, and a verdict given in the swapped order back to the
-    original one."""
-    return _OTHER[label]
-
-
-def swap(a: T, b: T, winner: str) -> tuple[T, T, str]:
-    """The same pair in the other order: B's response at A and the other label."""
-    return b, a, flip(winner)
-
-
-# ============================================================================ both orders
-
-
-def position_consistent(verdicts: Sequence[str | None], winners: Sequence[str]) -> bool:
-    """Whether the two judgments of one pair (``verdicts`` in the two orders, each as shown)
-    both gave a verdict and picked the same response. ``winners``: where one and the same
-    response (the better one, or any fixed one) was shown in each order."""
-    picks = [v == w for v, w in zip(verdicts, winners)]
-    return all(v is not None for v in verdicts) and picks[0] == picks[1]
-
-
-def both_orders_metrics(rows: Sequence[dict], winners: Sequence[str],
-                        groups: Sequence[str] | None = None) -> dict[str, Any]:
-    """Held-out metrics of pairs judged in both orders. ``rows``: what
-    :func:`judge_pairs` returns with ``both_orders`` (verdicts in the original labels);
-    ``winners``: the right verdict of each pair in its original order.
-
-    ``accuracy`` is over all ``2 n`` judgments (no verdict counts as wrong),
-    ``no_verdict_rate`` the share of them without a verdict, ``position_consistency`` the
-    share of pairs whose two judgments pick the same response; with ``groups`` (one name per
-    pair) ``by_group`` holds the accuracy per group, in sorted order."""
-    n = max(len(rows), 1)
-    verdicts = [v for r in rows for v in (r["verdict"], r["verdict_swapped"])]
-    scores = [(r["verdict"] == w) + (r["verdict_swapped"] == w) for r, w in zip(rows, winners)]
-    out: dict[str, Any] = {"accuracy": sum(scores) / (2 * n),
-                           "no_verdict_rate": sum(v is None for v in verdicts) / (2 * n),
-                           "position_consistency": sum(r["consistent"] for r in rows) / n}
-    if groups is not None:
-        by: dict[str, list[int]] = {}
-        for g, sc in zip(groups, scores):
-            by.setdefault(g, []).append(sc)
-        out["by_group"] = {k: sum(v) / (2 * len(v)) for k, v in sorted(by.items())}
-    return out
-
-
-# ============================================================================ generation
+# Fields judge_rows adds to each row (an input field of the same name is replaced).
+OUTPUT_FIELDS = ("line", "judgment", "verdict", "finished", "judgment_swapped", "verdict_swapped", "consistent")
 
 
 @dataclasses.dataclass
 class Judgment:
+    """One generated judgment: its text, the verdict read from it (``"A"``, ``"B"`` or None),
+    whether it finished within the token budget, and its length in tokens."""
+
     text: str
     verdict: str | None
     finished: bool
@@ -184,7 +101,9 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
     Returns dicts with ``judgment``, ``verdict`` and ``finished``; with ``both_orders`` also
     ``judgment_swapped``, ``verdict_swapped`` (the verdict with A and B swapped, mapped back
-    to the original labels by :func:`flip`) and ``consistent`` (:func:`position_consistent`)."""
+    to the original labels by :func:`~rmr1_jax.ab_positions.flip`) and ``consistent``
+    (:func:`~rmr1_jax.ab_positions.position_consistent`). ``judge``: a
+    :class:`~rmr1_jax.inference.loading.LoadedJudge`."""
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
@@ -208,3 +127,34 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
             # response_a is shown at A first, then at B
             r["consistent"] = position_consistent((r["verdict"], j.verdict), ("A", "B"))
     return out
+
+
+def judge_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = None, *, both_orders: bool = False,
+               max_new_tokens: int = 1024, batch_size: int = 16) -> list[dict]:
+    """Judge pair rows ``(line, {"prompt", "a", "b", ...})`` (checked, as
+    :func:`~rmr1_jax.inference.rows.read_pairs` gives them) and return one row per pair: the
+    input row's fields, ``line``, and the fields :func:`judge_pairs` gives (``judgment``,
+    ``verdict``, ``finished``; with ``both_orders`` also ``judgment_swapped``,
+    ``verdict_swapped``, ``consistent``). With ``out_path`` the rows are also written there as
+    JSONL, atomically, by process 0 (every process learns whether that worked)."""
+    from rmr1_jax.data.readers import write_jsonl
+    from rmr1_jax.inference.rows import pair_of
+    from rmr1_jax.parallel.agreement import on_process_zero
+
+    out = judge_pairs(judge, [pair_of(row, f"line {n}") for n, row in rows], both_orders=both_orders,
+                      max_new_tokens=max_new_tokens, batch_size=batch_size)
+    judged = [{**{k: v for k, v in row.items() if k not in OUTPUT_FIELDS}, "line": n, **j}
+              for (n, row), j in zip(rows, out)]
+    if out_path:
+        on_process_zero(write_jsonl, out_path, judged, share=False)
+    return judged
+
+
+def judge_file(judge, in_path: str, out_path: str | None = None, **kw) -> list[dict]:
+    """What ``rmr1 judge --in`` does: read and check every pair row of the JSONL file
+    ``in_path`` (on every process; :func:`~rmr1_jax.inference.rows.read_pairs`), judge them and
+    write the judged rows to ``out_path`` (:func:`judge_rows`, which takes the same keywords)."""
+    from rmr1_jax.inference.rows import read_pairs
+    from rmr1_jax.parallel.agreement import agreed
+
+    return judge_rows(judge, agreed(read_pairs, in_path), out_path, **kw)

@@ -6,8 +6,12 @@
     scorer = load_reward_model("runs/rm/checkpoints", mesh)    # or an HF *ForSequenceClassification dir
     scorer.score_texts(["..."])                                # the text's own tokens, nothing added
     scorer.score_conversations([[{"role": "user", ...}, {"role": "assistant", ...}]])
-    scorer.score(prompts, responses)                           # ScalarRewardModel, for run_scalar
+    scorer.score(prompts, responses)                           # a ScalarRewardModel (eval/runs.py)
     score_file(scorer, "in.jsonl", "out.jsonl")                # what `rmr1 score-rm` does
+
+The rows of a file (:func:`~rmr1_jax.inference.rows.read_score_rows`): ``{"text"}`` (scored
+as it is), ``{"prompt", "response"}``, ``{"prompt", "a", "b"}`` or ``{"prompt", "chosen",
+"rejected"}``, the responses rendered after their prompt with the tokenizer's chat template.
 
 Batching: rows are sorted by length and scored ``batch_size`` at a time (the last batch is
 filled up with copies of its first row, whose scores are dropped), each batch padded on the
@@ -27,7 +31,6 @@ which alone writes; a failure on any process stops every process
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Callable, Sequence
@@ -35,20 +38,12 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from rmr1_jax.errors import CheckpointError, DataError, UserError
 from rmr1_jax.data.readers import FileStats
+from rmr1_jax.errors import CheckpointError, DataError, UserError
+from rmr1_jax.inference.rows import conversation, preference_conversations, read_score_rows
 
 # Fields score_file adds to each row (an input field of the same name is replaced).
 OUTPUT_FIELDS = ("line", "score", "score_a", "score_b", "score_chosen", "score_rejected", "preferred")
-
-
-def conversation(prompt, response: str | None = None) -> list[dict]:
-    """The messages of a prompt (a string is one user message; a list of ``{"role", "content"}``
-    messages is copied), with ``response`` appended as the assistant's message."""
-    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-    if response is not None:
-        msgs.append({"role": "assistant", "content": response})
-    return msgs
 
 
 class RewardScorer:
@@ -93,7 +88,7 @@ class RewardScorer:
         return self.score_texts([self.render(c) for c in convs], names)
 
     def score(self, prompts: Sequence, responses: Sequence[str]) -> list[float]:
-        """:class:`~rmr1_jax.eval.scalar.ScalarRewardModel`: the score of each response as the
+        """:class:`~rmr1_jax.eval.runs.ScalarRewardModel`: the score of each response as the
         assistant's reply to its prompt (messages, or a string: one user message)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts for {len(responses)} responses")
@@ -176,9 +171,8 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
     directory's own files, else the one the checkpoint's run config names (as for judges).
     ``dtype``: the parameter dtype of an HF directory, the compute dtype of an Orbax checkpoint
     (whose parameters keep their saved dtype)."""
-    from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer
-
+    from rmr1_jax.checkpoint.loading import load_model
     from rmr1_jax.parallel.agreement import agreed
 
     def prepare():  # every process, before any collective: a failure on one host stops them all
@@ -201,84 +195,6 @@ def load_reward_model(path: str, mesh, *, tokenizer_path: str | None = None, dty
 # ============================================================================ JSONL files
 
 
-def check_prompt(prompt, where: str) -> None:
-    """A prompt is a non-empty string (one user message) or a non-empty list of ``{"role",
-    "content"}`` messages that does not end with the assistant's turn (the response to score or
-    judge is given apart from its prompt)."""
-    if isinstance(prompt, str):
-        if prompt:
-            return
-        raise DataError(f"{where}: 'prompt' is empty")
-    if not isinstance(prompt, list) or not prompt:
-        raise DataError(f"{where}: 'prompt' must be a string or a non-empty list of messages")
-    for m in prompt:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: every 'prompt' message needs string 'role' and 'content', got {m!r:.80}")
-    if prompt[-1]["role"] == "assistant":
-        raise DataError(f"{where}: 'prompt' ends with an assistant turn; give the conversation up to the user's "
-                        f"last turn as the prompt and the assistant's reply as the response")
-
-
-def row_kind(row, where: str) -> str:
-    """``"text"``, ``"response"``, ``"pair"`` or ``"preference"``: which input shape ``row`` is
-    (``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}``, or a preference pair
-    as training reads it, ``{"prompt", "chosen", "rejected"}``); anything else is a DataError
-    at ``where``."""
-    shapes = "'text', or 'prompt' with 'response', 'a' and 'b', or 'chosen' and 'rejected'"
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object with {shapes}, got {type(row).__name__}")
-    has = {k for k in ("text", "prompt", "response", "a", "b", "chosen", "rejected") if k in row}
-    if has == {"prompt", "chosen", "rejected"} or (has == {"chosen", "rejected"}):
-        _preference(row, where)
-        return "preference"
-    if has == {"text"}:
-        kind, fields = "text", ("text",)
-    elif has == {"prompt", "response"}:
-        kind, fields = "response", ("response",)
-    elif has == {"prompt", "a", "b"}:
-        kind, fields = "pair", ("a", "b")
-    else:
-        raise DataError(f"{where}: a row has {shapes}; this one has {', '.join(sorted(has)) or 'none of them'}")
-    for f in fields:
-        if not isinstance(row[f], str):
-            raise DataError(f"{where}: {f!r} must be a string, got {type(row[f]).__name__}")
-    if kind == "text" and not row["text"]:
-        raise DataError(f"{where}: 'text' is empty")
-    if kind != "text":
-        check_prompt(row["prompt"], where)
-    return kind
-
-
-def _preference(row: dict, where: str) -> list[list[dict]]:
-    """The two conversations (prompt + chosen, prompt + rejected) of a preference-pair row,
-    parsed as training parses it."""
-    from rmr1_jax.data.schemas import parse_pair
-
-    try:
-        pair = parse_pair(row, where)
-    except DataError as e:
-        raise DataError(f"{where}: {e}") from None
-    return [pair.prompt + pair.chosen, pair.prompt + pair.rejected]
-
-
-def read_score_rows(path: str) -> list[tuple[int, dict, str]]:
-    """``(line number, row, kind)`` of every non-blank line of a JSONL input file, each row
-    checked by :func:`row_kind`."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: input file not found")
-    out = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise DataError(f"{path}:{n}: not a JSON line ({e})") from None
-            out.append((n, row, row_kind(row, f"{path}:{n}")))
-    return out
-
-
 def _kept(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in OUTPUT_FIELDS}
 
@@ -294,7 +210,7 @@ def _scored_rows(scorer: RewardScorer, chunk: list[tuple[int, dict, str]], in_pa
             texts.append(scorer.render(conversation(row["prompt"], row["response"])))
             names.append(where)
         elif kind == "preference":
-            texts += [scorer.render(c) for c in _preference(row, where)]
+            texts += [scorer.render(c) for c in preference_conversations(row, where)]
             names += [f"{where} (chosen)", f"{where} (rejected)"]
         else:
             texts += [scorer.render(conversation(row["prompt"], row[k])) for k in ("a", "b")]
@@ -344,8 +260,6 @@ def score_file(scorer: RewardScorer, in_path: str, out_path: str, *, batch_size:
     if batch_size < 1:
         raise UserError(f"batch_size={batch_size} must be positive")
     rows = agreed(read_score_rows, in_path)
-    if not rows:
-        raise DataError(f"{in_path}: no rows to score (the file is empty)")
     with ResumableOutput(out_path, in_path, {n: row for n, row, _ in rows}, fingerprint=scorer.fingerprint(),
                          output_fields=OUTPUT_FIELDS) as out:
         todo = [r for r in rows if r[0] not in out.done]

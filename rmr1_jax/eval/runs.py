@@ -7,8 +7,8 @@ Two kinds of models:
 * a **generative** judge - :func:`run_generative` takes ``judge_fn(batch)`` where ``batch``
   is a list of ``(prompt_messages, response_A, response_B)`` and the result is one verdict
   per entry: ``"A"``, ``"B"`` or ``None`` (no verdict), an object with a ``verdict``
-  attribute such as :class:`rmr1_jax.judging.Judgment`, or a dict with a ``"verdict"``
-  key (as :func:`rmr1_jax.judging.judge_pairs` returns).
+  attribute such as :class:`rmr1_jax.inference.judge.Judgment`, or a dict with a ``"verdict"``
+  key (as :func:`rmr1_jax.inference.judge.judge_pairs` returns).
 
 Both append rows through a :class:`~rmr1_jax.eval.results.ResultsWriter` (one fsynced write
 per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,
@@ -29,7 +29,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
 
-from rmr1_jax import judging
+from rmr1_jax import ab_positions
 from rmr1_jax.eval.benchmarks import ComparisonTask
 from rmr1_jax.eval.results import ResultsWriter
 from rmr1_jax.eval.scoring import example_correct
@@ -53,7 +53,7 @@ class RunStats:
     written: int = 0  # judged in this run
     no_verdict: int = 0  # judgments in this run without a verdict (generative)
     both_orders: int = 0  # pairs judged in both orders in this run
-    consistent: int = 0  # of those, pairs whose two verdicts name the same response (judging.position_consistent)
+    consistent: int = 0  # of those, pairs whose two verdicts name the same response (ab_positions.position_consistent)
 
     @property
     def position_consistency(self) -> float | None:
@@ -138,9 +138,9 @@ def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer
 
 
 def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
-    """The seeded coin flip for ``order="random"`` (:func:`rmr1_jax.judging.coin_at_a`): is
+    """The seeded coin flip for ``order="random"`` (:func:`rmr1_jax.ab_positions.coin_at_a`): is
     ``response_1`` shown as A?"""
-    return judging.coin_at_a(seed, task.benchmark, task.item_id, task.pair_index)
+    return ab_positions.coin_at_a(seed, task.benchmark, task.item_id, task.pair_index)
 
 
 def _verdict(x: Any) -> str | None:
@@ -177,9 +177,9 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
             flips = [first_shown_as_a(t, seed)] if order == "random" else [True, False]
             ws = []
             for first_a in flips:
-                a, b, first_at = judging.place(t.response_1, t.response_2, first_a)
+                a, b, first_at = ab_positions.place(t.response_1, t.response_2, first_a)
                 inputs.append((t.prompt, a, b))
-                ws.append(first_at if t.first_is_better else judging.flip(first_at))
+                ws.append(first_at if t.first_is_better else ab_positions.flip(first_at))
             winners.append(ws)
         outs = list(judge_fn(inputs))
         if len(outs) != len(inputs):
@@ -195,7 +195,7 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
             else:
                 row.update(verdict=vs, winner=ws)
                 stats.both_orders += 1
-                stats.consistent += judging.position_consistent(vs, ws)
+                stats.consistent += ab_positions.position_consistent(vs, ws)
             texts = [_text(x) for x in got]
             if keep_text and all(isinstance(t, str) for t in texts):
                 row["judgment"] = texts[0] if len(texts) == 1 else texts

@@ -3,7 +3,8 @@ teacher-forced forward pass over a judge prompt, no sampling.
 
 ::
 
-    scorer = RuleScorer(model, params, tokenizer, mesh)          # an "lm"-head DecoderLM
+    scorer, rules = load_rule_scorer("runs/judge/checkpoints", mesh)   # and the built-in rule pool
+    scorer = RuleScorer(model, params, tokenizer, mesh)          # or from an "lm"-head DecoderLM
     scores, relevance = score_items(scorer, items, rules)        # [N, R] each
     score_file(scorer, rules, "in.jsonl", "out.jsonl")           # what `rmr1 rules score` does
 
@@ -40,8 +41,6 @@ process 0, which alone writes, and a failure on any process stops every process.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from typing import Sequence
 
@@ -51,6 +50,7 @@ import numpy as np
 
 from rmr1_jax.data.readers import FileStats
 from rmr1_jax.errors import DataError, UserError
+from rmr1_jax.inference.rows import read_rule_rows
 from rmr1_jax.models.decoder import init_cache
 from rmr1_jax.models.layers import dtype_of, matmul_f32
 from rmr1_jax.models.params import unstack_layers
@@ -298,40 +298,6 @@ def score_items(scorer: RuleScorer, items: Sequence[tuple], rules: Sequence[str]
     return scorer.score(items, rules)
 
 
-def _check_row(row, where: str) -> None:
-    from rmr1_jax.eval.reward_scoring import check_prompt
-
-    if not isinstance(row, dict) or "prompt" not in row or "response" not in row:
-        raise DataError(f"{where}: expected a JSON object with 'prompt' and 'response'")
-    if not isinstance(row["response"], str):
-        raise DataError(f"{where}: 'response' must be a string")
-    check_prompt(row["prompt"], where)
-
-
-def read_jsonl(path: str, what: str = "input file") -> list[tuple[int, object]]:
-    """``(line number, value)`` of every non-blank line; a bad line is one error naming it."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: {what} not found")
-    out = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if raw.strip():
-                try:
-                    out.append((n, json.loads(raw.decode("utf-8"))))
-                except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                    raise DataError(f"{path}:{n}: not a JSON line ({e})") from None
-    return out
-
-
-def _read_rows(in_path: str) -> list[tuple[int, dict]]:
-    rows = read_jsonl(in_path)
-    for n, row in rows:
-        _check_row(row, f"{in_path}:{n}")
-    if not rows:
-        raise DataError(f"{in_path}: no rows to score (the file is empty)")
-    return rows
-
-
 def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path: str, *,
                model: str | None = None) -> FileStats:
     """Score every ``{"prompt", "response"}`` row of ``in_path`` against every rule into
@@ -348,7 +314,7 @@ def score_file(scorer: RuleScorer, rules: Sequence[str], in_path: str, out_path:
     from rmr1_jax.parallel.agreement import agreed
 
     rules = list(rules)
-    rows = agreed(_read_rows, in_path)
+    rows = agreed(read_rule_rows, in_path)
 
     def check_done(row, where):
         if len(row.get("scores") or ()) != len(rules):

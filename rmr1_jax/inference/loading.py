@@ -4,19 +4,23 @@ together with its tokenizer and judge prompt template. The tokenizer comes from
 a checkpoint (judges, ``score-rm``, ``rules score``, ``rules apply``, the HF export) gets it:
 the files the run's config names, rendering with the chat template the run trained with
 (recorded as text in the checkpoint metadata), so scoring sees the text training saw.
-``checkpoint_head`` and ``load_checkpoint_tokenizer`` are importable from here too."""
+
+The judge's generation: :func:`rmr1_jax.inference.judge.judge_pairs`."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 
-from rmr1_jax.checkpoint.introspect import checkpoint_head, load_checkpoint_tokenizer  # noqa: F401
+from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
 from rmr1_jax.errors import UserError
 
 
 @dataclasses.dataclass
 class LoadedJudge:
+    """A judge ready to generate: the model and its parameters, the tokenizer and the judge
+    prompt template it renders pairs with."""
+
     model: object
     params: object
     tokenizer: object
