@@ -225,3 +225,27 @@ def test_unknown_fields_are_named_once_per_file(tmp_path, tok):
     build_records(str(tmp_path / "cache"), {"train": [mine, clean, labeled]}, tok, None,
                   RecordOptions(kind="pair", max_length=256), log=lines.append)
     assert lines[1:] == [note]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The resolved config names what decides the model
+# ---------------------------------------------------------------------------------------------
+
+
+def test_resolved_config_names_hf_dir_not_the_default_preset(tmp_path, capsys):
+    import yaml
+
+    gone = str(tmp_path / "my-model")
+    recipe = tmp_path / "rm.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"hf_dir": gone}, "data": {"train": [_write_rows(tmp_path / "pairs.jsonl", PAIRS)]},
+        "train": {"run_dir": str(tmp_path / "run"), "global_batch": 2, "max_steps": 1}}))
+    from rmr1_jax.cli import main
+
+    code = main(["train-rm", str(recipe)])
+    out, err = capsys.readouterr()
+    assert code == 2 and err == f"rmr1 train-rm: error: model.hf_dir: {gone} not found\n"
+    printed = yaml.safe_load(out.split("resolved config:\n", 1)[1])
+    assert printed["model"]["preset"] is None and printed["model"]["hf_dir"] == gone
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["preset"] is None

@@ -86,6 +86,7 @@ def _run(cfg, obj: Objective, log, eval_hook) -> RunOutput:
     from rmr1_jax.train.loop import init_state, train
     from rmr1_jax.train.optim import make_optimizer
 
+    cfg = setup.resolve_model_source(cfg)  # the printed and saved config names what decides the model
     if cfg.model.lora_rank and not getattr(obj, "supports_lora", False):
         raise ConfigError(f"{obj.name} config: model.lora_rank={cfg.model.lora_rank}: the {obj.name!r} objective "
                           f"does not train LoRA adapters (set model.lora_rank=0)")

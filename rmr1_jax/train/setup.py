@@ -4,6 +4,7 @@ manager."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -73,6 +74,15 @@ def check_hf_dir(path: str) -> None:
         raise ConfigError(f"model.hf_dir: {path} not found")
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(f"model.hf_dir: {path} is not a Hugging Face directory (no config.json)")
+
+
+def resolve_model_source(cfg):
+    """``cfg`` with ``model.preset`` cleared when ``hf_dir`` or ``init_checkpoint`` decides the
+    model (:func:`model_source`): the resolved config a run prints and saves then names what
+    it trains, not the preset's default ``tiny``."""
+    if cfg.model.preset is None or model_source(cfg.model)[1] == "preset":
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, preset=None))
 
 
 def model_source(spec: ModelSpec) -> tuple[str, str]:
