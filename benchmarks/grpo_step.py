@@ -1,7 +1,7 @@
 """Where one GRPO step spends its time: rollout (sampling) / reference log-probs / old-policy
 log-probs / policy update, on a small judge model.
 
-Setup (all local, seeded): synthetic verifiable judging pairs from ``rmr1_jax.data.synthetic``,
+Setup (all local, seeded): synthetic verifiable judging pairs from ``rmr1_jax.worlds.judging_tasks``,
 a SentencePiece tokenizer trained on them with ``rmr1_jax.text.tokenizer.train_sentencepiece``,
 judge prompts rendered with the demo's compact Chain-of-Rubrics template and the tokenizer's chat
 template, and a randomly initialized ``demo`` preset model (``--preset tiny`` also works). The
@@ -38,8 +38,8 @@ PHASES = ("rollout", "reference_logprobs", "old_logprobs", "policy_update")
 
 def build_prompts(tmp: str, n_pairs: int, seed: int, vocab: int, log):
     """(tokenizer, [{"input_ids", "winner"}]) from synthetic pairs, like the demo."""
-    from rmr1_jax.data import synthetic
-    from rmr1_jax.demo import PROTOCOL_SYMBOLS, DemoSettings, write_demo_prompts
+    from rmr1_jax.worlds import judging_tasks as synthetic
+    from rmr1_jax.demos.rmr1 import PROTOCOL_SYMBOLS, DemoSettings, write_demo_prompts
     from rmr1_jax.text.prompts import build_judge_messages
     from rmr1_jax.text.tokenizer import train_sentencepiece
 

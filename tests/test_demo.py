@@ -76,13 +76,13 @@ def test_demo_quotes_are_exact_token_copies_of_the_replies(tmp_path):
     trace's <quote_X> is token for token the reply as the prompt shows it."""
     import re
 
-    from rmr1_jax.data import synthetic
-    from rmr1_jax.demo import PROTOCOL_SYMBOLS, write_demo_prompts
+    from rmr1_jax.demos.rmr1 import PROTOCOL_SYMBOLS, write_demo_prompts
     from rmr1_jax.text.tokenizer import train_sentencepiece
+    from rmr1_jax.worlds import judging_tasks
 
     _, template = write_demo_prompts(str(tmp_path / "prompts"))
-    pairs = synthetic.generate_pairs(300, seed=0, kinds=("caps_word", "word_count"))
-    traces = synthetic.make_distillation_examples(pairs, seed=0, template=template, style="compact")
+    pairs = judging_tasks.generate_pairs(300, seed=0, kinds=("caps_word", "word_count"))
+    traces = judging_tasks.make_distillation_examples(pairs, seed=0, template=template, style="compact")
     texts = [t for ex in traces for t in [m["content"] for m in ex.messages] + [ex.target]]
     tok = train_sentencepiece(texts, str(tmp_path / "tok"), vocab_size=600, extra_symbols=PROTOCOL_SYMBOLS)
     tag_ids = tok.encode("<quote_A></quote_A><quote_B></quote_B>")

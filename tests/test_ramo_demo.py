@@ -6,12 +6,11 @@ steps and scores every rule alike, so every strategy gives it the same labels: t
 demo exists to show (README "The RAMO demo": top-k discrepancy labels agree with gold far more
 than k random rules or all rules) is asserted on the quick run's own pairs and pool with the
 world's annotator in the judge's place, through the same `rules label` stage. The learning
-itself is measured by the full demo (README); the world's structure is checked here against its
-definition."""
+itself is measured by the full demo (README); the world's definition is checked in
+tests/worlds/test_safety.py."""
 
 import json
 import os
-import random
 
 import numpy as np
 import pytest
@@ -20,8 +19,8 @@ import transformers
 
 import cli_runs
 from rmr1_jax import cli
-from rmr1_jax.rules import synthetic
-from rmr1_jax.rules.select import STRATEGIES, label_arrays
+from rmr1_jax.rules.select import STRATEGIES
+from rmr1_jax.worlds import safety
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def _annotator_scores(pairs: list[dict], w) -> list[dict]:
                 if i in p["deciding"]:
                     s[i], rel[i] = (1.0 if follows else -1.0), 1.0
                 elif rule.category == "tone":
-                    s[i], rel[i] = 2 * synthetic.TONE_YES[p[f"tone_{side}"]] - 1, 1.0
+                    s[i], rel[i] = 2 * safety.TONE_YES[p[f"tone_{side}"]] - 1, 1.0
             out[(p["prompt"], p[side])] = {"prompt": p["prompt"], "response": p[side], "scores": s.tolist(),
                                            "relevance": rel.tolist()}
     return list(out.values())
@@ -121,7 +120,7 @@ def test_the_demo_pairs_show_the_strategy_ordering_with_a_judge_that_knows_the_r
         with open(os.path.join(o, "data", f"{split}.jsonl")) as f:
             pairs += [json.loads(line) for line in f]
     scores = str(tmp_path / "annotator_scores.jsonl")
-    write_jsonl(scores, _annotator_scores(pairs, synthetic.world()))
+    write_jsonl(scores, _annotator_scores(pairs, safety.world()))
     diag_path = str(tmp_path / "diagnostics.json")
     assert cli.main(["rules", "label", "--scores", scores, "--pairs", os.path.join(o, "data", "label_pairs.jsonl"),
                      "--rules", os.path.join(o, "pool.jsonl"), "--out", str(tmp_path / "labels.jsonl"),
@@ -147,44 +146,3 @@ def test_rules_apply_cli_on_the_demo_adapter(ramo_dir, capsys, monkeypatch):
     assert line.startswith("adapter (k=3):") and "agreement with gold" in line
     with open(f"{o}/applied.jsonl") as f:
         assert all(len(json.loads(r)["rule_indices"]) == 3 for r in f)
-
-
-def test_world_gold_is_decided_by_the_deciding_rules():
-    """Against the world's definition: with the annotator's expected scores (Yes - No, and
-    1 - P(Irrelevant)), top-5 discrepancy labels every pair by gold, all rules follow the tone
-    whenever the tones differ and oppose gold, and the tone never decides gold."""
-    w = synthetic.world()
-    pairs = synthetic.generate(400, seed=3, w=w)
-    r = len(w.rules)
-
-    def expected(p, side):
-        s, rel = np.zeros(r), np.zeros(r)
-        for i in range(r):
-            stance = p[f"stance_{side}"].get(str(i))
-            if stance is not None:
-                s[i], rel[i] = (1.0 if stance > 0 else -1.0), 1.0
-            elif w.rules[i].category == "tone":
-                y = synthetic.TONE_YES[p[f"tone_{side}"]]
-                s[i], rel[i] = 2 * y - 1, 1.0
-        return s, rel
-
-    (sa, ra), (sb, rb) = ([np.stack(x) for x in zip(*[expected(p, side) for p in pairs])] for side in ("a", "b"))
-    rel = (ra + rb) / 2  # a pair's relevance: the mean of its responses' (score_files.join_pairs)
-    gold = np.array([p["winner"] == "A" for p in pairs])
-    top = label_arrays(sa, sb, rel, "topk_discrepancy", 5)
-    assert np.all((top.winner == 1) == gold)
-    allr = label_arrays(sa, sb, rel, "all_rules", r)
-    opposed = np.array([p["tone_a"] != p["tone_b"] and (p["tone_a"] == "warm") != (p["winner"] == "A") for p in pairs])
-    assert opposed.mean() > 0.15
-    assert np.all((allr.winner == 1)[opposed] != gold[opposed]) and np.all((allr.winner == 1)[~opposed] == gold[~opposed])
-    # the annotator: deterministic on the deciding rules and on off-topic rules, noisy on tone
-    p = pairs[0]
-    rng = random.Random(0)
-    d = p["deciding"][0]
-    side = "a" if p["winner"] == "A" else "b"
-    assert synthetic.annotate(w, p[f"tone_{side}"], p[f"stance_{side}"], d, rng) == "Yes"
-    off = next(i for i in range(r) if w.rules[i].category not in (p["topic"], "tone"))
-    assert synthetic.annotate(w, "warm", p["stance_a"], off, rng) == "Irrelevant"
-    tone = w.tone_rules[0]
-    yes = sum(synthetic.annotate(w, "warm", {}, tone, rng) == "Yes" for _ in range(4000)) / 4000
-    assert abs(yes - synthetic.TONE_YES["warm"]) < 0.03

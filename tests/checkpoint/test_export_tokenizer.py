@@ -26,7 +26,7 @@ from rmr1_jax import cli
 from rmr1_jax.checkpoint.convert import checkpoint_metadata, orbax_to_hf
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.checkpoint.manager import CheckpointManager
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
 from rmr1_jax.parallel.mesh import make_mesh
@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
 
 
 def test_a_checkpoint_renders_with_the_template_it_trained_with(trained):
-    from rmr1_jax.eval.reward_scoring import load_reward_model
+    from rmr1_jax.inference.reward import load_reward_model
 
     ckpt, tok_dir, rendered = trained
     assert load_tokenizer(tok_dir).apply_chat_template(MSGS) != rendered  # the files' own template differs

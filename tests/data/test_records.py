@@ -1,7 +1,7 @@
 """Record building (validation, tokenization, TFDS build/reuse) and the grain input pipeline.
 
 Everything runs on a small SentencePiece tokenizer trained on synthetic judge texts and on
-files written by :mod:`rmr1_jax.data.synthetic`.
+files written by :mod:`rmr1_jax.worlds.judging_tasks`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from rmr1_jax.data import records as rec_mod
-from rmr1_jax.data import synthetic as syn
+from rmr1_jax.worlds import judging_tasks as syn
 from rmr1_jax.data.pipeline import CheckpointableIterator, eval_batches, sft_dataset
 from rmr1_jax.data.records import RecordOptions, build_records, tokenize_example, to_judge_example
 from rmr1_jax.data.schemas import assign_positions

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from rmr1_jax.checkpoint.manager import CheckpointManager
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.text import verdict
-from rmr1_jax.demo import write_demo_prompts
+from rmr1_jax.demos.rmr1 import write_demo_prompts
 from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train.grpo import load_grpo_config, run_grpo
 from sigterm_hook import sigterm_at_step

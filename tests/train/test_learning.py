@@ -23,9 +23,9 @@ import os
 import pytest
 
 from rmr1_jax.schema import CheckpointSpec, DataSpec, ModelSpec, OptimSpec, PromptSpec, TokenizerSpec, TrainSpec
-from rmr1_jax.data import synthetic
-from rmr1_jax.judging import judge_pairs
-from rmr1_jax.eval.loading import LoadedJudge
+from rmr1_jax.worlds import judging_tasks as synthetic
+from rmr1_jax.inference.judge import judge_pairs
+from rmr1_jax.inference.loading import LoadedJudge
 from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 from rmr1_jax.text.prompts import build_judge_messages
 from rmr1_jax.train.grpo import GRPOConfig, GRPOSpec, run_grpo

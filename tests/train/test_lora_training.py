@@ -27,12 +27,12 @@ import pytest
 from rmr1_jax.checkpoint.convert import checkpoint_metadata
 from rmr1_jax.checkpoint.loading import load_model
 from rmr1_jax.checkpoint.manager import CheckpointManager
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.data.pipeline import eval_batches, pair_eval_batches
 from rmr1_jax.data.records import RecordOptions, build_records
 from rmr1_jax.errors import CheckpointError, ConfigError
-from rmr1_jax.eval.loading import LoadedJudge
-from rmr1_jax.judging import judge_pairs
+from rmr1_jax.inference.judge import judge_pairs
+from rmr1_jax.inference.loading import LoadedJudge
 from rmr1_jax.models import lora
 from rmr1_jax.models.decoder import DecoderLM
 from rmr1_jax.models.params import num_params

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from mp_launch import start_job
-from rmr1_jax.data import synthetic
-from rmr1_jax.demo import write_demo_prompts
+from rmr1_jax.worlds import judging_tasks as synthetic
+from rmr1_jax.demos.rmr1 import write_demo_prompts
 from rmr1_jax.text.tokenizer import train_sentencepiece
 
 

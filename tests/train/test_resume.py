@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.text.prompts import JudgeTemplate
 from rmr1_jax.text.tokenizer import train_sentencepiece
 from rmr1_jax.train.sft import load_distill_config, run_distill

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.data.schemas import parse_pair
 from rmr1_jax.errors import DataError
 from rmr1_jax.models.decoder import DecoderLM

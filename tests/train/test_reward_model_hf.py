@@ -14,7 +14,7 @@ import yaml
 
 from rmr1_jax.checkpoint.convert import orbax_to_hf
 from rmr1_jax.checkpoint.loading import load_model
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.parallel.mesh import make_mesh
 from rmr1_jax.text.tokenizer import load_tokenizer, train_sentencepiece
 from rmr1_jax.train import runner
@@ -128,7 +128,7 @@ def test_score_rm_scores_preference_rows_as_training_tokenizes_them(files):
     exact token ids the training records hold (one chat-template rendering for both)."""
     from rmr1_jax.data.records import pair_token_ids
     from rmr1_jax.data.schemas import parse_pair
-    from rmr1_jax.eval.reward_scoring import load_reward_model, score_file
+    from rmr1_jax.inference.reward import load_reward_model, score_file
 
     root, data, tok_dir = files
     ckpt = os.path.join(root, "straight", "checkpoints")  # written by the resume test's straight run

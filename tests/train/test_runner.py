@@ -9,7 +9,7 @@ import jax
 import pytest
 import yaml
 
-from rmr1_jax.data import synthetic
+from rmr1_jax.worlds import judging_tasks as synthetic
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.parallel.sharding import DEFAULT_RULES, merge_rules
 from rmr1_jax.text.prompts import JudgeTemplate

@@ -9,8 +9,8 @@ import dataclasses
 import os
 import types
 
-from rmr1_jax.data import synthetic
-from rmr1_jax.demo import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
+from rmr1_jax.worlds import judging_tasks as synthetic
+from rmr1_jax.demos.rmr1 import PROTOCOL_SYMBOLS, _pair_key, write_demo_prompts
 from rmr1_jax.schema import PromptSpec
 from rmr1_jax.text.tokenizer import train_sentencepiece
 

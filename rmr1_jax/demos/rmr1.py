@@ -1,6 +1,7 @@
 """``rmr1 demo``: the whole RM-R1 pipeline on the embedded default, on a laptop CPU.
 
-1. Generate seeded synthetic judging tasks whose right verdict a program can check.
+1. Generate seeded synthetic judging tasks whose right verdict a program can check
+   (:mod:`rmr1_jax.worlds.judging_tasks`).
 2. Train a SentencePiece tokenizer on them.
 3. Stage 1: distill a small judge on oracle Chain-of-Rubrics traces (a deliberately small
    budget, so stage 2 has room to improve).
@@ -68,18 +69,14 @@ class DemoRecipe:
     grpo: object  # GRPOConfig
 
 
-def recipe_dir(name: str = "demo") -> str:
-    """``configs/<name>`` of this checkout (``demo``: the RM-R1 demo, ``demo_ramo``: RAMO's)."""
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", name)
-
-
 def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, quick: bool = False,
                      directory: str | None = None) -> DemoRecipe:
     """``demo.yaml``, ``distill.yaml`` and ``grpo.yaml`` from ``directory`` (default
-    :func:`recipe_dir`), with ``quick.yaml``'s overrides when ``quick``. Every path of the
+    ``configs/demo``), with ``quick.yaml``'s overrides when ``quick``. Every path of the
     stages is set under ``out_dir``; ``seed`` (when given) replaces the data and both training
     seeds."""
     from rmr1_jax.config import load
+    from rmr1_jax.demos.recipes import read_quick, recipe_dir
     from rmr1_jax.train.grpo import GRPOConfig
     from rmr1_jax.train.sft import DistillConfig
 
@@ -101,22 +98,6 @@ def load_demo_recipe(out_dir: str = "runs/demo", *, seed: int | None = None, qui
                 [*shared, *stage("stage2", "rl_pairs.jsonl"), f"model.init_checkpoint={o('stage1', 'checkpoints')}",
                  *quick_over.get("grpo", [])])
     return DemoRecipe(settings, distill, grpo)
-
-
-def read_quick(directory: str, sections: tuple[str, ...], quick: bool = True) -> dict[str, list[str]]:
-    """``quick.yaml`` of a demo recipe directory: ``{section: [key=value, ...]}`` (empty when
-    not ``quick``); a missing directory or an unknown section is one ConfigError line."""
-    from rmr1_jax.config import load_yaml
-    from rmr1_jax.errors import ConfigError
-
-    if not os.path.isdir(directory):
-        raise ConfigError(f"{directory}: the demo recipe directory is missing (configs/ of the rmr1_jax checkout)")
-    over = load_yaml(os.path.join(directory, "quick.yaml")) if quick else {}
-    for key, value in over.items():
-        if key not in sections or not isinstance(value, list):
-            raise ConfigError(f"{directory}/quick.yaml: {key!r} must be one of {', '.join(sections)}, "
-                              f"holding a list of key=value overrides")
-    return over
 
 
 def _pair_key(p) -> tuple[str, frozenset]:
@@ -145,25 +126,25 @@ def write_demo_prompts(prompt_dir: str):
 
 
 def _files(s: DemoSettings, log):
-    from rmr1_jax.data import synthetic
+    from rmr1_jax.worlds import judging_tasks
 
     data = os.path.join(s.out_dir, "data")
     os.makedirs(data, exist_ok=True)
-    pairs = synthetic.generate_pairs(s.n_distill + s.n_rl, seed=s.seed, kinds=s.kinds)
+    pairs = judging_tasks.generate_pairs(s.n_distill + s.n_rl, seed=s.seed, kinds=s.kinds)
     # Held out: a different seed, and no pair whose question and two replies occur in training
     # (in either order). Questions alone may repeat: for the instruction kinds the question
     # space is small, and a judge must still read the replies to place the verdict.
     seen = {_pair_key(p) for p in pairs}
-    held = [p for p in synthetic.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
+    held = [p for p in judging_tasks.generate_pairs(4 * s.n_eval, seed=s.seed + 7919, kinds=s.kinds)
             if _pair_key(p) not in seen][: s.n_eval]
     files, template = write_demo_prompts(os.path.join(s.out_dir, "prompts"))
-    traces = synthetic.make_distillation_examples(pairs[: s.n_distill], seed=s.seed, template=template,
-                                                  style=s.trace_style)
+    traces = judging_tasks.make_distillation_examples(pairs[: s.n_distill], seed=s.seed, template=template,
+                                                      style=s.trace_style)
     paths = {"distill": os.path.join(data, "distill_traces.jsonl"), "rl": os.path.join(data, "rl_pairs.jsonl"),
              "eval": os.path.join(data, "heldout_pairs.jsonl")}
-    synthetic.write_traces_jsonl(paths["distill"], traces)
-    synthetic.write_pairs_jsonl(paths["rl"], pairs[s.n_distill:])
-    synthetic.write_pairs_jsonl(paths["eval"], held)
+    judging_tasks.write_traces_jsonl(paths["distill"], traces)
+    judging_tasks.write_pairs_jsonl(paths["rl"], pairs[s.n_distill:])
+    judging_tasks.write_pairs_jsonl(paths["eval"], held)
     log(f"data: {len(traces)} distillation traces, {s.n_rl} RL pairs, {len(held)} held-out pairs "
         f"(kinds: {', '.join(s.kinds)})")
     return paths, template, traces, held, files
@@ -173,18 +154,19 @@ def _evaluate(model, params, tokenizer, template, held, s: DemoSettings, mesh):
     """Held-out accuracy in the original A/B order and swapped, and position consistency.
     Held-out pair ``i`` shows its chosen reply at A first when ``i`` is even (alternating
     from 0), at B when odd."""
-    from rmr1_jax import judging
-    from rmr1_jax.eval.loading import LoadedJudge
+    from rmr1_jax import ab_positions
+    from rmr1_jax.inference.judge import judge_pairs
+    from rmr1_jax.inference.loading import LoadedJudge
 
     judge = LoadedJudge(model, params, tokenizer, template, source="demo")
     triples, winners = [], []
     for i, p in enumerate(held):
-        a, b, w = judging.place(p.chosen, p.rejected, judging.alternate_at_a(i))
+        a, b, w = ab_positions.place(p.chosen, p.rejected, ab_positions.alternate_at_a(i))
         triples.append((p.prompt, a, b))
         winners.append(w)
-    out = judging.judge_pairs(judge, triples, both_orders=True, max_new_tokens=s.max_new_tokens,
-                              batch_size=s.eval_batch, mesh=mesh)
-    m = judging.both_orders_metrics(out, winners, groups=[_kind(p) for p in held])
+    out = judge_pairs(judge, triples, both_orders=True, max_new_tokens=s.max_new_tokens,
+                      batch_size=s.eval_batch, mesh=mesh)
+    m = ab_positions.both_orders_metrics(out, winners, groups=[_kind(p) for p in held])
     return {"accuracy": m["accuracy"], "no_verdict_rate": m["no_verdict_rate"],
             "position_consistency": m["position_consistency"], "by_kind": m["by_group"],
             "example": out[0]["judgment"]}

@@ -6,11 +6,11 @@ import json
 import pytest
 
 import rmr1_jax as rj
-from rmr1_jax.data import synthetic as syn
 from rmr1_jax.data.readers import read_records
 from rmr1_jax.data.schemas import PreferencePair, parse_judge_record, parse_pair
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.text.prompts import INSTRUCT, REASONING
+from rmr1_jax.worlds import judging_tasks as syn
 
 
 def _text(messages):

@@ -28,8 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 from rmr1_jax.data.readers import write_jsonl
 from rmr1_jax.data.schemas import JudgeExample, PreferencePair, assign_positions
-from rmr1_jax.data.oracle import article, cap, num_word, oracle_trace, oracle_verdict
 from rmr1_jax.errors import ConfigError
+from rmr1_jax.worlds.oracle import article, cap, num_word, oracle_trace, oracle_verdict
 
 __all__ = ["generate_pairs", "oracle_trace", "oracle_verdict", "make_judge_examples",
            "make_distillation_examples", "write_pairs_jsonl", "write_traces_jsonl", "write_judge_jsonl",

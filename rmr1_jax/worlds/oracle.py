@@ -1,7 +1,7 @@
 """The oracle behind the synthetic tasks: it reads a question, checks each reply by
 recomputing the answer or the instruction (never by reading a stored label), gives the
 verdict, and writes the Chain-of-Rubrics trace a perfect teacher would give. Also the small
-text helpers the task generators in :mod:`rmr1_jax.data.synthetic` share with it."""
+text helpers the task generators in :mod:`rmr1_jax.worlds.judging_tasks` share with it."""
 
 from __future__ import annotations
 
