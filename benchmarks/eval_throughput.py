@@ -30,7 +30,7 @@ def main():
     args = ap.parse_args()
 
     from rmr1_jax.worlds import judging_tasks as synthetic
-    from rmr1_jax.eval.benchmarks import load_benchmark
+    from rmr1_jax.eval.registry import load_benchmark
     from rmr1_jax.eval.runs import run_generative
     from rmr1_jax.inference import judge as judge_mod
     from rmr1_jax.inference.judge import judge_pairs

@@ -84,19 +84,6 @@ RM_BENCH_COUNTS = {"chat": 129, "safety": 441, "math": 529, "code": 228}
 RMB_CATEGORIES = ("helpfulness", "harmlessness")
 RMB_GROUPS = ("pairwise-helpfulness", "pairwise-harmlessness", "bon-helpfulness", "bon-harmlessness")
 
-BENCHMARKS = ("rewardbench", "rm-bench", "rmb")
-_ALIASES = {"rewardbench": "rewardbench", "reward-bench": "rewardbench", "reward_bench": "rewardbench",
-            "rm-bench": "rm-bench", "rmbench": "rm-bench", "rm_bench": "rm-bench",
-            "rmb": "rmb"}
-
-
-def canonical_benchmark(name: str) -> str:
-    """``"RewardBench"``/``"reward-bench"`` -> ``"rewardbench"`` etc.; raises on unknown names."""
-    key = str(name).strip().lower()
-    if key not in _ALIASES:
-        raise DataError(f"unknown benchmark {name!r} (expected one of {', '.join(BENCHMARKS)})")
-    return _ALIASES[key]
-
 
 # ----------------------------------------------------------------------------- the task
 
@@ -410,13 +397,3 @@ def load_rmb(path: str) -> list[ComparisonTask]:
         seen |= ids
         tasks.extend(part)
     return tasks
-
-
-# ----------------------------------------------------------------------------- dispatch
-
-_LOADERS = {"rewardbench": load_rewardbench, "rm-bench": load_rm_bench, "rmb": load_rmb}
-
-
-def load_benchmark(name: str, path: str) -> list[ComparisonTask]:
-    """The tasks of benchmark ``name`` (``rewardbench``, ``rm-bench``, ``rmb``) read from ``path``."""
-    return _LOADERS[canonical_benchmark(name)](path)

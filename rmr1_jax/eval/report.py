@@ -8,15 +8,19 @@ import collections
 import json
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from rmr1_jax.data.readers import atomic_write_text
 from rmr1_jax.eval.benchmarks import REWARDBENCH_SECTIONS, RMB_GROUPS
-from rmr1_jax.eval.scoring import MATH_PRM_WEIGHT, score_results
+from rmr1_jax.eval.registry import BENCHMARKS, get
+from rmr1_jax.eval.scoring import MATH_PRM_WEIGHT
+
+_OVERALL = {"rewardbench": "Overall", "rm-bench": "Total", "rmb": "Overall"}  # the headline's name
+_SUBSET_LABEL = {"rewardbench": "Subset", "rm-bench": "Domain (as in the data)", "rmb": "Group/scenario"}
 
 
-_TITLES = {"rewardbench": "RewardBench", "rm-bench": "RM-Bench", "rmb": "RMB"}
-_OVERALL = {"rewardbench": "Overall", "rm-bench": "Total", "rmb": "Overall"}
+def _title(benchmark: str) -> str:
+    return get(benchmark).title
 
 
 def _pct(x) -> str:
@@ -30,7 +34,7 @@ def rules_text(summary: dict) -> str:
         parts.append(sc["no_verdict_rule"])
     if "scalar" in summary["model_type"]:
         parts.append(f"scalar ties count {sc['scalar_tie']:g}")
-    if summary["benchmark"] == "rewardbench":
+    if "weights" in sc:  # RewardBench's section weights
         parts.append(f"section weights: {sc.get('weights', 'official')} (math-prm weighted {MATH_PRM_WEIGHT})"
                      if sc.get("weights", "official") == "official" else
                      "section weights: observed counts (math-prm weighted as all code rows)")
@@ -40,14 +44,14 @@ def rules_text(summary: dict) -> str:
 def headline(summary: dict) -> dict[str, float | None]:
     """The benchmark's headline numbers in report order (sections, then overall)."""
     out = dict(summary["sections"])
-    if summary["benchmark"] == "rm-bench":
-        out.update(summary["difficulty"])
+    out.update(summary.get("difficulty", {}))  # RM-Bench's hard / normal / easy
     out[_OVERALL[summary["benchmark"]]] = summary["overall"]
     return out
 
 
-def summary_line(summary: dict) -> str:
-    """One line for the terminal: the headline scores and the rules used."""
+def summary_line(summary: dict, name: str | None = None) -> str:
+    """One line for the terminal: the headline scores and the rules used. The model is the
+    summary's own (``name`` is not needed: the summary names it)."""
     h = headline(summary)
     ov = _OVERALL[summary["benchmark"]]
     body = ", ".join(f"{k} {_pct(v)}" for k, v in h.items() if k != ov)
@@ -57,7 +61,7 @@ def summary_line(summary: dict) -> str:
     pc = "" if summary["position_consistency"] is None else \
         f"; position consistency {_pct(summary['position_consistency'])}"
     part = "" if summary["complete"] else " [INCOMPLETE: " + "; ".join(summary["warnings"]) + "]"
-    return (f"{_TITLES[summary['benchmark']]} {summary['model']}: {ov} {_pct(summary['overall'])} ({body})"
+    return (f"{_title(summary['benchmark'])} {summary['model']}: {ov} {_pct(summary['overall'])} ({body})"
             f" [{rules_text(summary)}{nv}{pc}]{part}")
 
 
@@ -69,7 +73,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def to_markdown(summary: dict) -> str:
     b = summary["benchmark"]
-    out = [f"## {_TITLES[b]}: {summary['model']}", ""]
+    out = [f"## {_title(b)}: {summary['model']}", ""]
     out.append(f"Scoring: {rules_text(summary)}.")
     facts = [f"{summary['n_examples']} examples"]
     if summary["n_judgments"]:
@@ -83,13 +87,12 @@ def to_markdown(summary: dict) -> str:
         out += ["**Incomplete:** " + "; ".join(summary["warnings"]) + ".", ""]
     out.append(_table(["Score", "%"], [[k, _pct(v)] for k, v in headline(summary).items()]))
     out.append("")
-    if b == "rm-bench":
+    if "domains" in summary:  # RM-Bench: each domain's hard / normal / easy
         rows = [[d, _pct(v["hard"]), _pct(v["normal"]), _pct(v["easy"]), _pct(v["score"]), str(v["n_items"])]
                 for d, v in summary["domains"].items()]
         out += [_table(["Domain", "Hard", "Normal", "Easy", "Score", "Items"], rows), ""]
-    label = {"rewardbench": "Subset", "rm-bench": "Domain (as in the data)", "rmb": "Group/scenario"}[b]
     rows = [[s, _pct(v["accuracy"]), str(v["n"])] for s, v in summary["subsets"].items()]
-    out += [_table([label, "Accuracy %", "N"], rows), ""]
+    out += [_table([_SUBSET_LABEL[b], "Accuracy %", "N"], rows), ""]
     return "\n".join(out)
 
 
@@ -143,35 +146,46 @@ def _bar_png(path: str, labels: list[str], values: list[float | None], title: st
     return save_figure(fig, path)
 
 
-def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
-    b, model = summary["benchmark"], summary["model"]
+def _rewardbench_plots(summary: dict, out_dir: str, name: str) -> list[str]:
+    """One chart per section, of its subsets."""
     paths = []
-    h = headline(summary)
-    paths.append(_bar_png(os.path.join(out_dir, f"{name}-overview.png"), list(h), list(h.values()),
-                          f"{_TITLES[b]}: {model}", rules_text(summary)))
-    if b == "rewardbench":
-        for sec, subs in REWARDBENCH_SECTIONS.items():
-            present = [s for s in subs if s in summary["subsets"]]
-            if present:
-                paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(sec)}.png"), present,
-                                      [summary["subsets"][s]["accuracy"] for s in present],
-                                      f"{_TITLES[b]} {sec}: {_pct(summary['sections'][sec])}",
-                                      rules_text(summary)))
-    elif b == "rm-bench":
-        for dom, v in summary["domains"].items():
-            paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(dom)}.png"), ["hard", "normal", "easy"],
-                                  [v["hard"], v["normal"], v["easy"]], f"{_TITLES[b]} {dom}: {_pct(v['score'])}",
-                                  rules_text(summary)))
-    else:
-        for g in RMB_GROUPS:
-            keys = [k for k in summary["subsets"] if k.startswith(g + "/")]
-            if keys:
-                paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(g)}.png"),
-                                      [k[len(g) + 1:] for k in keys],
-                                      [summary["subsets"][k]["accuracy"] for k in keys],
-                                      f"{_TITLES[b]} {g}: {_pct(summary['sections'][g])}",
-                                      rules_text(summary)))
+    for sec, subs in REWARDBENCH_SECTIONS.items():
+        present = [s for s in subs if s in summary["subsets"]]
+        if present:
+            paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(sec)}.png"), present,
+                                  [summary["subsets"][s]["accuracy"] for s in present],
+                                  f"RewardBench {sec}: {_pct(summary['sections'][sec])}", rules_text(summary)))
     return paths
+
+
+def _rm_bench_plots(summary: dict, out_dir: str, name: str) -> list[str]:
+    """One chart per domain, of its hard / normal / easy accuracies."""
+    return [_bar_png(os.path.join(out_dir, f"{name}-{_slug(dom)}.png"), ["hard", "normal", "easy"],
+                     [v["hard"], v["normal"], v["easy"]], f"RM-Bench {dom}: {_pct(v['score'])}", rules_text(summary))
+            for dom, v in summary["domains"].items()]
+
+
+def _rmb_plots(summary: dict, out_dir: str, name: str) -> list[str]:
+    """One chart per group, of its scenarios."""
+    paths = []
+    for g in RMB_GROUPS:
+        keys = [k for k in summary["subsets"] if k.startswith(g + "/")]
+        if keys:
+            paths.append(_bar_png(os.path.join(out_dir, f"{name}-{_slug(g)}.png"), [k[len(g) + 1:] for k in keys],
+                                  [summary["subsets"][k]["accuracy"] for k in keys],
+                                  f"RMB {g}: {_pct(summary['sections'][g])}", rules_text(summary)))
+    return paths
+
+
+_SECTION_PLOTS = {"rewardbench": _rewardbench_plots, "rm-bench": _rm_bench_plots, "rmb": _rmb_plots}
+
+
+def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
+    """The overview chart of the headline scores, then the benchmark's own charts."""
+    h = headline(summary)
+    overview = _bar_png(os.path.join(out_dir, f"{name}-overview.png"), list(h), list(h.values()),
+                        f"{_title(summary['benchmark'])}: {summary['model']}", rules_text(summary))
+    return [overview] + _SECTION_PLOTS[summary["benchmark"]](summary, out_dir, name)
 
 
 def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[str, Any]:
@@ -184,7 +198,7 @@ def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[s
     js = os.path.join(out_dir, f"{name}.json")
     pngs = _plots(summary, out_dir, name)
     atomic_write_text(js, json.dumps(to_results_json(summary), indent=2, ensure_ascii=False) + "\n")
-    atomic_write_text(md, f"# {_TITLES[summary['benchmark']]} report\n\n" + to_markdown(summary))
+    atomic_write_text(md, f"# {_title(summary['benchmark'])} report\n\n" + to_markdown(summary))
     return {"md": md, "json": js, "png": pngs}
 
 
@@ -196,12 +210,10 @@ def compare(summaries: Mapping[str, dict]) -> str:
     for name, s in summaries.items():
         by_bench[s["benchmark"]].append((name, s))
     out = []
-    for b in ("rewardbench", "rm-bench", "rmb"):
-        if b not in by_bench:
-            continue
+    for b in (name for name in BENCHMARKS if name in by_bench):
         group = by_bench[b]
         names = [n for n, _ in group]
-        out += [f"## {_TITLES[b]}", ""]
+        out += [f"## {_title(b)}", ""]
         keys: list[str] = []
         for _, s in group:
             keys += [k for k in headline(s) if k not in keys]
@@ -218,11 +230,3 @@ def compare(summaries: Mapping[str, dict]) -> str:
         out += [_table(["Subset"] + names, rows), ""]
     return "\n".join(out)
 
-
-def score_and_report(benchmark: str, results_path: str, out_dir: str | None = None, no_verdict: str = "zero", *,
-                     name: str | None = None, expected: Iterable | None = None, **kw) -> tuple[dict, dict | None]:
-    """What ``rmr1 eval score`` does: score ``results_path`` and, with ``out_dir``, write the
-    report files there. Returns ``(summary, paths or None)``; print :func:`summary_line`."""
-    summary = score_results(benchmark, results_path, no_verdict, expected=expected, **kw)
-    paths = write_report(summary, out_dir, name) if out_dir else None
-    return summary, paths

@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from rmr1_jax.data.readers import repair_tail
 from rmr1_jax.data.resumable import JsonlAppender
 from rmr1_jax.errors import DataError
-from rmr1_jax.eval.benchmarks import canonical_benchmark
+from rmr1_jax.eval.registry import canonical
 
 
 def row_key(row: dict) -> tuple[str, int]:
@@ -45,11 +45,11 @@ def _parse_lines(path: str) -> Iterable[tuple[int, dict]]:
 def read_results(path: str, benchmark: str | None = None) -> list[dict]:
     """The rows of a results file, one per ``(item_id, pair_index)`` (a later duplicate
     replaces an earlier one). With ``benchmark``, rows of another benchmark are an error."""
-    want = canonical_benchmark(benchmark) if benchmark else None
+    want = canonical(benchmark) if benchmark else None
     rows: dict[tuple[str, int], dict] = {}
     for lineno, row in _parse_lines(path):
         if want is not None and row.get("benchmark") is not None and \
-                canonical_benchmark(row["benchmark"]) != want:
+                canonical(row["benchmark"]) != want:
             raise DataError(f"{path}:{lineno}: row is from benchmark {row['benchmark']!r}, not {want!r}")
         row["_line"] = lineno
         rows[row_key(row)] = row
@@ -78,7 +78,7 @@ class ResultsWriter(JsonlAppender):
         from rmr1_jax.parallel.agreement import on_process_zero
 
         self.path = path
-        self.benchmark = canonical_benchmark(benchmark) if benchmark else None
+        self.benchmark = canonical(benchmark) if benchmark else None
         self.done: set[tuple[str, int]] = {(str(k), int(i)) for k, i in on_process_zero(self._open, check)}
 
     def _open(self, check) -> list[list]:

@@ -378,35 +378,3 @@ def score_rewardbench2(source: str | os.PathLike | Iterable[dict]) -> dict[str, 
             "subsets": {s: subsets[s] for s in SUBSETS}, "ties": ties,
             "counts": {s: len(groups[s]) for s in SUBSETS}, "n": len(rows), "missing": missing,
             "overall_present": _mean(present)}
-
-
-def summary_markdown(summary: dict) -> str:
-    """A markdown report: the six subsets (score x 100 and prompt count), the Ties components
-    and the overall (or why there is none)."""
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}"
-
-    lines = ["## RewardBench 2", "", "| Subset | Score | Prompts |", "|---|---:|---:|"]
-    for s in SUBSETS:
-        lines.append(f"| {s} | {pct(summary['subsets'].get(s))} | {summary['counts'].get(s, 0)} |")
-    if summary["overall"] is not None:
-        lines.append(f"| **Overall** | **{pct(summary['overall'])}** | {summary['n']} |")
-    t = summary["ties"]
-    margin = "-" if t["margin"] is None else f"{t['margin']:+.3f}"
-    names = {"tied_accuracy": "tied accuracy", "ref_accuracy": "ref accuracy", "preferred": "preferred",
-             "preferred_hard": "preferred (hard)", "margin": "margin (tanh, in -1..1)"}
-    lines += ["", "| Ties component | Weight | Value |", "|---|---:|---:|"]
-    lines += [f"| {names[k]} | {w:.2f} | {margin if k == 'margin' else pct(t[k])} |"
-              for k, w in TIES_WEIGHTS.items()]
-    lines += ["",
-              f"Ties prompts: {t['n_ref']} ref, {t['n_tied']} tied, {t['n_paired']} prompt numbers with both.",
-              "Scoring: best-of-4 with 1/k credit for a k-way tie at the top (every subset but Ties); "
-              "Ties = 0.30 tied + 0.30 ref + 0.20 preferred + 0.20 preferred_hard + 0.01 margin; "
-              "overall = unweighted mean of the six subsets."]
-    if summary["overall"] is None:
-        lines.append(f"Overall not reported: no score for {', '.join(summary['missing'])}"
-                     + ("" if summary["overall_present"] is None else
-                        f" (mean of the {6 - len(summary['missing'])} present subsets, not the official "
-                        f"overall: {pct(summary['overall_present'])})") + ".")
-    return "\n".join(lines) + "\n"

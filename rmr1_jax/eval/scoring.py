@@ -78,9 +78,9 @@ from rmr1_jax.eval.benchmarks import (
     RM_BENCH_COUNTS,
     RM_BENCH_STYLES,
     RMB_GROUPS,
-    canonical_benchmark,
     rm_bench_scored_domain,
 )
+from rmr1_jax.eval.registry import canonical
 
 from rmr1_jax.eval.results import read_results, row_key
 from rmr1_jax.ab_positions import position_consistent
@@ -147,7 +147,7 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
     """Score result rows; see the module doc for the formulas and rules. ``expected`` (the
     benchmark's tasks, or their ``(item_id, pair_index)`` keys) lets the summary say how many
     examples are missing."""
-    bench = canonical_benchmark(benchmark)
+    bench = canonical(benchmark)
     if no_verdict not in NO_VERDICT_RULES:
         raise ValueError(f"no_verdict must be 'zero' or 'half', got {no_verdict!r}")
     if weights not in ("official", "observed"):
@@ -201,13 +201,7 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
             warnings.append(f"{len(missing)} of {len(want)} examples have no result yet")
         if extra:
             warnings.append(f"{len(extra)} results are for examples not in the benchmark file")
-    if bench == "rewardbench":
-        scoring["weights"] = weights
-        _score_rewardbench(rows, values, summary, warnings, weights, check_counts=expected is None, source=source)
-    elif bench == "rm-bench":
-        _score_rm_bench(rows, values, summary, warnings, check_counts=expected is None, source=source)
-    else:
-        _score_rmb(rows, values, summary, warnings, source=source)
+    _SECTIONS[bench](rows, values, summary, warnings, weights=weights, check_counts=expected is None, source=source)
     summary["warnings"] = warnings
     summary["complete"] = not warnings
     return summary
@@ -217,7 +211,7 @@ def score_results(benchmark: str, results_path: str, no_verdict: str = "zero", *
                   weights: str = "official", model: str | None = None, expected: Iterable | None = None) -> dict:
     """Score a per-example results file (what ``rmr1 eval score`` runs). ``model`` defaults to
     the rows' ``model`` field, else the file name."""
-    bench = canonical_benchmark(benchmark)
+    bench = canonical(benchmark)
     rows = read_results(results_path, bench)
     if model is None and not any(r.get("model") for r in rows):
         model = os.path.splitext(os.path.basename(results_path))[0]
@@ -234,7 +228,8 @@ def _group(rows, values, key) -> dict[str, list[float]]:
     return out
 
 
-def _score_rewardbench(rows, values, summary, warnings, weights, *, check_counts, source):
+def _score_rewardbench(rows, values, summary, warnings, *, weights, check_counts, source):
+    summary["scoring"]["weights"] = weights
     for r in rows:
         if r.get("subset") not in REWARDBENCH_COUNTS:
             raise DataError(f"{source}:{r.get('_line', '?')}: unknown RewardBench subset {r.get('subset')!r}")
@@ -276,7 +271,7 @@ def _score_rewardbench(rows, values, summary, warnings, weights, *, check_counts
     summary["overall"] = None if missing_sec else sum(sections.values()) / len(sections)
 
 
-def _score_rm_bench(rows, values, summary, warnings, *, check_counts, source):
+def _score_rm_bench(rows, values, summary, warnings, *, check_counts, source, **_):
     # cell sums/counts per scored domain; items per domain
     sums: dict[str, list[list[float]]] = {}
     cnts: dict[str, list[list[int]]] = {}
@@ -324,7 +319,7 @@ def _score_rm_bench(rows, values, summary, warnings, *, check_counts, source):
     summary["overall"] = None if missing else _mean(summary["sections"].values())
 
 
-def _score_rmb(rows, values, summary, warnings, *, source):
+def _score_rmb(rows, values, summary, warnings, *, source, **_):
     for r in rows:
         if r.get("subset") not in RMB_GROUPS:
             raise DataError(f"{source}:{r.get('_line', '?')}: unknown RMB group {r.get('subset')!r} "
@@ -380,3 +375,7 @@ def _score_rmb(rows, values, summary, warnings, *, source):
 
 
 # ============================================================================ reports
+
+
+# The sections, headline and completeness checks of each benchmark, from its results rows.
+_SECTIONS = {"rewardbench": _score_rewardbench, "rm-bench": _score_rm_bench, "rmb": _score_rmb}

@@ -9,11 +9,11 @@ from rmr1_jax.errors import DataError
 from rmr1_jax.eval.benchmarks import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
-    load_benchmark,
     load_rewardbench,
     load_rm_bench,
     load_rmb,
 )
+from rmr1_jax.eval.registry import load_benchmark
 
 
 def write_jsonl(path, rows):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rmr1_jax.errors import DataError
-from rmr1_jax.eval.report import compare, score_and_report, summary_line, write_report
+from rmr1_jax.eval.report import compare, summary_line, write_report
+from rmr1_jax.eval.run import score_and_report
 from rmr1_jax.eval.results import ResultsWriter, done_keys, read_results
 from rmr1_jax.eval.scoring import score_results, score_rows
 
@@ -232,7 +233,7 @@ def test_expected_keys_and_score_and_report(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows[:-2]))
     tasks = [ComparisonTask("rewardbench", r["item_id"], r["subset"], 0, [{"role": "user", "content": "q"}],
                             "a", "b") for r in rows]
-    summary, paths = score_and_report("rewardbench", str(p), str(tmp_path / "out"), "half", expected=tasks)
+    summary, paths = score_and_report("rewardbench", str(p), str(tmp_path / "out"), no_verdict="half", expected=tasks)
     assert summary["n_expected"] == 22 and summary["n_missing"] == 2 and not summary["complete"]
     assert summary["warnings"] == ["2 of 22 examples have no result yet",
                                    "no results for subset(s) alpacaeval-length, alpacaeval-hard, mt-bench-med, "

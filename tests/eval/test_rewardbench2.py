@@ -13,7 +13,8 @@ import pytest
 from rmr1_jax.errors import DataError
 from rmr1_jax.eval.results import ResultsWriter, read_results
 from rmr1_jax.eval.rewardbench2 import (SUBSETS, Rb2Item, best_of_n_credit, load_rewardbench2, normalize_subset,
-                                        run_rewardbench2, score_rewardbench2, summary_markdown, ties_stats)
+                                        run_rewardbench2, score_rewardbench2, ties_stats)
+from rmr1_jax.eval.rewardbench2_report import summary_markdown
 from rmr1_jax.eval.runs import ScalarRewardModel
 
 
