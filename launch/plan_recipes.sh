@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Plan every RM-R1 and RAMO recipe on the slice the README names for it (ahead-of-time TPU
-# compiles through libtpu: bash launch/setup.sh tpu), then print the README's tables.
+# compiles through libtpu: bash launch/setup.sh tpu), then print the tables of docs/plan-tables.md.
 #   bash launch/plan_recipes.sh [OUT_DIR]          # default runs/plans
 set -uo pipefail
 cd "$(dirname "$0")/.."
