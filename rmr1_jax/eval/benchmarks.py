@@ -49,7 +49,7 @@ import json
 import os
 from typing import Any, Callable, Iterator
 
-from rmr1_jax.data.readers import iter_rows, parse_json_line
+from rmr1_jax.data.readers import iter_rows
 from rmr1_jax.errors import DataError
 
 Message = dict
@@ -132,7 +132,7 @@ def _iter_json_file(path: str) -> Iterator[tuple[str, dict | Exception]]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if e.msg == "Extra data":  # JSON Lines saved as .json
-            for lineno, row in _iter_jsonl_text(text):
+            for lineno, row in iter_rows(path):
                 yield f"line {lineno}", row
             return
         raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
@@ -148,15 +148,10 @@ def _iter_json_file(path: str) -> Iterator[tuple[str, dict | Exception]]:
         yield loc, row if isinstance(row, dict) else DataError("record is not a JSON object")
 
 
-def _iter_jsonl_text(text: str) -> Iterator[tuple[int, dict | Exception]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield lineno, parse_json_line(line)
-
-
 def iter_file_rows(path: str) -> Iterator[tuple[str, dict]]:
-    """``(location, row)`` for each record of a ``.json``, ``.jsonl`` or ``.parquet`` file;
-    ``location`` is ``"file:line N"`` style text for error messages. Undecodable rows raise."""
+    """``(location, row)`` for each record of a ``.json`` (an array), ``.jsonl`` or ``.parquet``
+    file, JSON Lines and Parquet read by :func:`rmr1_jax.data.readers.iter_rows`; ``location``
+    is ``"file:line N"`` style text for error messages. Undecodable rows raise."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     if os.path.isdir(path):

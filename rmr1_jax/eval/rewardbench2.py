@@ -188,13 +188,10 @@ def load_rewardbench2(path: str | os.PathLike) -> list[Rb2Item]:
 # ----------------------------------------------------------------------------- running
 
 
-def _check_done_rows(path: str, items: dict[str, Rb2Item]) -> None:
-    """Rows already in ``path`` must be RewardBench 2 rows for these items (same subset and
-    shape), or resuming would mix two data files."""
-    if not os.path.exists(path):
-        return
-    for row in read_results(path):
-        where = f"{path}:{row['_line']}"
+def _done_row_check(items: dict[str, Rb2Item]) -> Callable[[dict, str], None]:
+    """Rows already in a results file must be RewardBench 2 rows for these items (same subset
+    and shape), or resuming would mix two data files."""
+    def check(row: dict, where: str) -> None:
         if row.get("benchmark") != BENCHMARK:
             raise DataError(f"{where}: row is from benchmark {row.get('benchmark')!r}, not {BENCHMARK!r}")
         item = items.get(str(row["item_id"]))
@@ -202,6 +199,8 @@ def _check_done_rows(path: str, items: dict[str, Rb2Item]) -> None:
                                  or len(row.get("scores") or ()) != len(item.completions)):
             raise DataError(f"{where}: results row for item {item.id!r} does not match the data file "
                             f"(subset, num_correct or number of completions differ)")
+
+    return check
 
 
 def best_of_n_credit(scores: Sequence[float]) -> float:
@@ -212,11 +211,13 @@ def best_of_n_credit(scores: Sequence[float]) -> float:
 
 
 def run_rewardbench2(model: ScalarRewardModel, items: Sequence[Rb2Item], results_path: str | os.PathLike, *,
-                     batch_size: int = 16, model_name: str | None = None,
+                     batch_size: int = 16, model_name: str | None = None, fingerprint: dict | None = None,
                      progress: Callable[[int, int], None] | None = None) -> RunStats:
     """Score every completion of every item not yet in the results file, ``batch_size``
     completions per ``model.score`` call, and append one row per item as soon as all its
-    completions are scored (fsynced; rerunning skips finished items). Row::
+    completions are scored (fsynced; rerunning skips finished items, and refuses a file of
+    another data file or, with ``fingerprint``, of another set-up:
+    :class:`~rmr1_jax.eval.results.ResultsWriter`). Row::
 
         {"benchmark": "rewardbench2", "item_id", "pair_index": 0, "subset", "scores": [...],
          "num_correct", "result", "model"?}
@@ -233,7 +234,7 @@ def run_rewardbench2(model: ScalarRewardModel, items: Sequence[Rb2Item], results
         by_id[it.id] = it
     path = os.fspath(results_path)
     stats = RunStats(total=len(items))
-    with ResultsWriter(path, check=lambda p: _check_done_rows(p, by_id)) as writer:
+    with ResultsWriter(path, BENCHMARK, check_row=_done_row_check(by_id), fingerprint=fingerprint) as writer:
         todo = [it for it in items if (it.id, 0) not in writer.done]
         stats.skipped = len(items) - len(todo)
         flat = [(k, c) for k, it in enumerate(todo) for c in it.completions]
@@ -316,6 +317,7 @@ def ties_stats(rows: Sequence[dict]) -> dict[str, Any]:
 
 
 def _rows_of(source: str | os.PathLike | Iterable[dict]) -> list[tuple[str, dict]]:
+    """``(where, row)`` of a results file (:func:`~rmr1_jax.eval.results.read_results`) or of rows given."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         return [(f"{path}:{r['_line']}", r) for r in read_results(path)]

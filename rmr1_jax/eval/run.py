@@ -68,18 +68,19 @@ def _inputs(b: Benchmark, ckpt: str, data: str) -> tuple[str, list]:
 
 
 def _scalar(ckpt: str, mesh, o: dict) -> tuple[Any, dict]:
-    """A scalar reward model, and its runs' options."""
+    """A scalar reward model, and its runs' options (with what produces the rows)."""
     from rmr1_jax.inference.reward import load_reward_model
 
     if o["order"] == "both":
         raise UserError("--order both is for generative judges; a scalar reward model scores each response once")
     scorer = load_reward_model(ckpt, mesh, tokenizer_path=o["tokenizer"], max_length=o["max_length"],
                                batch_size=o["batch_size"], truncate=o["overlong"] == "truncate")
-    return scorer, {}
+    return scorer, {"fingerprint": scorer.fingerprint()}
 
 
 def _generative(ckpt: str, mesh, o: dict) -> tuple[Callable, dict]:
-    """A judge as its runs take it (``judge_fn(batch) -> judgments``), and their options."""
+    """A judge as its runs take it (``judge_fn(batch) -> judgments``), and their options (with
+    what produces the rows)."""
     from rmr1_jax.inference.judge import judge_pairs
     from rmr1_jax.inference.loading import load_judge
 
@@ -89,7 +90,8 @@ def _generative(ckpt: str, mesh, o: dict) -> tuple[Callable, dict]:
     def judge_fn(batch):
         return judge_pairs(judge, batch, max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"])
 
-    return judge_fn, {"order": o["order"], "seed": o["seed"], "keep_text": o["keep_text"]}
+    fingerprint = judge.fingerprint(max_new_tokens=o["max_new_tokens"], order=o["order"], seed=o["seed"])
+    return judge_fn, {"order": o["order"], "seed": o["seed"], "keep_text": o["keep_text"], "fingerprint": fingerprint}
 
 
 _LOADERS = {SCALAR: _scalar, GENERATIVE: _generative}
@@ -113,7 +115,7 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     """Run ``benchmark`` (any spelling of a registry name) read from ``data`` with the model of
     ``ckpt`` (an Orbax checkpoint or HF directory: a generative judge or a scalar reward model),
     appending one row per finished example to ``OUT/results.jsonl`` (resumed: examples already
-    there are skipped), then score it and write the report into ``OUT`` (``out_dir``, default
+    there are skipped; a file another model or set-up wrote is refused), then score it and write the report into ``OUT`` (``out_dir``, default
     ``runs/eval/BENCHMARK``).
 
     ``mesh``: a ``jax.sharding.Mesh``, or a :class:`~rmr1_jax.parallel.MeshConfig` built once the

@@ -12,7 +12,9 @@ Two kinds of models:
 
 Both append rows through a :class:`~rmr1_jax.eval.results.ResultsWriter` (one fsynced write
 per batch) and skip examples whose ``(item_id, pair_index)`` is already in the results file,
-so rerunning an interrupted evaluation finishes only what is missing. Row format: see
+so rerunning an interrupted evaluation finishes only what is missing; with a ``fingerprint``
+(what produces the rows: the model, its templates, the options) a file written by another
+set-up is refused. Row format: see
 :mod:`rmr1_jax.eval.scoring`; the ``correct`` written there uses the default rules (no
 verdict 0, scalar tie 0.5) and is recomputed at scoring time.
 
@@ -60,10 +62,10 @@ class RunStats:
         return self.consistent / self.both_orders if self.both_orders else None
 
 
-def _open(writer: ResultsWriter | str, benchmark: str | None) -> tuple[ResultsWriter, bool]:
+def _open(writer: ResultsWriter | str, benchmark: str | None, fingerprint: dict | None) -> tuple[ResultsWriter, bool]:
     if isinstance(writer, ResultsWriter):
         return writer, False
-    return ResultsWriter(str(writer), benchmark), True
+    return ResultsWriter(str(writer), benchmark, fingerprint=fingerprint), True
 
 
 def _pending(tasks: Sequence[ComparisonTask], writer: ResultsWriter, stats: RunStats) -> list[ComparisonTask]:
@@ -91,12 +93,12 @@ def _base_row(task: ComparisonTask, model_name: str | None) -> dict[str, Any]:
 
 
 def _run(tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, batch_size: int,
-         progress: Callable[[int, int], None] | None,
+         progress: Callable[[int, int], None] | None, fingerprint: dict | None,
          rows_for: Callable[[list[ComparisonTask], RunStats], list[dict[str, Any]]]) -> RunStats:
     """What both runners share: skip finished tasks, judge/score the rest ``batch_size`` at a
     time with ``rows_for``, append each batch's rows to the results file as it finishes."""
     tasks = list(tasks)
-    w, owned = _open(writer, tasks[0].benchmark if tasks else None)
+    w, owned = _open(writer, tasks[0].benchmark if tasks else None, fingerprint)
     stats = RunStats(total=len(tasks))
     try:
         todo = _pending(tasks, w, stats)
@@ -111,10 +113,11 @@ def _run(tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, batch_siz
 
 
 def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *,
-               batch_size: int = 16, model_name: str | None = None,
+               batch_size: int = 16, model_name: str | None = None, fingerprint: dict | None = None,
                progress: Callable[[int, int], None] | None = None) -> RunStats:
     """Score ``response_1`` and ``response_2`` of every task not yet in the results file
-    (``batch_size`` tasks, i.e. ``2 * batch_size`` responses, per ``model.score`` call)."""
+    (``batch_size`` tasks, i.e. ``2 * batch_size`` responses, per ``model.score`` call).
+    ``fingerprint``: what produces the rows, checked against a resumed file's."""
 
     def rows_for(chunk, stats):
         prompts = [t.prompt for t in chunk for _ in (0, 1)]
@@ -134,7 +137,7 @@ def run_scalar(model: ScalarRewardModel, tasks: Sequence[ComparisonTask], writer
             rows.append(row)
         return rows
 
-    return _run(tasks, writer, batch_size, progress, rows_for)
+    return _run(tasks, writer, batch_size, progress, fingerprint, rows_for)
 
 
 def first_shown_as_a(task: ComparisonTask, seed: int) -> bool:
@@ -162,11 +165,12 @@ def _text(x: Any) -> str | None:
 def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[Any]],
                    tasks: Sequence[ComparisonTask], writer: ResultsWriter | str, *, order: str = "random",
                    seed: int = 0, batch_size: int = 16, model_name: str | None = None, keep_text: bool = False,
-                   progress: Callable[[int, int], None] | None = None) -> RunStats:
+                   fingerprint: dict | None = None, progress: Callable[[int, int], None] | None = None) -> RunStats:
     """Judge every task not yet in the results file. ``order``: ``"random"`` (one judgment,
     A/B by the seeded coin flip) or ``"both"`` (two judgments, both orders, in the same
     ``judge_fn`` call). With ``keep_text`` the judgment texts (``.text`` of objects, or the
-    ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``."""
+    ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``.
+    ``fingerprint``: what produces the rows, checked against a resumed file's."""
     if order not in ("random", "both"):
         raise ValueError(f"order must be 'random' or 'both', got {order!r}")
 
@@ -204,4 +208,4 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
             rows.append(row)
         return rows
 
-    return _run(tasks, writer, batch_size, progress, rows_for)
+    return _run(tasks, writer, batch_size, progress, fingerprint, rows_for)

@@ -29,6 +29,18 @@ class LoadedJudge:
     sampler: object = None  # created on first use, then reused (compiled once)
     mesh: object = None  # the mesh the parameters live on (generation shards its rows over it)
 
+    def fingerprint(self, **options) -> dict:
+        """What a judgment depends on besides the pair (for a resumed output file,
+        :mod:`rmr1_jax.data.resumable`): the model, the judge template and the chat template it
+        is rendered with, and the generation ``options`` given."""
+        from rmr1_jax.checkpoint.identity import checkpoint_identity, text_digest
+
+        t = self.template
+        model = checkpoint_identity(self.source) if os.path.isdir(self.source) else self.source
+        return {"model": model, "chat_template": text_digest(getattr(self.tokenizer, "chat_template", None)),
+                "template": text_digest("\n\0".join([t.variant, t.system or "", t.user, t.user_multiturn])),
+                **options}
+
 
 def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_variant: str | None = None,
                system_file: str | None = None, user_file: str | None = None,

@@ -185,7 +185,7 @@ def test_results_file_truncated_tail_and_corruption(tmp_path):
     lines = p.read_text().splitlines()
     lines[2] = "{garbage"
     p.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"res\.jsonl:3: corrupt results line"):
+    with pytest.raises(DataError, match=r"res\.jsonl:3: invalid JSON"):
         score_results("rewardbench", str(p))
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps(gen("rm-bench", 1, "chat", True)) + "\n")

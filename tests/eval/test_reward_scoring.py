@@ -277,6 +277,13 @@ def test_eval_rewardbench_with_a_scalar_checkpoint(rms, tmp_path, capsys):
     assert len(rows) == 6
     assert all(len(r["scores"]) == 2 and all(isinstance(s, float) for s in r["scores"]) for r in rows)
     assert any(f.endswith(".md") for f in os.listdir(out)) and any(f.endswith(".json") for f in os.listdir(out))
+    # the results file keeps what wrote it: another model resuming it is refused, the file left as it is
+    before = open(os.path.join(out, "results.jsonl")).read()
+    assert cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", rms["llama3"][1], "--data", data,
+                     "--out-dir", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was written by another set-up (model" in err[0], err
+    assert open(os.path.join(out, "results.jsonl")).read() == before
 
 
 def test_eval_rewardbench2_with_a_scalar_checkpoint(rms, tok_dir, tmp_path, capsys):
