@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import jax
 
-from rmr1_jax.checkpoint.manager import CheckpointManager, abstract_like
+from rmr1_jax.checkpoint.manager import CheckpointManager
+from rmr1_jax.checkpoint.trees import abstract_like
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models import lora
 from rmr1_jax.models.config import ModelConfig

@@ -32,17 +32,15 @@ Usage: ``ckpt.save(step, state, ...)``, ``ckpt.restore(target=abstract_like(stat
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import Sharding
 
 from rmr1_jax.errors import CheckpointError, ConfigError
+from rmr1_jax.checkpoint.trees import first_line, flat, json_ready, layout_of, short_list
 from rmr1_jax.paths import resolve
 
 FORMAT_VERSION = 1
@@ -53,14 +51,6 @@ CONFIG_ITEM = "config"
 EXTRA_ITEM = "extra"
 SOURCE_ITEM = "source"
 _JSON_ITEMS = (CONFIG_ITEM, EXTRA_ITEM, METADATA_ITEM)
-
-SCANNED = "scanned"
-UNROLLED = "unrolled"
-_LAYER_RE = re.compile(r"layers_\d+$")
-
-# How many offending keys an error message lists before eliding the rest (it stays one line).
-_MAX_KEYS_IN_MESSAGE = 4
-
 
 @dataclasses.dataclass
 class Restored:
@@ -95,80 +85,6 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
         registry.add(name, ocp.args.JsonSave, handler)
         registry.add(name, ocp.args.JsonRestore, handler)
     return registry
-
-
-def _key_str(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
-
-
-def _path_str(path) -> str:
-    """``opt_state/0/mu/layers/...``. Named-tuple fields (``GetAttrKey``) and dict keys print the
-    same, because Orbax stores named tuples as dicts: the saved tree and a target then agree."""
-    return "/".join(_key_str(p) for p in path)
-
-
-def _flat(tree) -> dict[str, Any]:
-    return {_path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def _short_list(keys) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
-    more = len(keys) - _MAX_KEYS_IN_MESSAGE
-    return shown + (f" (+{more} more)" if more > 0 else "")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
-
-
-def layout_of(params) -> str | None:
-    """``scanned`` when layers are stacked under ``layers``, ``unrolled`` for ``layers_<i>``."""
-    if not isinstance(params, dict):
-        return None
-    if "layers" in params:
-        return SCANNED
-    if any(_LAYER_RE.match(str(k)) for k in params):
-        return UNROLLED
-    return None
-
-
-def _json_ready(name: str, value):
-    """Fail in the caller's thread: a value that is not JSON would otherwise only surface as an
-    exception in Orbax's background writer, after the training step moved on."""
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"checkpoint item {name!r} is not JSON-serializable: {e}") from None
-    return value
-
-
-def abstract_like(tree, shardings=None):
-    """A restore target: ``tree`` with every array replaced by a :class:`jax.ShapeDtypeStruct`.
-
-    ``shardings`` is a pytree matching ``tree`` (or one :class:`~jax.sharding.Sharding` for all
-    arrays); without it each jax array keeps its own sharding. Restoring onto a different mesh
-    is exactly "pass the new mesh's shardings here". Numpy arrays without a sharding restore as
-    numpy arrays; Python scalars and strings are kept as they are (Orbax restores them as that
-    type).
-    """
-
-    def leaf(x, sharding):
-        if isinstance(x, (jax.ShapeDtypeStruct, jax.Array)):
-            if sharding is None:
-                sharding = getattr(x, "sharding", None)
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-        if isinstance(x, (np.ndarray, np.generic)):
-            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
-        return x
-
-    if shardings is None or isinstance(shardings, Sharding):
-        return jax.tree.map(lambda x: leaf(x, shardings), tree)
-    return jax.tree.map(leaf, tree, shardings)
 
 
 class CheckpointManager:
@@ -254,14 +170,14 @@ class CheckpointManager:
             raise CheckpointError(f"{self.directory}: step {step} already exists; refusing to overwrite it")
         args = {
             STATE_ITEM: ocp.args.StandardSave(state),
-            METADATA_ITEM: ocp.args.JsonSave(_json_ready(METADATA_ITEM, self._build_metadata(state, metadata))),
+            METADATA_ITEM: ocp.args.JsonSave(json_ready(METADATA_ITEM, self._build_metadata(state, metadata))),
         }
         # Items that are None are not written at all (JSON ``null`` is not a valid item);
         # restore reports them as None by checking which items the step holds.
         if config is not None:
-            args[CONFIG_ITEM] = ocp.args.JsonSave(_json_ready(CONFIG_ITEM, config))
+            args[CONFIG_ITEM] = ocp.args.JsonSave(json_ready(CONFIG_ITEM, config))
         if extra is not None:
-            args[EXTRA_ITEM] = ocp.args.JsonSave(_json_ready(EXTRA_ITEM, extra))
+            args[EXTRA_ITEM] = ocp.args.JsonSave(json_ready(EXTRA_ITEM, extra))
         if source:
             args[SOURCE_ITEM] = ocp.args.StandardSave(source)
         try:
@@ -311,7 +227,7 @@ class CheckpointManager:
         try:
             return dict(self._mngr.item_metadata(step).items())
         except (OSError, ValueError, KeyError) as e:
-            raise CheckpointError(f"{self.directory} step {step}: unreadable checkpoint ({_first_line(e)})") from e
+            raise CheckpointError(f"{self.directory} step {step}: unreadable checkpoint ({first_line(e)})") from e
 
     def _saved_state_tree(self, step: int, items: dict[str, Any]):
         if STATE_ITEM not in items:
@@ -324,17 +240,17 @@ class CheckpointManager:
         multi-screen tree dumps, or (for shapes) sharding errors that do not name the key.
         Dtypes may differ on purpose (Orbax casts, e.g. float32 -> bfloat16)."""
         where = f"{self.directory} step {step}"
-        saved = _flat(saved_tree)
-        wanted = _flat(target)
+        saved = flat(saved_tree)
+        wanted = flat(target)
         pre = f"{prefix}/" if prefix else ""
         missing = set(wanted) - set(saved)
         if missing:
             raise CheckpointError(
-                f"{where}: target keys not in the checkpoint: {_short_list(pre + k for k in missing)}")
+                f"{where}: target keys not in the checkpoint: {short_list(pre + k for k in missing)}")
         unexpected = set(saved) - set(wanted)
         if unexpected:
             raise CheckpointError(
-                f"{where}: checkpoint keys missing from the target: {_short_list(pre + k for k in unexpected)}")
+                f"{where}: checkpoint keys missing from the target: {short_list(pre + k for k in unexpected)}")
         for key, leaf in wanted.items():
             want_shape = tuple(np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(leaf.shape)
             have_shape = getattr(saved[key], "shape", None)
@@ -383,7 +299,7 @@ class CheckpointManager:
         try:
             out = self._mngr.restore(step, args=ocp.args.Composite(**args))
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{self.directory} step {step}: restore failed ({_first_line(e)})") from e
+            raise CheckpointError(f"{self.directory} step {step}: restore failed ({first_line(e)})") from e
         return {name: out[name] for name in args}
 
     def _saved_subtree(self, step: int, items: dict[str, Any], key: str):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh
 
-from rmr1_jax.checkpoint.manager import SCANNED, UNROLLED, CheckpointManager, layout_of, abstract_like
+from rmr1_jax.checkpoint.manager import CheckpointManager
+from rmr1_jax.checkpoint.trees import SCANNED, UNROLLED, abstract_like, layout_of
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models.config import ModelConfig
 from rmr1_jax.models.decoder import DecoderLM

@@ -174,13 +174,15 @@ def _rules(rsub) -> None:
 --out rows: the input row plus "scores" and "relevance" (one float per rule, pool order) and "line"
 rule pool (--rules): JSONL {"id", "text", "category"?} per line, or YAML (a list, or {rules: [...]})
 template (--template): text with {rule}, {prompt} and {response}; the judge answers Yes, No or Irrelevant
-  (default: rmr1_jax.rules.scoring.DEFAULT_TEMPLATE)""")
+  (default: rmr1_jax.inference.rules.DEFAULT_TEMPLATE)""")
     opt.ckpt(sc, "the rule-scoring judge (Orbax or HF causal LM)")
     sc.add_argument("--rules", default=None, metavar="FILE", help="rule pool (default: the built-in 100 rules)")
     opt.in_file(sc, "JSONL rows {prompt, response}")
     opt.out_file(sc, "output JSONL (resumed if it exists)")
     sc.add_argument("--template", default=None, metavar="FILE", help="scoring prompt with {rule}, {prompt}, {response}")
     sc.add_argument("--no-chat-template", action="store_true", help="send the rendered template as is")
+    sc.add_argument("--answers", nargs=3, default=["Yes", "No", "Irrelevant"], metavar=("YES", "NO", "IRRELEVANT"),
+                    help="the judge's answer words; each must be one token after the prompt (default Yes No Irrelevant)")
     opt.batch_size(sc, "(response, rule) rows per forward pass")
     opt.tokenizer(sc)
     opt.mesh(sc)

@@ -13,7 +13,7 @@ def cmd_score(args):
 
     scorer, rules = load_rule_scorer(args.ckpt, mesh_of(args), rules_path=args.rules, template_path=args.template,
                                      tokenizer_path=args.tokenizer, chat_template=not args.no_chat_template,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size, answers=args.answers)
     stats = score_file(scorer, rules, args.inp, args.out, model=checkpoint_identity(args.ckpt))
     print(f"rules score: {stats.written} rows scored, {stats.skipped} already done, against {len(rules)} rules "
           f"-> {args.out}")

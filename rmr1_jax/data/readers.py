@@ -125,7 +125,10 @@ def _reason(msg: str) -> str:
 @contextlib.contextmanager
 def atomic_open(path: str):
     """Open ``path`` for writing text through a temporary file renamed over it on success: a
-    reader never sees a half-written file, and a failed write leaves the old one in place."""
+    reader never sees a half-written file, and a failed write leaves the old one in place. A
+    missing parent directory is created."""
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.partial-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:

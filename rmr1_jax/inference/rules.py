@@ -170,7 +170,8 @@ class RuleScorer:
             full = self.tokenizer.encode(probe + sep + word)
             if len(full) != len(base) + 1 or full[:len(base)] != base:
                 raise UserError(f"answer word {sep + word!r} is not one token after the judge prompt "
-                                f"(it adds {len(full) - len(base)} tokens); choose single-token answer words")
+                                f"(it adds {len(full) - len(base)} tokens); choose single-token answer words "
+                                f"(rmr1 rules score --answers YES NO IRRELEVANT)")
             ids.append(full[-1])
         if len(set(ids)) != 3:
             raise UserError(f"answer words {list(answers)} do not give three different tokens")
@@ -347,11 +348,12 @@ def read_rules(path: str | None) -> list[str]:
 
 
 def load_rule_scorer(ckpt: str, mesh, *, rules_path: str | None = None, template_path: str | None = None,
-                     tokenizer_path: str | None = None, chat_template: bool = True,
-                     batch_size: int = 16) -> tuple[RuleScorer, list[str]]:
+                     tokenizer_path: str | None = None, chat_template: bool = True, batch_size: int = 16,
+                     answers: Sequence[str] = ("Yes", "No", "Irrelevant")) -> tuple[RuleScorer, list[str]]:
     """The rule scorer of checkpoint ``ckpt`` (Orbax or HF causal LM, with its tokenizer) and
     the rule texts of ``rules_path`` (``None``: the built-in pool), scoring with the template of
-    ``template_path`` (``None``: :data:`DEFAULT_TEMPLATE`). The files are read on every process
+    ``template_path`` (``None``: :data:`DEFAULT_TEMPLATE`) and the (yes, no, irrelevant)
+    ``answers`` words. The files are read on every process
     first: one a host cannot read stops every process (:func:`~rmr1_jax.parallel.agreement.agreed`)."""
     from rmr1_jax.checkpoint.introspect import load_checkpoint_tokenizer
     from rmr1_jax.checkpoint.loading import load_model
@@ -365,5 +367,5 @@ def load_rule_scorer(ckpt: str, mesh, *, rules_path: str | None = None, template
     model, params = load_model(ckpt, "lm", mesh=mesh, scan_layers=False)
     tokenizer = load_checkpoint_tokenizer(ckpt, tokenizer_path)
     scorer = RuleScorer(model, params, tokenizer, mesh, template=template, chat_template=chat_template,
-                        batch_size=batch_size)
+                        batch_size=batch_size, answers=answers)
     return scorer, rules

@@ -17,7 +17,8 @@ import optax
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from rmr1_jax.checkpoint.manager import CheckpointManager, Restored, abstract_like
+from rmr1_jax.checkpoint.manager import CheckpointManager, Restored
+from rmr1_jax.checkpoint.trees import abstract_like
 from rmr1_jax.checkpoint.reading import restore_params
 from rmr1_jax.errors import CheckpointError
 from rmr1_jax.models import DecoderLM, init_params, param_shardings, preset

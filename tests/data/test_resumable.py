@@ -83,3 +83,15 @@ def test_results_files_of_before_still_resume(tmp_path):
         ResultsWriter(str(path), "rmb")
     with pytest.raises(DataError, match="another set-up"):
         ResultsWriter(str(path), "rewardbench", fingerprint={"model": "other"})
+
+
+def test_an_atomic_write_creates_its_directory_and_leaves_no_partial_file(tmp_path):
+    from rmr1_jax.data.readers import atomic_open, write_jsonl
+
+    out = tmp_path / "new" / "dir" / "rows.jsonl"
+    assert write_jsonl(str(out), [{"a": 1}]) == 1 and out.read_text() == '{"a": 1}\n'
+    with pytest.raises(RuntimeError):
+        with atomic_open(str(out)) as f:
+            f.write("half")
+            raise RuntimeError("interrupted")
+    assert out.read_text() == '{"a": 1}\n' and sorted(p.name for p in out.parent.iterdir()) == ["rows.jsonl"]

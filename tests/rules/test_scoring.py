@@ -171,6 +171,11 @@ def test_score_file_resume_and_cli(judge, mesh, tmp_path):
     np.testing.assert_allclose([r["scores"] for r in full], want_s, atol=TOL)
     np.testing.assert_allclose([r["relevance"] for r in full], want_r, atol=TOL)
     assert all(r["id"] == k and r["prompt"] == rows[k]["prompt"] for k, r in enumerate(full))
+    # --answers names the judge's words: Yes and No swapped negate every score
+    swapped = str(tmp_path / "swapped.jsonl")
+    handle("rules", "score", "--ckpt", hf_dir, "--rules", rules_path, "--in", in_path, "--out", swapped,
+           "--batch-size", "8", "--answers", "No", "Yes", "Irrelevant")
+    np.testing.assert_allclose([r["scores"] for r in _read(swapped)], -np.asarray(want_s), atol=TOL)
 
     # a crash after the first row, mid-way through writing the second: rerun finishes the rest
     with open(out) as f:

@@ -330,7 +330,7 @@ def test_the_lora_step_lowers_ahead_of_time_as_documented():
     does): the state (the adapters' params and optimizer moments) donated, the frozen base not."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from rmr1_jax.checkpoint.manager import abstract_like
+    from rmr1_jax.checkpoint.trees import abstract_like
     from rmr1_jax.models.params import abstract_params, param_shardings
     from rmr1_jax.models.presets import preset
     from rmr1_jax.parallel.hostlocal import batch_sharding
