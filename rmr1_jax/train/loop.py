@@ -175,114 +175,171 @@ def train(*, state, loss_fn: LossFn, optimizer, schedule, mesh: Mesh, batches: B
     A source that holds arrays between steps (GRPO's mini-batches of a rollout not yet trained
     on) has them saved with each checkpoint and handed back on resume, so a save inside a
     rollout loses nothing."""
-    from rmr1_jax.checkpoint.manager import abstract_like
-    from rmr1_jax.parallel.hostlocal import batch_sharding, fetch, process_rows
-
-    from rmr1_jax.models.lora import combine
-
-    accum = spec.accum_steps()
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = make_train_step(loss_fn, optimizer, schedule, accum, mesh, state_shardings)
-    start = 0
-    if ckpt is not None and ckpt.latest_step() is not None:
+    step_fn = make_train_step(loss_fn, optimizer, schedule, spec.accum_steps(), mesh, state_shardings)
+    run = _Run(state=state, step_fn=step_fn, batches=batches, mesh=mesh, spec=spec, ckpt=ckpt,
+               total_steps=total_steps, frozen=frozen, eval_fn=eval_fn, tokens_per_step_fn=tokens_per_step_fn,
+               flops_per_token=flops_per_token, derive_metrics=derive_metrics, config_dict=config_dict,
+               metadata=metadata, save_every=save_every, log=log)
+    try:
+        while run.step < total_steps:
+            try:
+                # sources that generate data with the current policy (GRPO rollouts) see it
+                local = batches.next_batch(run.model_params())
+            except StopIteration:
+                log(f"data exhausted at step {run.step}")
+                break
+            run.train_step(local)
+            if run.bookkeeping():
+                break
+        if not run.stopped_early:
+            run.finish()
+    finally:
+        run.close()
+    return run.state, TrainResult(run.step, run.stopped_early, run.metrics, run.eval_metrics)
+
+
+class _Run:
+    """One call of :func:`train`, step by step: set-up (``__init__``: resume, metrics logger,
+    SIGTERM handler, progress bar), :meth:`train_step`, the :meth:`bookkeeping` after each step
+    (metrics, evaluation, checkpoints, the agreed stop), :meth:`finish` (the final evaluation
+    and save) and :meth:`close` (what set-up took, given back)."""
+
+    def __init__(self, *, state, step_fn, batches: BatchSource, mesh: Mesh, spec: TrainSpec, ckpt,
+                 total_steps: int, frozen, eval_fn, tokens_per_step_fn, flops_per_token, derive_metrics,
+                 config_dict, metadata, save_every: int, log: Callable[[str], None]):
+        self.step_fn, self.batches, self.mesh, self.spec, self.ckpt = step_fn, batches, mesh, spec, ckpt
+        self.total_steps, self.frozen, self.eval_fn, self.log = total_steps, frozen, eval_fn, log
+        self.tokens_per_step_fn, self.flops_per_token = tokens_per_step_fn, flops_per_token
+        self.derive_metrics, self.config_dict, self.metadata = derive_metrics, config_dict, metadata
+        self.save_every = save_every
+        self.state, self.start = self._resume(state)
+        self.logger = MetricsLogger(spec.run_dir)
+        self.base_rng = jax.random.key(spec.seed)
+        self.peak = _peak_flops(spec, flops_per_token)
+        self.stop = _StopFlag()
+        self.old_handler = signal.signal(signal.SIGTERM, self.stop) if _main_thread() else None
+        self.bar = _progress(spec, total_steps, self.start)
+        self.metrics: dict = {}
+        self.eval_metrics: dict = {}
+        self.stopped_early = False
+        self.step = self.start
+        self.t_last = time.perf_counter()
+
+    def _resume(self, state) -> tuple[Any, int]:
+        """``(state, step)``: the latest checkpoint's when there is one (with the batch source's
+        position and held arrays), else ``(state, 0)``."""
+        from rmr1_jax.checkpoint.trees import abstract_like
+        from rmr1_jax.parallel.hostlocal import batch_sharding, fetch, process_rows
+
+        ckpt, batches, mesh = self.ckpt, self.batches, self.mesh
+        if ckpt is None or ckpt.latest_step() is None:
+            return state, 0
         restored = ckpt.restore(target=abstract_like(state))
-        state = restored.state
-        start = restored.step
         if restored.extra and "data" in restored.extra:
             batches.restore(restored.extra["data"])
         if batches.holds_arrays:
-            held = ckpt.restore_source(start, lambda shape: batch_sharding(mesh, shape))
+            held = ckpt.restore_source(restored.step, lambda shape: batch_sharding(mesh, shape))
             own = lambda x: fetch(x)[process_rows(x)]  # this process's rows of each global array
             batches.restore_held(jax.tree.map(own, held) if held is not None else {})
-        log(f"resumed from {ckpt.directory} at step {start}")
-    logger = MetricsLogger(spec.run_dir)
-    base_rng = jax.random.key(spec.seed)
-    peak = spec.peak_flops
-    if peak is None and flops_per_token:
+        self.log(f"resumed from {ckpt.directory} at step {restored.step}")
+        return restored.state, restored.step
+
+    def model_params(self):
+        """The whole parameter tree the model applies (with LoRA: the base and the adapters)."""
+        from rmr1_jax.models.lora import combine
+
+        return self.state["params"] if self.frozen is None else combine(self.frozen, self.state["params"])
+
+    def train_step(self, local: dict) -> None:
+        """One optimizer step on the host-local batch ``local``; its metrics (with throughput
+        and the source's own) become ``self.metrics``. A non-finite loss or gradient norm stops
+        the run before anything is saved."""
+        batch = to_global(local, self.mesh)
+        rng = jax.random.fold_in(self.base_rng, self.step)
+        self.state, m = self.step_fn(self.state, batch, rng, self.frozen)
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        now = time.perf_counter()
+        dt, self.t_last = now - self.t_last, now
+        self.step += 1
+        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                f"lr={m['lr']:.3g}); stopped without saving, the last good checkpoint is kept")
+        tokens = self.tokens_per_step_fn(local) * jax.process_count() if self.tokens_per_step_fn else None
+        if tokens:
+            m["tokens_per_s"] = tokens / dt
+            if self.flops_per_token and self.peak:
+                m["mfu"] = tokens * self.flops_per_token / dt / self.peak
+        m["step_time_s"] = dt
+        if self.derive_metrics is not None:
+            m.update(self.derive_metrics(m))
+        m.update(self.batches.pop_metrics())
+        self.metrics = m
+
+    def bookkeeping(self) -> bool:
+        """After a step: its metrics to the log and the bar, the periodic evaluation and save,
+        and the stop every process agrees on. True: stop now (the step saved)."""
+        step, spec, m = self.step, self.spec, self.metrics
+        if step % spec.log_every == 0 or step == self.total_steps or step == self.start + 1:
+            self.logger.write(step, m, "train")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}",
+                                 **({"tok/s": f"{m['tokens_per_s']:.0f}"} if "tokens_per_s" in m else {}))
+        if self.eval_fn is not None and spec.eval_every and step % spec.eval_every == 0 and step < self.total_steps:
+            self._evaluate()
+            self.t_last = time.perf_counter()  # the evaluation's time is no step's
+        if self.ckpt is not None and self.save_every and step % self.save_every == 0:
+            self._save(step)
+        if not self.stop.agreed():
+            return False
+        self.log(f"received signal {self.stop.signal or 'SIGTERM (on another process)'}: saving step {step} "
+                 f"and stopping")
+        if self.ckpt is not None and step not in self.ckpt.all_steps():
+            self._save(step, force=True)
+        self.stopped_early = True
+        return True
+
+    def finish(self) -> None:
+        """The final evaluation, and a save of the last step unless a checkpoint holds it (or
+        no step ran)."""
+        if self.eval_fn is not None:
+            self._evaluate()
+        if self.ckpt is not None and self.step > self.start and self.step not in self.ckpt.all_steps():
+            self._save(self.step, force=True)
+
+    def close(self) -> None:
+        """The progress bar closed, pending saves written, the logger closed, the SIGTERM
+        handler put back."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.ckpt is not None:
+            self.ckpt.wait_until_finished()
+        self.logger.close()
+        if self.old_handler is not None:
+            signal.signal(signal.SIGTERM, self.old_handler)
+
+    def _evaluate(self) -> None:
+        self.eval_metrics = self.eval_fn(self.model_params(), self.step)
+        self.logger.write(self.step, self.eval_metrics, "eval")
+
+    def _save(self, step: int, force: bool = False) -> None:
+        """Save ``step``, with the batch source's held arrays (as global arrays) when it has any."""
+        held = self.batches.held_arrays()
+        extra = {"data": self.batches.state()}
+        source = {k: to_global(v, self.mesh) for k, v in held.items()} if held else None
+        self.ckpt.save(step, self.state, config=self.config_dict, extra=extra, metadata=self.metadata,
+                       source=source, force=force)
+
+
+def _peak_flops(spec: TrainSpec, flops_per_token: float | None) -> float | None:
+    """The device's peak FLOP/s for MFU: ``spec.peak_flops``, else measured when MFU is wanted."""
+    if spec.peak_flops is None and flops_per_token:
         from rmr1_jax.train.flops import measure_matmul_peak
 
-        peak = measure_matmul_peak(size=1024 if jax.default_backend() == "cpu" else 4096)
-
-    def save(step, force=False):
-        """Save ``step``, with the batch source's held arrays (as global arrays) when it has any."""
-        held = batches.held_arrays()
-        ckpt.save(step, state, config=config_dict, extra={"data": batches.state()}, metadata=metadata,
-                  source={k: to_global(v, mesh) for k, v in held.items()} if held else None, force=force)
-
-    def model_params():
-        return state["params"] if frozen is None else combine(frozen, state["params"])
-
-    stop = _StopFlag()
-    old_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
-    bar = _progress(spec, total_steps, start)
-    metrics: dict = {}
-    eval_metrics: dict = {}
-    stopped_early = False
-    step = start
-    t_last = time.perf_counter()
-    try:
-        while step < total_steps:
-            try:
-                # sources that generate data with the current policy (GRPO rollouts) see it
-                local = batches.next_batch(model_params())
-            except StopIteration:
-                log(f"data exhausted at step {step}")
-                break
-            batch = to_global(local, mesh)
-            rng = jax.random.fold_in(base_rng, step)
-            state, m = step_fn(state, batch, rng, frozen)
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
-            now = time.perf_counter()
-            dt, t_last = now - t_last, now
-            step += 1
-            if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
-                    f"lr={m['lr']:.3g}); stopped without saving, the last good checkpoint is kept")
-            tokens = tokens_per_step_fn(local) * jax.process_count() if tokens_per_step_fn else None
-            if tokens:
-                m["tokens_per_s"] = tokens / dt
-                if flops_per_token and peak:
-                    m["mfu"] = tokens * flops_per_token / dt / peak
-            m["step_time_s"] = dt
-            if derive_metrics is not None:
-                m.update(derive_metrics(m))
-            m.update(batches.pop_metrics())
-            metrics = m
-            if step % spec.log_every == 0 or step == total_steps or step == start + 1:
-                logger.write(step, m, "train")
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}",
-                                **({"tok/s": f"{m['tokens_per_s']:.0f}"} if "tokens_per_s" in m else {}))
-            if eval_fn is not None and spec.eval_every and step % spec.eval_every == 0 and step < total_steps:
-                eval_metrics = eval_fn(model_params(), step)
-                logger.write(step, eval_metrics, "eval")
-                t_last = time.perf_counter()
-            if ckpt is not None and save_every and step % save_every == 0:
-                save(step)
-            if stop.agreed():
-                log(f"received signal {stop.signal or 'SIGTERM (on another process)'}: saving step {step} "
-                    f"and stopping")
-                if ckpt is not None and step not in ckpt.all_steps():
-                    save(step, force=True)
-                stopped_early = True
-                break
-        if not stopped_early:
-            if eval_fn is not None:
-                eval_metrics = eval_fn(model_params(), step)
-                logger.write(step, eval_metrics, "eval")
-            if ckpt is not None and step > start and step not in ckpt.all_steps():
-                save(step, force=True)
-    finally:
-        if bar is not None:
-            bar.close()
-        if ckpt is not None:
-            ckpt.wait_until_finished()
-        logger.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
-    return state, TrainResult(step, stopped_early, metrics, eval_metrics)
+        return measure_matmul_peak(size=1024 if jax.default_backend() == "cpu" else 4096)
+    return spec.peak_flops
 
 
 def _main_thread() -> bool:
