@@ -105,7 +105,7 @@ class RolloutSource:
     def _next_prompts(self) -> tuple[list[list[int]], list[str]]:
         """This process's prompts of the next rollout step (token ids, cut to the prompt budget)
         and their winners; with ``both_orders`` each pair also swapped, its winner flipped."""
-        from rmr1_jax.judging import flip
+        from rmr1_jax.ab_positions import flip
 
         spec = self.spec
         prompt_ids, winners = [], []
@@ -145,11 +145,11 @@ class RolloutSource:
         return plen, tokens[:, :width], sampler_lp[:, :width], lengths, finished, texts
 
     def _rollout(self, params):
-        from rmr1_jax.judging import prompts_open_thinking
-        from rmr1_jax.sampling.sampler import left_pad
-        from rmr1_jax.text.verdict import judgment_reward
+        """One rollout step with the current ``params``: this process's next prompts sampled
+        ``spec.n`` times each, rewarded, and the step's mini-batches queued (``ppo_epochs``
+        times); the step's metrics wait for :meth:`pop_metrics`."""
+        from rmr1_jax.inference.judge import prompts_open_thinking
 
-        spec = self.spec
         t0 = time.perf_counter()
         prompt_ids, winners = self._next_prompts()
         plen, tokens, sampler_lp, lengths, finished, texts = self._sample(params, prompt_ids)
@@ -157,37 +157,75 @@ class RolloutSource:
         # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
         # output inside it: without "</think>" the whole output is thinking, no verdict
         opened = prompts_open_thinking(self.tokenizer, prompt_ids)
+        rewards, adv = self._rewards(winners, finished, texts, opened)
+        rows, target_mask = self._rows(prompt_ids, plen, tokens, lengths)
+        plans = self._plan_updates(adv, target_mask)
+        ref_lp, old_lp, t_ref, t_old = self._logprob_columns(params, rows, plans, plen, sampler_lp)
+        full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
+                "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
+        self._queue_updates(full, plans)
+        n_trained = sum(len(keep) for _, keep, _ in plans)
+        self._rollouts += 1
+        self._metrics = self._rollout_metrics(rewards, adv, lengths, finished, texts, opened, n_trained,
+                                              t_gen, t_ref, t_old)
+
+    def _rewards(self, winners, finished, texts, opened) -> tuple[np.ndarray, np.ndarray]:
+        """``(rewards, advantages)`` [rows] float32, row ``j`` a sample of prompt ``j // n``:
+        ``reward_correct`` for a finished judgment with the right verdict, else
+        ``reward_wrong``; the advantages normalized within each prompt's group."""
+        from rmr1_jax.text.verdict import judgment_reward
+
+        spec = self.spec
         rewards = np.array([judgment_reward(texts[j], winners[j // spec.n], opened[j // spec.n]) if finished[j]
                             else -1.0 for j in range(len(texts))], np.float32)
         rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)
         adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps,
                                                    std=spec.adv_std).reshape(-1)
-        # rows: left-padded prompt (plen) + response (max_response_tokens)
+        return rewards, adv
+
+    def _rows(self, prompt_ids, plen: int, tokens: np.ndarray, lengths: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The training rows, ``{"input_ids", "attention_mask"}`` [rows, plen + L] int32: each
+        prompt left-padded to ``plen`` and repeated ``n`` times, then its sample's L response
+        columns; and the target mask [rows, plen + L] (position t scores token t + 1: 1 where
+        that token is a real response token)."""
+        from rmr1_jax.sampling.sampler import left_pad
+
+        n = self.spec.n
         pid, pmask = left_pad(prompt_ids, self.sampler.pad_id, plen)
-        pid, pmask = np.repeat(pid, spec.n, axis=0), np.repeat(pmask, spec.n, axis=0)
+        pid, pmask = np.repeat(pid, n, axis=0), np.repeat(pmask, n, axis=0)
         L = tokens.shape[1]
         resp_mask = np.arange(L)[None, :] < lengths[:, None]
         ids = np.concatenate([pid, tokens], axis=1).astype(np.int32)
         attn = np.concatenate([pmask, resp_mask], axis=1).astype(np.int32)
         target_mask = np.zeros_like(attn)
         target_mask[:, plen - 1:plen - 1 + L] = resp_mask  # position t scores token t+1
-        rows = {"input_ids": ids, "attention_mask": attn}
-        plans = self._plan_updates(adv, target_mask)
+        return {"input_ids": ids, "attention_mask": attn}, target_mask
+
+    def _logprob_columns(self, params, rows: dict, plans, plen: int, sampler_lp: np.ndarray):
+        """``(reference log-probs, old-policy log-probs, seconds of the first, of the second)``,
+        the log-probs [rows, plen + L] float32 (zeros where not computed): the reference's, on
+        the rows the updates train on, only when the loss has a KL term; the old policy's per
+        ``spec.old_logprobs``, recomputed with ``params`` on those rows or the sampler's own."""
+        spec = self.spec
+        shape, L = rows["input_ids"].shape, sampler_lp.shape[1]
         need = np.concatenate([keep for _, keep, _ in plans])  # rows the updates train on
         sub = {k: v[need] for k, v in rows.items()}
         t1 = time.perf_counter()
-        ref_lp = np.zeros(ids.shape, np.float32)
+        ref_lp = np.zeros(shape, np.float32)
         if spec.uses_reference():
             ref_lp[need] = self._logprobs(self.ref_params, sub)
         t_ref = time.perf_counter() - t1
-        old_lp = np.zeros(ids.shape, np.float32)
+        old_lp = np.zeros(shape, np.float32)
         if spec.old_logprobs == "recompute":
             old_lp[need] = self._logprobs(params, sub)
         else:
             old_lp[:, plen - 1:plen - 1 + L] = sampler_lp
         t_old = time.perf_counter() - t1 - t_ref
-        full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
-                "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
+        return ref_lp, old_lp, t_ref, t_old
+
+    def _queue_updates(self, full: dict, plans) -> None:
+        """Queues the mini-batch of each planned update (:meth:`_plan_updates`) out of the
+        step's rows ``full``, ``ppo_epochs`` times over."""
         batches = []
         for rows_idx, keep, count in plans:
             b = {k: v[rows_idx] for k, v in full.items()}
@@ -195,17 +233,20 @@ class RolloutSource:
                 b["response_mask"][len(keep):] = 0  # filler rows: in the shape, not in the loss
                 b["count_share"] = np.full((len(rows_idx),), count / len(rows_idx), np.float32)
             batches.append(b)
-        for _ in range(spec.ppo_epochs):
+        for _ in range(self.spec.ppo_epochs):
             self.queue.extend(batches)
-        n_trained = sum(len(keep) for _, keep, _ in plans)
-        self._rollouts += 1
+
+    def _rollout_metrics(self, rewards, adv, lengths, finished, texts, opened, n_trained: int,
+                         t_gen: float, t_ref: float, t_old: float) -> dict:
+        """The step's metrics, over every process's rows (each process holds its own; process 0
+        alone logs them)."""
+        spec = self.spec
         format_failures = sum(not f or _no_verdict(t, opened[j // spec.n])
                               for j, (f, t) in enumerate(zip(finished, texts)))
-        # over every process's rows (each process holds its own; process 0 alone logs them)
-        totals = agree_sum([ids.shape[0], rewards.sum(), np.sum(rewards > 0), format_failures, np.sum(~finished),
+        totals = agree_sum([len(rewards), rewards.sum(), np.sum(rewards > 0), format_failures, np.sum(~finished),
                             lengths.sum(), np.sum(adv == 0), n_trained])
         rows_all, reward_sum, correct, failed, truncated, gen_tokens, zero_adv, trained = map(float, totals)
-        self._metrics = {
+        return {
             "reward_mean": reward_sum / rows_all, "verdict_accuracy": correct / rows_all,
             "format_failure_rate": failed / rows_all, "truncated_rate": truncated / rows_all,
             "response_length": gen_tokens / rows_all,
