@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from rmr1_jax.models.attention import resolve as resolve_attention
 from rmr1_jax.models.config import REMAT_POLICIES, ModelConfig
 from rmr1_jax.models.layers import DecoderLayer, RMSNorm, default_init, dtype_of, matmul_f32, rope_cos_sin
+from rmr1_jax.models.paged_attention import PagedCache
 from rmr1_jax.parallel.sharding import constrain
 
 
@@ -159,6 +160,8 @@ class DecoderLM(nn.Module):
             Python int: a prefill) the tokens attend only over each other, never over the
             cache's other slots.
           return_hidden: return the final-norm hidden states [B, T, D] instead of the head's output.
+          A :class:`rmr1_jax.models.paged_attention.PagedCache` as ``cache``: the generation
+            engine's forward of [S, Q] tokens over pages, at the cache's positions.
         Returns:
           "lm" head: logits [B, T, V] float32, and the new cache when one was given.
           "scalar" / "multilabel" head: scores [B, num_labels] float32, the ``score`` head at
@@ -173,6 +176,8 @@ class DecoderLM(nn.Module):
         if attention_mask is None:
             attention_mask = jnp.ones((b, t), bool) if segment_ids is None else segment_ids > 0
         attention_mask = attention_mask.astype(bool)
+        if isinstance(cache, PagedCache):
+            return self._paged(input_ids, cache, return_hidden)
         # a prefill fills the cache from slot 0 (cache_index a Python 0)
         prefill = cache is not None and isinstance(cache_index, int) and cache_index == 0
         if cache is not None and not prefill:
@@ -189,6 +194,24 @@ class DecoderLM(nn.Module):
         if cache is not None:
             return out, {"k": new_kv[0], "v": new_kv[1], "valid": att.valid}
         return out
+
+    def _paged(self, input_ids, cache: PagedCache, return_hidden: bool):
+        """A forward of [S, Q] new tokens over a paged KV cache (the generation engine's; see
+        :mod:`rmr1_jax.models.paged_attention`): ``(logits or hidden, cache with the pages
+        written)``. Unrolled layers only."""
+        cfg = self.cfg
+        if cfg.scan_layers:
+            raise ValueError("a paged KV cache runs unrolled layers (scan_layers: false)")
+        embedding, x = self._embed(input_ids)
+        cos, sin = rope_cos_sin(cfg, cache.q_pos)
+        layer_cls = self._layer_cls()
+        pages = []
+        for i in range(cfg.num_hidden_layers):
+            x, p = layer_cls(cfg, name=f"layers_{i}")(x, cache.layer(i), cos, sin, None, None, None)
+            pages.append(p)
+        x = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name="norm")(x)
+        out = x if return_hidden else self._head(x, embedding, None)
+        return out, cache._replace(pages=tuple(pages))
 
     def _embed(self, input_ids):
         """``(embed_tokens [V, D] param_dtype, x [B, T, D] compute dtype)``."""

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from rmr1_jax.models.attention import platform
 from rmr1_jax.models.config import ModelConfig
+from rmr1_jax.models.paged_attention import PagedLayer, paged_attention
 from rmr1_jax.parallel.sharding import constrain
 
 default_init = nn.initializers.normal(stddev=0.02)
@@ -241,7 +242,9 @@ class Attention(nn.Module):
         kk = apply_rope(kk, cos, sin)
         new_cache = None
         scale = 1.0 / math.sqrt(cfg.dim_head)
-        if kv_cache is not None:
+        if isinstance(kv_cache, PagedLayer):  # the generation engine: [S, Q] tokens over pages
+            out, new_cache = paged_attention(q, kk, v, kv_cache, scale)
+        elif kv_cache is not None:
             # keys [B, K, H, S], values [B, K, S, H]: write the new slots in place; a decode step
             # attends over every slot, a prefill (cache_index None: slots from 0) over its own
             # tokens only

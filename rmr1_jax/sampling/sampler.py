@@ -105,6 +105,49 @@ def cpu_decode_compiler_options(dtype, rows: int) -> dict | None:
     return dict(_CPU_FEW_ROWS_OPTIONS) if _xla_accepts_few_rows_options() else None
 
 
+def decode_variant(model, weights_dtype=None):
+    """The model generation runs: unrolled layers without rematerialization, in
+    ``weights_dtype`` when given. Decoding with scanned layers would slice each layer's weights
+    and restack the KV cache through the scan at every step; unrolled, the cache is updated in
+    place."""
+    cfg = model.cfg
+    changes = {}
+    if cfg.scan_layers or cfg.remat_policy != "none":
+        changes.update(scan_layers=False, remat_policy="none")
+    if weights_dtype is not None:
+        name = jnp.dtype(weights_dtype).name
+        changes.update(dtype=name, param_dtype=name)
+    return type(model)(dataclasses.replace(cfg, **changes)) if changes else model
+
+
+def decode_params(params, cfg, weights_dtype=None):
+    """Parameters for :func:`decode_variant`'s model: scanned layers split per layer,
+    floating-point leaves cast to ``weights_dtype``. Traced once per generate call, outside the
+    decode loop."""
+    if cfg.scan_layers:
+        params = unstack_layers(params, cfg.num_hidden_layers)
+    if weights_dtype is not None:
+        dt = jnp.dtype(weights_dtype)
+        params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+    return params
+
+
+def sample_tokens(logits, rng, step, row_id, greedy: bool, temperature: float, top_k: int, top_p: float):
+    """``(tokens [R], their log-probs [R])`` from logits [R, V]: row ``r`` draws with key
+    ``fold_in(fold_in(rng, step[r]), row_id[r])`` (``step`` a scalar or [R]); log-probs are
+    ``log_softmax(logits / T)`` of the chosen tokens (``T = 1`` for greedy decoding)."""
+    scaled = logits.astype(jnp.float32) if greedy or temperature == 1.0 else \
+        logits.astype(jnp.float32) / temperature
+    logp_all = jax.nn.log_softmax(scaled, axis=-1)
+    if greedy:
+        tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    else:
+        step = jnp.broadcast_to(jnp.asarray(step, jnp.int32), row_id.shape)
+        draw = jax.vmap(lambda t, r, lg: jax.random.categorical(jax.random.fold_in(jax.random.fold_in(rng, t), r), lg))
+        tok = draw(step, row_id, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+    return tok, jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+
+
 def _filter_logits(logits, temperature, top_k, top_p):
     logits = logits / jnp.maximum(temperature, 1e-6)
     if top_k:
@@ -156,17 +199,9 @@ class Sampler:
         # layers every decode step would slice each layer's weights and restack the KV cache
         # through the scan; unrolled, the cache is updated in place. Scanned parameters are
         # split per layer once per generate call (outside the decode loop).
-        cfg = model.cfg
-        self._unstack = cfg.scan_layers
+        self._unstack = model.cfg.scan_layers
         self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
-        self._decode_model = model
-        changes = {}
-        if cfg.scan_layers or cfg.remat_policy != "none":
-            changes.update(scan_layers=False, remat_policy="none")
-        if self.weights_dtype is not None:
-            changes.update(dtype=self.weights_dtype.name, param_dtype=self.weights_dtype.name)
-        if changes:
-            self._decode_model = type(model)(dataclasses.replace(cfg, **changes))
+        self._decode_model = decode_variant(model, self.weights_dtype)
         self.eos_ids = jnp.asarray(sorted(set(int(e) for e in eos_ids)), jnp.int32)
         self.pad_id = int(pad_id)
         self.mesh = mesh
@@ -195,13 +230,7 @@ class Sampler:
         return self._decoders[key]
 
     def _prepare_impl(self, params):
-        """The decode model's parameters: unrolled layers, floating-point leaves cast."""
-        if self._unstack:
-            params = unstack_layers(params, self.model.cfg.num_hidden_layers)
-        if self.weights_dtype is not None:
-            dt = self.weights_dtype
-            params = jax.tree.map(lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-        return params
+        return decode_params(params, self.model.cfg, self.weights_dtype)
 
     def _prefill_impl(self, params, ids, mask, n: int, max_len: int, prompt_index=None):
         """The last prompt position's logits and the filled cache, each repeated ``n`` times
@@ -229,21 +258,10 @@ class Sampler:
         prompt_len = carry["prompt_len"]
         # each row's id keys its draws (a carry without "row_id": the row's position)
         row_id = carry["row_id"] if "row_id" in carry else jnp.arange(carry["last"].shape[0], dtype=jnp.int32)
-        draw = jax.vmap(lambda key, r, lg: jax.random.categorical(jax.random.fold_in(key, r), lg),
-                        in_axes=(None, 0, 0))
 
         def body(i, c):
             t = start + i
-            logits = c["last"]
-            scaled = logits.astype(jnp.float32) if greedy or temperature == 1.0 else \
-                logits.astype(jnp.float32) / temperature
-            logp_all = jax.nn.log_softmax(scaled, axis=-1)
-            if greedy:
-                tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-            else:
-                key = jax.random.fold_in(rng, t)
-                tok = draw(key, row_id, _filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
-            lp = jnp.take_along_axis(logp_all, tok[:, None], axis=-1)[:, 0]
+            tok, lp = sample_tokens(c["last"], rng, t, row_id, greedy, temperature, top_k, top_p)
             # spare steps past the budget (equal chunks may overshoot by a few) change nothing
             done = c["done"] | (t >= c["max_new"])
             tok = jnp.where(done, self.pad_id, tok)

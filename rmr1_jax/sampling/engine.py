@@ -1,0 +1,212 @@
+"""The generation engine: a paged KV cache and continuous batching.
+
+Up to ``max_slots`` sequences decode at once, each in a slot whose KV cache is a list of
+fixed-size pages from one pool (:mod:`rmr1_jax.models.paged_attention`). Decoding runs in
+compiled calls of ``decode_steps`` steps over every slot; between calls the host takes the new
+tokens, ends sequences (EOS, the budget, stop strings), returns their pages to the pool and
+admits waiting sequences into the freed slots, so a short judgment never waits for the batch's
+longest one.
+
+A prompt's tokens before its last are prefilled once, in chunks of ``prefill_chunk`` tokens for
+up to ``prefill_rows`` prompts a call, into pages its ``n`` samples then all read (a partly
+filled last page is copied per sample, the only copy); each sample's first decode step runs the
+prompt's last token. Pages are taken as sequences grow; when the pool runs dry the sequence
+admitted last gives its pages back and is later prefilled again from its prompt and the tokens
+it had (recomputation, as vLLM preempts), so the pool bounds memory, not correctness.
+
+Sampling is that of :class:`rmr1_jax.sampling.sampler.Sampler`: a row's ``t``-th token draws
+with key ``fold_in(fold_in(rng, t), row_id)``, log-probs are ``log_softmax(logits / T)`` of the
+chosen tokens. A row's samples therefore depend on neither the slot it ran in, nor when it was
+admitted, nor a preemption: the engine gives the static sampler's tokens for the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, init_pages, page_bytes
+from rmr1_jax.sampling.pages import PagePool
+from rmr1_jax.sampling.sampler import Generation, SamplingParams, decode_params, decode_variant, sample_tokens
+from rmr1_jax.sampling.scheduler import Schedule
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """Sizes of the engine (``sampling:`` in a recipe)."""
+
+    max_slots: int = 32  # sequences decoding at once
+    page_size: int = 16  # tokens a page holds
+    kv_pages: int | None = None  # pages in the pool, the null page included (None: see below)
+    kv_memory_fraction: float = 0.5  # without kv_pages on an accelerator: this share of free memory
+    prefill_chunk: int = 256  # prompt tokens per prompt per prefill call
+    prefill_rows: int = 4  # prompts per prefill call
+    prefill_budget: int = 2048  # prompt tokens prefilled between two decode calls while slots decode
+    decode_steps: int | None = None  # decode steps per compiled call (None: 1/8 of the budget, 16 to 64)
+    attention: str = "auto"  # paged attention kernel: auto, xla, ragged, interpret
+
+    def __post_init__(self):
+        for name in ("max_slots", "page_size", "prefill_chunk", "prefill_rows", "prefill_budget"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sampling.{name} must be at least 1, not {getattr(self, name)}")
+        if self.kv_pages is not None and self.kv_pages < 2:
+            raise ValueError(f"sampling.kv_pages must be at least 2 (page 0 is the null page), not {self.kv_pages}")
+
+
+class Engine:
+    """Continuous-batching generation for one model; :meth:`generate` has the
+    :class:`~rmr1_jax.sampling.sampler.Sampler`'s signature and results."""
+
+    def __init__(self, model, eos_ids: Sequence[int], pad_id: int, mesh=None, config: EngineConfig | None = None,
+                 cache_dtype: str | None = None, weights_dtype: str | None = None):
+        if model.cfg.is_classifier:
+            raise ValueError(f"the generation engine needs an LM head, not {model.cfg.head!r}")
+        self.model = model
+        self.config = config or EngineConfig()
+        self.weights_dtype = jnp.dtype(weights_dtype) if weights_dtype else None
+        self._decode_model = decode_variant(model, self.weights_dtype)
+        self.eos = frozenset(int(e) for e in eos_ids)
+        self._eos_ids = jnp.asarray(sorted(self.eos), jnp.int32)
+        self.pad_id = int(pad_id)
+        self.mesh = mesh
+        cfg = self._decode_model.cfg
+        self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
+        self._pages = None  # the device pool, kept across calls
+        self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
+        self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1,))
+        self._copy = jax.jit(self._copy_impl, donate_argnums=(0,))
+        self._decode = jax.jit(self._decode_impl, donate_argnums=(1,),
+                               static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
+        self.stats: dict = {}
+
+    # ----- compiled programs -----
+
+    def _cache(self, pages, table, write_at, q_pos):
+        return PagedCache(pages, table, write_at, q_pos, self.config.attention)
+
+    def _prefill_impl(self, params, pages, ids, q_pos, write_at, table):
+        """Write the K/V of [Sp, C] prompt tokens into their pages (no head: the prompt's last
+        token runs in the first decode step)."""
+        _, cache = self._decode_model.apply({"params": params}, ids, cache=self._cache(pages, table, write_at, q_pos),
+                                            return_hidden=True)
+        return cache.pages
+
+    @staticmethod
+    def _copy_impl(pages, src, dst):
+        """Every layer's page ``dst[i]`` a copy of its page ``src[i]`` (padding: 0 to 0)."""
+        return tuple(p.at[dst].set(p[src]) for p in pages)
+
+    def _decode_impl(self, params, pages, table, cur, pos, gen, max_gen, active, row_id, rng, refill, *,
+                     steps: int, greedy: bool, temperature: float, top_k: int, top_p: float):
+        """Up to ``steps`` decode steps of every slot: slot s feeds ``cur[s]`` at position
+        ``pos[s]`` and draws its ``gen[s]``-th token, until EOS or ``max_gen[s]`` tokens; idle
+        and ended slots write to the null page and draw nothing. The call returns early, after
+        the step in which ``refill`` slots have ended (sequences are waiting for them).
+        Returns (pages, tokens [S, steps], log-probs [S, steps], steps run); a slot's tokens of
+        the call are those up to its end or the last step run."""
+        ps = self.config.page_size
+        s = cur.shape[0]
+
+        def cond(c):
+            i, done = c[0], c[5]
+            return (i < steps) & (jnp.sum(done & active) < refill)
+
+        def body(c):
+            i, pages, cur, pos, gen, done, toks, lps = c
+            live = active & ~done
+            page = jnp.take_along_axis(table, (pos // ps)[:, None], axis=1)[:, 0]
+            write_at = jnp.where(live, page * ps + pos % ps, NULL_PAGE * ps)
+            logits, cache = self._decode_model.apply(
+                {"params": params}, cur[:, None], cache=self._cache(pages, table, write_at[:, None], pos[:, None]))
+            tok, lp = sample_tokens(logits[:, -1], rng, gen, row_id, greedy, temperature, top_k, top_p)
+            tok = jnp.where(live, tok, self.pad_id)
+            lp = jnp.where(live, lp, 0.0)
+            toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
+            lps = jax.lax.dynamic_update_slice(lps, lp[:, None], (0, i))
+            is_eos = live & jnp.any(tok[:, None] == self._eos_ids[None, :], axis=-1)
+            gen = gen + live
+            done = done | is_eos | (live & (gen >= max_gen))
+            return (i + 1, cache.pages, jnp.where(live, tok, cur), pos + live, gen, done, toks, lps)
+
+        init = (jnp.int32(0), pages, cur, pos, gen, ~active, jnp.full((s, steps), self.pad_id, jnp.int32),
+                jnp.zeros((s, steps), jnp.float32))
+        n, pages, *_, toks, lps = jax.lax.while_loop(cond, body, init)
+        return pages, toks, lps, n
+
+    # ----- the calls the scheduler makes (each updates the device pool in place) -----
+
+    def prefill(self, params, ids, q_pos, write_at, table):
+        self._pages = self._prefill(params, self._pages, ids, q_pos, write_at, table)
+
+    def copy_pages(self, src, dst):
+        self._pages = self._copy(self._pages, src, dst)
+
+    def decode(self, params, *args, **static):
+        """``(tokens, log-probs, steps run)`` of one decode call (see :meth:`_decode_impl`)."""
+        self._pages, toks, lps, ran = self._decode(params, self._pages, *args, **static)
+        return toks, lps, ran
+
+    # ----- the pool -----
+
+    def _pool_size(self, slots: int, width: int) -> int:
+        """Pages for this call: ``kv_pages``, else a share of free accelerator memory, else
+        (CPU) enough for every slot and prefill row at its longest (nothing preempted)."""
+        c = self.config
+        if c.kv_pages is not None:
+            return c.kv_pages
+        cfg = self._decode_model.cfg
+        need = 1 + (slots + c.prefill_rows) * width
+        stats = None
+        try:
+            stats = jax.local_devices()[0].memory_stats()
+        except Exception:  # a backend without memory statistics
+            stats = None
+        if stats and "bytes_limit" in stats:
+            free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+            per = page_bytes(cfg.num_hidden_layers, c.page_size, cfg.num_key_value_heads, cfg.dim_head,
+                             self.cache_dtype)
+            return max(2, min(need, int(free * c.kv_memory_fraction) // per))
+        return need
+
+    def pool(self, slots: int, width: int) -> PagePool:
+        """A fresh page pool for a call of ``slots`` slots whose sequences take up to ``width``
+        pages (the device pages kept from the last call when the size agrees)."""
+        num_pages = self._pool_size(slots, width)
+        cfg = self._decode_model.cfg
+        if self._pages is None or self._pages[0].shape[0] != num_pages:
+            self._pages = init_pages(cfg.num_hidden_layers, num_pages, self.config.page_size,
+                                     cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype)
+        return PagePool(num_pages, self.config.page_size)
+
+    # ----- generation -----
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None, tokenizer=None,
+                 prompt_length: int | None = None, prompt_index: Sequence[int] | None = None) -> Generation:
+        """Generate ``sp.n`` samples for each token-id prompt (rows prompt-major, as the
+        Sampler's). ``tokenizer`` decodes for stop strings and texts; ``prompt_index`` keys the
+        draws as in :meth:`Sampler.generate`; ``prompt_length`` is accepted and unused."""
+        del prompt_length
+        if sp.stop_strings and tokenizer is None:
+            raise ValueError("stop strings need a tokenizer to decode with")
+        if jax.process_count() > 1:
+            raise NotImplementedError("the generation engine runs in one process; use the Sampler across processes")
+        if not prompts:
+            raise ValueError("nothing to generate: no prompts")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if len(p) == 0)} is empty")
+        rng = jax.random.key(0) if rng is None else rng
+        if prompt_index is None:
+            prompt_index = np.arange(len(prompts))
+        prompt_index = np.asarray(prompt_index, np.int64).reshape(-1)
+        if prompt_index.shape[0] != len(prompts):
+            raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
+        if self.weights_dtype is not None or self.model.cfg.scan_layers:
+            params = self._prepare(params)
+        run = Schedule(self, params, prompts, prompt_index, sp, rng, tokenizer)
+        run.loop()
+        self.stats = run.stats()
+        return run.result()
