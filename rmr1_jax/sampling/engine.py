@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, init_pages, page_bytes
+from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, copy_pages, init_pages, page_bytes, resolve
 from rmr1_jax.sampling.pages import PagePool
-from rmr1_jax.sampling.sampler import Generation, SamplingParams, decode_params, decode_variant, sample_tokens
+from rmr1_jax.sampling.sampler import (Generation, SamplingParams, check_budgets, cpu_decode_compiler_options,
+                                       decode_params, decode_variant, sample_tokens)
 from rmr1_jax.sampling.scheduler import Schedule
 
 
@@ -75,18 +76,18 @@ class Engine:
         self.mesh = mesh
         cfg = self._decode_model.cfg
         self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
-        self._pages = None  # the device pool, kept across calls
+        self._pages, self._num_pages = None, 0  # the device pool, kept across calls
+        self.impl = resolve(self.config.attention)  # the kernel, and so the pool's layout
         self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
         self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1,))
         self._copy = jax.jit(self._copy_impl, donate_argnums=(0,))
-        self._decode = jax.jit(self._decode_impl, donate_argnums=(1,),
-                               static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
+        self._decoders: dict = {}
         self.stats: dict = {}
 
     # ----- compiled programs -----
 
     def _cache(self, pages, table, write_at, q_pos):
-        return PagedCache(pages, table, write_at, q_pos, self.config.attention)
+        return PagedCache(pages, table, write_at, q_pos, self.impl)
 
     def _prefill_impl(self, params, pages, ids, q_pos, write_at, table):
         """Write the K/V of [Sp, C] prompt tokens into their pages (no head: the prompt's last
@@ -98,7 +99,7 @@ class Engine:
     @staticmethod
     def _copy_impl(pages, src, dst):
         """Every layer's page ``dst[i]`` a copy of its page ``src[i]`` (padding: 0 to 0)."""
-        return tuple(p.at[dst].set(p[src]) for p in pages)
+        return tuple(copy_pages(p, src, dst) for p in pages)
 
     def _decode_impl(self, params, pages, table, cur, pos, gen, max_gen, active, row_id, rng, refill, *,
                      steps: int, greedy: bool, temperature: float, top_k: int, top_p: float):
@@ -145,9 +146,16 @@ class Engine:
     def copy_pages(self, src, dst):
         self._pages = self._copy(self._pages, src, dst)
 
-    def decode(self, params, *args, **static):
-        """``(tokens, log-probs, steps run)`` of one decode call (see :meth:`_decode_impl`)."""
-        self._pages, toks, lps, ran = self._decode(params, self._pages, *args, **static)
+    def decode(self, params, table, *args, **static):
+        """``(tokens, log-probs, steps run)`` of one decode call (see :meth:`_decode_impl`),
+        compiled with the Sampler's XLA options for its number of slots (on CPU with float32
+        weights and few rows, dots outside YNNPACK)."""
+        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, table.shape[0]) or {}
+        key = tuple(sorted(opts.items()))
+        if key not in self._decoders:
+            self._decoders[key] = jax.jit(self._decode_impl, donate_argnums=(1,), compiler_options=opts or None,
+                                          static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
+        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, table, *args, **static)
         return toks, lps, ran
 
     # ----- the pool -----
@@ -177,18 +185,21 @@ class Engine:
         pages (the device pages kept from the last call when the size agrees)."""
         num_pages = self._pool_size(slots, width)
         cfg = self._decode_model.cfg
-        if self._pages is None or self._pages[0].shape[0] != num_pages:
+        if self._pages is None or self._num_pages != num_pages:
             self._pages = init_pages(cfg.num_hidden_layers, num_pages, self.config.page_size,
-                                     cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype)
+                                     cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype, self.impl)
+            self._num_pages = num_pages
         return PagePool(num_pages, self.config.page_size)
 
     # ----- generation -----
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None, tokenizer=None,
-                 prompt_length: int | None = None, prompt_index: Sequence[int] | None = None) -> Generation:
+                 prompt_length: int | None = None, prompt_index: Sequence[int] | None = None,
+                 budgets: Sequence[int] | None = None) -> Generation:
         """Generate ``sp.n`` samples for each token-id prompt (rows prompt-major, as the
         Sampler's). ``tokenizer`` decodes for stop strings and texts; ``prompt_index`` keys the
-        draws as in :meth:`Sampler.generate`; ``prompt_length`` is accepted and unused."""
+        draws and ``budgets`` bounds each prompt's tokens as in :meth:`Sampler.generate`;
+        ``prompt_length`` is accepted and unused."""
         del prompt_length
         if sp.stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
@@ -206,7 +217,8 @@ class Engine:
             raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
         if self.weights_dtype is not None or self.model.cfg.scan_layers:
             params = self._prepare(params)
-        run = Schedule(self, params, prompts, prompt_index, sp, rng, tokenizer)
+        budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
+        run = Schedule(self, params, prompts, prompt_index, budgets, sp, rng, tokenizer)
         run.loop()
         self.stats = run.stats()
         return run.result()

@@ -60,6 +60,19 @@ class Generation:
     texts: list[str] | None = None
 
 
+def check_budgets(budgets, prompts: int, max_new_tokens: int) -> np.ndarray:
+    """Per-prompt token budgets as int32 [prompts]: ``budgets`` checked (one per prompt, 1 to
+    ``max_new_tokens``), or ``max_new_tokens`` for each."""
+    if budgets is None:
+        return np.full(prompts, max_new_tokens, np.int32)
+    b = np.asarray(budgets, np.int64).reshape(-1)
+    if b.shape[0] != prompts:
+        raise ValueError(f"budgets has {b.shape[0]} entries for {prompts} prompts")
+    if b.size and (b.min() < 1 or b.max() > max_new_tokens):
+        raise ValueError(f"budgets must lie within 1 to max_new_tokens ({max_new_tokens}), not {b.min()} to {b.max()}")
+    return b.astype(np.int32)
+
+
 def _bucket(n: int, multiple: int = 32) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
@@ -280,9 +293,10 @@ class Sampler:
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None,
                  tokenizer=None, prompt_length: int | None = None,
-                 prompt_index: Sequence[int] | None = None) -> Generation:
+                 prompt_index: Sequence[int] | None = None, budgets: Sequence[int] | None = None) -> Generation:
         """Generate for a batch of token-id prompts. ``tokenizer`` (with ``decode``) is needed
-        for stop strings and returns texts.
+        for stop strings and returns texts. ``budgets``: each prompt's own token budget, at most
+        ``sp.max_new_tokens`` (default: that for every prompt).
 
         In a multi-process job every process calls this at once with its own prompts (the
         same number on each) and gets the generations of its own prompts back; the rows are
@@ -308,14 +322,16 @@ class Sampler:
         prompt_index = np.asarray(prompt_index, np.int32).reshape(-1)
         if prompt_index.shape[0] != len(prompts):
             raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
+        budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
         p = ids.shape[1]
         own = None  # this process's rows of the global batch (None: all of them)
-        if multi:  # the prompt indices travel with their prompts, to the same global rows
-            g = to_global({"ids": ids, "mask": mask, "prompt_index": prompt_index}, self.mesh)
-            ids, mask, prompt_index = g["ids"], g["mask"], g["prompt_index"]
+        if multi:  # the prompt indices and budgets travel with their prompts, to the same global rows
+            g = to_global({"ids": ids, "mask": mask, "prompt_index": prompt_index, "budgets": budgets}, self.mesh)
+            ids, mask, prompt_index, budgets = g["ids"], g["mask"], g["prompt_index"], g["budgets"]
             own = (process_rows(ids)[:, None] * sp.n + np.arange(sp.n)[None, :]).reshape(-1)
         else:
-            ids, mask, prompt_index = jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(prompt_index)
+            ids, mask, prompt_index, budgets = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(prompt_index),
+                                                jnp.asarray(budgets))
         step, n_chunks = decode_schedule(sp.max_new_tokens, self.chunk)
         steps_total = n_chunks * step
         max_len = p + steps_total
@@ -326,7 +342,7 @@ class Sampler:
             last, cache, row_id = self._prefill(params, ids, mask, n=sp.n, max_len=max_len, prompt_index=prompt_index)
             r = last.shape[0]
             carry = {"last": last, "cache": cache, "row_id": row_id, "prompt_len": jnp.int32(p),
-                     "max_new": jnp.int32(sp.max_new_tokens),
+                     "max_new": jnp.repeat(budgets, sp.n),
                      "tokens": jnp.full((r, steps_total), self.pad_id, jnp.int32),
                      "logprobs": jnp.zeros((r, steps_total), jnp.float32),
                      "done": jnp.zeros((r,), bool), "eos": jnp.zeros((r,), bool),

@@ -15,6 +15,16 @@ from rmr1_jax.sampling.pages import pages_for, table_rows
 from rmr1_jax.sampling.sampler import Generation, Sampler, SamplingParams, default_chunk
 
 
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _chunk_for(tokens: int, most: int) -> int:
+    """A prefill call's chunk for prefixes of up to ``tokens`` tokens still to prefill: the next
+    power of two from 16, at most ``most``."""
+    return min(most, max(16, _pow2(tokens)))
+
+
 @dataclasses.dataclass
 class _Row:
     """One output sequence: a sample of a prompt."""
@@ -22,6 +32,7 @@ class _Row:
     index: int  # its row in the Generation (prompt-major)
     row_id: int  # canonical id keying its draws
     prompt: list[int]
+    budget: int  # most tokens it may generate
     tokens: list[int] = dataclasses.field(default_factory=list)
     logprobs: list[float] = dataclasses.field(default_factory=list)
     finished: bool = False  # ended by EOS or a stop string
@@ -46,12 +57,12 @@ class _Prefix:
 class Schedule:
     """One generate call: the scheduler's state between compiled calls."""
 
-    def __init__(self, engine, params, prompts, prompt_index, sp: SamplingParams, rng, tokenizer):
+    def __init__(self, engine, params, prompts, prompt_index, budgets, sp: SamplingParams, rng, tokenizer):
         self.e, self.params, self.sp, self.rng, self.tok = engine, params, sp, rng, tokenizer
         c = engine.config
         self.ps = c.page_size
         n = sp.n
-        self.rows = [_Row(i * n + j, int(prompt_index[i]) * n + j, [int(t) for t in p])
+        self.rows = [_Row(i * n + j, int(prompt_index[i]) * n + j, [int(t) for t in p], int(budgets[i]))
                      for i, p in enumerate(prompts) for j in range(n)]
         self.prefixes = collections.deque(
             _Prefix(list(self.rows[i * n].prompt[:-1]), collections.deque(self.rows[i * n: (i + 1) * n]))
@@ -96,15 +107,21 @@ class Schedule:
                 return
 
     def _prefill_once(self) -> bool:
-        """One prefill call over the next prefixes; False when none could get its pages."""
+        """One prefill call over the next prefixes, at most ``prefill_rows x prefill_chunk``
+        tokens; False when none could get its pages."""
         c = self.e.config
-        batch = []
-        for pf in list(self.prefixes)[: c.prefill_rows]:
+        budget = c.prefill_rows * c.prefill_chunk
+        batch, longest = [], 0
+        for pf in self.prefixes:
+            rest = len(pf.tokens) - pf.done
+            if batch and (len(batch) + 1) * _chunk_for(max(longest, rest), c.prefill_chunk) > budget:
+                break
             if pf.pages is None:
                 pf.pages = self.pool.alloc(pages_for(len(pf.tokens), self.ps))
                 if pf.pages is None:
                     break
             batch.append(pf)
+            longest = max(longest, rest)
         if not batch:
             if self.pool.used == 0:  # the pool is empty and still too small
                 raise RuntimeError(f"the page pool ({self.pool.num_pages} pages of {self.ps} tokens) cannot hold a "
@@ -112,16 +129,17 @@ class Schedule:
             return False
         todo = [pf for pf in batch if pf.done < len(pf.tokens)]
         if todo:
-            self._prefill_call(todo)
+            self._prefill_call(todo, _chunk_for(longest, c.prefill_chunk))
         while self.prefixes and self.prefixes[0].pages is not None and self.prefixes[0].done >= len(self.prefixes[0].tokens):
             pf = self.prefixes.popleft()
             self.ready.extend((pf, r) for r in pf.rows)
             pf.rows = len(pf.rows)  # rows still to take their copy of the prefix's pages
         return True
 
-    def _prefill_call(self, todo):
-        c = self.e.config
-        rows, chunk = c.prefill_rows, c.prefill_chunk
+    def _prefill_call(self, todo, chunk: int):
+        """One compiled prefill of ``chunk`` tokens of each prefix in ``todo`` (rows padded to a
+        power of two, so few shapes compile)."""
+        rows = _pow2(len(todo))
         ids = np.full((rows, chunk), self.e.pad_id, np.int32)
         q_pos = np.tile(np.arange(chunk, dtype=np.int32), (rows, 1))
         write_at = np.full((rows, chunk), NULL_PAGE * self.ps, np.int32)
@@ -178,7 +196,7 @@ class Schedule:
             if row is None:
                 continue
             pos = len(row.context) - 1
-            last = min(pos + self.steps, len(row.prompt) + self.sp.max_new_tokens - 1)
+            last = min(pos + self.steps, len(row.prompt) + row.budget - 1)
             need = pages_for(last + 1, self.ps) - len(row.pages)
             while need > 0:
                 got = self.pool.alloc(need)
@@ -238,7 +256,7 @@ class Schedule:
         for s in live:
             r = self.slots[s]
             cur[s], pos[s], gen[s] = r.context[-1], len(r.context) - 1, len(r.tokens)
-            max_gen[s], active[s], row_id[s] = self.sp.max_new_tokens, True, r.row_id
+            max_gen[s], active[s], row_id[s] = r.budget, True, r.row_id
         table = table_rows([r.pages if r is not None else [] for r in self.slots], self.width)
         sp = self.sp
         # with sequences waiting, return once an eighth of the slots (or as many as wait) have ended
@@ -268,7 +286,7 @@ class Schedule:
             if tok in self.e.eos:
                 row.finished = ended = True
                 break
-            if len(row.tokens) >= self.sp.max_new_tokens:
+            if len(row.tokens) >= row.budget:
                 ended = True
                 break
         if self.sp.stop_strings and self._stop(row):

@@ -20,7 +20,7 @@ import pytest
 
 import hf_models
 import rmr1_jax as rj
-from rmr1_jax.models.paged_attention import attend_ragged, attend_xla, write_pages
+from rmr1_jax.models.paged_attention import attend_ragged, attend_xla, split_pages, write_pages
 from rmr1_jax.sampling.engine import Engine, EngineConfig
 from rmr1_jax.sampling.pages import PagePool
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
@@ -188,7 +188,7 @@ def _scattered_pages(k=2, h=128, ps=16, num_pages=12):
 def test_the_xla_path_is_jaxs_ragged_paged_attention_reference():
     """Our reading of the kernel's arguments (keys and values interleaved per head, S ragged
     sequences of Q queries, each query at the end of its sequence's keys) against the kernel
-    module's own reference implementation."""
+    module's own reference implementation; the XLA path over the same pages split head-major."""
     from jax.experimental.pallas.ops.tpu.ragged_paged_attention.kernel import ref_ragged_paged_attention
 
     queries, pages, table, q_pos = _scattered_pages()
@@ -196,7 +196,7 @@ def test_the_xla_path_is_jaxs_ragged_paged_attention_reference():
     want = ref_ragged_paged_attention(queries.reshape(s * q, n, h), pages, q_pos[:, -1] + 1, table,
                                       jnp.arange(s + 1, dtype=jnp.int32) * q, jnp.array([s], jnp.int32),
                                       sm_scale=h ** -0.5)
-    got = attend_xla(queries, pages, table, q_pos, scale=h ** -0.5)
+    got = attend_xla(queries, split_pages(pages), table, q_pos, scale=h ** -0.5)
     np.testing.assert_allclose(np.asarray(got).reshape(s * q, n, h), np.asarray(want), atol=2e-5, rtol=1e-5)
 
 
@@ -218,3 +218,17 @@ def test_the_ragged_kernel_compiles_for_a_tpu():
     assert "ragged_paged_attention" in lowered.as_text()
     with jax.default_device(device):
         lowered.compile()
+
+
+@QWEN2_ONLY
+def test_per_prompt_budgets_cut_each_row_in_both_generators(case):
+    budgets = [3, 10, 5, 1, 7, 2]
+    engine = Engine(case.model, eos_ids=[], pad_id=PAD, config=CONFIGS["few-slots-small-pages"])
+    static = Sampler(case.model, eos_ids=[hf_models.VOCAB], pad_id=PAD, chunk=4)
+    for gen in (engine.generate(case.params, PROMPTS, GREEDY, budgets=budgets),
+                static.generate(case.params, PROMPTS, GREEDY, budgets=budgets)):
+        assert gen.lengths.tolist() == budgets and not gen.finished.any()
+        for i, b in enumerate(budgets):
+            assert gen.tokens[i, :b].tolist() == case.never[i][:b] and np.all(gen.tokens[i, b:] == PAD), i
+    with pytest.raises(ValueError, match="budgets must lie within 1 to max_new_tokens"):
+        engine.generate(case.params, PROMPTS, GREEDY, budgets=[11] * 6)
