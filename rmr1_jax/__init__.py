@@ -14,6 +14,8 @@ _EXPORTS = {
     "DecoderLM": "rmr1_jax.models",
     "ModelConfig": "rmr1_jax.models",
     "preset": "rmr1_jax.models",
+    "generate": "rmr1_jax.inference.generate",
+    "SamplingParams": "rmr1_jax.sampling.sampler",
     "MeshConfig": "rmr1_jax.parallel",
     "make_mesh": "rmr1_jax.parallel",
     "judgment_reward": "rmr1_jax.text.verdict",

@@ -86,9 +86,9 @@ def to_classic_layout(path) -> dict:
     return cfg
 
 
-def qwen2_config(*, tied=False, layers=2) -> transformers.Qwen2Config:
+def qwen2_config(*, tied=False, layers=2, vocab_size=VOCAB) -> transformers.Qwen2Config:
     return transformers.Qwen2Config(
-        vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
+        vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=512,
         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000.0},
         tie_word_embeddings=tied, initializer_range=INIT_RANGE, bos_token_id=1, eos_token_id=2,
@@ -114,9 +114,10 @@ def _build(config, seed: int):
     return model
 
 
-def make_qwen2(path, *, tied=False, layout="v5", seed=0, max_shard_size=None):
-    """Random tiny Qwen2 (q/k/v biases; ``tied``: tied embeddings) saved to ``path``."""
-    return _finish(_build(qwen2_config(tied=tied), seed), path, layout, max_shard_size)
+def make_qwen2(path, *, tied=False, layout="v5", seed=0, max_shard_size=None, vocab_size=VOCAB):
+    """Random tiny Qwen2 (q/k/v biases; ``tied``: tied embeddings; ``vocab_size``: to fit a
+    tokenizer saved beside it) saved to ``path``."""
+    return _finish(_build(qwen2_config(tied=tied, vocab_size=vocab_size), seed), path, layout, max_shard_size)
 
 
 def make_llama3(path, *, layout="v5", seed=0, max_shard_size=None, attention_bias=False):

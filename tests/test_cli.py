@@ -33,7 +33,8 @@ def test_old_spellings_work_with_a_one_line_note(argv, field, value, note, capsy
 
 
 def test_the_same_meaning_has_the_same_default():
-    for argv in (["judge", "--ckpt", "c"], ["eval", "--benchmark", "rmb"]):
+    for argv in (["judge", "--ckpt", "c"], ["eval", "--benchmark", "rmb"], ["generate", "--ckpt", "c", "--in", "i",
+                 "--out", "o"]):
         assert _parse(*argv).max_new_tokens == MAX_NEW_TOKENS
     for argv in (["judge", "--ckpt", "c"], ["eval", "--benchmark", "rmb"], ["score-rm", "--ckpt", "c", "--in", "i",
                  "--out", "o"], ["rules", "score", "--ckpt", "c", "--in", "i", "--out", "o"],

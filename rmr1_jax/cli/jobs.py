@@ -1,5 +1,5 @@
 """The handlers of ``rmr1 demo``, the training jobs, ``plan``, ``judge``, ``score-rm``,
-``convert`` and ``tokenizer``: each reads its options and calls one library function."""
+``generate``, ``convert`` and ``tokenizer``: each reads its options and calls one library function."""
 
 from __future__ import annotations
 
@@ -90,6 +90,24 @@ def cmd_score_rm(args) -> None:
                                truncate=args.overlong == "truncate")
     stats = score_file(scorer, args.inp, args.out, batch_size=args.batch_size)
     print(f"scored {stats.written} rows ({stats.skipped} already in {args.out}) -> {args.out}")
+
+
+def cmd_generate(args) -> None:
+    from rmr1_jax.inference.generate import check_sampling, generate_file, load_generator, one_process
+    from rmr1_jax.inference.rows import read_generate_rows
+    from rmr1_jax.sampling.sampler import SamplingParams
+
+    one_process("rmr1 generate")
+    rows = read_generate_rows(args.inp, args.raw)  # checked before the model loads
+    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, n=args.n, stop_strings=tuple(args.stop))
+    check_sampling(sp)
+    gen = load_generator(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, max_slots=args.max_slots,
+                         page_size=args.page_size, kv_pages=args.kv_pages, prefill_chunk=args.prefill_chunk)
+    st = generate_file(gen, args.inp, args.out, sp, raw=args.raw, seed=args.seed, rows=rows)
+    rate = f", {st.tokens / st.seconds:,.0f} tokens/s" if st.seconds > 0 and st.tokens else ""
+    print(f"generated {st.written} rows x {args.n} completions ({st.tokens:,} tokens{rate}; {st.skipped} rows "
+          f"already in {args.out}) -> {args.out}")
 
 
 def cmd_hf_to_orbax(args) -> None:

@@ -10,7 +10,7 @@ The vocabulary:
   (``--out DIR`` for ``convert``, whose one output is a checkpoint directory);
   ``--out-dir DIR``: a directory of several outputs (``eval`` reports, ``demo`` runs).
 * ``--batch-size`` (default 16): rows per forward pass or per generation batch.
-* ``--max-new-tokens`` (default 4096): the generation budget of a judgment.
+* ``--max-new-tokens`` (default 4096): the generation budget of a judgment (or completion).
 * ``--max-length N`` and ``--overlong error|truncate``: the longest row in tokens and what a
   longer one does, the names ``data.max_length`` / ``data.overlong`` have in recipes.
 * ``--mesh DATA,FSDP,TENSOR``: the device mesh (default: every device on the data axis).
@@ -97,9 +97,9 @@ def batch_size(parser, help: str = "rows per forward pass") -> None:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"{help} (default {BATCH_SIZE})")
 
 
-def max_new_tokens(parser) -> None:
+def max_new_tokens(parser, what: str = "judgment") -> None:
     parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
-                        help=f"generation budget of each judgment in tokens (default {MAX_NEW_TOKENS})")
+                        help=f"generation budget of each {what} in tokens (default {MAX_NEW_TOKENS})")
 
 
 def overlong(parser, *, max_length: int | None = MAX_LENGTH, what: str = "") -> None:

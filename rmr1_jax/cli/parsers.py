@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _plan(sub)
     _judge(sub)
     _score_rm(sub)
+    _generate(sub)
     _eval(sub)
     _rules(sub.add_parser("rules", help="RAMO labeling: score rules with a model, select rules per pair, "
                                        "label pairs, apply a Rule Adapter").add_subparsers(
@@ -136,6 +137,38 @@ a prompt is a string or a list of {role, content} messages ending with a user tu
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     opt.tokenizer(s)
     opt.mesh(s)
+
+
+def _generate(sub) -> None:
+    g = _command(sub, "generate", "generate completions of JSONL prompts with any causal LM (the generation engine)",
+                 "jobs", "cmd_generate", required=("--ckpt", "--in", "--out"), epilog="""rows (JSONL): {"prompt": "..."} or {"prompt": [{"role": "user", "content": "..."}, ...]}, other fields kept
+  messages (and a text without --raw) are rendered with the checkpoint's chat template and its generation prompt;
+  with --raw the text's own tokens are sent, nothing added
+--out rows: the input row, then "line" and n of each: "completions" (texts), "token_ids", "logprobs" (of the
+  tokens drawn, at the temperature), "finished" (ended by EOS or a stop string, not --max-new-tokens)""")
+    opt.ckpt(g, "the model: Orbax checkpoint, LoRA run, or HF causal-LM directory")
+    opt.in_file(g, "JSONL rows {prompt}")
+    opt.out_file(g, "output JSONL: each input row with its completions (resumed if it exists)")
+    opt.max_new_tokens(g, "completion")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0: greedy (default 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens "
+                   "up to this probability (default 1.0: off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k likeliest tokens (default 0: off)")
+    g.add_argument("--n", type=int, default=1, help="completions per prompt (default 1)")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end a completion at this text, kept in it (repeatable)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed; a row's samples depend on it and on "
+                   "the row's place in the file only (default 0)")
+    g.add_argument("--raw", action="store_true", help="send each prompt text as is, without the chat template")
+    # engine sizes: None leaves EngineConfig's default (named in the help; importing it here would import JAX)
+    g.add_argument("--max-slots", type=int, default=None, help="sequences decoding at once (default 32)")
+    g.add_argument("--page-size", type=int, default=None, help="tokens per KV-cache page (default 16)")
+    g.add_argument("--kv-pages", type=int, default=None, help="KV-cache pages in the pool (default: half the "
+                   "free accelerator memory; on CPU enough for every slot at its longest)")
+    g.add_argument("--prefill-chunk", type=int, default=None,
+                   help="prompt tokens per prompt per prefill call (default 256)")
+    opt.tokenizer(g)
+    opt.mesh(g)
 
 
 def _eval(sub) -> None:

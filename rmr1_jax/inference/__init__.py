@@ -19,14 +19,16 @@ From a notebook::
 
 Files, as the commands do (each row checked first; the output keeps each input row's fields):
 ``judge_file(judge, "pairs.jsonl", "judged.jsonl")`` (``rmr1 judge``),
-``reward.score_file(rm, "in.jsonl", "out.jsonl")`` (``rmr1 score-rm``) and
-``rules.score_file(scorer, rules, "in.jsonl", "out.jsonl")`` (``rmr1 rules score``), the last
-two resumable.
+``reward.score_file(rm, "in.jsonl", "out.jsonl")`` (``rmr1 score-rm``),
+``rules.score_file(scorer, rules, "in.jsonl", "out.jsonl")`` (``rmr1 rules score``) and
+``generate_file(load_generator(path, mesh), "in.jsonl", "out.jsonl", sp)`` (``rmr1 generate``),
+the last three resumable.
 
 The modules: :mod:`~rmr1_jax.inference.loading` (a judge with its tokenizer and template),
 :mod:`~rmr1_jax.inference.judge` (generation), :mod:`~rmr1_jax.inference.reward` (scalar reward
-models), :mod:`~rmr1_jax.inference.rules` (rule scores), :mod:`~rmr1_jax.inference.rows` (the
-input rows). The names below load on first use (PEP 562): importing this package is cheap."""
+models), :mod:`~rmr1_jax.inference.rules` (rule scores), :mod:`~rmr1_jax.inference.generate`
+(completions of any causal LM through the generation engine), :mod:`~rmr1_jax.inference.rows`
+(the input rows). The names below load on first use (PEP 562): importing this package is cheap."""
 
 import importlib
 
@@ -45,10 +47,14 @@ _EXPORTS = {
     "load_rule_scorer": "rules",
     "read_rules": "rules",
     "score_items": "rules",
+    "Generator": "generate",
+    "generate_file": "generate",
+    "load_generator": "generate",
+    "load_lm": "loading",
     "check_prompt": "rows",
     "conversation": "rows",
 }
-_MODULES = ("judge", "loading", "reward", "rows", "rules")
+_MODULES = ("generate", "judge", "loading", "reward", "rows", "rules")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 

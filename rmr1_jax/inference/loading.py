@@ -5,7 +5,8 @@ a checkpoint (judges, ``score-rm``, ``rules score``, ``rules apply``, the HF exp
 the files the run's config names, rendering with the chat template the run trained with
 (recorded as text in the checkpoint metadata), so scoring sees the text training saw.
 
-The judge's generation: :func:`rmr1_jax.inference.judge.judge_pairs`."""
+The judge's generation: :func:`rmr1_jax.inference.judge.judge_pairs`; any causal LM's
+(:func:`load_lm`): :mod:`rmr1_jax.inference.generate`."""
 
 from __future__ import annotations
 
@@ -42,25 +43,36 @@ class LoadedJudge:
                 **options}
 
 
+def load_lm(path: str, mesh, *, tokenizer_path: str | None = None, dtype: str = "float32"):
+    """``(model, params, tokenizer, run config)`` of a causal LM: an HF directory (has
+    config.json; ``dtype`` is its parameter dtype) or an Orbax checkpoint directory written by
+    training (its own parameter dtype; ``dtype`` is the compute dtype), with the tokenizer it
+    was trained with (``tokenizer_path`` names other files; see the module docstring). The run
+    config is that of an Orbax checkpoint, else empty."""
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.checkpoint.reading import read_config
+
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: checkpoint directory not found")
+    run_cfg: dict = {}
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, params = load_model(path, "lm", kind="hf", mesh=mesh, param_dtype=dtype, scan_layers=False)
+    else:
+        model, params = load_model(path, "lm", kind="orbax", mesh=mesh, dtype=dtype, scan_layers=False)
+        run_cfg = read_config(path) or {}
+    return model, params, load_checkpoint_tokenizer(path, tokenizer_path), run_cfg
+
+
 def load_judge(path: str, mesh, *, tokenizer_path: str | None = None, prompt_variant: str | None = None,
                system_file: str | None = None, user_file: str | None = None,
                user_multiturn_file: str | None = None, dtype: str = "float32") -> LoadedJudge:
     """``path`` is an HF directory (has config.json) or an Orbax checkpoint directory written by
     training (its saved run config names the tokenizer and prompt files). Explicit arguments
     override what the checkpoint says."""
-    from rmr1_jax.checkpoint.loading import load_model
-    from rmr1_jax.checkpoint.reading import read_config
     from rmr1_jax.text.prompts import JudgeTemplate
 
-    if not os.path.isdir(path):
-        raise UserError(f"{path}: checkpoint directory not found")
-    prompt_cfg: dict = {}
-    if os.path.isfile(os.path.join(path, "config.json")):
-        model, params = load_model(path, "lm", kind="hf", mesh=mesh, param_dtype=dtype, scan_layers=False)
-    else:  # the checkpoint's own parameter dtype; ``dtype`` is the compute dtype
-        model, params = load_model(path, "lm", kind="orbax", mesh=mesh, dtype=dtype, scan_layers=False)
-        prompt_cfg = (read_config(path) or {}).get("prompt") or {}
-    tokenizer = load_checkpoint_tokenizer(path, tokenizer_path)
+    model, params, tokenizer, run_cfg = load_lm(path, mesh, tokenizer_path=tokenizer_path, dtype=dtype)
+    prompt_cfg = run_cfg.get("prompt") or {}
     template = JudgeTemplate.from_files(
         prompt_variant or prompt_cfg.get("variant", "instruct"),
         system_file=system_file or prompt_cfg.get("system_file"),

@@ -6,7 +6,8 @@
 * ``rmr1 score-rm`` (:func:`read_score_rows`, one shape per row, :func:`row_kind`):
   ``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}`` or a preference pair as
   training reads it, ``{"prompt", "chosen", "rejected"}``;
-* ``rmr1 rules score`` (:func:`read_rule_rows`): ``{"prompt", "response"}``.
+* ``rmr1 rules score`` (:func:`read_rule_rows`): ``{"prompt", "response"}``;
+* ``rmr1 generate`` (:func:`read_generate_rows`): ``{"prompt"}``.
 
 A prompt is a string (one user message) or a list of ``{"role", "content"}`` messages ending
 with a user turn (:func:`check_prompt`). Other fields are kept: each output row is its input
@@ -149,3 +150,31 @@ def read_rule_rows(path: str) -> list[tuple[int, dict]]:
         return n, row
 
     return _rows(path, check)
+
+
+# ============================================================================ rmr1 generate
+
+
+def check_generate_row(row: dict, where: str, raw: bool = False) -> None:
+    """A ``generate`` row: ``{"prompt"}``, a non-empty text or (not with ``raw``) a list of
+    ``{"role", "content"}`` messages ending before the reply to generate; other fields kept."""
+    if "prompt" not in row:
+        raise DataError(f"{where}: expected a JSON object with 'prompt' (a text, or a list of {{role, content}} "
+                        f"messages)")
+    p = row["prompt"]
+    if raw and not isinstance(p, str):
+        raise DataError(f"{where}: with --raw 'prompt' must be the text to send, not {type(p).__name__}")
+    if isinstance(p, list) and p and isinstance(p[-1], dict) and p[-1].get("role") == "assistant":
+        raise DataError(f"{where}: 'prompt' ends with an assistant turn; the reply is generated after the "
+                        f"conversation's last user turn (drop the assistant's last message)")
+    check_prompt(p, where)
+
+
+def read_generate_rows(path: str, raw: bool = False) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of every row of a ``generate`` input file, each checked by
+    :func:`check_generate_row`; a file without rows is an error."""
+    def check(row, where, n):
+        check_generate_row(row, where, raw)
+        return n, row
+
+    return _rows(path, check, "no prompts to generate from")
