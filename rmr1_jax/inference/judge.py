@@ -8,7 +8,8 @@ judge`` and evaluation.
     rows[0]["verdict"], rows[0]["consistent"]                       # "A" | "B" | None, bool
     judge_file(judge, "pairs.jsonl", "judged.jsonl")                # what `rmr1 judge --in --out` does
 
-Greedy decoding, ``batch_size`` prompts per generation (:func:`judge_prompts`); the verdict is
+Greedy decoding through the generation engine with ``batch_size`` slots (a multi-process job:
+the static sampler, ``batch_size`` prompts per generation; :func:`judge_prompts`); the verdict is
 read from the text by :func:`~rmr1_jax.text.verdict.parse_verdict` (none when the judgment was
 cut off at ``max_new_tokens``). Where each response is shown and the other order are the rules
 of :mod:`rmr1_jax.ab_positions`.
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from rmr1_jax.ab_positions import flip, position_consistent
+from rmr1_jax.sampling.engine import Engine, EngineConfig
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
 from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
 
@@ -51,14 +53,22 @@ def prompts_open_thinking(tokenizer, prompt_ids: Sequence[Sequence[int]]) -> lis
 
 def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
                   max_new_tokens: int, temperature: float = 0.0, rng=None) -> list[Judgment]:
-    """Generate a judgment for each tokenized prompt, ``batch_size`` at a time (the last batch
-    is padded with a copy of its first prompt so every batch compiles to one shape).
+    """Generate a judgment for each tokenized prompt. With the generation engine
+    (:class:`~rmr1_jax.sampling.engine.Engine`, one process) every prompt goes in one call and
+    the engine keeps its slots full; with the static :class:`Sampler`, ``batch_size`` at a time
+    (the last batch padded with a copy of its first prompt so every batch compiles to one
+    shape).
 
     In a multi-process job every process passes the same prompts and gets every judgment: each
     process generates its block of every batch (``batch_size`` is rounded up to a multiple of
     the process count), and the blocks' tokens are gathered to every process."""
     out: list[Judgment] = []
     sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    if isinstance(sampler, Engine):  # continuous batching: every prompt in one call
+        opened = prompts_open_thinking(tokenizer, prompt_ids)
+        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer)
+        return [Judgment(t, parse_verdict(t, o) if f else None, bool(f), int(n))
+                for t, o, f, n in zip(g.texts, opened, g.finished, g.lengths)]
     plen = max((len(p) for p in prompt_ids), default=1)
     plen = -(-plen // 32) * 32
     opened = prompts_open_thinking(tokenizer, prompt_ids)
@@ -107,20 +117,25 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
-    if judge.sampler is None:  # one Sampler per judge: its compiled functions are reused across calls
-        judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id,
-                                mesh=mesh if mesh is not None else getattr(judge, "mesh", None))
+    if judge.sampler is None:  # one generator per judge: its compiled functions are reused across calls
+        mesh = mesh if mesh is not None else getattr(judge, "mesh", None)
+        if jax.process_count() == 1:  # the engine: batch_size slots kept full
+            judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
+                                   config=EngineConfig(max_slots=batch_size))
+        else:  # the engine runs in one process; a multi-process job decodes static batches
+            judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh)
     sampler = judge.sampler
 
     def encode(p, a, b):
         return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl), add_generation_prompt=True))
 
-    fwd = judge_prompts(sampler, judge.params, [encode(p, a, b) for p, a, b in pairs], tok,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens)
+    prompts = [encode(p, a, b) for p, a, b in pairs]
+    if both_orders:  # both orders in one call: the engine fills slots across them
+        prompts += [encode(p, b, a) for p, a, b in pairs]
+    js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    fwd, swp = js[: len(pairs)], js[len(pairs):]
     out = [{"judgment": j.text, "verdict": j.verdict, "finished": j.finished} for j in fwd]
     if both_orders:
-        swp = judge_prompts(sampler, judge.params, [encode(p, b, a) for p, a, b in pairs], tok,
-                            batch_size=batch_size, max_new_tokens=max_new_tokens)
         for r, j in zip(out, swp):
             r["judgment_swapped"] = j.text
             r["verdict_swapped"] = flip(j.verdict)

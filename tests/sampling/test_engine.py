@@ -46,6 +46,7 @@ CONFIGS = {
 @dataclasses.dataclass
 class Case:
     name: str
+    path: str
     hf: object
     model: object
     params: object
@@ -71,7 +72,7 @@ def case(request, tmp_path_factory):
                   if any(len(cut(r, t)) == MAX_NEW for r in never)]
     eos = max(candidates, key=lambda t: sum(len(cut(r, t)) < MAX_NEW for r in never))
     refs = [cut(r, eos) for r in never]
-    return Case(name, hf, model, params, eos, refs, never)
+    return Case(name, path, hf, model, params, eos, refs, never)
 
 
 def _assert_matches_transformers(case, gen, prompts, refs, eos):
@@ -232,3 +233,12 @@ def test_per_prompt_budgets_cut_each_row_in_both_generators(case):
             assert gen.tokens[i, :b].tolist() == case.never[i][:b] and np.all(gen.tokens[i, b:] == PAD), i
     with pytest.raises(ValueError, match="budgets must lie within 1 to max_new_tokens"):
         engine.generate(case.params, PROMPTS, GREEDY, budgets=[11] * 6)
+
+
+@QWEN2_ONLY
+def test_parameters_sharded_over_a_mesh_give_the_same_rows(case):
+    mesh = rj.make_mesh((2, 2, 2))
+    model, params = rj.load_hf(case.path, mesh=mesh)
+    engine = Engine(model, eos_ids=[case.eos], pad_id=PAD, mesh=mesh, config=CONFIGS["wide"])
+    gen = engine.generate(params, PROMPTS, GREEDY)
+    _assert_matches_transformers(case, gen, PROMPTS, case.refs, case.eos)
