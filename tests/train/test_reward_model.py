@@ -74,10 +74,12 @@ def test_bt_loss_is_minus_log_sigmoid_of_the_reward_gap_with_margin():
     masks[1, 2, 3:] = 0
     masks[:, 3] = 0  # an empty filler pair: counted nowhere
     batch = {"chosen_ids": ids[0], "chosen_mask": masks[0], "rejected_ids": ids[1], "rejected_mask": masks[1]}
-    r_c = np.asarray(model.apply({"params": params}, ids[0], attention_mask=masks[0]))[:3, 0]
-    r_r = np.asarray(model.apply({"params": params}, ids[1], attention_mask=masks[1]))[:3, 0]
+    apply = jax.jit(model.apply)  # compiled whole, as in training (op by op, each op compiles on its own)
+    r_c = np.asarray(apply({"params": params}, ids[0], attention_mask=masks[0]))[:3, 0]
+    r_r = np.asarray(apply({"params": params}, ids[1], attention_mask=masks[1]))[:3, 0]
     for margin in (0.0, 0.5):
-        loss, (n, m) = bt_loss_fn(model, margin)(params, {k: jnp.asarray(v) for k, v in batch.items()}, None)
+        loss_fn = jax.jit(bt_loss_fn(model, margin))
+        loss, (n, m) = loss_fn(params, {k: jnp.asarray(v) for k, v in batch.items()}, None)
         expect = np.sum(np.log1p(np.exp(-(r_c - r_r - margin))))
         np.testing.assert_allclose(float(loss), expect, rtol=1e-5)
         assert float(n) == 3
