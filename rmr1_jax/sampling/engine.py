@@ -23,6 +23,7 @@ admitted, nor a preemption: the engine gives the static sampler's tokens for the
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, copy_pages, init_pages, page_bytes, resolve
+from rmr1_jax.parallel.hostlocal import agree_max
 from rmr1_jax.sampling.pages import PagePool
 from rmr1_jax.sampling.sampler import (Generation, SamplingParams, check_budgets, cpu_decode_compiler_options,
                                        decode_params, decode_variant, sample_tokens)
@@ -101,7 +103,7 @@ class Engine:
         """Every layer's page ``dst[i]`` a copy of its page ``src[i]`` (padding: 0 to 0)."""
         return tuple(copy_pages(p, src, dst) for p in pages)
 
-    def _decode_impl(self, params, pages, table, cur, pos, gen, max_gen, active, row_id, rng, refill, *,
+    def _decode_impl(self, params, pages, table, cur, pos, gen, max_gen, active, row_id, rng_data, refill, *,
                      steps: int, greedy: bool, temperature: float, top_k: int, top_p: float):
         """Up to ``steps`` decode steps of every slot: slot s feeds ``cur[s]`` at position
         ``pos[s]`` and draws its ``gen[s]``-th token, until EOS or ``max_gen[s]`` tokens; idle
@@ -111,6 +113,7 @@ class Engine:
         the call are those up to its end or the last step run."""
         ps = self.config.page_size
         s = cur.shape[0]
+        rng = jax.random.wrap_key_data(rng_data)
 
         def cond(c):
             i, done = c[0], c[5]
@@ -140,11 +143,27 @@ class Engine:
 
     # ----- the calls the scheduler makes (each updates the device pool in place) -----
 
+    def _put(self, *arrays):
+        """Host arrays (the same on every process) as the calls' inputs: replicated over the
+        mesh in a multi-process job, as they are otherwise."""
+        if jax.process_count() == 1:
+            return arrays
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        rep = NamedSharding(self.mesh, PartitionSpec())
+        return tuple(jax.make_array_from_callback(np.shape(a), rep, lambda idx, a=np.asarray(a): a[idx])
+                     for a in arrays)
+
+    @staticmethod
+    def _get(x) -> np.ndarray:
+        """A replicated output on this host."""
+        return np.asarray(x.addressable_data(0)) if hasattr(x, "addressable_data") else np.asarray(x)
+
     def prefill(self, params, ids, q_pos, write_at, table):
-        self._pages = self._prefill(params, self._pages, ids, q_pos, write_at, table)
+        self._pages = self._prefill(params, self._pages, *self._put(ids, q_pos, write_at, table))
 
     def copy_pages(self, src, dst):
-        self._pages = self._copy(self._pages, src, dst)
+        self._pages = self._copy(self._pages, *self._put(src, dst))
 
     def decode(self, params, table, *args, **static):
         """``(tokens, log-probs, steps run)`` of one decode call (see :meth:`_decode_impl`),
@@ -155,8 +174,8 @@ class Engine:
         if key not in self._decoders:
             self._decoders[key] = jax.jit(self._decode_impl, donate_argnums=(1,), compiler_options=opts or None,
                                           static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
-        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, table, *args, **static)
-        return toks, lps, ran
+        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, *self._put(table, *args), **static)
+        return self._get(toks), self._get(lps), int(self._get(ran))
 
     # ----- the pool -----
 
@@ -177,8 +196,9 @@ class Engine:
             free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
             per = page_bytes(cfg.num_hidden_layers, c.page_size, cfg.num_key_value_heads, cfg.dim_head,
                              self.cache_dtype)
-            return max(2, min(need, int(free * c.kv_memory_fraction) // per))
-        return need
+            need = max(2, min(need, int(free * c.kv_memory_fraction) // per))
+        # every process must size the pool alike (one schedule runs on each): the smallest
+        return -int(agree_max([-need])[0])
 
     def pool(self, slots: int, width: int) -> PagePool:
         """A fresh page pool for a call of ``slots`` slots whose sequences take up to ``width``
@@ -186,8 +206,14 @@ class Engine:
         num_pages = self._pool_size(slots, width)
         cfg = self._decode_model.cfg
         if self._pages is None or self._num_pages != num_pages:
-            self._pages = init_pages(cfg.num_hidden_layers, num_pages, self.config.page_size,
+            make = functools.partial(init_pages, cfg.num_hidden_layers, num_pages, self.config.page_size,
                                      cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype, self.impl)
+            if self.mesh is None:
+                self._pages = make()
+            else:  # replicated over the mesh's devices
+                from jax.sharding import NamedSharding, PartitionSpec
+
+                self._pages = jax.jit(make, out_shardings=NamedSharding(self.mesh, PartitionSpec()))()
             self._num_pages = num_pages
         return PagePool(num_pages, self.config.page_size)
 
@@ -203,22 +229,47 @@ class Engine:
         del prompt_length
         if sp.stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
-        if jax.process_count() > 1:
-            raise NotImplementedError("the generation engine runs in one process; use the Sampler across processes")
         if not prompts:
             raise ValueError("nothing to generate: no prompts")
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if len(p) == 0)} is empty")
         rng = jax.random.key(0) if rng is None else rng
         if prompt_index is None:
-            prompt_index = np.arange(len(prompts))
+            prompt_index = jax.process_index() * len(prompts) + np.arange(len(prompts))
         prompt_index = np.asarray(prompt_index, np.int64).reshape(-1)
         if prompt_index.shape[0] != len(prompts):
             raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
+        budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
+        own = None
+        if jax.process_count() > 1:
+            if self.mesh is None:
+                raise ValueError("generation in a multi-process job needs the Engine's mesh")
+            prompts, prompt_index, budgets, own = _gather_prompts(prompts, prompt_index, budgets, sp.n)
         if self.weights_dtype is not None or self.model.cfg.scan_layers:
             params = self._prepare(params)
-        budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
-        run = Schedule(self, params, prompts, prompt_index, budgets, sp, rng, tokenizer)
+        typed = jnp.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key)
+        rng_data = np.asarray(jax.random.key_data(rng) if typed else rng)
+        run = Schedule(self, params, prompts, prompt_index, budgets, sp, rng_data, tokenizer, own)
         run.loop()
         self.stats = run.stats()
         return run.result()
+
+
+def _gather_prompts(prompts, prompt_index, budgets, n: int):
+    """Every process's prompts, indices and budgets, in process order, on every process (one
+    schedule runs alike on each), and this process's rows of the result (prompt-major)."""
+    from jax.experimental import multihost_utils
+
+    k = len(prompts)
+    if int(agree_max([k])[0]) != k or -int(agree_max([-k])[0]) != k:
+        raise ValueError("every process must pass the same number of prompts")
+    width = int(agree_max([max(len(p) for p in prompts)])[0])
+    ids = np.zeros((k, width), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = p
+    lens = np.asarray([len(p) for p in prompts], np.int32)
+    ids, lens, index, budgets = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                                 for x in (ids, lens, np.asarray(prompt_index, np.int64), np.asarray(budgets)))
+    every = [ids[i, : lens[i]].tolist() for i in range(len(lens))]
+    p = jax.process_index()
+    return every, index, budgets, np.arange(p * k * n, (p + 1) * k * n)

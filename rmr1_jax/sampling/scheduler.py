@@ -57,8 +57,10 @@ class _Prefix:
 class Schedule:
     """One generate call: the scheduler's state between compiled calls."""
 
-    def __init__(self, engine, params, prompts, prompt_index, budgets, sp: SamplingParams, rng, tokenizer):
+    def __init__(self, engine, params, prompts, prompt_index, budgets, sp: SamplingParams, rng, tokenizer, own=None):
+        """``rng``: the key's raw data; ``own``: the rows to return (None: every row)."""
         self.e, self.params, self.sp, self.rng, self.tok = engine, params, sp, rng, tokenizer
+        self.own = own
         c = engine.config
         self.ps = c.page_size
         n = sp.n
@@ -267,7 +269,6 @@ class Schedule:
             self.params, table, cur, pos, gen, max_gen, active, row_id, self.rng, refill,
             steps=self.steps, greedy=sp.temperature == 0.0, temperature=float(sp.temperature), top_k=int(sp.top_k),
             top_p=float(sp.top_p))
-        toks, lps, ran = np.asarray(toks), np.asarray(lps), int(ran)
         t = time.perf_counter()
         self.counts["decode_calls"] += 1
         self.counts["slot_steps"] += n * ran
@@ -322,6 +323,9 @@ class Schedule:
             tokens[row.index, :k] = row.tokens
             logprobs[row.index, :k] = row.logprobs
             lengths[row.index], finished[row.index] = k, row.finished
+        if self.own is not None:
+            tokens, logprobs, lengths, finished = tokens[self.own], logprobs[self.own], lengths[self.own], finished[self.own]
+            r = len(lengths)
         texts = None
         if self.tok is not None:
             texts = [Sampler._text(self.tok, tokens[i, : lengths[i]], self.sp.stop_strings) for i in range(r)]

@@ -67,6 +67,15 @@ def placement_free_case(hf_dir) -> dict:
                          rng=jax.random.key(11))
     out.update(greedy_tokens=g.tokens.tolist(), greedy_logprobs=g.logprobs.tolist(),
                sampled_tokens=s.tokens.tolist(), sampled_logprobs=s.logprobs.tolist())
+    # the generation engine on the same mesh: 3 slots for the 16 rows, so slots are refilled
+    from rmr1_jax.sampling.engine import Engine, EngineConfig
+
+    engine = Engine(model, eos_ids=[vocab], pad_id=0, mesh=mesh, config=EngineConfig(max_slots=3, page_size=4))
+    eg = engine.generate(params, mine, SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, n=2))
+    es = engine.generate(params, mine, SamplingParams(max_new_tokens=MAX_NEW, temperature=1.0, n=2),
+                         rng=jax.random.key(11))
+    out.update(engine_greedy_tokens=eg.tokens.tolist(), engine_greedy_logprobs=eg.logprobs.tolist(),
+               engine_sampled_tokens=es.tokens.tolist(), engine_sampled_logprobs=es.logprobs.tolist())
 
     class Tok:
         def decode(self, ids, skip_special_tokens=True):

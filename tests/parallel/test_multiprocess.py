@@ -78,11 +78,15 @@ def test_two_processes_load_run_and_export(tmp_path):
             two.append(json.load(f))
     assert [r["placement"] for r in two] == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert reference["placement"] == list(range(mp_worker.PROMPTS))
-    # ... and still get, row for row, the one-process run's generations
-    for key in ("greedy_tokens", "sampled_tokens"):
+    # ... and still get, row for row, the one-process run's generations; the generation engine
+    # (one schedule on every process) gives the static sampler's rows
+    for key in ("greedy_tokens", "sampled_tokens", "engine_greedy_tokens", "engine_sampled_tokens"):
         assert two[0][key] + two[1][key] == reference[key], key
-    for key in ("greedy_logprobs", "sampled_logprobs"):
+    for key in ("greedy_logprobs", "sampled_logprobs", "engine_greedy_logprobs", "engine_sampled_logprobs"):
         np.testing.assert_allclose(two[0][key] + two[1][key], reference[key], atol=1e-5, err_msg=key)
+    for kind in ("greedy", "sampled"):
+        assert reference[f"engine_{kind}_tokens"] == reference[f"{kind}_tokens"], kind
+        np.testing.assert_allclose(reference[f"engine_{kind}_logprobs"], reference[f"{kind}_logprobs"], atol=1e-5)
     greedy, sampled = np.asarray(reference["greedy_tokens"]), np.asarray(reference["sampled_tokens"])
     np.testing.assert_array_equal(greedy[0::2], greedy[1::2])  # greedy: a prompt's 2 samples alike
     assert not np.array_equal(sampled[0::2], sampled[1::2])  # sampled: they differ
