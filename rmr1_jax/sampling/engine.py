@@ -33,8 +33,8 @@ import numpy as np
 from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, copy_pages, init_pages, page_bytes, resolve
 from rmr1_jax.parallel.hostlocal import agree_max
 from rmr1_jax.sampling.pages import PagePool
-from rmr1_jax.sampling.sampler import (Generation, SamplingParams, check_budgets, cpu_decode_compiler_options,
-                                       decode_params, decode_variant, sample_tokens)
+from rmr1_jax.sampling.sampler import (Generation, SamplingParams, check_budgets, check_prompt_index,
+                                       cpu_decode_compiler_options, decode_params, decode_variant, sample_tokens)
 from rmr1_jax.sampling.scheduler import Schedule
 
 
@@ -234,11 +234,7 @@ class Engine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if len(p) == 0)} is empty")
         rng = jax.random.key(0) if rng is None else rng
-        if prompt_index is None:
-            prompt_index = jax.process_index() * len(prompts) + np.arange(len(prompts))
-        prompt_index = np.asarray(prompt_index, np.int64).reshape(-1)
-        if prompt_index.shape[0] != len(prompts):
-            raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
+        prompt_index = check_prompt_index(prompt_index, len(prompts))
         budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
         own = None
         if jax.process_count() > 1:

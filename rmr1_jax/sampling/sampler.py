@@ -60,6 +60,18 @@ class Generation:
     texts: list[str] | None = None
 
 
+def check_prompt_index(prompt_index, prompts: int) -> np.ndarray:
+    """Each prompt's canonical index as int64 [prompts]: ``prompt_index`` checked, or by
+    default ``process_index * prompts + i`` (the prompt's index in one process's run of every
+    process's prompts concatenated)."""
+    if prompt_index is None:
+        return jax.process_index() * prompts + np.arange(prompts, dtype=np.int64)
+    index = np.asarray(prompt_index, np.int64).reshape(-1)
+    if index.shape[0] != prompts:
+        raise ValueError(f"prompt_index has {index.shape[0]} entries for {prompts} prompts")
+    return index
+
+
 def check_budgets(budgets, prompts: int, max_new_tokens: int) -> np.ndarray:
     """Per-prompt token budgets as int32 [prompts]: ``budgets`` checked (one per prompt, 1 to
     ``max_new_tokens``), or ``max_new_tokens`` for each."""
@@ -317,11 +329,7 @@ class Sampler:
                 raise ValueError("generation in a multi-process job needs the Sampler's mesh")
             prompt_length = int(agree_max([prompt_length or _bucket(max(len(p) for p in prompts))])[0])
         ids, mask = left_pad(prompts, self.pad_id, prompt_length)
-        if prompt_index is None:
-            prompt_index = jax.process_index() * len(prompts) + np.arange(len(prompts))
-        prompt_index = np.asarray(prompt_index, np.int32).reshape(-1)
-        if prompt_index.shape[0] != len(prompts):
-            raise ValueError(f"prompt_index has {prompt_index.shape[0]} entries for {len(prompts)} prompts")
+        prompt_index = check_prompt_index(prompt_index, len(prompts)).astype(np.int32)
         budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
         p = ids.shape[1]
         own = None  # this process's rows of the global batch (None: all of them)
