@@ -2,7 +2,8 @@
 
 Up to ``max_slots`` sequences decode at once, each in a slot whose KV cache is a list of
 fixed-size pages from one pool (:mod:`rmr1_jax.models.paged_attention`). Decoding runs in
-compiled calls of ``decode_steps`` steps over every slot; between calls the host takes the new
+compiled calls of up to ``decode_steps`` steps over every slot (a call returns as soon as a slot
+ends while sequences wait); between calls the host takes the new
 tokens, ends sequences (EOS, the budget, stop strings), returns their pages to the pool and
 admits waiting sequences into the freed slots, so a short judgment never waits for the batch's
 longest one.

@@ -261,10 +261,11 @@ class Schedule:
             max_gen[s], active[s], row_id[s] = r.budget, True, r.row_id
         table = table_rows([r.pages if r is not None else [] for r in self.slots], self.width)
         sp = self.sp
-        # with sequences waiting, return once an eighth of the slots (or as many as wait) have ended
+        # with sequences waiting, return as soon as a slot ends (the host's turn costs well under
+        # 1% of the time); with none waiting, run the whole call
         waiting = len(self.ready) + sum(len(pf.rows) if isinstance(pf.rows, collections.deque) else 0
                                         for pf in self.prefixes)
-        refill = np.int32(min(waiting, max(1, n // 8)) if waiting else n + 1)
+        refill = np.int32(1 if waiting else n + 1)
         toks, lps, ran = self.e.decode(
             self.params, table, cur, pos, gen, max_gen, active, row_id, self.rng, refill,
             steps=self.steps, greedy=sp.temperature == 0.0, temperature=float(sp.temperature), top_k=int(sp.top_k),
