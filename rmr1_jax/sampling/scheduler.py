@@ -247,19 +247,22 @@ class Schedule:
         self.counts["recomputed_tokens"] += len(row.context) - 1
 
     def _decode_chunk(self):
+        """One decode call over the live slots, packed into the first rows of a call of a power
+        of two rows (at most ``max_slots``): as rows end and none wait, the calls shrink with them
+        (the long tail of one batch runs on few rows, not on every slot)."""
         live = [s for s, r in enumerate(self.slots) if r is not None]
-        n = self.slots_n
+        n = min(self.slots_n, _pow2(len(live)))
         cur = np.zeros(n, np.int32)
         pos = np.zeros(n, np.int32)
         gen = np.zeros(n, np.int32)
         max_gen = np.zeros(n, np.int32)
         active = np.zeros(n, bool)
         row_id = np.zeros(n, np.int32)
-        for s in live:
+        for i, s in enumerate(live):
             r = self.slots[s]
-            cur[s], pos[s], gen[s] = r.context[-1], len(r.context) - 1, len(r.tokens)
-            max_gen[s], active[s], row_id[s] = r.budget, True, r.row_id
-        table = table_rows([r.pages if r is not None else [] for r in self.slots], self.width)
+            cur[i], pos[i], gen[i] = r.context[-1], len(r.context) - 1, len(r.tokens)
+            max_gen[i], active[i], row_id[i] = r.budget, True, r.row_id
+        table = table_rows([self.slots[s].pages for s in live] + [[]] * (n - len(live)), self.width)
         sp = self.sp
         # with sequences waiting, return as soon as a slot ends (the host's turn costs well under
         # 1% of the time); with none waiting, run the whole call
@@ -273,8 +276,8 @@ class Schedule:
         t = time.perf_counter()
         self.counts["decode_calls"] += 1
         self.counts["slot_steps"] += n * ran
-        for s in live:
-            self._take(s, toks[s, :ran], lps[s, :ran])
+        for i, s in enumerate(live):
+            self._take(s, toks[i, :ran], lps[i, :ran])
         self.host_s += time.perf_counter() - t
 
     def _take(self, s, toks, lps):
