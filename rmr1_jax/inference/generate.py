@@ -24,8 +24,8 @@ is its input row plus ``line``, ``completions`` (``n`` texts), ``token_ids``, ``
 Samples do not depend on batching: prompt ``i`` of the file (counted from 0) draws with the
 key of ``seed`` and row ids ``i * n + j`` (:class:`~rmr1_jax.sampling.sampler.Sampler`'s
 scheme), whichever engine call and slot it runs in, so a resumed file equals an uninterrupted
-one. The engine runs in one process (a multi-process job is refused); ``mesh`` may shard the
-weights over that process's devices.
+one. Files are generated in one process (a multi-process job is refused: the engine would run
+every slot on each process); ``mesh`` may shard the weights over that process's devices.
 """
 
 from __future__ import annotations
@@ -103,13 +103,13 @@ def generate(model, params, prompt_ids: Sequence[Sequence[int]], sp: SamplingPar
 
 
 def one_process(command: str = "generation") -> None:
-    """A UserError in a multi-process job: the engine runs in one process."""
+    """A UserError in a multi-process job (the engine would repeat every slot on each process)."""
     import jax
 
     if jax.process_count() > 1:
-        raise UserError(f"{command} runs in one process: the generation engine does not span processes yet "
-                        f"(this job has {jax.process_count()}); run it on one host, where --mesh shards the model "
-                        f"over that host's devices")
+        raise UserError(f"{command} runs in one process: across processes the generation engine repeats every "
+                        f"slot on each of them, gaining nothing (this job has {jax.process_count()}); run it on one "
+                        f"host, where --mesh shards the model over that host's devices")
 
 
 @dataclasses.dataclass

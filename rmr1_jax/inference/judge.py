@@ -122,7 +122,7 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
         if jax.process_count() == 1:  # the engine: batch_size slots kept full
             judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
                                    config=EngineConfig(max_slots=batch_size))
-        else:  # the engine runs in one process; a multi-process job decodes static batches
+        else:  # across processes the engine repeats every slot on each: static batches split over them
             judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh)
     sampler = judge.sampler
 
