@@ -49,7 +49,8 @@ class _Prefix:
     """The tokens before a context's last, prefilled once for the rows that continue it."""
 
     tokens: list[int]
-    rows: collections.deque
+    rows: collections.deque  # the rows that continue it, until it is prefilled
+    pending: int = 0  # once prefilled: its rows still to take their copy of its pages
     done: int = 0  # tokens prefilled so far
     pages: list[int] | None = None
 
@@ -135,7 +136,7 @@ class Schedule:
         while self.prefixes and self.prefixes[0].pages is not None and self.prefixes[0].done >= len(self.prefixes[0].tokens):
             pf = self.prefixes.popleft()
             self.ready.extend((pf, r) for r in pf.rows)
-            pf.rows = len(pf.rows)  # rows still to take their copy of the prefix's pages
+            pf.pending, pf.rows = len(pf.rows), collections.deque()
         return True
 
     def _prefill_call(self, todo, chunk: int):
@@ -176,8 +177,8 @@ class Schedule:
             self.ready.popleft()
             self.pool.share(pf.pages[:full])
             row.pages = pf.pages[:full] + own
-            pf.rows -= 1
-            if pf.rows == 0:
+            pf.pending -= 1
+            if pf.pending == 0:
                 self.pool.release(pf.pages)
             row.admitted = self.admitted
             self.admitted += 1
@@ -266,8 +267,7 @@ class Schedule:
         sp = self.sp
         # with sequences waiting, return as soon as a slot ends (the host's turn costs well under
         # 1% of the time); with none waiting, run the whole call
-        waiting = len(self.ready) + sum(len(pf.rows) if isinstance(pf.rows, collections.deque) else 0
-                                        for pf in self.prefixes)
+        waiting = len(self.ready) + sum(len(pf.rows) for pf in self.prefixes)
         refill = np.int32(1 if waiting else n + 1)
         toks, lps, ran = self.e.decode(
             self.params, table, cur, pos, gen, max_gen, active, row_id, self.rng, refill,
