@@ -93,12 +93,12 @@ def cmd_score_rm(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    from rmr1_jax.inference.generate import check_sampling, generate_file, load_generator, one_process
+    from rmr1_jax.inference.generate import check_sampling, generate_file, load_generator
     from rmr1_jax.inference.rows import read_generate_rows
+    from rmr1_jax.parallel.agreement import agreed
     from rmr1_jax.sampling.sampler import SamplingParams
 
-    one_process("rmr1 generate")
-    rows = read_generate_rows(args.inp, args.raw)  # checked before the model loads
+    rows = agreed(read_generate_rows, args.inp, args.raw)  # checked before the model loads
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                         top_k=args.top_k, n=args.n, stop_strings=tuple(args.stop))
     check_sampling(sp)

@@ -161,9 +161,10 @@ def _generate(sub) -> None:
                    "the row's place in the file only (default 0)")
     g.add_argument("--raw", action="store_true", help="send each prompt text as is, without the chat template")
     # engine sizes: None leaves EngineConfig's default (named in the help; importing it here would import JAX)
-    g.add_argument("--max-slots", type=int, default=None, help="sequences decoding at once (default 32)")
+    g.add_argument("--max-slots", type=int, default=None,
+                   help="sequences decoding at once on each data-parallel shard of the mesh (default 32)")
     g.add_argument("--page-size", type=int, default=None, help="tokens per KV-cache page (default 16)")
-    g.add_argument("--kv-pages", type=int, default=None, help="KV-cache pages in the pool (default: half the "
+    g.add_argument("--kv-pages", type=int, default=None, help="KV-cache pages in a shard's pool (default: half the "
                    "free accelerator memory; on CPU enough for every slot at its longest)")
     g.add_argument("--prefill-chunk", type=int, default=None,
                    help="prompt tokens per prompt per prefill call (default 256)")

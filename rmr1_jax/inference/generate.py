@@ -24,8 +24,8 @@ is its input row plus ``line``, ``completions`` (``n`` texts), ``token_ids``, ``
 Samples do not depend on batching: prompt ``i`` of the file (counted from 0) draws with the
 key of ``seed`` and row ids ``i * n + j`` (:class:`~rmr1_jax.sampling.sampler.Sampler`'s
 scheme), whichever engine call and slot it runs in, so a resumed file equals an uninterrupted
-one. Files are generated in one process (a multi-process job is refused: the engine would run
-every slot on each process); ``mesh`` may shard the weights over that process's devices.
+one. In a multi-process job every process reads the file and runs one schedule over every
+prompt, each (data, fsdp) shard of ``mesh`` decoding its own slots; process 0 writes.
 """
 
 from __future__ import annotations
@@ -102,16 +102,6 @@ def generate(model, params, prompt_ids: Sequence[Sequence[int]], sp: SamplingPar
                            prompt_index=prompt_index)
 
 
-def one_process(command: str = "generation") -> None:
-    """A UserError in a multi-process job (the engine would repeat every slot on each process)."""
-    import jax
-
-    if jax.process_count() > 1:
-        raise UserError(f"{command} runs in one process: across processes the generation engine repeats every "
-                        f"slot on each of them, gaining nothing (this job has {jax.process_count()}); run it on one "
-                        f"host, where --mesh shards the model over that host's devices")
-
-
 @dataclasses.dataclass
 class Generator:
     """A causal LM ready to generate: the model, its parameters and tokenizer, and one engine
@@ -152,11 +142,9 @@ def load_generator(path: str, mesh, *, tokenizer_path: str | None = None, dtype:
                    **sizes) -> Generator:
     """A :class:`Generator` from an HF causal-LM directory or an Orbax checkpoint
     (:func:`~rmr1_jax.inference.loading.load_lm`: the tokenizer and chat template it was
-    trained with), its engine of ``sizes`` (:func:`make_engine`). Refused in a multi-process
-    job."""
+    trained with), its engine of ``sizes`` (:func:`make_engine`)."""
     from rmr1_jax.inference.loading import load_lm
 
-    one_process()
     model, params, tok, _ = load_lm(path, mesh, tokenizer_path=tokenizer_path, dtype=dtype)
     engine = make_engine(model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh, **sizes)
     return Generator(model, params, tok, engine, path, tokenizer_path)
@@ -181,7 +169,7 @@ def generate_file(g: Generator, in_path: str, out_path: str, sp: SamplingParams,
     as :func:`~rmr1_jax.inference.rows.read_generate_rows` gave them, if already read).
     Resumable (:class:`~rmr1_jax.data.resumable.ResumableOutput`): rows already in
     ``out_path`` are skipped and the others generated ``batch_size`` prompts per engine call
-    (default :data:`ROWS_PER_SLOT` x the engine's slots / ``n``), each call's rows appended,
+    (default :data:`ROWS_PER_SLOT` x the engine's slots over the mesh / ``n``), each call's rows appended,
     flushed and fsynced; an output written for another input, model or sampling setting
     (:meth:`Generator.fingerprint`) is an error."""
     import jax
@@ -195,7 +183,7 @@ def generate_file(g: Generator, in_path: str, out_path: str, sp: SamplingParams,
     rows = read_generate_rows(in_path, raw) if rows is None else rows
     index = {n: i for i, (n, _) in enumerate(rows)}  # the row's place in the file keys its draws
     if batch_size is None:
-        batch_size = max(1, -(-ROWS_PER_SLOT * g.engine.config.max_slots // sp.n))
+        batch_size = max(1, -(-ROWS_PER_SLOT * g.engine.config.max_slots * g.engine.shards // sp.n))
     elif batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be positive")
     fingerprint = g.fingerprint(sp, seed=seed, raw=raw, input=os.path.realpath(in_path))
@@ -216,7 +204,7 @@ def generate_file(g: Generator, in_path: str, out_path: str, sp: SamplingParams,
         for b in range(0, len(todo), batch_size):
             batch = todo[b:b + batch_size]
             gen = g.engine.generate(g.params, [ids[n] for n, _ in batch], sp, rng=rng, tokenizer=g.tokenizer,
-                                    prompt_index=[index[n] for n, _ in batch])
+                                    prompt_index=[index[n] for n, _ in batch], shared=True)
             done = [_output_row(n, row, gen, i * sp.n, sp.n) for i, (n, row) in enumerate(batch)]
             out.append(done)
             stats.written += len(done)

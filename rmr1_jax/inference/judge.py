@@ -8,8 +8,9 @@ judge`` and evaluation.
     rows[0]["verdict"], rows[0]["consistent"]                       # "A" | "B" | None, bool
     judge_file(judge, "pairs.jsonl", "judged.jsonl")                # what `rmr1 judge --in --out` does
 
-Greedy decoding through the generation engine with ``batch_size`` slots (a multi-process job:
-the static sampler, ``batch_size`` prompts per generation; :func:`judge_prompts`); the verdict is
+Greedy decoding through the generation engine with ``batch_size`` slots over the mesh
+(:func:`judge_prompts`; in a multi-process job every process runs one schedule over every
+prompt, each shard of the mesh decoding its own slots); the verdict is
 read from the text by :func:`~rmr1_jax.text.verdict.parse_verdict` (none when the judgment was
 cut off at ``max_new_tokens``). Where each response is shown and the other order are the rules
 of :mod:`rmr1_jax.ab_positions`.
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 
 from rmr1_jax.ab_positions import flip, position_consistent
-from rmr1_jax.sampling.engine import Engine, EngineConfig
+from rmr1_jax.sampling.engine import Engine, EngineConfig, shard_count
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
 from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
 
@@ -54,24 +55,23 @@ def prompts_open_thinking(tokenizer, prompt_ids: Sequence[Sequence[int]]) -> lis
 def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
                   max_new_tokens: int, temperature: float = 0.0, rng=None) -> list[Judgment]:
     """Generate a judgment for each tokenized prompt. With the generation engine
-    (:class:`~rmr1_jax.sampling.engine.Engine`, one process) every prompt goes in one call and
-    the engine keeps its slots full; with the static :class:`Sampler`, ``batch_size`` at a time
-    (the last batch padded with a copy of its first prompt so every batch compiles to one
-    shape).
+    (:class:`~rmr1_jax.sampling.engine.Engine`) every prompt goes in one call and the engine
+    keeps its slots full; with the static :class:`Sampler`, ``batch_size`` at a time (the last
+    batch padded with a copy of its first prompt so every batch compiles to one shape).
 
-    In a multi-process job every process passes the same prompts and gets every judgment: each
-    process generates its block of every batch (``batch_size`` is rounded up to a multiple of
-    the process count), and the blocks' tokens are gathered to every process."""
+    In a multi-process job every process passes the same prompts and gets every judgment: the
+    engine runs one schedule over them on every process, each shard of the mesh decoding its
+    own slots; the sampler has each process generate its block of every batch (``batch_size``
+    rounded up to a multiple of the process count) and gathers the blocks' tokens."""
     out: list[Judgment] = []
     sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    opened = prompts_open_thinking(tokenizer, prompt_ids)
     if isinstance(sampler, Engine):  # continuous batching: every prompt in one call
-        opened = prompts_open_thinking(tokenizer, prompt_ids)
-        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer)
+        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer, shared=True)
         return [Judgment(t, parse_verdict(t, o) if f else None, bool(f), int(n))
                 for t, o, f, n in zip(g.texts, opened, g.finished, g.lengths)]
     plen = max((len(p) for p in prompt_ids), default=1)
     plen = -(-plen // 32) * 32
-    opened = prompts_open_thinking(tokenizer, prompt_ids)
     n_proc = jax.process_count()
     batch_size = -(-batch_size // n_proc) * n_proc
     block = batch_size // n_proc
@@ -119,11 +119,9 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     tok, tpl = judge.tokenizer, judge.template
     if judge.sampler is None:  # one generator per judge: its compiled functions are reused across calls
         mesh = mesh if mesh is not None else getattr(judge, "mesh", None)
-        if jax.process_count() == 1:  # the engine: batch_size slots kept full
-            judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
-                                   config=EngineConfig(max_slots=batch_size))
-        else:  # across processes the engine repeats every slot on each: static batches split over them
-            judge.sampler = Sampler(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh)
+        # the engine: batch_size slots over the mesh's shards, kept full
+        judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
+                               config=EngineConfig(max_slots=max(1, -(-batch_size // shard_count(mesh)))))
     sampler = judge.sampler
 
     def encode(p, a, b):

@@ -15,6 +15,13 @@ prompt's last token. Pages are taken as sequences grow; when the pool runs dry t
 admitted last gives its pages back and is later prefilled again from its prompt and the tokens
 it had (recomputation, as vLLM preempts), so the pool bounds memory, not correctness.
 
+On a mesh with data-parallel axes (``data``, ``fsdp``) each of its ``D`` shards is an engine of
+its own: ``max_slots`` slots and a page pool in the shard's devices' memory, scheduled on the
+host; the compiled calls run every shard at once (``shard_map`` over those axes, the weights
+gathered over ``fsdp`` once per call, ``tensor`` left to the compiler), so a mesh decodes ``D``
+times the sequences one shard does. A waiting prompt goes to whichever shard frees a slot first.
+Every process runs the same schedule over every process's prompts and keeps its own rows.
+
 Sampling is that of :class:`rmr1_jax.sampling.sampler.Sampler`: a row's ``t``-th token draws
 with key ``fold_in(fold_in(rng, t), row_id)``, log-probs are ``log_softmax(logits / T)`` of the
 chosen tokens. A row's samples therefore depend on neither the slot it ran in, nor when it was
@@ -43,9 +50,9 @@ from rmr1_jax.sampling.scheduler import Schedule
 class EngineConfig:
     """Sizes of the engine (``sampling:`` in a recipe)."""
 
-    max_slots: int = 32  # sequences decoding at once
+    max_slots: int = 32  # sequences decoding at once (on each data-parallel shard of the mesh)
     page_size: int = 16  # tokens a page holds
-    kv_pages: int | None = None  # pages in the pool, the null page included (None: see below)
+    kv_pages: int | None = None  # pages in a shard's pool, the null page included (None: see below)
     kv_memory_fraction: float = 0.5  # without kv_pages on an accelerator: this share of free memory
     prefill_chunk: int = 256  # prompt tokens per prompt per prefill call
     prefill_rows: int = 4  # prompts per prefill call
@@ -82,43 +89,56 @@ class Engine:
         self._pages, self._num_pages = None, 0  # the device pool, kept across calls
         self.impl = resolve(self.config.attention)  # the kernel, and so the pool's layout
         self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
-        self._prefill = jax.jit(self._prefill_impl, donate_argnums=(1,))
-        self._copy = jax.jit(self._copy_impl, donate_argnums=(0,))
+        self.axes = shard_axes(mesh)  # the mesh axes the slots are split over
+        self.shards = shard_count(mesh)
+        self._prefill = self._spmd(self._prefill_impl, ("params", "pages") + ("shard",) * 4, "pages",
+                                   donate_argnums=(1,))
+        self._copy = self._spmd(self._copy_impl, ("pages", "shard", "shard"), "pages", donate_argnums=(0,))
         self._decoders: dict = {}
         self.stats: dict = {}
 
-    # ----- compiled programs -----
+    # ----- compiled programs: per shard, each array's leading axis its shard's (size 1) -----
 
     def _cache(self, pages, table, write_at, q_pos):
         return PagedCache(pages, table, write_at, q_pos, self.impl)
 
     def _prefill_impl(self, params, pages, ids, q_pos, write_at, table):
-        """Write the K/V of [Sp, C] prompt tokens into their pages (no head: the prompt's last
+        """Write the K/V of [1, R, C] prompt tokens into their pages (no head: the prompt's last
         token runs in the first decode step)."""
-        _, cache = self._decode_model.apply({"params": params}, ids, cache=self._cache(pages, table, write_at, q_pos),
+        _, cache = self._decode_model.apply({"params": params}, ids[0],
+                                            cache=self._cache(pages, table[0], write_at[0], q_pos[0]),
                                             return_hidden=True)
         return cache.pages
 
     @staticmethod
     def _copy_impl(pages, src, dst):
-        """Every layer's page ``dst[i]`` a copy of its page ``src[i]`` (padding: 0 to 0)."""
-        return tuple(copy_pages(p, src, dst) for p in pages)
+        """Every layer's page ``dst[0, i]`` a copy of its page ``src[0, i]`` (padding: 0 to 0)."""
+        return tuple(copy_pages(p, src[0], dst[0]) for p in pages)
+
+    def _any(self, flag):
+        """Whether ``flag`` holds on any shard."""
+        if not self.axes:
+            return flag
+        return jax.lax.psum(flag.astype(jnp.int32), self.axes) > 0
 
     def _decode_impl(self, params, pages, table, cur, pos, gen, max_gen, active, row_id, rng_data, refill, *,
                      steps: int, greedy: bool, temperature: float, top_k: int, top_p: float):
-        """Up to ``steps`` decode steps of every slot: slot s feeds ``cur[s]`` at position
-        ``pos[s]`` and draws its ``gen[s]``-th token, until EOS or ``max_gen[s]`` tokens; idle
-        and ended slots write to the null page and draw nothing. The call returns early, after
-        the step in which ``refill`` slots have ended (sequences are waiting for them).
-        Returns (pages, tokens [S, steps], log-probs [S, steps], steps run); a slot's tokens of
-        the call are those up to its end or the last step run."""
+        """Up to ``steps`` decode steps of every slot of the shard ([1, S] arrays): slot s feeds
+        ``cur[s]`` at position ``pos[s]`` and draws its ``gen[s]``-th token, until EOS or
+        ``max_gen[s]`` tokens; idle and ended slots write to the null page and draw nothing. The
+        call returns early, after the step in which ``refill`` of some shard's slots have ended
+        (sequences wait for them), or every slot of every shard has. Returns (pages, tokens
+        [1, S, steps], log-probs [1, S, steps], steps run); a slot's tokens of the call are
+        those up to its end or the last step run."""
         ps = self.config.page_size
+        table, cur, pos, gen, max_gen, active, row_id = (x[0] for x in (table, cur, pos, gen, max_gen, active, row_id))
         s = cur.shape[0]
         rng = jax.random.wrap_key_data(rng_data)
 
         def cond(c):
             i, done = c[0], c[5]
-            return (i < steps) & (jnp.sum(done & active) < refill)
+            ended = jnp.sum(done & active)
+            return (i < steps) & ~self._any(ended >= refill[0]) & self._any(~jnp.all(done))
 
         def body(c):
             i, pages, cur, pos, gen, done, toks, lps = c
@@ -140,20 +160,54 @@ class Engine:
         init = (jnp.int32(0), pages, cur, pos, gen, ~active, jnp.full((s, steps), self.pad_id, jnp.int32),
                 jnp.zeros((s, steps), jnp.float32))
         n, pages, *_, toks, lps = jax.lax.while_loop(cond, body, init)
-        return pages, toks, lps, n
+        return pages, toks[None], lps[None], n
+
+    def _spmd(self, fn, in_specs, out_specs, **jit_kw):
+        """``fn`` compiled to run on every shard at once: ``in_specs``/``out_specs`` name each
+        argument and result "shard" (leading axis over the shards), "pages", "rep" (the same on
+        every shard) or "params"; the results come back replicated, the pages sharded."""
+        if not self.axes:
+            return jax.jit(fn, **jit_kw)
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        specs = {"shard": P(self.axes), "rep": P(), "params": P(), "pages": self._pages_spec()}
+
+        def pick(kinds):
+            return tuple(pick(k) for k in kinds) if isinstance(kinds, tuple) else specs[kinds]
+
+        def call(*args, **static):  # static arguments bound before the per-shard body
+            return jax.shard_map(functools.partial(fn, **static), mesh=self.mesh, in_specs=pick(in_specs),
+                                 out_specs=pick(out_specs), axis_names=frozenset(self.axes), check_vma=False)(*args)
+
+        rep = NamedSharding(self.mesh, P())
+
+        def out(k):  # what the host reads comes back whole on every process
+            return NamedSharding(self.mesh, self._pages_spec()) if k == "pages" else rep
+
+        shardings = tuple(out(k) for k in out_specs) if isinstance(out_specs, tuple) else out(out_specs)
+        return jax.jit(call, out_shardings=shardings, **jit_kw)
+
+    def _pages_spec(self):
+        from jax.sharding import PartitionSpec as P
+
+        axes = self.axes or None
+        return P(None, axes) if self.impl == "xla" else P(axes)  # the page axis over the shards
 
     # ----- the calls the scheduler makes (each updates the device pool in place) -----
 
-    def _put(self, *arrays):
-        """Host arrays (the same on every process) as the calls' inputs: replicated over the
-        mesh in a multi-process job, as they are otherwise."""
-        if jax.process_count() == 1:
+    def _put(self, kinds: str, *arrays):
+        """Host arrays (the same on every process) as the calls' inputs, ``kinds`` one letter
+        each: ``s`` a leading axis over the shards, ``r`` replicated."""
+        if self.mesh is None:
             return arrays
-        from jax.sharding import NamedSharding, PartitionSpec
+        from jax.sharding import NamedSharding, PartitionSpec as P
 
-        rep = NamedSharding(self.mesh, PartitionSpec())
-        return tuple(jax.make_array_from_callback(np.shape(a), rep, lambda idx, a=np.asarray(a): a[idx])
-                     for a in arrays)
+        out = []
+        for kind, a in zip(kinds, arrays):
+            a = np.asarray(a)
+            sh = NamedSharding(self.mesh, P(self.axes) if kind == "s" and self.axes else P())
+            out.append(jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx]))
+        return tuple(out)
 
     @staticmethod
     def _get(x) -> np.ndarray:
@@ -161,28 +215,34 @@ class Engine:
         return np.asarray(x.addressable_data(0)) if hasattr(x, "addressable_data") else np.asarray(x)
 
     def prefill(self, params, ids, q_pos, write_at, table):
-        self._pages = self._prefill(params, self._pages, *self._put(ids, q_pos, write_at, table))
+        """[D, R, C] prompt tokens of each shard's prefill rows into their pages."""
+        self._pages = self._prefill(params, self._pages, *self._put("ssss", ids, q_pos, write_at, table))
 
     def copy_pages(self, src, dst):
-        self._pages = self._copy(self._pages, *self._put(src, dst))
+        """[D, m] pages of each shard copied within it."""
+        self._pages = self._copy(self._pages, *self._put("ss", src, dst))
 
-    def decode(self, params, table, *args, **static):
-        """``(tokens, log-probs, steps run)`` of one decode call (see :meth:`_decode_impl`),
-        compiled with the Sampler's XLA options for its number of slots (on CPU with float32
-        weights and few rows, dots outside YNNPACK)."""
-        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, table.shape[0]) or {}
+    def decode(self, params, table, cur, pos, gen, max_gen, active, row_id, rng_data, refill, **static):
+        """``(tokens [D, S, steps], log-probs, steps run)`` of one decode call of every shard's
+        [D, S] slots (see :meth:`_decode_impl`), compiled with the Sampler's XLA options for its
+        number of slots (on CPU with float32 weights and few rows, dots outside YNNPACK)."""
+        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, table.shape[1]) or {}
         key = tuple(sorted(opts.items()))
         if key not in self._decoders:
-            self._decoders[key] = jax.jit(self._decode_impl, donate_argnums=(1,), compiler_options=opts or None,
-                                          static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
-        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, *self._put(table, *args), **static)
+            self._decoders[key] = self._spmd(
+                self._decode_impl, ("params", "pages") + ("shard",) * 7 + ("rep", "shard"),
+                ("pages", "shard", "shard", "rep"), donate_argnums=(1,), compiler_options=opts or None,
+                static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
+        args = self._put("sssssssrs", table, cur, pos, gen, max_gen, active, row_id, rng_data, refill)
+        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, *args, **static)
         return self._get(toks), self._get(lps), int(self._get(ran))
 
     # ----- the pool -----
 
     def _pool_size(self, slots: int, width: int) -> int:
-        """Pages for this call: ``kv_pages``, else a share of free accelerator memory, else
-        (CPU) enough for every slot and prefill row at its longest (nothing preempted)."""
+        """Pages a shard's pool holds for this call: ``kv_pages``, else a share of free
+        accelerator memory, else (CPU) enough for every slot and prefill row at its longest
+        (nothing preempted)."""
         c = self.config
         if c.kv_pages is not None:
             return c.kv_pages
@@ -201,32 +261,39 @@ class Engine:
         # every process must size the pool alike (one schedule runs on each): the smallest
         return -int(agree_max([-need])[0])
 
-    def pool(self, slots: int, width: int) -> PagePool:
-        """A fresh page pool for a call of ``slots`` slots whose sequences take up to ``width``
-        pages (the device pages kept from the last call when the size agrees)."""
+    def pools(self, slots: int, width: int) -> list[PagePool]:
+        """A fresh page pool per shard for a call of ``slots`` slots a shard whose sequences take
+        up to ``width`` pages (the device pages kept from the last call when the size agrees)."""
         num_pages = self._pool_size(slots, width)
         cfg = self._decode_model.cfg
         if self._pages is None or self._num_pages != num_pages:
-            make = functools.partial(init_pages, cfg.num_hidden_layers, num_pages, self.config.page_size,
-                                     cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype, self.impl)
+            make = functools.partial(init_pages, cfg.num_hidden_layers, num_pages * self.shards,
+                                     self.config.page_size, cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype,
+                                     self.impl)
+            self._pages = None  # the old pool's memory back before the new one is made
             if self.mesh is None:
                 self._pages = make()
-            else:  # replicated over the mesh's devices
-                from jax.sharding import NamedSharding, PartitionSpec
+            else:  # each shard's pages on its devices (replicated when the slots are not split)
+                from jax.sharding import NamedSharding
 
-                self._pages = jax.jit(make, out_shardings=NamedSharding(self.mesh, PartitionSpec()))()
+                self._pages = jax.jit(make, out_shardings=NamedSharding(self.mesh, self._pages_spec()))()
             self._num_pages = num_pages
-        return PagePool(num_pages, self.config.page_size)
+        return [PagePool(num_pages, self.config.page_size) for _ in range(self.shards)]
 
     # ----- generation -----
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sp: SamplingParams, rng=None, tokenizer=None,
                  prompt_length: int | None = None, prompt_index: Sequence[int] | None = None,
-                 budgets: Sequence[int] | None = None) -> Generation:
+                 budgets: Sequence[int] | None = None, shared: bool = False) -> Generation:
         """Generate ``sp.n`` samples for each token-id prompt (rows prompt-major, as the
         Sampler's). ``tokenizer`` decodes for stop strings and texts; ``prompt_index`` keys the
         draws and ``budgets`` bounds each prompt's tokens as in :meth:`Sampler.generate`;
-        ``prompt_length`` is accepted and unused."""
+        ``prompt_length`` is accepted and unused.
+
+        In a multi-process job each process passes its own prompts and gets their rows (the
+        prompts of every process form one schedule, keyed by their place in process order), or,
+        with ``shared``, every process passes the same prompts (a file, an evaluation set; checked)
+        and gets every row."""
         del prompt_length
         if sp.stop_strings and tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode with")
@@ -235,13 +302,18 @@ class Engine:
         if any(len(p) == 0 for p in prompts):
             raise ValueError(f"prompt {next(i for i, p in enumerate(prompts) if len(p) == 0)} is empty")
         rng = jax.random.key(0) if rng is None else rng
+        if shared and prompt_index is None:  # the same prompts everywhere: keyed by their place
+            prompt_index = np.arange(len(prompts), dtype=np.int64)
         prompt_index = check_prompt_index(prompt_index, len(prompts))
         budgets = check_budgets(budgets, len(prompts), sp.max_new_tokens)
         own = None
         if jax.process_count() > 1:
             if self.mesh is None:
                 raise ValueError("generation in a multi-process job needs the Engine's mesh")
-            prompts, prompt_index, budgets, own = _gather_prompts(prompts, prompt_index, budgets, sp.n)
+            if shared:
+                _check_shared(prompts, prompt_index, budgets)
+            else:
+                prompts, prompt_index, budgets, own = _gather_prompts(prompts, prompt_index, budgets, sp.n)
         if self.weights_dtype is not None or self.model.cfg.scan_layers:
             params = self._prepare(params)
         typed = jnp.issubdtype(getattr(rng, "dtype", None), jax.dtypes.prng_key)
@@ -250,6 +322,29 @@ class Engine:
         run.loop()
         self.stats = run.stats()
         return run.result()
+
+
+def shard_axes(mesh) -> tuple[str, ...]:
+    """The mesh axes the engine splits its slots over: the data-parallel ones longer than 1."""
+    if mesh is None:
+        return ()
+    return tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+
+
+def shard_count(mesh) -> int:
+    """How many shards the engine splits its slots over on ``mesh``."""
+    return int(np.prod([mesh.shape[a] for a in shard_axes(mesh)]))
+
+
+def _check_shared(prompts, prompt_index, budgets) -> None:
+    """A ValueError unless every process passed the same prompts, indices and budgets."""
+    import hashlib
+
+    h = hashlib.sha256(repr(([list(map(int, p)) for p in prompts], np.asarray(prompt_index).tolist(),
+                             np.asarray(budgets).tolist())).encode()).digest()
+    digest = [int.from_bytes(h[i:i + 4], "little") >> 2 for i in (0, 4)]  # two 30-bit ints (agreed as int32)
+    if (agree_max(digest) != digest).any() or (-agree_max([-d for d in digest]) != digest).any():
+        raise ValueError("shared generation: the processes passed different prompts, indices or budgets")
 
 
 def _gather_prompts(prompts, prompt_index, budgets, n: int):

@@ -55,8 +55,28 @@ class _Prefix:
     pages: list[int] | None = None
 
 
+@dataclasses.dataclass(eq=False)
+class _Shard:
+    """One data-parallel shard's part of the schedule: its page pool, its slots, the prefixes
+    being prefilled into its pool, and the rows prefilled there waiting for one of its slots."""
+
+    pool: object  # PagePool
+    slots: list  # _Row | None
+    prefilling: collections.deque = dataclasses.field(default_factory=collections.deque)
+    ready: collections.deque = dataclasses.field(default_factory=collections.deque)  # (prefix, row)
+    prefilled: int = 0  # prompt tokens prefilled here
+
+    def live(self) -> list[int]:
+        return [s for s, r in enumerate(self.slots) if r is not None]
+
+    def free(self) -> int:
+        return sum(r is None for r in self.slots)
+
+
 class Schedule:
-    """One generate call: the scheduler's state between compiled calls."""
+    """One generate call: the scheduler's state between compiled calls. Each shard of the
+    engine's mesh has its own slots and pool; a prompt waits in one queue until some shard
+    takes it to prefill; every compiled call runs every shard."""
 
     def __init__(self, engine, params, prompts, prompt_index, budgets, sp: SamplingParams, rng, tokenizer, own=None):
         """``rng``: the key's raw data; ``own``: the rows to return (None: every row)."""
@@ -67,16 +87,15 @@ class Schedule:
         n = sp.n
         self.rows = [_Row(i * n + j, int(prompt_index[i]) * n + j, [int(t) for t in p], int(budgets[i]))
                      for i, p in enumerate(prompts) for j in range(n)]
-        self.prefixes = collections.deque(
+        self.waiting = collections.deque(  # prefixes no shard has taken yet
             _Prefix(list(self.rows[i * n].prompt[:-1]), collections.deque(self.rows[i * n: (i + 1) * n]))
             for i in range(len(prompts)))
         longest = max(len(p) for p in prompts) + sp.max_new_tokens
-        self.slots_n = min(c.max_slots, len(self.rows))
+        self.slots_n = min(c.max_slots, -(-len(self.rows) // engine.shards))  # slots a shard
         self.width = -(-pages_for(longest, self.ps) // 8) * 8  # page-table width, in steps of 8 pages
-        self.pool = engine.pool(self.slots_n, pages_for(longest, self.ps))
+        self.shards = [_Shard(pool, [None] * self.slots_n)
+                       for pool in engine.pools(self.slots_n, pages_for(longest, self.ps))]
         self.steps = c.decode_steps or default_chunk(sp.max_new_tokens)
-        self.slots: list[_Row | None] = [None] * self.slots_n
-        self.ready: collections.deque = collections.deque()  # (prefix, row) prefilled, waiting for a slot
         self.admitted = 0
         self.counts = collections.Counter()
         self.host_s = 0.0
@@ -84,205 +103,233 @@ class Schedule:
 
     # ----- the loop -----
 
+    def _pending(self) -> bool:
+        """Whether some prompt or row still waits for a slot."""
+        return bool(self.waiting) or any(sh.prefilling or sh.ready for sh in self.shards)
+
     def loop(self):
-        while self.prefixes or self.ready or any(self.slots):
+        while True:
             t = time.perf_counter()
             self._prefill_some()
             self._admit()
-            live = [i for i, r in enumerate(self.slots) if r is not None]
-            self._grow(live)
+            for sh in self.shards:
+                self._grow(sh)
             self.host_s += time.perf_counter() - t
-            if any(self.slots):
+            if any(sh.live() for sh in self.shards):
                 self._decode_chunk()
-            elif not self.prefixes and not self.ready:
+            elif not self._pending():
                 break
 
     def _prefill_some(self):
-        """Prefill calls (each up to ``prefill_rows`` prompts x ``prefill_chunk`` tokens) while
-        fewer rows are ready than slots are free: while other slots decode, at most
-        ``prefill_budget`` tokens before the next decode call."""
+        """Prefill calls (each up to ``prefill_rows`` prompts x ``prefill_chunk`` tokens a
+        shard) while a shard has fewer rows ready than slots free: while its other slots decode,
+        at most ``prefill_budget`` tokens a shard before the next decode call."""
         budget = self.e.config.prefill_budget
-        start = self.counts["prefill_tokens"]
-        while self.prefixes and len(self.ready) < sum(r is None for r in self.slots):
-            if any(self.slots) and self.counts["prefill_tokens"] - start >= budget:
+        start = [sh.prefilled for sh in self.shards]
+        while True:
+            batches = []
+            for sh, s0 in zip(self.shards, start):
+                wants = len(sh.ready) < sh.free() and (sh.prefilling or self.waiting)
+                if wants and sh.live() and sh.prefilled - s0 >= budget:
+                    wants = False
+                batches.append(self._pick(sh) if wants else [])
+            if not any(batches):
                 return
-            if not self._prefill_once():
-                return
+            todo = [[pf for pf in b if pf.done < len(pf.tokens)] for b in batches]
+            if any(todo):
+                longest = max(len(pf.tokens) - pf.done for t in todo for pf in t)
+                self._prefill_call(todo, _chunk_for(longest, self.e.config.prefill_chunk))
+            for sh in self.shards:
+                while sh.prefilling and sh.prefilling[0].done >= len(sh.prefilling[0].tokens):
+                    pf = sh.prefilling.popleft()
+                    sh.ready.extend((pf, r) for r in pf.rows)
+                    pf.pending, pf.rows = len(pf.rows), collections.deque()
 
-    def _prefill_once(self) -> bool:
-        """One prefill call over the next prefixes, at most ``prefill_rows x prefill_chunk``
-        tokens; False when none could get its pages."""
+    def _pick(self, sh) -> list:
+        """The prefixes of ``sh``'s next prefill call, at most ``prefill_rows x prefill_chunk``
+        tokens: those it is prefilling, then waiting ones it takes while its pool has their
+        pages."""
         c = self.e.config
         budget = c.prefill_rows * c.prefill_chunk
         batch, longest = [], 0
-        for pf in self.prefixes:
+
+        def fits(pf):
             rest = len(pf.tokens) - pf.done
-            if batch and (len(batch) + 1) * _chunk_for(max(longest, rest), c.prefill_chunk) > budget:
-                break
-            if pf.pages is None:
-                pf.pages = self.pool.alloc(pages_for(len(pf.tokens), self.ps))
-                if pf.pages is None:
-                    break
+            return not batch or (len(batch) + 1) * _chunk_for(max(longest, rest), c.prefill_chunk) <= budget
+
+        for pf in sh.prefilling:
+            if not fits(pf):
+                return batch
             batch.append(pf)
-            longest = max(longest, rest)
-        if not batch:
-            if self.pool.used == 0:  # the pool is empty and still too small
-                raise RuntimeError(f"the page pool ({self.pool.num_pages} pages of {self.ps} tokens) cannot hold a "
-                                   f"prompt of {len(self.prefixes[0].tokens) + 1} tokens; raise sampling.kv_pages")
-            return False
-        todo = [pf for pf in batch if pf.done < len(pf.tokens)]
-        if todo:
-            self._prefill_call(todo, _chunk_for(longest, c.prefill_chunk))
-        while self.prefixes and self.prefixes[0].pages is not None and self.prefixes[0].done >= len(self.prefixes[0].tokens):
-            pf = self.prefixes.popleft()
-            self.ready.extend((pf, r) for r in pf.rows)
-            pf.pending, pf.rows = len(pf.rows), collections.deque()
-        return True
+            longest = max(longest, len(pf.tokens) - pf.done)
+        while self.waiting and fits(self.waiting[0]):
+            pf = self.waiting[0]
+            pf.pages = sh.pool.alloc(pages_for(len(pf.tokens), self.ps))
+            if pf.pages is None:
+                if not batch and sh.pool.used == 0:  # the pool is empty and still too small
+                    raise RuntimeError(f"the page pool ({sh.pool.num_pages} pages of {self.ps} tokens) cannot hold "
+                                       f"a prompt of {len(pf.tokens) + 1} tokens; raise sampling.kv_pages")
+                break
+            self.waiting.popleft()
+            sh.prefilling.append(pf)
+            batch.append(pf)
+            longest = max(longest, len(pf.tokens) - pf.done)
+        return batch
 
     def _prefill_call(self, todo, chunk: int):
-        """One compiled prefill of ``chunk`` tokens of each prefix in ``todo`` (rows padded to a
-        power of two, so few shapes compile)."""
-        rows = _pow2(len(todo))
-        ids = np.full((rows, chunk), self.e.pad_id, np.int32)
-        q_pos = np.tile(np.arange(chunk, dtype=np.int32), (rows, 1))
-        write_at = np.full((rows, chunk), NULL_PAGE * self.ps, np.int32)
-        table = table_rows([pf.pages for pf in todo], self.width)
-        table = np.concatenate([table, np.zeros((rows - len(todo), self.width), np.int32)])
-        for i, pf in enumerate(todo):
-            part = pf.tokens[pf.done: pf.done + chunk]
-            pos = pf.done + np.arange(len(part))
-            ids[i, : len(part)] = part
-            q_pos[i] = pf.done + np.arange(chunk)
-            write_at[i, : len(part)] = np.asarray(pf.pages)[pos // self.ps] * self.ps + pos % self.ps
-            pf.done += len(part)
-            self.counts["prefill_tokens"] += len(part)
+        """One compiled prefill of ``chunk`` tokens of each prefix in each shard's ``todo``
+        (rows padded to a power of two, so few shapes compile)."""
+        rows = _pow2(max(len(t) for t in todo))
+        d = len(self.shards)
+        ids = np.full((d, rows, chunk), self.e.pad_id, np.int32)
+        q_pos = np.tile(np.arange(chunk, dtype=np.int32), (d, rows, 1))
+        write_at = np.full((d, rows, chunk), NULL_PAGE * self.ps, np.int32)
+        table = np.zeros((d, rows, self.width), np.int32)
+        for k, (sh, part_todo) in enumerate(zip(self.shards, todo)):
+            if part_todo:
+                table[k, : len(part_todo)] = table_rows([pf.pages for pf in part_todo], self.width)
+            for i, pf in enumerate(part_todo):
+                part = pf.tokens[pf.done: pf.done + chunk]
+                pos = pf.done + np.arange(len(part))
+                ids[k, i, : len(part)] = part
+                q_pos[k, i] = pf.done + np.arange(chunk)
+                write_at[k, i, : len(part)] = np.asarray(pf.pages)[pos // self.ps] * self.ps + pos % self.ps
+                pf.done += len(part)
+                sh.prefilled += len(part)
+                self.counts["prefill_tokens"] += len(part)
         self.e.prefill(self.params, ids, q_pos, write_at, table)
         self.counts["prefill_calls"] += 1
 
     def _admit(self):
         """Ready rows into free slots: each reads its prefix's full pages and gets its own copy
-        of a partly filled last page."""
+        of a partly filled last page (one copy call for every shard)."""
+        copies = [self._admit_shard(sh) for sh in self.shards]
+        if any(copies):
+            m = -(-max(len(c) for c in copies) // 8) * 8
+            src = np.zeros((len(copies), m), np.int32)
+            dst = np.zeros((len(copies), m), np.int32)
+            for k, c in enumerate(copies):
+                if c:
+                    src[k, : len(c)], dst[k, : len(c)] = zip(*c)
+            self.e.copy_pages(src, dst)
+            self.counts["page_copies"] += sum(map(len, copies))
+
+    def _admit_shard(self, sh) -> list[tuple[int, int]]:
+        """Ready rows into ``sh``'s free slots; the (source, destination) pages to copy."""
         copies = []
         for s in range(self.slots_n):
-            if self.slots[s] is not None or not self.ready:
+            if sh.slots[s] is not None or not sh.ready:
                 continue
-            pf, row = self.ready[0]
+            pf, row = sh.ready[0]
             full = len(pf.tokens) // self.ps
             own = []
             if len(pf.tokens) % self.ps:
-                own = self.pool.alloc(1)
+                own = sh.pool.alloc(1)
                 if own is None:
                     break
                 copies.append((pf.pages[full], own[0]))
-            self.ready.popleft()
-            self.pool.share(pf.pages[:full])
+            sh.ready.popleft()
+            sh.pool.share(pf.pages[:full])
             row.pages = pf.pages[:full] + own
             pf.pending -= 1
             if pf.pending == 0:
-                self.pool.release(pf.pages)
+                sh.pool.release(pf.pages)
             row.admitted = self.admitted
             self.admitted += 1
-            self.slots[s] = row
-        if copies:
-            m = -(-len(copies) // 8) * 8
-            src = np.zeros(m, np.int32)
-            dst = np.zeros(m, np.int32)
-            src[: len(copies)], dst[: len(copies)] = zip(*copies)
-            self.e.copy_pages(src, dst)
-            self.counts["page_copies"] += len(copies)
+            sh.slots[s] = row
+        return copies
 
-    def _grow(self, live):
-        """Pages for the next decode call's positions of every live slot; when the pool is dry,
-        the slot admitted last gives its pages back and waits to be prefilled again."""
-        for s in sorted(live, key=lambda s: self.slots[s].admitted):
-            row = self.slots[s]
+    def _grow(self, sh):
+        """Pages for the next decode call's positions of every live slot of ``sh``; when its
+        pool is dry, its slot admitted last gives its pages back and waits to be prefilled
+        again."""
+        for s in sorted(sh.live(), key=lambda s: sh.slots[s].admitted):
+            row = sh.slots[s]
             if row is None:
                 continue
             pos = len(row.context) - 1
             last = min(pos + self.steps, len(row.prompt) + row.budget - 1)
             need = pages_for(last + 1, self.ps) - len(row.pages)
             while need > 0:
-                got = self.pool.alloc(need)
+                got = sh.pool.alloc(need)
                 if got is not None:
                     row.pages += got
                     break
-                if self._unprefill():
+                if self._unprefill(sh):
                     continue
-                victim = max((s2 for s2 in range(self.slots_n) if self.slots[s2] is not None),
-                             key=lambda s2: self.slots[s2].admitted)
-                if victim == s and sum(r is not None for r in self.slots) == 1:
-                    raise RuntimeError(f"the page pool ({self.pool.num_pages} pages of {self.ps} tokens) cannot hold "
+                victim = max(sh.live(), key=lambda s2: sh.slots[s2].admitted)
+                if victim == s and len(sh.live()) == 1:
+                    raise RuntimeError(f"the page pool ({sh.pool.num_pages} pages of {self.ps} tokens) cannot hold "
                                        f"one sequence of {last + 1} tokens; raise sampling.kv_pages")
-                self._preempt(victim)
+                self._preempt(sh, victim)
                 if victim == s:
                     break
 
-    def _unprefill(self) -> bool:
-        """Give back the pages of the prefix prefilled last and not yet taken by all its rows
-        (it is prefilled again when its turn comes); False when no prefix holds pages."""
-        waiting = [pf for pf in self.prefixes if pf.pages]
-        if waiting:
-            pf = waiting[-1]
+    def _unprefill(self, sh) -> bool:
+        """Give back the pages of the prefix ``sh`` took last and not all its rows have taken
+        yet (it waits again, first in line); False when no prefix holds pages there."""
+        if sh.prefilling:
+            pf = sh.prefilling.pop()
         else:
-            held = [pf for pf in dict.fromkeys(pf for pf, _ in self.ready) if pf.pages]
+            held = [pf for pf in dict.fromkeys(pf for pf, _ in sh.ready) if pf.pages]
             if not held:
                 return False
             pf = held[-1]
-            rows = collections.deque(r for p, r in self.ready if p is pf)
-            self.ready = collections.deque((p, r) for p, r in self.ready if p is not pf)
-            pf.rows = rows
-            self.prefixes.appendleft(pf)
-        self.pool.release(pf.pages)
+            pf.rows = collections.deque(r for p, r in sh.ready if p is pf)
+            sh.ready = collections.deque((p, r) for p, r in sh.ready if p is not pf)
+        self.waiting.appendleft(pf)
+        sh.pool.release(pf.pages)
         self.counts["unprefills"] += 1
         self.counts["recomputed_tokens"] += pf.done
         pf.pages, pf.done = None, 0
         return True
 
-    def _preempt(self, s):
-        row = self.slots[s]
-        self.pool.release(row.pages)
+    def _preempt(self, sh, s):
+        row = sh.slots[s]
+        sh.pool.release(row.pages)
         row.pages = []
-        self.slots[s] = None
-        self.prefixes.appendleft(_Prefix(row.context[:-1], collections.deque([row])))
+        sh.slots[s] = None
+        self.waiting.appendleft(_Prefix(row.context[:-1], collections.deque([row])))
         self.counts["preemptions"] += 1
         self.counts["recomputed_tokens"] += len(row.context) - 1
 
     def _decode_chunk(self):
-        """One decode call over the live slots, packed into the first rows of a call of a power
-        of two rows (at most ``max_slots``): as rows end and none wait, the calls shrink with them
-        (the long tail of one batch runs on few rows, not on every slot)."""
-        live = [s for s, r in enumerate(self.slots) if r is not None]
-        n = min(self.slots_n, _pow2(len(live)))
-        cur = np.zeros(n, np.int32)
-        pos = np.zeros(n, np.int32)
-        gen = np.zeros(n, np.int32)
-        max_gen = np.zeros(n, np.int32)
-        active = np.zeros(n, bool)
-        row_id = np.zeros(n, np.int32)
-        for i, s in enumerate(live):
-            r = self.slots[s]
-            cur[i], pos[i], gen[i] = r.context[-1], len(r.context) - 1, len(r.tokens)
-            max_gen[i], active[i], row_id[i] = r.budget, True, r.row_id
-        table = table_rows([self.slots[s].pages for s in live] + [[]] * (n - len(live)), self.width)
+        """One decode call over every shard's live slots, packed into the first rows of a call
+        of a power of two rows (at most ``max_slots``): as rows end and none wait, the calls
+        shrink with them (the long tail of one batch runs on few rows, not on every slot)."""
+        lives = [sh.live() for sh in self.shards]
+        d, n = len(self.shards), min(self.slots_n, _pow2(max(map(len, lives))))
+        cur, pos, gen, max_gen, row_id = (np.zeros((d, n), np.int32) for _ in range(5))
+        active = np.zeros((d, n), bool)
+        table = np.zeros((d, n, self.width), np.int32)
+        # with sequences waiting for a shard's slots, return as soon as one of them ends (the
+        # host's turn costs well under 1% of the time); with none waiting, run the whole call
+        waiting = sum(len(pf.rows) for pf in self.waiting)
+        refill = np.full(d, n + 1, np.int32)
+        for k, (sh, live) in enumerate(zip(self.shards, lives)):
+            for i, s in enumerate(live):
+                r = sh.slots[s]
+                cur[k, i], pos[k, i], gen[k, i] = r.context[-1], len(r.context) - 1, len(r.tokens)
+                max_gen[k, i], active[k, i], row_id[k, i] = r.budget, True, r.row_id
+            table[k] = table_rows([sh.slots[s].pages for s in live] + [[]] * (n - len(live)), self.width)
+            if waiting or sh.ready or any(pf.rows for pf in sh.prefilling):
+                refill[k] = 1
         sp = self.sp
-        # with sequences waiting, return as soon as a slot ends (the host's turn costs well under
-        # 1% of the time); with none waiting, run the whole call
-        waiting = len(self.ready) + sum(len(pf.rows) for pf in self.prefixes)
-        refill = np.int32(1 if waiting else n + 1)
         toks, lps, ran = self.e.decode(
             self.params, table, cur, pos, gen, max_gen, active, row_id, self.rng, refill,
             steps=self.steps, greedy=sp.temperature == 0.0, temperature=float(sp.temperature), top_k=int(sp.top_k),
             top_p=float(sp.top_p))
         t = time.perf_counter()
         self.counts["decode_calls"] += 1
-        self.counts["slot_steps"] += n * ran
-        for i, s in enumerate(live):
-            self._take(s, toks[i, :ran], lps[i, :ran])
+        self.counts["slot_steps"] += d * n * ran
+        for k, (sh, live) in enumerate(zip(self.shards, lives)):
+            for i, s in enumerate(live):
+                self._take(sh, s, toks[k, i, :ran], lps[k, i, :ran])
         self.host_s += time.perf_counter() - t
 
-    def _take(self, s, toks, lps):
+    def _take(self, sh, s, toks, lps):
         """A slot's tokens of the last call; the slot is freed when its row has ended."""
-        row = self.slots[s]
+        row = sh.slots[s]
         ended = False
         for tok, lp in zip(toks.tolist(), lps.tolist()):
             row.tokens.append(tok)
@@ -297,9 +344,9 @@ class Schedule:
         if self.sp.stop_strings and self._stop(row):
             ended = True
         if ended:
-            self.pool.release(row.pages)
+            sh.pool.release(row.pages)
             row.pages = []
-            self.slots[s] = None
+            sh.slots[s] = None
 
     def _stop(self, row) -> bool:
         """Cut ``row`` at the shortest prefix of its tokens whose text holds a stop string."""
@@ -337,11 +384,13 @@ class Schedule:
 
     def stats(self) -> dict:
         """What the call did: tokens generated, slot-steps run (their ratio is the slots' use),
-        prefill tokens and calls, page copies, preemptions, the pool's size and peak, and the
-        host's share of the wall time."""
+        prefill tokens and calls, page copies, preemptions, the shards, their slots and pools
+        (sizes and peaks summed over the shards), and the host's share of the wall time."""
         wall = time.perf_counter() - self.t0
-        out = dict(self.counts, slots=self.slots_n, page_size=self.ps, kv_pages=self.pool.num_pages,
-                   peak_pages=self.pool.peak_used, wall_s=wall, host_s=self.host_s)
+        pools = [sh.pool for sh in self.shards]
+        out = dict(self.counts, shards=len(pools), slots=self.slots_n * len(pools), page_size=self.ps,
+                   kv_pages=sum(p.num_pages for p in pools), peak_pages=sum(p.peak_used for p in pools),
+                   wall_s=wall, host_s=self.host_s)
         out["slot_use"] = out.get("tokens", 0) / max(1, out.get("slot_steps", 0))
         out["host_share"] = self.host_s / wall if wall else 0.0
         return out

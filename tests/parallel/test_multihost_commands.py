@@ -4,7 +4,8 @@ which hides code that assumes each process's rows are a contiguous block).
 
 One two-process job (4 CPU devices each, ``cli_worker.py --interleave``) runs, in order:
 ``score-rm``, ``rules score``, ``rules apply``, ``rmr1 eval`` with a scalar model (RewardBench
-and RewardBench 2) and with a generative judge, ``train-rm`` and ``rule-adapter`` with 9 held-out
+and RewardBench 2) and with a generative judge, ``rmr1 generate`` (sampled, 2 completions a
+prompt, 3 slots a shard so slots refill), ``train-rm`` and ``rule-adapter`` with 9 held-out
 rows (which two processes cannot split evenly), and finally ``train-rm`` with a config file and
 ``score-rm`` with an input that the last process alone cannot read or finds malformed. The same commands run here in one process (8 devices) give
 the reference: every output file equals it (byte for byte where nothing is a float computed on
@@ -117,7 +118,8 @@ def _inputs(root):
                                                          for i in range(5) for k in (0, 1)]),
             "pairs": _jsonl(root / "pairs.jsonl", [{"prompt": prompts[i], "a": responses[i], "b": responses[i + 1]}
                                                    for i in range(5)]),
-            "rb": _jsonl(root / "rb.jsonl", rb), "rb2": _jsonl(root / "rb2.jsonl", rb2)}
+            "rb": _jsonl(root / "rb.jsonl", rb), "rb2": _jsonl(root / "rb2.jsonl", rb2),
+            "prompts": _jsonl(root / "prompts.jsonl", [{"prompt": _s(i, 2 + 3 * i % 13)} for i in range(13)])}
 
 
 def _commands(out, dirs, files, recipes) -> list[list[str]]:
@@ -133,6 +135,8 @@ def _commands(out, dirs, files, recipes) -> list[list[str]]:
          "--batch-size", "8"],
         ["eval", "--benchmark", "rewardbench", "--ckpt", dirs["lm"], "--data", files["rb"], "--out-dir", f"{out}/ev-judge",
          "--batch-size", "8", "--max-new-tokens", "5"],
+        ["generate", "--ckpt", dirs["lm"], "--in", files["prompts"], "--out", f"{out}/generated.jsonl", "--n", "2",
+         "--max-new-tokens", "6", "--max-slots", "3", "--seed", "4"],
         [recipes["rm"][0], recipes["rm"][1], f"train.run_dir={out}/rm"],
         [recipes["adapter"][0], recipes["adapter"][1], f"train.run_dir={out}/adapter"],
         [recipes["rm"][0], recipes["rm"][1] + ".again", f"train.run_dir={out}/never-rm"],
@@ -170,7 +174,7 @@ def test_every_command_succeeds_on_both_processes_but_the_bad_one(runs):
     _, _, outs, files = runs
     for pid, out in enumerate(outs):
         st = _statuses(out)
-        assert [rc for rc, _ in st] == [0] * 8 + [2, 2], (pid, out[-3000:])
+        assert [rc for rc, _ in st] == [0] * 9 + [2, 2], (pid, out[-3000:])
         assert st[-1][1] < 30 and st[-2][1] < 30, st  # each failure reached both processes within seconds
     err1 = [line for line in outs[1].splitlines() if line.startswith("rmr1 score-rm: error:")]
     err0 = [line for line in outs[0].splitlines() if line.startswith("rmr1 score-rm: error:")]
@@ -211,6 +215,10 @@ def test_file_commands_put_every_score_on_its_row(runs):
     _same_rows(_rows(f"{mp}/rules.jsonl"), _rows(f"{ref}/rules.jsonl"), ("scores", "relevance"))
     _same_rows(_rows(f"{mp}/apply.jsonl"), _rows(f"{ref}/apply.jsonl"), ("score_a", "score_b", "margin"))
     assert not os.path.exists(f"{mp}/never.jsonl") or not _rows(f"{mp}/never.jsonl")
+    # sampled completions: the same draws wherever the mesh's shards ran each row
+    gen = _rows(f"{ref}/generated.jsonl")
+    assert len(gen) == 13 and len({tuple(map(tuple, r["token_ids"])) for r in gen}) >= 10
+    _same_rows(_rows(f"{mp}/generated.jsonl"), gen, ("logprobs",))
 
 
 def test_eval_results_files_equal_the_one_process_files(runs):

@@ -236,9 +236,27 @@ def test_per_prompt_budgets_cut_each_row_in_both_generators(case):
 
 
 @QWEN2_ONLY
-def test_parameters_sharded_over_a_mesh_give_the_same_rows(case):
+def test_slots_split_over_the_mesh_shards_give_the_same_rows(case):
+    """On a (2, 2, 2) mesh each of the 4 (data, fsdp) shards has its own slots and pool, the
+    weights sharded over fsdp and tensor: the greedy rows still equal transformers', with a pool
+    so tight that shards preempt, and sampled rows equal the one-device engine's."""
     mesh = rj.make_mesh((2, 2, 2))
     model, params = rj.load_hf(case.path, mesh=mesh)
-    engine = Engine(model, eos_ids=[case.eos], pad_id=PAD, mesh=mesh, config=CONFIGS["wide"])
-    gen = engine.generate(params, PROMPTS, GREEDY)
-    _assert_matches_transformers(case, gen, PROMPTS, case.refs, case.eos)
+    for config in ("wide", "tight-pool"):
+        engine = Engine(model, eos_ids=[] if config == "tight-pool" else [case.eos], pad_id=PAD, mesh=mesh,
+                        config=CONFIGS[config])
+        gen = engine.generate(params, PROMPTS, GREEDY)
+        st = engine.stats
+        assert st["shards"] == 4 and st["kv_pages"] % 4 == 0
+        if config == "tight-pool":
+            _assert_matches_transformers(case, gen, PROMPTS, case.never, None)
+            assert st.get("preemptions", 0) + st.get("unprefills", 0) > 0
+        else:
+            _assert_matches_transformers(case, gen, PROMPTS, case.refs, case.eos)
+    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.9, top_k=20, n=3)
+    rng = jax.random.key(3)
+    split = engine.generate(params, PROMPTS, sp, rng=rng)
+    one = Engine(case.model, eos_ids=[], pad_id=PAD, config=CONFIGS["tight-pool"]).generate(case.params, PROMPTS,
+                                                                                             sp, rng=rng)
+    np.testing.assert_array_equal(split.tokens, one.tokens)
+    np.testing.assert_allclose(split.logprobs, one.logprobs, atol=2e-5)
