@@ -160,6 +160,9 @@ def test_bad_recipe_file(tmp_path, extra, key, what):
     (load_grpo_config, TINY_GRPO, "grpo.rollout_dtype=bf17", "grpo.rollout_dtype", "not a floating-point dtype"),
     (load_grpo_config, TINY_GRPO, "grpo.rollout_dtype=int8", "grpo.rollout_dtype", "not a floating-point dtype"),
     (load_grpo_config, TINY_GRPO, "mesh.sideways=2", "'mesh.sideways'", "unknown key"),
+    (load_grpo_config, TINY_GRPO, "sampling.max_slots=0", "sampling.max_slots", "at least 1"),
+    (load_grpo_config, TINY_GRPO, "sampling.kv_pages=1", "sampling.kv_pages", "at least 2"),
+    (load_grpo_config, TINY_GRPO, "sampling.slots=4", "'sampling.slots'", "unknown key"),
 ])
 def test_bad_override(loader, recipe, override, key, what):
     with pytest.raises(ConfigError) as ei:
@@ -173,6 +176,20 @@ def test_rollout_dtype_needs_recomputed_old_logprobs():
     assert load_grpo_config(TINY_GRPO, ["grpo.rollout_dtype=bfloat16"]).grpo.rollout_dtype == "bfloat16"
     with pytest.raises(ConfigError, match=r"grpo\.old_logprobs must be 'recompute'"):
         load_grpo_config(TINY_GRPO, ["grpo.rollout_dtype=bfloat16", "grpo.old_logprobs=sampler"])
+
+
+def test_grpo_sampling_section_sizes_the_engine_and_rollout_batch_is_deprecated():
+    """``sampling:`` (the engine's :class:`EngineConfig`, a frozen dataclass) loads from the
+    recipe and from overrides; ``grpo.rollout_batch`` still loads, with a warning that it is
+    ignored."""
+    from rmr1_jax.sampling.engine import EngineConfig
+
+    cfg = load_grpo_config(TINY_GRPO, ["sampling.max_slots=8", "sampling.page_size=32", "sampling.kv_pages=64"])
+    assert cfg.sampling == EngineConfig(max_slots=8, page_size=32, kv_pages=64)
+    assert load_grpo_config(TINY_GRPO).sampling.max_slots == 64  # as the recipe says
+    assert GRPOConfig().sampling == EngineConfig()
+    with pytest.warns(FutureWarning, match="grpo.rollout_batch is deprecated and ignored.*sampling.max_slots"):
+        load_grpo_config(TINY_GRPO, ["grpo.rollout_batch=8"])
 
 
 @pytest.mark.parametrize("text,line", [

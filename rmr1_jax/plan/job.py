@@ -113,7 +113,7 @@ def default_rows(objective: str, cfg) -> int:
 def _hints(objective: str, cfg) -> dict:
     rows = default_rows(objective, cfg)
     if objective == "grpo":
-        return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "rollout_batch": cfg.grpo.rollout_batch,
+        return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "max_slots": cfg.sampling.max_slots,
                 "logprob_batch": cfg.grpo.logprob_batch}
     return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows}
 
@@ -204,7 +204,11 @@ def _grpo(cfg, model, mesh, target, mfu, log):
                                                 "attention_mask": ((lp_rows, length), i32)}, lp_rows * length, log=log)
     lp.resident_bytes = params_b + opt_b + ref_b - lp.parts["parameters"]
     lp.parts["train state and reference (held)"] = lp.resident_bytes
-    prompts = spec.rollout_batch * target.hosts
+    # the generation engine decodes sampling.max_slots sequences on each data-parallel shard:
+    # modelled as static batches of as many rows (each slot's KV cache at full length)
+    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    prompts = -(-cfg.sampling.max_slots * shards // spec.n)
+    prompts = -(-prompts // target.hosts) * target.hosts
     # XLA's defaults for the decode loop off CPU (the sampler picks CPU options by the backend at hand)
     sampler = Sampler(model, eos_ids=(0,), pad_id=0, mesh=mesh, weights_dtype=spec.rollout_dtype,
                       compiler_options=None if target.kind == "cpu" else {})
@@ -231,7 +235,8 @@ def _grpo(cfg, model, mesh, target, mfu, log):
     t_upd = n_updates * _seconds(update.flops, target, mfu)
     total = t_roll + t_lp + t_upd
     notes.append(f"one rollout step ({spec.prompts_per_step} prompts x {spec.n}, every response at the "
-                 f"{spec.max_response_tokens}-token budget): rollout {t_roll:.0f} s ({calls} sampler calls; "
+                 f"{spec.max_response_tokens}-token budget): rollout {t_roll:.0f} s ({calls} batches of "
+                 f"{prompts * spec.n} sequences; "
                  f"decode HBM-bound at {steps * dec_bytes / target.device_bandwidth * 1e3 / steps:.1f} ms a token), "
                  f"log-prob passes {t_lp:.0f} s, {n_updates} updates {t_upd:.0f} s")
     return [update, lp, pre, dec], total, "one GRPO rollout step (rollouts, log-probs, updates)", notes

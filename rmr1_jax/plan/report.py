@@ -105,9 +105,9 @@ def _phase_change(p: JobPlan, ph, hbm: float) -> str:
     scalable = ph.temp_bytes + ph.parts.get("KV cache", 0)
     scale = 1 - (ph.peak_bytes - hbm) / max(scalable, 1)
     if ph.name.startswith("sampler"):
-        rb = spec.get("rollout_batch")
-        if rb and rb > 1 and scale > 0:
-            return f"roll out fewer prompts at once: grpo.rollout_batch={_shrink(rb, scale)}"
+        slots = spec.get("max_slots")
+        if slots and slots > 1 and scale > 0:
+            return f"decode fewer sequences at once: sampling.max_slots={_shrink(slots, scale)}"
     if ph.name == "log-prob pass":
         lb = spec.get("logprob_batch")
         if lb and lb > 1 and scale > 0:

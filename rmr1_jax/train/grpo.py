@@ -1,6 +1,7 @@
 """Stage 2 of RM-R1: GRPO with the verifiable judgment reward.
 
-Each rollout step samples ``n`` judgments per prompt from the current policy, rewards each
+Each rollout step samples ``n`` judgments per prompt from the current policy (through the
+generation engine, every prompt of the step in one call; ``sampling:`` sizes it), rewards each
 with :func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment
 gets the failure reward), normalizes rewards within each prompt's group, computes reference
 (and old-policy) log-probs, and feeds mini-batches to the one training loop, where the
@@ -11,6 +12,7 @@ clipped-ratio loss plus the k3 KL term is minimized. All loss choices are fields
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Literal
 
 import jax
@@ -18,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmr1_jax.errors import ConfigError
+from rmr1_jax.sampling.engine import EngineConfig
 from rmr1_jax.schema import JobConfig, OptimSpec, TrainSpec
 from rmr1_jax.train import grpo_math
 from rmr1_jax.train.losses import response_logprobs
 from rmr1_jax.train.objective import Job, Plan, RecordSpec
-from rmr1_jax.train.rollouts import RolloutSource
+from rmr1_jax.train.rollouts import RolloutSource, free_kv_pool
 
 
 @dataclasses.dataclass
@@ -58,7 +61,10 @@ class GRPOSpec:
     reward_correct: float = 1.0
     reward_wrong: float = -1.0  # also for no verdict and truncated output
     old_logprobs: Literal["recompute", "sampler"] = "recompute"
-    rollout_batch: int = 64  # prompts per sampler call
+    # Deprecated and ignored: a rollout step's prompts go to the generation engine in one call,
+    # so a slot freed by a short judgment takes the next waiting sample of the whole step;
+    # sampling.max_slots sets how many sequences decode at once.
+    rollout_batch: int | None = None
     # Sample rollouts with the weights cast to this dtype (e.g. bfloat16; None: as trained).
     # Old-policy log-probs must then be recomputed in the training dtype.
     rollout_dtype: str | None = None
@@ -96,6 +102,11 @@ class GRPOSpec:
         if self.both_orders and (self.prompts_per_step % 2 or self.minibatch_prompts % 2):
             raise ConfigError(f"{where}: grpo.both_orders needs even grpo.prompts_per_step and "
                               f"grpo.minibatch_prompts (each pair is judged in both orders)")
+        if self.rollout_batch is not None:
+            warnings.warn(f"{where}: grpo.rollout_batch is deprecated and ignored: the generation engine takes a "
+                          f"rollout step's prompts in one call; sampling.max_slots sets the sequences decoding at "
+                          f"once (the static sampler decoded grpo.rollout_batch x grpo.n a process)", FutureWarning,
+                          stacklevel=2)
 
 
 @dataclasses.dataclass
@@ -104,6 +115,9 @@ class GRPOConfig(JobConfig):
     optim: OptimSpec = dataclasses.field(default_factory=lambda: OptimSpec(lr=1e-6, schedule="constant",
                                                                             warmup_ratio=0.0, weight_decay=0.0))
     grpo: GRPOSpec = dataclasses.field(default_factory=GRPOSpec)
+    # the generation engine's sizes, for the rollouts and held-out judging (max_slots,
+    # page_size, kv_pages, prefill_chunk, ...: rmr1_jax.sampling.engine.EngineConfig)
+    sampling: EngineConfig = dataclasses.field(default_factory=EngineConfig)
     eval_max_new_tokens: int | None = None  # held-out judging budget (default: grpo.max_response_tokens)
 
     def validate(self, where: str):
@@ -169,7 +183,7 @@ class GRPOObjective:
 
     def plan(self, job: Job) -> Plan:
         from rmr1_jax.data.pipeline import CheckpointableIterator
-        from rmr1_jax.sampling.sampler import Sampler
+        from rmr1_jax.sampling.engine import Engine
 
         cfg, spec, sources, model, mesh, tokenizer = (job.cfg, job.cfg.grpo, job.sources, job.model, job.mesh,
                                                       job.tokenizer)
@@ -190,15 +204,16 @@ class GRPOObjective:
             sources["train"], seed=train.seed, records_per_update=spec.minibatch_prompts // (2 if spec.both_orders else 1),
             process_index=p_idx, process_count=n_proc).to_iter_dataset())
         eos = tuple(getattr(tokenizer, "eos_ids", ()) or (tokenizer.eos_id,))
-        sampler = Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, weights_dtype=spec.rollout_dtype)
+        generator = Engine(model, eos_ids=eos, pad_id=tokenizer.pad_id, mesh=mesh, config=cfg.sampling,
+                           weights_dtype=spec.rollout_dtype)
         source = RolloutSource(model=model, ref_params=ref_params, ref_model=reference_model(model),
-                               sampler=sampler, tokenizer=tokenizer,
+                               generator=generator, tokenizer=tokenizer,
                                prompts=prompts, spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
                                per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=train.seed,
                                row_multiple=_row_multiple(train, mesh))
         # held-out judging uses the weights as trained, whatever the rollout dtype
-        eval_sampler = sampler if spec.rollout_dtype is None else Sampler(model, eos_ids=eos, pad_id=tokenizer.pad_id,
-                                                                            mesh=mesh)
+        judge = generator if spec.rollout_dtype is None else Engine(model, eos_ids=eos, pad_id=tokenizer.pad_id,
+                                                                    mesh=mesh, config=cfg.sampling)
 
         def evaluate(p, step):
             from rmr1_jax.inference.judge import judge_prompts, verdict_accuracy
@@ -207,9 +222,10 @@ class GRPOObjective:
             src = sources["eval"]
             n = len(src) if train.eval_limit is None else min(train.eval_limit, len(src))
             recs = [src[i] for i in range(n)]
-            js = judge_prompts(eval_sampler, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
-                               batch_size=spec.rollout_batch,
+            js = judge_prompts(judge, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
+                               batch_size=cfg.sampling.max_slots,
                                max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
+            free_kv_pool(judge)  # the updates that follow need the memory
             return verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
                                          for r in recs])
 
@@ -223,7 +239,9 @@ class GRPOObjective:
             f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
             f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
             f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
-            f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}")
+            f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}; "
+            f"rollouts through the generation engine ({cfg.sampling.max_slots} slots a data-parallel shard, "
+            f"pages of {cfg.sampling.page_size} tokens)")
         return Plan(loss_fn=grpo_loss_fn(model, spec), batches=source, total_steps=rollout_steps * updates,
                     train=train, seq_len=spec.max_prompt_tokens + spec.max_response_tokens,
                     tokens_per_step=lambda b: float(np.sum(b["attention_mask"])),

@@ -1,7 +1,9 @@
 """GRPO's batch source: rollout steps of the current policy, rewarded with the verdict rule,
 turned into the mini-batches of the optimizer updates.
 
-Each rollout step samples ``n`` judgments per prompt, rewards each with
+Each rollout step samples ``n`` judgments per prompt (all of the step's prompts in one call of
+the generator: the generation engine, :class:`~rmr1_jax.sampling.engine.Engine`, whose slots
+refill across the whole step as judgments end), rewards each with
 :func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment gets the
 failure reward), normalizes rewards within each prompt's group, computes the reference (when
 the loss has a KL term) and old-policy log-probs, and queues one mini-batch per update.
@@ -30,16 +32,19 @@ class RolloutSource:
 
     holds_arrays = True  # the queued mini-batches of the current rollout
 
-    def __init__(self, *, model, ref_params, sampler, tokenizer, prompts, spec, mesh, per_host_prompts: int,
+    def __init__(self, *, model, ref_params, generator, tokenizer, prompts, spec, mesh, per_host_prompts: int,
                  per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1, ref_model=None):
-        """``spec``: the :class:`~rmr1_jax.train.grpo.GRPOSpec`. ``row_multiple``: an update's
+        """``generator``: what samples the rollouts, an :class:`~rmr1_jax.sampling.engine.Engine`
+        (or anything with its ``generate`` and ``pad_id``, e.g. the static
+        :class:`~rmr1_jax.sampling.sampler.Sampler`). ``spec``: the
+        :class:`~rmr1_jax.train.grpo.GRPOSpec`. ``row_multiple``: an update's
         host-local row count must be a multiple of it (the micro-batch count times the data
         shards on this host). ``ref_params``: the frozen reference policy, or ``None`` when the
         loss has no KL term; ``ref_model`` applies it (default ``model``; with LoRA the model
         without adapters, ``ref_params`` being the frozen base)."""
         if spec.uses_reference() and ref_params is None:
             raise ValueError("the GRPO loss has a KL term: RolloutSource needs ref_params")
-        self.model, self.ref_params, self.sampler, self.tokenizer = model, ref_params, sampler, tokenizer
+        self.model, self.ref_params, self.generator, self.tokenizer = model, ref_params, generator, tokenizer
         self.prompts, self.spec, self.mesh = prompts, spec, mesh
         self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
         self.seed = seed
@@ -47,6 +52,7 @@ class RolloutSource:
         self.queue: list[dict] = []
         self._queued = 0  # queue length a restored data state says the checkpoint holds
         self._metrics: dict = {}
+        self._gen_stats: dict = {}
         self._rollouts = 0
 
         def logprobs(p, b):  # the module follows the params: the LoRA reference has no adapters
@@ -121,28 +127,25 @@ class RolloutSource:
 
     def _sample(self, params, prompt_ids):
         """``(plen, tokens, sampler log-probs, lengths, finished, texts)`` of ``spec.n`` samples a
-        prompt, ``rollout_batch`` prompts a sampler call; the token columns cut to the bucketed
-        width any response reaches (agreed over processes, so few shapes compile)."""
+        prompt, every prompt of the step in one generator call; the token columns cut to the
+        bucketed width any response reaches (agreed over processes, so few shapes compile)."""
         from rmr1_jax.sampling.sampler import SamplingParams
 
         spec = self.spec
         sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature,
                             top_p=spec.top_p, top_k=spec.top_k, n=spec.n)
         plen = int(agree_max([-(-max(len(p) for p in prompt_ids) // 32) * 32])[0])
-        toks, lps, lens, fin, texts = [], [], [], [], []
         rng = jax.random.fold_in(jax.random.key(self.seed), self._rollouts)
-        index = self._prompt_index(len(prompt_ids))
-        for i in range(0, len(prompt_ids), spec.rollout_batch):
-            g = self.sampler.generate(params, prompt_ids[i:i + spec.rollout_batch], sp, rng=rng,
-                                      tokenizer=self.tokenizer, prompt_length=plen,
-                                      prompt_index=index[i:i + spec.rollout_batch])
-            toks.append(g.tokens), lps.append(g.logprobs), lens.append(g.lengths), fin.append(g.finished)
-            texts += g.texts
-        tokens, sampler_lp = np.concatenate(toks), np.concatenate(lps)
-        lengths, finished = np.concatenate(lens), np.concatenate(fin)
+        g = self.generator.generate(params, prompt_ids, sp, rng=rng, tokenizer=self.tokenizer, prompt_length=plen,
+                                    prompt_index=self._prompt_index(len(prompt_ids)))
+        free_kv_pool(self.generator)  # the log-prob passes and updates that follow need the memory
+        # the engine's account of the call (one schedule, the same on every process)
+        self._gen_stats = {k: float(v) for k, v in (getattr(self.generator, "stats", None) or {}).items()
+                           if k in ("slot_use", "preemptions")}
+        tokens, sampler_lp, lengths, finished = g.tokens, g.logprobs, g.lengths, g.finished
         bucket = max(32, spec.max_response_tokens // 8)
         width = int(agree_max([min(tokens.shape[1], -(-max(int(lengths.max()), 1) // bucket) * bucket)])[0])
-        return plen, tokens[:, :width], sampler_lp[:, :width], lengths, finished, texts
+        return plen, tokens[:, :width], sampler_lp[:, :width], lengths, finished, g.texts
 
     def _rollout(self, params):
         """One rollout step with the current ``params``: this process's next prompts sampled
@@ -191,7 +194,7 @@ class RolloutSource:
         from rmr1_jax.sampling.sampler import left_pad
 
         n = self.spec.n
-        pid, pmask = left_pad(prompt_ids, self.sampler.pad_id, plen)
+        pid, pmask = left_pad(prompt_ids, self.generator.pad_id, plen)
         pid, pmask = np.repeat(pid, n, axis=0), np.repeat(pmask, n, axis=0)
         L = tokens.shape[1]
         resp_mask = np.arange(L)[None, :] < lengths[:, None]
@@ -253,12 +256,13 @@ class RolloutSource:
             "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
             "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
+            **{f"rollout_{k}": v for k, v in self._gen_stats.items()},
         }
 
     def _prompt_index(self, k: int) -> np.ndarray:
         """Each of this process's ``k`` prompts' index in the one-process rollout step, which
         keys its samples (so they depend neither on the process count, nor on where the mesh
-        puts the rows, nor on how the step is split into sampler calls). The prompt stream
+        puts the rows, nor on how the step is split into generator calls). The prompt stream
         (:func:`rmr1_jax.train.grpo.prompt_stream`) deals each update's mini-batch: this
         process's ``j``-th prompt of update ``u`` is the one-process step's prompt
         ``u * mb * process_count + process_index * mb + j`` (``mb`` prompts per process and
@@ -289,6 +293,18 @@ class RolloutSource:
             count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
             plans.append((np.concatenate([keep, fill]), keep, count))
         return plans
+
+
+def free_kv_pool(generator) -> None:
+    """Give back the generation engine's device KV pool after a call. The engine keeps it for
+    the next call and, on an accelerator, sizes it to a share of the memory free at the call
+    (``sampling.kv_memory_fraction``): held through GRPO's log-prob passes and updates, it
+    would take the memory they need. The next rollout allocates it again (cheap next to the
+    rollout). Anything else (the static sampler) holds nothing between calls."""
+    from rmr1_jax.sampling.engine import Engine
+
+    if isinstance(generator, Engine):
+        generator._pages = None
 
 
 def _no_verdict(text: str, opened_thinking: bool) -> bool:

@@ -84,10 +84,10 @@ def placement_free_case(hf_dir) -> dict:
     # the rollout step: 8 prompts (one sampler call of the same shapes as above), 2 updates of 4
     recs = [{"input_ids": np.asarray(p, np.int32), "winner": "A"} for p in prompts]
     spec = GRPOSpec(n=2, max_prompt_tokens=16, max_response_tokens=MAX_NEW, prompts_per_step=PROMPTS,
-                    minibatch_prompts=4, rollout_batch=k, logprob_batch=2 * k, temperature=1.0,
+                    minibatch_prompts=4, logprob_batch=2 * k, temperature=1.0,
                     old_logprobs="recompute")
     stream = prompt_stream(recs, seed=3, records_per_update=4, process_index=pid, process_count=n_proc)
-    src = RolloutSource(model=model, ref_params=params, sampler=_Finishing(sampler), tokenizer=Tok(),
+    src = RolloutSource(model=model, ref_params=params, generator=_Finishing(sampler), tokenizer=Tok(),
                         prompts=CheckpointableIterator(stream.to_iter_dataset()), spec=spec, mesh=mesh,
                         per_host_prompts=k, per_host_minibatch_prompts=4 // n_proc, seed=5)
     real, verdict.judgment_reward = verdict.judgment_reward, _parity_reward  # looked up at each call
@@ -160,8 +160,8 @@ def main():
     real_reward, verdict.judgment_reward = verdict.judgment_reward, _parity_reward
     recs = [{"input_ids": np.asarray(p, np.int32), "winner": "A"} for p in prompts]
     spec = GRPOSpec(n=2, max_prompt_tokens=16, max_response_tokens=6, prompts_per_step=4, minibatch_prompts=2,
-                    rollout_batch=4, logprob_batch=4, temperature=1.0, old_logprobs="recompute")
-    src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=Tok(), prompts=iter(recs),
+                    logprob_batch=4, temperature=1.0, old_logprobs="recompute")
+    src = RolloutSource(model=model, ref_params=params, generator=sampler, tokenizer=Tok(), prompts=iter(recs),
                         spec=spec, mesh=mesh, per_host_prompts=4, per_host_minibatch_prompts=2, seed=pid)
     src._rollout(params)
     opt = optax.sgd(0.1)

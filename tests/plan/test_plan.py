@@ -134,7 +134,7 @@ def test_bad_topology_and_recipe_errors_are_one_line(tmp_path, capsys):
 def test_tpu_grpo_plan_compiles_every_phase(tmp_path, capsys):
     rc, out, err, js = _plan(tmp_path, capsys, "configs/grpo/tiny.yaml", "--topology", "v5e:2x2",
                              "mesh.data=1", "mesh.fsdp=4", "model.architecture=demo", "model.vocab_size=1024",
-                             "grpo.n=4", "grpo.prompts_per_step=16", "grpo.minibatch_prompts=8", "grpo.rollout_batch=8",
+                             "grpo.n=4", "grpo.prompts_per_step=16", "grpo.minibatch_prompts=8", "sampling.max_slots=8",
                              "grpo.logprob_batch=16", "grpo.max_prompt_tokens=128", "grpo.max_response_tokens=64")
     assert rc == 0, err
     names = [p["name"] for p in js["phases"]]

@@ -31,16 +31,16 @@ def every_sample_finishes():
     """Count every sample as finished: a random tiny policy seldom ends within the few tokens
     the test samples, and the rollout gives an unfinished sample the failure reward whatever
     its text, so without this every group would be rewarded alike (no advantage)."""
+    from rmr1_jax.sampling.engine import Engine
     from rmr1_jax.sampling.sampler import Sampler
 
-    real = Sampler.generate
+    for cls in (Engine, Sampler):  # GRPO rolls out with the engine
+        def generate(self, *args, _real=cls.generate, **kwargs):
+            g = _real(self, *args, **kwargs)
+            g.finished[:] = True
+            return g
 
-    def generate(self, *args, **kwargs):
-        g = real(self, *args, **kwargs)
-        g.finished[:] = True
-        return g
-
-    Sampler.generate = generate
+        cls.generate = generate
 
 
 def dump_params(params, path):

@@ -47,7 +47,7 @@ def _config(root, name, data, tok_dir, files):
         "optim": {"lr": 1e-2, "schedule": "constant", "warmup_ratio": 0.0},
         # the entropy term gives every row a gradient, so the parameters move at each update
         "grpo": {"n": 2, "max_prompt_tokens": 384, "max_response_tokens": 8, "prompts_per_step": 6,
-                 "minibatch_prompts": 2, "rollout_steps": 2, "rollout_batch": 6, "logprob_batch": 6,
+                 "minibatch_prompts": 2, "rollout_steps": 2, "logprob_batch": 6,
                  "kl_estimator": "k3", "kl_coef": 0.1, "entropy_coef": 0.01},
         "train": {"run_dir": str(root / name), "progress": False, "peak_flops": 1e12, "log_every": 1},
         "checkpoint": {"save_every": 1000, "keep": 3},

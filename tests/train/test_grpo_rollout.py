@@ -1,5 +1,7 @@
-"""GRPO rollout assembly: which prompt each sample row came from, which label it is rewarded
-against, and how rows are grouped into mini-batches (plain and with both A/B orders)."""
+"""GRPO rollouts: which prompt each sample row came from, which label it is rewarded against,
+how rows are grouped into mini-batches (plain and with both A/B orders), and that a run's
+rollouts come from the generation engine with the policy's current weights (the checkpoint it
+starts from, then each update's)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pytest
 
 from rmr1_jax.models import DecoderLM, init_params, preset
 from rmr1_jax.parallel import make_mesh
+from rmr1_jax.sampling.engine import Engine, EngineConfig
 from rmr1_jax.sampling.sampler import Sampler
 from rmr1_jax.text import verdict
 from rmr1_jax.train.grpo import GRPOSpec, RolloutSource
@@ -41,7 +44,7 @@ def tiny():
 def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
     model, params = tiny
     spec = GRPOSpec(n=N, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=4, minibatch_prompts=2,
-                    rollout_batch=4, logprob_batch=8, both_orders=both, old_logprobs="sampler")
+                    logprob_batch=8, both_orders=both, old_logprobs="sampler")
     recs = _records(4)
     calls = []  # (text, winner) in sample order
 
@@ -52,7 +55,7 @@ def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
     monkeypatch.setattr(verdict, "judgment_reward", reward)
     mesh = make_mesh()
     # every token ends a sequence: each sample is one finished token, so each is rewarded
-    src = RolloutSource(model=model, ref_params=params, sampler=Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh),
+    src = RolloutSource(model=model, ref_params=params, generator=Engine(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh),
                         tokenizer=_Tok(), prompts=iter(recs), spec=spec, mesh=mesh, per_host_prompts=4,
                         per_host_minibatch_prompts=2, seed=0)
     src._rollout(params)
@@ -75,24 +78,29 @@ def test_rollout_rows_prompts_and_labels(tiny, monkeypatch, both):
     np.testing.assert_allclose(adv.mean(axis=1), 0.0, atol=1e-6)  # normalized within each prompt's group
 
 
-def test_samples_do_not_depend_on_how_the_step_is_split_into_sampler_calls(tiny):
-    """A prompt's samples are keyed by its index in the rollout step, so one sampler call for
-    the step's prompts or several (``rollout_batch``) give the same rows."""
+def test_engine_rollouts_are_the_static_samplers(tiny):
+    """A prompt's samples are keyed by its index in the rollout step, so the generation engine
+    (a few slots, refilled as samples end) and the static sampler (the whole step in one batch)
+    give the same rows; and the engine's KV pool is given back after the rollout."""
     model, params = tiny
     mesh = make_mesh()
-    sampler = Sampler(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh)
+    half = range(model.cfg.vocab_size // 2)  # half the ids end a sequence: ragged lengths
     rows = []
-    for rollout_batch in (4, 2):
-        spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=4, minibatch_prompts=2,
-                        rollout_batch=rollout_batch, logprob_batch=4, old_logprobs="sampler", kl_estimator="none",
-                        skip_zero_advantage=False)
-        src = RolloutSource(model=model, ref_params=None, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(4)),
+    for gen in (Sampler(model, eos_ids=half, pad_id=0, mesh=mesh),
+                Engine(model, eos_ids=half, pad_id=0, mesh=mesh, config=EngineConfig(max_slots=2, page_size=4))):
+        spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=6, prompts_per_step=4, minibatch_prompts=2,
+                        logprob_batch=4, old_logprobs="sampler", kl_estimator="none", skip_zero_advantage=False)
+        src = RolloutSource(model=model, ref_params=None, generator=gen, tokenizer=_Tok(), prompts=iter(_records(4)),
                             spec=spec, mesh=mesh, per_host_prompts=4, per_host_minibatch_prompts=2, seed=0)
         src._rollout(params)
-        rows.append(np.concatenate([b["input_ids"] for b in src.queue]))
-    assert rows[0].shape[0] == 8  # 4 prompts x 2 samples
-    np.testing.assert_array_equal(rows[0], rows[1])
-    assert all(not np.array_equal(rows[0][2 * i], rows[0][2 * i + 1]) for i in range(4))  # a prompt's samples differ
+        rows.append([np.concatenate([b[k] for b in src.queue]) for k in ("input_ids", "response_mask", "old_logp")])
+    assert rows[0][0].shape[0] == 8  # 4 prompts x 2 samples
+    assert len(set(rows[0][1].sum(axis=1).tolist())) > 1  # ragged
+    np.testing.assert_array_equal(rows[0][0], rows[1][0])
+    np.testing.assert_array_equal(rows[0][1], rows[1][1])
+    np.testing.assert_allclose(rows[0][2], rows[1][2], atol=1e-5)
+    assert all(not np.array_equal(rows[0][0][2 * i], rows[0][0][2 * i + 1]) for i in range(4))  # a prompt's samples differ
+    assert gen._pages is None and src.pop_metrics()["rollout_slot_use"] > 0
 
 
 def test_prompt_stream_is_shuffled_globally_then_dealt():
@@ -133,17 +141,17 @@ def test_prompt_stream_is_shuffled_globally_then_dealt():
 
 
 def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
-    """``rollout_dtype``: samples come from the bf16-cast sampler, but the old-policy log-probs
+    """``rollout_dtype``: samples come from the bf16-cast engine, but the old-policy log-probs
     in the update batch are the float32 model's teacher-forced ones (``old_logprobs=recompute``)."""
     from rmr1_jax.train.grpo import response_logprobs
 
     model, params = tiny
     spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=5, prompts_per_step=2, minibatch_prompts=2,
-                    rollout_batch=2, logprob_batch=4, rollout_dtype="bfloat16", old_logprobs="recompute")
+                    logprob_batch=4, rollout_dtype="bfloat16", old_logprobs="recompute")
     spec.validate("test")
     mesh = make_mesh()
-    sampler = Sampler(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh, weights_dtype="bfloat16")
-    src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
+    sampler = Engine(model, eos_ids=[model.cfg.vocab_size], pad_id=0, mesh=mesh, weights_dtype="bfloat16")
+    src = RolloutSource(model=model, ref_params=params, generator=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
                         spec=spec, mesh=mesh, per_host_prompts=2, per_host_minibatch_prompts=2, seed=0)
     src._rollout(params)
     (batch,) = src.queue
@@ -158,11 +166,11 @@ def test_rows_keep_only_the_columns_responses_reach(tiny):
     the rows stop at the longest response, rounded up to the bucket (32 columns here)."""
     model, params = tiny
     spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=96, prompts_per_step=2, minibatch_prompts=2,
-                    rollout_batch=2, logprob_batch=4, old_logprobs="sampler")
+                    logprob_batch=4, old_logprobs="sampler")
     mesh = make_mesh()
     # every token ends a sequence: each response is one token long
-    sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
-    src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
+    sampler = Engine(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
+    src = RolloutSource(model=model, ref_params=params, generator=sampler, tokenizer=_Tok(), prompts=iter(_records(2)),
                         spec=spec, mesh=mesh, per_host_prompts=2, per_host_minibatch_prompts=2, seed=0)
     src._rollout(params)
     (batch,) = src.queue
@@ -199,11 +207,11 @@ def test_zero_advantage_rows_are_left_out_and_the_updates_unchanged(tiny, monkey
 
         monkeypatch.setattr(verdict, "judgment_reward", reward)
         spec = GRPOSpec(n=N, max_prompt_tokens=8, max_response_tokens=16, prompts_per_step=n_prompts,
-                        minibatch_prompts=4, rollout_batch=8, logprob_batch=8, old_logprobs="recompute",
+                        minibatch_prompts=4, logprob_batch=8, old_logprobs="recompute",
                         kl_estimator="none", kl_coef=0.0, skip_zero_advantage=skip, temperature=1.0)
         # half the ids end a sequence: responses of different lengths, all finished (checked)
-        sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size // 2), pad_id=0, mesh=mesh)
-        src = RolloutSource(model=model, ref_params=params, sampler=sampler, tokenizer=_Tok(),
+        sampler = Engine(model, eos_ids=range(model.cfg.vocab_size // 2), pad_id=0, mesh=mesh)
+        src = RolloutSource(model=model, ref_params=params, generator=sampler, tokenizer=_Tok(),
                             prompts=iter(_records(n_prompts)), spec=spec, mesh=mesh, per_host_prompts=n_prompts,
                             per_host_minibatch_prompts=4, seed=0)
         src._rollout(params)
@@ -247,13 +255,13 @@ def test_no_reference_copy_or_pass_without_a_kl_term(tiny, monkeypatch):
     ref = reference_params(GRPOSpec(), params)
     assert all(a is not b for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(params)))
     mesh = make_mesh()
-    sampler = Sampler(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
+    sampler = Engine(model, eos_ids=range(model.cfg.vocab_size), pad_id=0, mesh=mesh)
     passes = []
     for spec in (GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=2, minibatch_prompts=2,
-                          rollout_batch=2, logprob_batch=4, kl_estimator="none", skip_zero_advantage=False),
+                          logprob_batch=4, kl_estimator="none", skip_zero_advantage=False),
                  GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=4, prompts_per_step=2, minibatch_prompts=2,
-                          rollout_batch=2, logprob_batch=4)):
-        src = RolloutSource(model=model, ref_params=reference_params(spec, params), sampler=sampler,
+                          logprob_batch=4)):
+        src = RolloutSource(model=model, ref_params=reference_params(spec, params), generator=sampler,
                             tokenizer=_Tok(), prompts=iter(_records(2)), spec=spec, mesh=mesh, per_host_prompts=2,
                             per_host_minibatch_prompts=2, seed=0)
         seen = []
@@ -265,3 +273,136 @@ def test_no_reference_copy_or_pass_without_a_kl_term(tiny, monkeypatch):
             assert src.ref_params is None and all(p is params for p in seen)
             assert not src.queue[0]["ref_logp"].any()
     assert passes == [1, 2]  # old log-probs only | reference and old log-probs
+
+
+# ----- a run's rollouts against teacher forcing with the weights they should come from -----
+
+
+@pytest.fixture(scope="module")
+def engine_run(tmp_path_factory):
+    """A two-rollout GRPO run (one update per rollout) from a saved HF directory, with held-out
+    judging at the end; every call of the generation engine recorded. Returns the run's root,
+    the HF directory, the recorded calls ``(SamplingParams, prompts, Generation)`` and the
+    run's final params."""
+    import yaml
+
+    import rmr1_jax as rj
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.demos.rmr1 import write_demo_prompts
+    from rmr1_jax.text.tokenizer import train_sentencepiece
+    from rmr1_jax.train.grpo import load_grpo_config, run_grpo
+    from rmr1_jax.worlds import judging_tasks as synthetic
+
+    root = tmp_path_factory.mktemp("grpo_engine")
+    pairs = synthetic.generate_pairs(16, seed=5, kinds=("compare",))
+    data = str(root / "pairs.jsonl")
+    synthetic.write_pairs_jsonl(data, pairs)
+    files, template = write_demo_prompts(str(root / "prompts"))
+    traces = synthetic.make_distillation_examples(pairs, seed=0, template=template, style="compact")
+    tok_dir = str(root / "tok")
+    tok = train_sentencepiece([m["content"] for ex in traces for m in ex.messages] + [ex.target for ex in traces],
+                              tok_dir, vocab_size=400)
+    # the starting weights: not the preset's initialization from the run's seed (0)
+    model, params = load_model("tiny", "lm", mesh=None, tokenizer=tok, seed=7, dtype="float32", scan_layers=False)
+    hf_dir = str(root / "hf")
+    rj.save_hf(model, params, hf_dir, dtype="float32")
+    cfg = {
+        "model": {"preset": None, "hf_dir": hf_dir, "dtype": "float32", "scan_layers": False},
+        "mesh": {"data": 2, "fsdp": 4, "tensor": 1},
+        "tokenizer": {"path": tok_dir},
+        "prompt": {"variant": "instruct", "system_file": files["system"], "user_file": files["user"],
+                   "user_multiturn_file": files["user_multiturn"]},
+        "data": {"train": [data], "eval": [data], "max_length": 384, "overlong": "skip"},
+        "optim": {"lr": 1e-2, "schedule": "constant", "warmup_ratio": 0.0},
+        # the entropy term gives every row a gradient, so one update moves the policy
+        "grpo": {"n": 2, "max_prompt_tokens": 384, "max_response_tokens": 8, "prompts_per_step": 2,
+                 "minibatch_prompts": 2, "rollout_steps": 2, "logprob_batch": 4, "temperature": 1.0,
+                 "kl_estimator": "k3", "kl_coef": 0.1, "entropy_coef": 0.01},
+        "sampling": {"max_slots": 2, "page_size": 4},
+        "eval_max_new_tokens": 4,
+        "train": {"run_dir": str(root / "run"), "progress": False, "peak_flops": 1e12, "log_every": 1,
+                  "eval_limit": 2},
+        "checkpoint": {"save_every": 1, "keep": 3, "async_save": False},
+    }
+    path = str(root / "grpo.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    calls = []
+    real = Engine.generate
+
+    def recording(self, params, prompts, sp, **kw):
+        g = real(self, params, prompts, sp, **kw)
+        calls.append((sp, [list(p) for p in prompts], g))
+        return g
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Engine, "generate", recording)
+        _, final, result, _ = run_grpo(load_grpo_config(path), log=lambda *_: None)
+    assert result.step == 2
+    return root, hf_dir, calls, final
+
+
+def _teacher_forced(model, params, prompts, g, n: int, temperature: float) -> list[np.ndarray]:
+    """Each row's response log-probs by one forward pass over prompt + response (right-padded
+    rows), under ``softmax(logits / T)``: :func:`~rmr1_jax.train.losses.response_logprobs`."""
+    from rmr1_jax.train.losses import response_logprobs
+
+    rows = [prompts[j // n] + g.tokens[j, :g.lengths[j]].tolist() for j in range(len(g.lengths))]
+    width = max(map(len, rows))
+    ids = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for j, r in enumerate(rows):
+        ids[j, :len(r)], mask[j, :len(r)] = r, 1
+    lp = np.asarray(response_logprobs(model, params, {"input_ids": ids, "attention_mask": mask},
+                                      temperature=temperature))
+    # position t scores token t + 1: the response's tokens from the prompt's last position on
+    return [lp[j, len(prompts[j // n]) - 1:len(prompts[j // n]) - 1 + g.lengths[j]] for j in range(len(rows))]
+
+
+def _generated(g) -> list[np.ndarray]:
+    return [g.logprobs[j, :g.lengths[j]] for j in range(len(g.lengths))]
+
+
+def _assert_rows_close(got, want, atol=2e-4):
+    for j, (a, b) in enumerate(zip(got, want)):
+        np.testing.assert_allclose(a, b, atol=atol, err_msg=f"row {j}")
+
+
+def _max_gap(got, want) -> float:
+    return max(float(np.max(np.abs(a - b))) for a, b in zip(got, want))
+
+
+def test_first_rollout_samples_the_loaded_checkpoint(engine_run):
+    """The first rollout's log-probs (the engine's own) are those of a teacher-forced pass with
+    the HF directory's weights, loaded apart from the run; not those of the preset's random
+    initialization (a run that sampled with weights other than the loaded ones fails here)."""
+    from rmr1_jax.checkpoint.loading import load_model
+
+    _, hf_dir, calls, _ = engine_run
+    rollouts = [(sp, p, g) for sp, p, g in calls if sp.temperature > 0]
+    assert len(rollouts) == 2 and all(sp.n == 2 and len(p) == 2 for sp, p, _ in rollouts)
+    sp, prompts, g = rollouts[0]
+    assert g.lengths.sum() > 4  # responses of several tokens
+    model, loaded = load_model(hf_dir, "lm", mesh=None, dtype="float32", scan_layers=False)
+    _assert_rows_close(_generated(g), _teacher_forced(model, loaded, prompts, g, sp.n, sp.temperature))
+    _, fresh = load_model("tiny", "lm", mesh=None, vocab_size=model.cfg.vocab_size, seed=0, dtype="float32",
+                          scan_layers=False)
+    assert _max_gap(_generated(g), _teacher_forced(model, fresh, prompts, g, sp.n, sp.temperature)) > 1e-2
+
+
+def test_next_rollout_samples_the_updated_policy(engine_run):
+    """After the first update, the next rollout's log-probs are a teacher-forced pass's with the
+    updated weights (step 1's checkpoint) and differ from one with the starting weights; the
+    held-out judging at the end decodes with the final weights as trained."""
+    from rmr1_jax.checkpoint.loading import load_model
+
+    root, hf_dir, calls, final = engine_run
+    sp, prompts, g = [c for c in calls if c[0].temperature > 0][1]
+    model, updated = load_model(str(root / "run" / "checkpoints"), "lm", mesh=None, step=1, dtype="float32",
+                                scan_layers=False)
+    _, start = load_model(hf_dir, "lm", mesh=None, dtype="float32", scan_layers=False)
+    _assert_rows_close(_generated(g), _teacher_forced(model, updated, prompts, g, sp.n, sp.temperature))
+    assert _max_gap(_generated(g), _teacher_forced(model, start, prompts, g, sp.n, sp.temperature)) > 1e-3
+    (sp_e, prompts_e, g_e), = [c for c in calls if c[0].temperature == 0]
+    assert sp_e.max_new_tokens == 4 and len(prompts_e) == 2 and g_e.lengths.sum() > 0
+    _assert_rows_close(_generated(g_e), _teacher_forced(model, jax.device_get(final), prompts_e, g_e, 1, 0.0))

@@ -107,7 +107,7 @@ def test_grpo_lifts_the_mean_reward_on_a_task_learnable_in_a_few_rollouts(task):
         data=DataSpec(train=[task.rl_pairs], max_length=160),
         optim=OptimSpec(lr=1e-3, schedule="constant", warmup_ratio=0.0, b2=0.99, weight_decay=0.0),
         grpo=GRPOSpec(n=8, max_prompt_tokens=160, max_response_tokens=8, prompts_per_step=16, minibatch_prompts=8,
-                      rollout_steps=ROLLOUTS, rollout_batch=16, logprob_batch=64, kl_estimator="none", kl_coef=0.0),
+                      rollout_steps=ROLLOUTS, logprob_batch=64, kl_estimator="none", kl_coef=0.0),
         train=TrainSpec(run_dir=os.path.join(task.root, "grpo"), progress=False, peak_flops=1e12, log_every=1),
         checkpoint=CheckpointSpec(save_every=10**9, keep=1))
     run_grpo(cfg, log=lambda *_: None)

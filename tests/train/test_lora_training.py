@@ -236,7 +236,7 @@ def test_grpo_with_lora_lifts_the_heldout_accuracy_of_a_briefly_distilled_judge(
         data=DataSpec(train=[task.rl_pairs], max_length=160),
         optim=OptimSpec(lr=3e-3, schedule="constant", warmup_ratio=0.0, b2=0.99, weight_decay=0.0),
         grpo=GRPOSpec(n=8, max_prompt_tokens=160, max_response_tokens=8, prompts_per_step=16, minibatch_prompts=8,
-                      both_orders=True, rollout_steps=12, rollout_batch=16, logprob_batch=64, kl_estimator="k3",
+                      both_orders=True, rollout_steps=12, logprob_batch=64, kl_estimator="k3",
                       kl_coef=0.001),
         train=TrainSpec(run_dir=os.path.join(task.root, "grpo"), progress=False, peak_flops=1e12, log_every=1),
         checkpoint=CheckpointSpec(save_every=10**9, keep=1))

@@ -116,7 +116,7 @@ def _job_spec(root, name, paths, tok_dir, files):
         "optim": {"lr": 3e-3, "schedule": "constant", "warmup_ratio": 0.0},
         # the entropy and KL terms give every row a gradient, so the parameters move at each update
         "grpo": {"n": 4, "max_prompt_tokens": 384, "max_response_tokens": 8, "prompts_per_step": 2,
-                 "minibatch_prompts": 2, "ppo_epochs": UPDATES, "rollout_steps": ROLLOUTS, "rollout_batch": 2,
+                 "minibatch_prompts": 2, "ppo_epochs": UPDATES, "rollout_steps": ROLLOUTS,
                  "logprob_batch": 4, "kl_estimator": "k3", "kl_coef": 0.1, "entropy_coef": 0.01},
         "train": {"run_dir": str(base / "grpo"), "seed": _grpo_seed(), "progress": False, "peak_flops": 1e12,
                   "log_every": 1},
