@@ -161,14 +161,25 @@ def attend_ragged(q_sqnh, pages, page_table, q_pos, scale: float, interpret: boo
     return out.reshape(s, q, n, h).astype(q_sqnh.dtype)
 
 
-def resolve(impl: str = "auto") -> str:
-    """The kernel ``impl`` means on the platform the step compiles for."""
+def resolve(impl: str = "auto", head_dim: int | None = None, split_heads: bool = False) -> str:
+    """The kernel ``impl`` means on the platform the step compiles for. The TPU kernel keeps
+    per-head softmax statistics 128 lanes wide and needs a head dimension that is a multiple of
+    128, and, a Mosaic kernel, cannot be split by the compiler: where ``head_dim`` is another or
+    the mesh splits the heads (``split_heads``, a ``tensor`` axis), ``auto`` is the XLA path and
+    ``ragged`` an error."""
     from rmr1_jax.models.attention import platform
 
     if impl not in IMPLS:
         raise ValueError(f"paged attention {impl!r}: expected one of {', '.join(IMPLS)}")
+    lanes_ok = head_dim is None or head_dim % 128 == 0
     if impl == "auto":
-        return "ragged" if platform() == "tpu" else "xla"
+        return "ragged" if platform() == "tpu" and lanes_ok and not split_heads else "xla"
+    if impl in ("ragged", "interpret") and not lanes_ok:
+        raise ValueError(f"paged attention {impl!r} needs a head dimension that is a multiple of 128, not "
+                         f"{head_dim}; use sampling.attention=xla (or auto)")
+    if impl in ("ragged", "interpret") and split_heads:
+        raise ValueError(f"paged attention {impl!r} runs on whole heads: not under a mesh that splits tensor; use "
+                         f"sampling.attention=xla (or auto)")
     return impl
 
 

@@ -5,9 +5,11 @@ Phases and what each holds per device (arguments and temporaries from XLA's comp
 analysis; what the job keeps alive meanwhile added as "held by the job"):
 
 * distillation, reward model, rule adapter: the optimizer step (state donated);
-* GRPO: the policy update, GRPO's reference / old-policy log-prob pass, the sampler's
-  prefill and one compiled decode chunk; the train state (and the reference weights when the
-  loss has a KL term) stay resident through all of them.
+* GRPO: the policy update, GRPO's reference / old-policy log-prob pass, the generation
+  engine's prefill and decode calls (each data-parallel shard's page pool sized from the
+  memory left free, :mod:`rmr1_jax.plan.rollout` pricing the step from the responses'
+  lengths); the train state (and the reference weights when the loss has a KL term) stay
+  resident through all of them.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class JobPlan:
         return self.peak.peak_bytes <= self.target.device_hbm_bytes
 
 
+def _s(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.3g} s"
+
+
 def _seconds(flops: float, target: Target, mfu: float) -> float:
     return flops / (target.device_peak_flops * mfu) if target.device_peak_flops else float("nan")
 
@@ -114,6 +120,7 @@ def _hints(objective: str, cfg) -> dict:
     rows = default_rows(objective, cfg)
     if objective == "grpo":
         return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "max_slots": cfg.sampling.max_slots,
+                "kv_pages": cfg.sampling.kv_pages,
                 "logprob_batch": cfg.grpo.logprob_batch}
     return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows}
 
@@ -176,7 +183,6 @@ def _rule_adapter(cfg, model, mesh, target, mfu, log):
 def _grpo(cfg, model, mesh, target, mfu, log):
     import jax.numpy as jnp
 
-    from rmr1_jax.sampling.sampler import Sampler, SamplingParams, decode_schedule
     from rmr1_jax.train.grpo import grpo_loss_fn
     from rmr1_jax.train.losses import response_logprobs
 
@@ -204,42 +210,77 @@ def _grpo(cfg, model, mesh, target, mfu, log):
                                                 "attention_mask": ((lp_rows, length), i32)}, lp_rows * length, log=log)
     lp.resident_bytes = params_b + opt_b + ref_b - lp.parts["parameters"]
     lp.parts["train state and reference (held)"] = lp.resident_bytes
-    # the generation engine decodes sampling.max_slots sequences on each data-parallel shard:
-    # modelled as static batches of as many rows (each slot's KV cache at full length)
-    shards = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    prompts = -(-cfg.sampling.max_slots * shards // spec.n)
-    prompts = -(-prompts // target.hosts) * target.hosts
-    # XLA's defaults for the decode loop off CPU (the sampler picks CPU options by the backend at hand)
-    sampler = Sampler(model, eos_ids=(0,), pad_id=0, mesh=mesh, weights_dtype=spec.rollout_dtype,
-                      compiler_options=None if target.kind == "cpu" else {})
-    sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature, top_p=spec.top_p,
-                        top_k=spec.top_k, n=spec.n)
-    pre, dec, copy_b = S.sampler_steps(sampler, S.model_params(state), mesh, prompts, spec.max_prompt_tokens, spec.n,
-                                       spec.max_response_tokens, sp, log=log)
-    for ph in (pre, dec):
-        ph.resident_bytes = params_b + opt_b + ref_b - (0 if copy_b else params_b)
-        ph.parts["train state and reference (held)"] = ph.resident_bytes
-    if copy_b:
-        notes.append(f"the sampler decodes from a second, per-layer copy of the weights "
-                     f"({copy_b / GIB:.2f} GiB a device; scan_layers=true or grpo.rollout_dtype set)")
-    # one rollout step: prefill and decode of grpo.prompts_per_step prompts, the log-prob
-    # passes, and the updates over its mini-batches
-    calls = math.ceil(spec.prompts_per_step / prompts)
-    steps, chunks = decode_schedule(spec.max_response_tokens, sampler.chunk)
-    dec_bytes = dec.parts["parameters (decode layout)"] + dec.parts["KV cache"]
-    dec_t = max(_seconds(dec.flops, target, mfu), steps * dec_bytes / target.device_bandwidth)
-    t_roll = calls * (_seconds(pre.flops, target, mfu) + chunks * dec_t)
+    pre, dec, t_roll, roll_notes = _engine_rollout(cfg, model, mesh, target, mfu, S.model_params(state),
+                                                   params_b + opt_b + ref_b, update.parts["parameters"], log)
+    notes += roll_notes
+    # one rollout step: the engine's rollout, the log-prob passes, and the updates over its
+    # mini-batches
     passes = int(spec.uses_reference()) + int(spec.old_logprobs == "recompute")
     t_lp = passes * math.ceil(spec.prompts_per_step * spec.n / lp_rows) * _seconds(lp.flops, target, mfu)
     n_updates = spec.prompts_per_step // spec.minibatch_prompts * spec.ppo_epochs
     t_upd = n_updates * _seconds(update.flops, target, mfu)
     total = t_roll + t_lp + t_upd
-    notes.append(f"one rollout step ({spec.prompts_per_step} prompts x {spec.n}, every response at the "
-                 f"{spec.max_response_tokens}-token budget): rollout {t_roll:.0f} s ({calls} batches of "
-                 f"{prompts * spec.n} sequences; "
-                 f"decode HBM-bound at {steps * dec_bytes / target.device_bandwidth * 1e3 / steps:.1f} ms a token), "
-                 f"log-prob passes {t_lp:.0f} s, {n_updates} updates {t_upd:.0f} s")
+    notes.append(f"one rollout step ({spec.prompts_per_step} prompts x {spec.n}): rollout {_s(t_roll)}, "
+                 f"log-prob passes {_s(t_lp)}, {n_updates} updates {_s(t_upd)}")
     return [update, lp, pre, dec], total, "one GRPO rollout step (rollouts, log-probs, updates)", notes
+
+
+def _engine_rollout(cfg, model, mesh, target, mfu, params, held_bytes: int, param_bytes: int, log):
+    """The engine's compiled prefill and decode for the target (its page pool sized from the
+    memory the train state leaves free), the rollout step's seconds on it
+    (:func:`rmr1_jax.plan.rollout.price_rollout`) and the notes that say how."""
+    from rmr1_jax.models.paged_attention import page_bytes
+    from rmr1_jax.plan.rollout import pool_pages, price_rollout
+    from rmr1_jax.sampling.engine import Engine
+    from rmr1_jax.sampling.pages import pages_for
+    from rmr1_jax.sampling.sampler import SamplingParams
+
+    spec, sampling, mcfg = cfg.grpo, cfg.sampling, model.cfg
+    engine = Engine(model, eos_ids=(0,), pad_id=0, mesh=mesh, config=sampling, weights_dtype=spec.rollout_dtype)
+    sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature, top_p=spec.top_p,
+                        top_k=spec.top_k, n=spec.n)
+    per_page = page_bytes(mcfg.num_hidden_layers, sampling.page_size, mcfg.num_key_value_heads, mcfg.dim_head,
+                          engine.cache_dtype)
+    width = pages_for(spec.max_prompt_tokens + spec.max_response_tokens, sampling.page_size)
+    # the pool takes its share of what the train state, a decode-layout copy of the weights (cast
+    # or unstacked) and a margin for the decode's temporaries (a tenth of the memory) leave
+    # free, as the engine sizes it at the call
+    import jax.numpy as jnp
+
+    copy = 0.0
+    if spec.rollout_dtype is not None or mcfg.scan_layers:
+        copy = param_bytes * jnp.dtype(spec.rollout_dtype or mcfg.param_dtype).itemsize / \
+            jnp.dtype(mcfg.param_dtype).itemsize
+    free = 0.9 * target.device_hbm_bytes - held_bytes - copy
+    num_pages = pool_pages(sampling, free, per_page, 1 + (sampling.max_slots + sampling.prefill_rows) * width)
+    pre, dec, copy_b = S.engine_steps(engine, params, mesh, spec.max_prompt_tokens, spec.max_response_tokens,
+                                      num_pages, sp, log=log)
+    for ph in (pre, dec):
+        ph.resident_bytes = held_bytes - (0 if copy_b else ph.parts["parameters (decode layout)"])
+        ph.parts["train state and reference (held)"] = ph.resident_bytes
+    notes = []
+    if copy_b:
+        notes.append(f"the engine decodes from a second, per-layer copy of the weights ({copy_b / GIB:.2f} GiB a "
+                     f"device; scan_layers=true or grpo.rollout_dtype set)")
+    shards = engine.shards
+    # a decode step reads the weights gathered over fsdp (split over tensor only) once, and the
+    # keys and values of its shard's live sequences (the pool is not split over tensor)
+    weight_bytes = dec.parts["parameters (decode layout)"] * mesh.shape.get("fsdp", 1)
+    r = price_rollout(spec, sampling, shards=shards, num_pages=num_pages, step_flops=dec.flops,
+                      prefill_flops=pre.flops, prefill_tokens=pre.tokens, weight_bytes=weight_bytes,
+                      kv_bytes_per_token=per_page / sampling.page_size, peak_flops=target.device_peak_flops * mfu,
+                      bandwidth=target.device_bandwidth)
+    lengths = ("every response at the budget" if spec.expected_response_tokens is None else
+               f"responses drawn from grpo.expected_response_tokens: mean {r['mean']:.0f}, p90 {r['p90']:.0f}, "
+               f"longest {r['max']}")
+    bound = f" (the pool holds {r['slots']} of sampling.max_slots={sampling.max_slots})" if r["pool_bound"] else ""
+    notes.append(f"rollout on the generation engine: {_s(r['seconds'])} ({lengths}; {r['slots']} slots a shard x "
+                 f"{shards} shards{bound}, pools of {num_pages} pages of {sampling.page_size} tokens, "
+                 f"{num_pages * per_page / GIB:.2f} GiB a device, attention {engine.impl}; prefill "
+                 f"{_s(r['prefill_seconds'])}); the same "
+                 f"sequences in static batches of {sampling.max_slots * shards}: {_s(r['static_seconds'])} "
+                 f"({r['static_seconds'] / max(r['seconds'], 1e-12):.2f}x)")
+    return pre, dec, r["seconds"], notes
 
 
 __all__ = ["JobPlan", "plan"]

@@ -102,10 +102,12 @@ def suggest(p: JobPlan) -> str:
 def _phase_change(p: JobPlan, ph, hbm: float) -> str:
     spec = p.hints
     # the fraction of what this phase scales with (temporaries, and a KV cache) that would fit
-    scalable = ph.temp_bytes + ph.parts.get("KV cache", 0)
+    scalable = ph.temp_bytes + ph.parts.get("KV page pool", 0)
     scale = 1 - (ph.peak_bytes - hbm) / max(scalable, 1)
-    if ph.name.startswith("sampler"):
-        slots = spec.get("max_slots")
+    if ph.name.startswith("engine"):
+        pages, slots = spec.get("kv_pages"), spec.get("max_slots")
+        if pages and scale > 0:
+            return f"a smaller page pool: sampling.kv_pages={_shrink(pages, scale)}"
         if slots and slots > 1 and scale > 0:
             return f"decode fewer sequences at once: sampling.max_slots={_shrink(slots, scale)}"
     if ph.name == "log-prob pass":
@@ -113,7 +115,7 @@ def _phase_change(p: JobPlan, ph, hbm: float) -> str:
         if lb and lb > 1 and scale > 0:
             return f"score fewer rows at once: grpo.logprob_batch={_shrink(lb, scale)}"
     mb, rows = spec.get("micro_batch"), spec.get("rows")
-    if mb and rows and not ph.name.startswith("sampler") and ph.name != "log-prob pass":
+    if mb and rows and not ph.name.startswith("engine") and ph.name != "log-prob pass":
         smaller = [d for d in range(1, mb) if rows % d == 0 and d <= mb * scale]
         if smaller:
             return f"accumulate smaller micro-batches: train.micro_batch={max(smaller)} (of {rows} rows a step)"

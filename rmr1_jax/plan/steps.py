@@ -3,7 +3,7 @@
 Nothing here allocates a model: parameters, optimizer state and batches are
 ``jax.ShapeDtypeStruct``s carrying the shardings the job would give them on the target's
 devices, and each step is the job's own jitted function (``make_train_step`` with the
-objective's loss, the sampler's prefill and decode loop, GRPO's log-prob pass), so what
+objective's loss, the generation engine's prefill and decode calls, GRPO's log-prob pass), so what
 compiles here is what would run there.
 """
 
@@ -71,19 +71,6 @@ def rows_abstract(mesh, shapes: dict[str, tuple[tuple, Any]]) -> dict:
             for k, (shape, dt) in shapes.items()}
 
 
-def _cache_like(mesh, cache):
-    """A KV cache's arrays ([B, K, H, S] keys, [B, K, S, H] values, [B, S] valid) with rows over
-    (data, fsdp) and key/value heads over tensor."""
-    from rmr1_jax.parallel.sharding import named_sharding
-
-    def place(x, axes):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=named_sharding(mesh, axes, x.shape))
-
-    kv = ("cache_batch", "act_kv_heads", None, None)
-    return {"k": jax.tree.map(lambda x: place(x, kv), cache["k"]), "v": jax.tree.map(lambda x: place(x, kv), cache["v"]),
-            "valid": place(cache["valid"], ("cache_batch", None))}
-
-
 def abstract_params(model, mesh, rules):
     from rmr1_jax.models.params import abstract_params as shapes, param_shardings
 
@@ -103,8 +90,10 @@ def rng_abstract(mesh):
 
 
 def compile_step(name: str, jitted, args: tuple, *, mesh, parts: dict, tokens: int, kwargs: dict | None = None,
-                 flops_fn: Callable | None = None, log=print) -> CompiledStep:
-    """Lower and compile ``jitted(*args, **kwargs)`` under the job's activation shardings."""
+                 flops_fn: Callable | None = None, log=print, activations: bool = True) -> CompiledStep:
+    """Lower and compile ``jitted(*args, **kwargs)`` under the job's activation shardings
+    (``activations=False``: without, as the generation engine's per-shard programs run)."""
+    import contextlib
     import time
 
     from rmr1_jax.parallel.sharding import activation_sharding
@@ -112,7 +101,7 @@ def compile_step(name: str, jitted, args: tuple, *, mesh, parts: dict, tokens: i
     kwargs = kwargs or {}
     log(f"plan: compiling {name} ...")
     t = time.perf_counter()
-    with activation_sharding(mesh):
+    with activation_sharding(mesh) if activations else contextlib.nullcontext():
         lowered = jitted.lower(*args, **kwargs)
         # the jaxpr's global count (a shard_map body once per device it runs on) over the devices
         flops = (flops_fn or (lambda: step_flops(jitted, *args, **kwargs)))() / mesh.size
@@ -197,47 +186,52 @@ def forward_pass(name, fn, params, mesh, batch_shapes: dict, tokens: int, log=pr
                         parts={"parameters": device_bytes(params), "batch": device_bytes(batch)}, log=log)
 
 
-def sampler_steps(sampler, params, mesh, prompts: int, prompt_len: int, n: int, max_new: int, sp, log=print):
-    """The sampler's prefill of ``prompts`` prompts of ``prompt_len`` tokens (its cache sized for
-    ``max_new`` more) and one compiled decode chunk over the ``prompts x n`` rows."""
+def engine_steps(engine, params, mesh, prompt_len: int, max_new: int, num_pages: int, sp, log=print):
+    """The generation engine's compiled calls for a rollout on ``mesh``: one prefill call
+    (``prefill_rows`` prompts of up to ``prefill_chunk`` tokens a shard) and one decode call of
+    ``max_slots`` slots a shard, each shard's pool ``num_pages`` pages. Returns (prefill,
+    decode, bytes of a second, decode-layout copy of the weights or 0). The decode's FLOPs are
+    one step's (its loop's body counted once)."""
+    import functools
+
     from rmr1_jax.models.params import param_shardings
     from rmr1_jax.parallel.sharding import current_rules
-    from rmr1_jax.sampling.sampler import decode_schedule
+    from rmr1_jax.sampling.pages import pages_for
+    from rmr1_jax.sampling.sampler import default_chunk
 
-    steps, chunks = decode_schedule(max_new, sampler.chunk)
-    max_len = prompt_len + steps * chunks
+    c, d = engine.config, engine.shards
+    width = -(-pages_for(prompt_len + max_new, c.page_size) // 8) * 8
     prepared = params
-    if sampler._unstack or sampler.weights_dtype is not None:
-        shapes = jax.eval_shape(sampler._prepare, params)
+    if engine.weights_dtype is not None or engine.model.cfg.scan_layers:
+        shapes = jax.eval_shape(engine._prepare, params)
         prepared = abstract(shapes, param_shardings(shapes, mesh, current_rules()))
-    ids = rows_abstract(mesh, {"ids": ((prompts, prompt_len), jnp.int32), "mask": ((prompts, prompt_len), jnp.bool_)})
-    pre = compile_step("sampler prefill", sampler._prefill, (prepared, ids["ids"], ids["mask"]), mesh=mesh,
-                       kwargs=dict(n=n, max_len=max_len), tokens=prompts * prompt_len,
-                       parts={"parameters (decode layout)": device_bytes(prepared), "batch": device_bytes(ids)},
-                       log=log)
-    # the decode loop's carry as the prefill leaves it (the compiled prefill's output shardings;
-    # when the compiler refused the prefill, rows over (data, fsdp) and heads over tensor)
-    shapes = jax.eval_shape(sampler._prefill, prepared, ids["ids"], ids["mask"], n=n, max_len=max_len)
-    if pre.output_shardings is not None:
-        last, cache = abstract(shapes, pre.output_shardings)
-    else:
-        last, cache = rows_abstract(mesh, {"last": (shapes[0].shape, shapes[0].dtype)})["last"], \
-            _cache_like(mesh, shapes[1])
-    r = prompts * n
-    rep = replicated(mesh)
-    carry = {"last": last, "cache": cache, "prompt_len": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-             "max_new": jax.ShapeDtypeStruct((), jnp.int32, sharding=rep),
-             **rows_abstract(mesh, {"tokens": ((r, steps * chunks), jnp.int32),
-                                    "logprobs": ((r, steps * chunks), jnp.float32),
-                                    "done": ((r,), jnp.bool_), "eos": ((r,), jnp.bool_), "lengths": ((r,), jnp.int32)})}
+    pool_sh = engine.pages_sharding()
+    pages = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=pool_sh),
+                         engine.pool_shapes(num_pages))
+    sh, rep = engine.shard_sharding(), replicated(mesh)
+
+    def per_shard(*shape, dtype=jnp.int32):
+        return jax.ShapeDtypeStruct((d, *shape), dtype, sharding=sh)
+
+    rows = c.prefill_rows
+    chunk = min(c.prefill_chunk, max(16, 1 << max(0, prompt_len - 1).bit_length()))
+    pre_args = (prepared, pages, per_shard(rows, chunk), per_shard(rows, chunk), per_shard(rows, chunk),
+                per_shard(rows, width))
+    weights = {"parameters (decode layout)": device_bytes(prepared), "KV page pool": device_bytes(pages)}
+    pre = compile_step("engine prefill", engine._prefill, pre_args, mesh=mesh, tokens=d * rows * chunk,
+                       parts={**weights, "batch": device_bytes(pre_args[2:])}, log=log, activations=False)
+    slots = c.max_slots
+    steps = c.decode_steps or default_chunk(max_new)
+    key = jax.random.key_data(jax.random.key(0))
+    dec_args = (prepared, pages, per_shard(slots, width), *(per_shard(slots) for _ in range(4)),
+                per_shard(slots, dtype=jnp.bool_), per_shard(slots),
+                jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep), per_shard())
     kw = dict(steps=steps, greedy=sp.temperature == 0.0, temperature=float(sp.temperature), top_k=int(sp.top_k),
               top_p=float(sp.top_p))
-    dec_args = (prepared, carry, jax.ShapeDtypeStruct((), jnp.int32, sharding=rep), rng_abstract(mesh))
-    dec = compile_step(f"sampler decode ({steps} tokens a call)", sampler.decode_fn(r), dec_args,
-                       mesh=mesh, kwargs=kw, tokens=r * steps,
-                       flops_fn=lambda: step_flops(sampler._decode_impl, *dec_args, **kw),
-                       parts={"parameters (decode layout)": device_bytes(prepared), "KV cache": device_bytes(cache),
-                              "batch": device_bytes(carry) - device_bytes(cache)}, log=log)
+    dec = compile_step(f"engine decode ({steps} steps a call)", engine.decode_fn(slots), dec_args, mesh=mesh,
+                       kwargs=kw, tokens=d * slots, parts={**weights, "batch": device_bytes(dec_args[2:])}, log=log,
+                       activations=False, flops_fn=functools.partial(step_flops, engine.decode_fn(slots), *dec_args,
+                                                                     **kw))
     return pre, dec, device_bytes(prepared) if prepared is not params else 0
 
 
@@ -284,5 +278,5 @@ def ensure_host_devices(n: int) -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
-__all__ = ["CompiledStep", "train_step", "forward_pass", "sampler_steps", "architecture", "device_bytes",
+__all__ = ["CompiledStep", "train_step", "forward_pass", "engine_steps", "architecture", "device_bytes",
            "ensure_host_devices"]

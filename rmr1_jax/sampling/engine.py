@@ -87,9 +87,14 @@ class Engine:
         cfg = self._decode_model.cfg
         self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
         self._pages, self._num_pages = None, 0  # the device pool, kept across calls
-        self.impl = resolve(self.config.attention)  # the kernel, and so the pool's layout
+        split_heads = mesh is not None and mesh.shape.get("tensor", 1) > 1
+        self.impl = resolve(self.config.attention, cfg.dim_head, split_heads)  # the kernel, and so the pool's layout
         self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
         self.axes = shard_axes(mesh)  # the mesh axes the slots are split over
+        # the per-shard programs are manual over those and every axis of one device (nothing
+        # left for the compiler to split, which a Mosaic kernel cannot be); tensor stays automatic
+        self._manual = frozenset(a for a in (mesh.axis_names if mesh is not None else ())
+                                 if a in self.axes or mesh.shape[a] == 1)
         self.shards = shard_count(mesh)
         self._prefill = self._spmd(self._prefill_impl, ("params", "pages") + ("shard",) * 4, "pages",
                                    donate_argnums=(1,))
@@ -177,7 +182,7 @@ class Engine:
 
         def call(*args, **static):  # static arguments bound before the per-shard body
             return jax.shard_map(functools.partial(fn, **static), mesh=self.mesh, in_specs=pick(in_specs),
-                                 out_specs=pick(out_specs), axis_names=frozenset(self.axes), check_vma=False)(*args)
+                                 out_specs=pick(out_specs), axis_names=self._manual, check_vma=False)(*args)
 
         rep = NamedSharding(self.mesh, P())
 
@@ -222,20 +227,48 @@ class Engine:
         """[D, m] pages of each shard copied within it."""
         self._pages = self._copy(self._pages, *self._put("ss", src, dst))
 
-    def decode(self, params, table, cur, pos, gen, max_gen, active, row_id, rng_data, refill, **static):
-        """``(tokens [D, S, steps], log-probs, steps run)`` of one decode call of every shard's
-        [D, S] slots (see :meth:`_decode_impl`), compiled with the Sampler's XLA options for its
-        number of slots (on CPU with float32 weights and few rows, dots outside YNNPACK)."""
-        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, table.shape[1]) or {}
+    def decode_fn(self, rows: int):
+        """The compiled decode call (:meth:`_decode_impl`) for ``rows`` slots a shard, with the
+        Sampler's XLA options for that many rows (on CPU with float32 weights and few rows, dots
+        outside YNNPACK); its arguments as :meth:`decode` places them."""
+        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, rows) or {}
         key = tuple(sorted(opts.items()))
         if key not in self._decoders:
             self._decoders[key] = self._spmd(
                 self._decode_impl, ("params", "pages") + ("shard",) * 7 + ("rep", "shard"),
                 ("pages", "shard", "shard", "rep"), donate_argnums=(1,), compiler_options=opts or None,
                 static_argnames=("steps", "greedy", "temperature", "top_k", "top_p"))
+        return self._decoders[key]
+
+    def decode(self, params, table, cur, pos, gen, max_gen, active, row_id, rng_data, refill, **static):
+        """``(tokens [D, S, steps], log-probs, steps run)`` of one decode call of every shard's
+        [D, S] slots (see :meth:`_decode_impl`)."""
         args = self._put("sssssssrs", table, cur, pos, gen, max_gen, active, row_id, rng_data, refill)
-        self._pages, toks, lps, ran = self._decoders[key](params, self._pages, *args, **static)
+        self._pages, toks, lps, ran = self.decode_fn(table.shape[1])(params, self._pages, *args, **static)
         return self._get(toks), self._get(lps), int(self._get(ran))
+
+    def shard_sharding(self):
+        """Where an array with a leading axis over the shards lives (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        return NamedSharding(self.mesh, P(self.axes) if self.axes else P())
+
+    def pages_sharding(self):
+        """Where the device pool lives (None without a mesh)."""
+        if self.mesh is None:
+            return None
+        from jax.sharding import NamedSharding
+
+        return NamedSharding(self.mesh, self._pages_spec())
+
+    def pool_shapes(self, num_pages: int):
+        """The device pool's abstract arrays for ``num_pages`` pages a shard."""
+        cfg = self._decode_model.cfg
+        return jax.eval_shape(functools.partial(init_pages, cfg.num_hidden_layers, num_pages * self.shards,
+                                                self.config.page_size, cfg.num_key_value_heads, cfg.dim_head,
+                                                self.cache_dtype, self.impl))
 
     # ----- the pool -----
 
@@ -271,14 +304,21 @@ class Engine:
                                      self.config.page_size, cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype,
                                      self.impl)
             self._pages = None  # the old pool's memory back before the new one is made
-            if self.mesh is None:
-                self._pages = make()
-            else:  # each shard's pages on its devices (replicated when the slots are not split)
-                from jax.sharding import NamedSharding
-
-                self._pages = jax.jit(make, out_shardings=NamedSharding(self.mesh, self._pages_spec()))()
+            # each shard's pages on its devices (replicated when the slots are not split)
+            self._pages = make() if self.mesh is None else jax.jit(make, out_shardings=self.pages_sharding())()
             self._num_pages = num_pages
         return [PagePool(num_pages, self.config.page_size) for _ in range(self.shards)]
+
+    def release(self) -> None:
+        """Give the device KV pool back (the engine keeps it between calls; the next call makes
+        it again). On an accelerator the pool takes a share of the memory free at the call
+        (``kv_memory_fraction``): a job that needs that memory between calls (GRPO's log-prob
+        passes and updates) releases it."""
+        self._pages, self._num_pages = None, 0
+
+    @property
+    def holds_pool(self) -> bool:
+        return self._pages is not None
 
     # ----- generation -----
 

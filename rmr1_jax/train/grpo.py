@@ -36,6 +36,10 @@ class GRPOSpec:
     top_k: int = 0
     max_prompt_tokens: int = 4096
     max_response_tokens: int = 8192
+    # What `rmr1 plan` prices a rollout step's responses at: None (every response at the
+    # budget), a mean (a long-tailed log-normal around it), a list of lengths seen, or a
+    # previous run's metrics.jsonl (the length quantiles its rollout steps logged)
+    expected_response_tokens: float | list[float] | str | None = None
     prompts_per_step: int = 1024  # prompts per rollout step
     minibatch_prompts: int = 128  # prompts per optimizer update (8 updates per step)
     ppo_epochs: int = 1  # passes over each rollout batch

@@ -117,3 +117,15 @@ def agg_seq_mean_token_sum(values, mask):
     """Mean over sequences of each sequence's token sum."""
     has = (jnp.sum(mask, axis=1) > 0).astype(values.dtype)
     return jnp.sum(values * mask), jnp.sum(has)
+
+
+# The quantiles of a rollout step's response lengths a GRPO run logs (``rmr1 plan`` reads them
+# back: ``grpo.expected_response_tokens: runs/.../metrics.jsonl``, :mod:`rmr1_jax.plan.rollout`).
+QUANTILES = (("response_length_min", 0.0), ("response_length_p10", 0.1), ("response_length_p50", 0.5),
+             ("response_length_p90", 0.9), ("response_length_max", 1.0))
+
+
+def length_quantiles(lengths) -> dict:
+    """``{name: quantile}`` of :data:`QUANTILES` over ``lengths`` (empty for no lengths)."""
+    v = np.asarray(lengths, float)
+    return {k: float(np.quantile(v, q)) for k, q in QUANTILES} if v.size else {}

@@ -257,6 +257,7 @@ class RolloutSource:
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
             "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
             **{f"rollout_{k}": v for k, v in self._gen_stats.items()},
+            **grpo_math.length_quantiles(_every_process(lengths)),  # what `rmr1 plan` reads back
         }
 
     def _prompt_index(self, k: int) -> np.ndarray:
@@ -295,16 +296,23 @@ class RolloutSource:
         return plans
 
 
-def free_kv_pool(generator) -> None:
-    """Give back the generation engine's device KV pool after a call. The engine keeps it for
-    the next call and, on an accelerator, sizes it to a share of the memory free at the call
-    (``sampling.kv_memory_fraction``): held through GRPO's log-prob passes and updates, it
-    would take the memory they need. The next rollout allocates it again (cheap next to the
-    rollout). Anything else (the static sampler) holds nothing between calls."""
-    from rmr1_jax.sampling.engine import Engine
+def _every_process(x: np.ndarray) -> np.ndarray:
+    """Every process's rows of ``x`` (the same count on each), on every process."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
 
-    if isinstance(generator, Engine):
-        generator._pages = None
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def free_kv_pool(generator) -> None:
+    """Give back the generation engine's device KV pool after a call
+    (:meth:`~rmr1_jax.sampling.engine.Engine.release`): held through GRPO's log-prob passes and
+    updates, it would take the memory they need. The next rollout allocates it again (cheap next
+    to the rollout). Anything else (the static sampler) holds nothing between calls."""
+    release = getattr(generator, "release", None)
+    if release is not None:
+        release()
 
 
 def _no_verdict(text: str, opened_thinking: bool) -> bool:

@@ -132,22 +132,30 @@ def test_bad_topology_and_recipe_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="compiling for a TPU slice needs libtpu (the tpu extra)")
 def test_tpu_grpo_plan_compiles_every_phase(tmp_path, capsys):
+    """GRPO on a v5e 2x2 slice, the rollout on the generation engine: each of the 4 fsdp shards
+    its own slots and page pool, its attention the Pallas ragged paged attention kernel (a
+    model with 128-wide heads, as the kernel needs), compiled under shard_map."""
+    import transformers
+
+    hf = tmp_path / "hf"
+    transformers.Qwen2Config(vocab_size=1024, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, head_dim=128,
+                             max_position_embeddings=2048).save_pretrained(hf)
     rc, out, err, js = _plan(tmp_path, capsys, "configs/grpo/tiny.yaml", "--topology", "v5e:2x2",
-                             "mesh.data=1", "mesh.fsdp=4", "model.architecture=demo", "model.vocab_size=1024",
+                             "mesh.data=1", "mesh.fsdp=4", f"model.hf_dir={hf}",
                              "grpo.n=4", "grpo.prompts_per_step=16", "grpo.minibatch_prompts=8", "sampling.max_slots=8",
-                             "grpo.logprob_batch=16", "grpo.max_prompt_tokens=128", "grpo.max_response_tokens=64")
+                             "sampling.kv_pages=40", "grpo.logprob_batch=16", "grpo.max_prompt_tokens=128",
+                             "grpo.max_response_tokens=64", "grpo.expected_response_tokens=16")
     assert rc == 0, err
     names = [p["name"] for p in js["phases"]]
-    assert names[:3] == ["policy update", "log-prob pass", "sampler prefill"] and names[3].startswith("sampler decode")
+    assert names[:3] == ["policy update", "log-prob pass", "engine prefill"] and names[3].startswith("engine decode")
     assert js["devices"] == 4 and js["device_hbm_bytes"] == 16 * 2**30
     dec = js["phases"][3]
-    # the KV cache: layers x (keys + values) x rows x kv heads x head dim x slots (float32), and
-    # the slots' valid flags, rows over the 4 devices. Rows: 8 prompts x 4 samples; slots: the
-    # 128-token prompt and 64 new tokens (4 chunks of 16)
-    rows, slots = 8 * 4, 128 + 64
-    assert dec["parts"]["KV cache"] == (4 * 2 * rows * 2 * 32 * slots * 4 + rows * slots) // 4
+    # a device holds its shard's pool: 40 pages x layers x page size x (keys and values) x kv heads
+    # x head dim (float32)
+    assert dec["parts"]["KV page pool"] == 40 * 2 * 16 * 2 * 1 * 128 * 4
     assert all(p["compile_s"] >= 0 and p["flops_per_device"] > 0 for p in js["phases"])
-    assert "one rollout step" in out
+    assert "one rollout step" in out and "attention ragged" in out and "4 shards" in out
 
 
 def _splash_grad(mesh=None):

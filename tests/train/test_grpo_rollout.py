@@ -100,7 +100,11 @@ def test_engine_rollouts_are_the_static_samplers(tiny):
     np.testing.assert_array_equal(rows[0][1], rows[1][1])
     np.testing.assert_allclose(rows[0][2], rows[1][2], atol=1e-5)
     assert all(not np.array_equal(rows[0][0][2 * i], rows[0][0][2 * i + 1]) for i in range(4))  # a prompt's samples differ
-    assert gen._pages is None and src.pop_metrics()["rollout_slot_use"] > 0
+    m = src.pop_metrics()
+    assert not gen.holds_pool and m["rollout_slot_use"] > 0
+    lengths = rows[1][1].sum(axis=1)  # the quantiles `rmr1 plan` reads back, of the step's lengths
+    assert (m["response_length_min"], m["response_length_max"]) == (lengths.min(), lengths.max())
+    assert m["response_length_p50"] == np.median(lengths)
 
 
 def test_prompt_stream_is_shuffled_globally_then_dealt():
