@@ -24,15 +24,19 @@ prompt (after a space unless the prompt ends in whitespace, e.g. the generation 
 newline) and must add exactly one token to the prompt's tokens.
 
 Prefix sharing: an item's judge prompts for all rules are tokenized, and their longest common
-token prefix (the instruction and conversation, when the template puts the rule last) is run
-once into a KV cache; each rule's remaining tokens then run as a continuation over a copy of
-that cache (the prefix cache broadcast over the batch's rules). The token sequences are the
-same as without sharing, so the scores equal a full forward pass per whole prompt.
+token prefix (the instruction and conversation, when the template puts the rule last) runs
+once, in one call, into a KV cache; each rule's remaining tokens then run as a continuation
+over a copy of that cache (the prefix cache broadcast over the rules' rows). An item's prefix
+runs once whatever its number of rules: the items whose rules fit a batch go into batches of
+whole items (one prefix call, one continuation call), and an item with more rules than a
+batch holds has its prefix run once and kept on the device for its continuation calls. The
+token sequences are the same as without sharing, so the scores equal a full forward pass per
+whole prompt. ``scorer.stats`` counts the calls, the prefixes run and the padding rows.
 
-Batching: ``batch_size`` (item, rule) rows per call (items by length, each item's rules
-shortest first; the last batch filled up with copies of its first row), sharded over the mesh's (data, fsdp) axes; widths are multiples of ``bucket``
-tokens (short rule suffixes: of ``bucket // 4``) and prefix counts powers of two, so few shapes
-compile. Several processes (a multi-host job): every process passes the same items and rules
+Batching: ``batch_size`` (item, rule) rows per continuation call (items by length, each item's
+rules shortest first; a call's empty rows filled with copies of its first row), sharded over the
+mesh's (data, fsdp) axes; widths are multiples of ``bucket`` tokens (short rule suffixes: of
+``bucket // 4``) and prefix counts powers of two, so few shapes compile. Several processes (a multi-host job): every process passes the same items and rules
 and gets every score back, supplying the rows of each batch its own devices hold (``batch_size``
 must be a multiple of the process count); :func:`score_file` reads which rows are done on
 process 0, which alone writes, and a failure on any process stops every process.
@@ -40,6 +44,7 @@ process 0, which alone writes, and a failure on any process stops every process.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Sequence
@@ -152,7 +157,9 @@ class RuleScorer:
             model = type(model)(dataclasses.replace(cfg, scan_layers=False, remat_policy="none"))
         self.model, self.params = model, params
         self._full = jax.jit(self._full_impl)
-        self._shared = jax.jit(self._shared_impl)
+        self._prefix = jax.jit(self._prefix_impl, static_argnames=("length",))
+        self._suffix = jax.jit(self._suffix_impl)
+        self.stats = collections.Counter()
 
     def render(self, rule: str, prompt, response: str) -> str:
         """The judge prompt's text for one (rule, prompt, response), as it is tokenized."""
@@ -207,11 +214,16 @@ class RuleScorer:
         hidden = self.model.apply({"params": params}, ids, attention_mask=mask, return_hidden=True)
         return self._answer_probs(params, hidden, last, answer_ids)
 
-    def _shared_impl(self, params, pre_ids, pre_mask, suf_ids, suf_mask, pre_row, last, answer_ids):
-        lp, ls = pre_ids.shape[1], suf_ids.shape[1]
-        cache = init_cache(self.model.cfg, pre_ids.shape[0], lp + ls)
+    def _prefix_impl(self, params, pre_ids, pre_mask, *, length: int):
+        """The KV cache of the prefixes [P, Lp], room for ``length`` tokens in all."""
+        cache = init_cache(self.model.cfg, pre_ids.shape[0], length)
         _, cache = self.model.apply({"params": params}, pre_ids, attention_mask=pre_mask, cache=cache,
                                     cache_index=0, return_hidden=True)
+        return cache
+
+    def _suffix_impl(self, params, cache, suf_ids, suf_mask, pre_row, last, answer_ids):
+        """The answer probabilities of each row's continuation over its prefix's cache."""
+        lp = cache["valid"].shape[1] - suf_ids.shape[1]
         cache = jax.tree.map(lambda x: jnp.take(x, pre_row, axis=0), cache)  # one copy per rule row
         hidden, _ = self.model.apply({"params": params}, suf_ids, attention_mask=suf_mask, cache=cache,
                                      cache_index=lp, return_hidden=True)
@@ -227,13 +239,25 @@ class RuleScorer:
         seqs = [self._item_ids(p, r, rules, name) for (p, r), name in zip(items, names)]
         probs = np.zeros((len(items), len(rules), 3), np.float32)
         # items by length, and each item's rules shortest suffix first: a batch's rows pad little
-        rows = [(i, j) for i in sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1][0]))
-                for j in sorted(range(len(rules)), key=lambda j: len(seqs[i][1][j]))]
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            out = self._shared_batch(seqs, chunk) if self.share_prefix else self._full_batch(seqs, chunk)
-            for (i, j), p in zip(chunk, out):
-                probs[i, j] = p
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1][0]))
+        rows = {i: [(i, j) for j in sorted(range(len(rules)), key=lambda j: len(seqs[i][1][j]))] for i in order}
+        if not self.share_prefix:
+            flat = [r for i in order for r in rows[i]]
+            for start in range(0, len(flat), self.batch_size):
+                chunk = flat[start:start + self.batch_size]
+                probs[tuple(zip(*chunk))] = self._full_batch(seqs, chunk)
+        else:
+            batch: list = []  # whole items' rows
+            for i in order:
+                if len(rows[i]) > self.batch_size:  # its prefix once, its rules over several calls
+                    self._shared_calls(seqs, rows[i], probs)
+                    continue
+                if len(batch) + len(rows[i]) > self.batch_size:
+                    self._shared_calls(seqs, batch, probs)
+                    batch = []
+                batch = batch + rows[i]
+            if batch:
+                self._shared_calls(seqs, batch, probs)
         if self.normalize:
             probs = probs / np.maximum(probs.sum(-1, keepdims=True), np.finfo(np.float32).tiny)
         return probs[..., 0] - probs[..., 1], 1.0 - probs[..., 2]
@@ -279,19 +303,34 @@ class RuleScorer:
         last = np.asarray([len(s) - 1 for s in suf], np.int32)
         return self._run(self._full, {"ids": ids, "mask": mask, "last": last}, len(chunk))
 
-    def _shared_batch(self, seqs, chunk):
-        items = list(dict.fromkeys(i for i, _ in chunk))
+    def _shared_calls(self, seqs, rows, probs):
+        """The (item, rule) ``rows`` (whole items): their items' prefixes in one call, then their
+        continuations ``batch_size`` rows a call over that cache, into ``probs``."""
+        items = list(dict.fromkeys(i for i, _ in rows))
         slot = {i: k for k, i in enumerate(items)}
         pre = [seqs[i][0] for i in items]
         n_pre = -(-_pow2(len(items)) // jax.process_count()) * jax.process_count()  # a block per process
         pre_ids, pre_mask = self._pad(pre, n_pre, self._width(max(len(p) for p in pre)))
-        rows = list(chunk) + [chunk[0]] * (self.batch_size - len(chunk))
-        suf = [seqs[i][1][j] for i, j in rows]
-        suf_ids, suf_mask = self._pad(suf, self.batch_size, self._width(max(len(s) for s in suf), short=True))
-        arrays = {"pre_ids": pre_ids, "pre_mask": pre_mask, "suf_ids": suf_ids, "suf_mask": suf_mask,
-                  "pre_row": np.asarray([slot[i] for i, _ in rows], np.int32),
-                  "last": np.asarray([len(s) - 1 for s in suf], np.int32)}
-        return self._run(self._shared, arrays, len(chunk))
+        width = self._width(max(len(seqs[i][1][j]) for i, j in rows), short=True)
+        with activation_sharding(self.mesh):
+            g = to_global_shared({"pre_ids": pre_ids, "pre_mask": pre_mask}, self.mesh)
+            cache = self._prefix(self.params, g["pre_ids"], g["pre_mask"], length=pre_ids.shape[1] + width)
+        self.stats["prefix_calls"] += 1
+        self.stats["prefixes"] += len(items)
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            full = chunk + [chunk[0]] * (self.batch_size - len(chunk))
+            suf = [seqs[i][1][j] for i, j in full]
+            suf_ids, suf_mask = self._pad(suf, self.batch_size, width)
+            arrays = {"suf_ids": suf_ids, "suf_mask": suf_mask,
+                      "pre_row": np.asarray([slot[i] for i, _ in full], np.int32),
+                      "last": np.asarray([len(s) - 1 for s in suf], np.int32)}
+            with activation_sharding(self.mesh):
+                g = to_global_shared(arrays, self.mesh)
+                out = self._suffix(self.params, cache, *g.values(), self.answer_ids)
+            probs[tuple(zip(*chunk))] = fetch(out)[:len(chunk)]
+            self.stats["suffix_calls"] += 1
+            self.stats["padding_rows"] += self.batch_size - len(chunk)
 
 
 def score_items(scorer: RuleScorer, items: Sequence[tuple], rules: Sequence[str]):

@@ -96,6 +96,8 @@ def test_scores_match_transformers(judge, mesh, share_prefix, chat_template):
     # the scores and relevances spread far beyond TOL across items and rules, so an answer
     # probability read at the wrong position, row or token would fail the comparison
     assert np.ptp(want_s) > 100 * TOL and np.ptp(want_r) > 100 * TOL, (np.ptp(want_s), np.ptp(want_r))
+    if share_prefix:  # batches of whole items (5 rules each, 8 rows a batch): each prefix runs once
+        assert scorer.stats["prefixes"] == len(ITEMS) and scorer.stats["padding_rows"] == 3 * (8 - 5)
 
 
 def test_answer_tokens_follow_the_prompt_end(judge, mesh):
@@ -112,6 +114,8 @@ def test_normalized_and_scanned_layers(judge, mesh):
     want_s, want_r = _reference(scorer, judge[1], ITEMS, RULES, normalize=True)
     np.testing.assert_allclose(scores, want_s, atol=TOL)
     np.testing.assert_allclose(rel, want_r, atol=TOL)
+    # 5 rules, 4 rows a call: each item's prefix runs once, its rules over two calls reading it
+    assert (scorer.stats["prefix_calls"], scorer.stats["prefixes"], scorer.stats["suffix_calls"]) == (3, 3, 6)
     # normalized over the three answers, relevance is P(yes) + P(no) and bounds |score|
     assert np.all(np.abs(scores) <= rel + 1e-6)
 
