@@ -229,7 +229,6 @@ def _engine_rollout(cfg, model, mesh, target, mfu, params, held_bytes: int, para
     """The engine's compiled prefill and decode for the target (its page pool sized from the
     memory the train state leaves free), the rollout step's seconds on it
     (:func:`rmr1_jax.plan.rollout.price_rollout`) and the notes that say how."""
-    from rmr1_jax.models.paged_attention import page_bytes
     from rmr1_jax.plan.rollout import pool_pages, price_rollout
     from rmr1_jax.sampling.engine import Engine
     from rmr1_jax.sampling.pages import pages_for
@@ -239,8 +238,7 @@ def _engine_rollout(cfg, model, mesh, target, mfu, params, held_bytes: int, para
     engine = Engine(model, eos_ids=(0,), pad_id=0, mesh=mesh, config=sampling, weights_dtype=spec.rollout_dtype)
     sp = SamplingParams(max_new_tokens=spec.max_response_tokens, temperature=spec.temperature, top_p=spec.top_p,
                         top_k=spec.top_k, n=spec.n)
-    per_page = page_bytes(mcfg.num_hidden_layers, sampling.page_size, mcfg.num_key_value_heads, mcfg.dim_head,
-                          engine.cache_dtype)
+    per_page = engine.device_page_bytes()  # a page on each device
     width = pages_for(spec.max_prompt_tokens + spec.max_response_tokens, sampling.page_size)
     # the pool takes its share of what the train state, a decode-layout copy of the weights (cast
     # or unstacked) and a margin for the decode's temporaries (a tenth of the memory) leave

@@ -88,6 +88,9 @@ class Engine:
         self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
         self._pages, self._num_pages = None, 0  # the device pool, kept across calls
         split_heads = mesh is not None and mesh.shape.get("tensor", 1) > 1
+        tensor = mesh.shape.get("tensor", 1) if mesh is not None else 1
+        # the pool's key/value heads split over tensor where they divide (the XLA path)
+        self._head_split = tensor if cfg.num_key_value_heads % tensor == 0 else 1
         self.impl = resolve(self.config.attention, cfg.dim_head, split_heads)  # the kernel, and so the pool's layout
         self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
         self.axes = shard_axes(mesh)  # the mesh axes the slots are split over
@@ -187,16 +190,22 @@ class Engine:
         rep = NamedSharding(self.mesh, P())
 
         def out(k):  # what the host reads comes back whole on every process
-            return NamedSharding(self.mesh, self._pages_spec()) if k == "pages" else rep
+            return NamedSharding(self.mesh, self._pages_spec(placed=True)) if k == "pages" else rep
 
         shardings = tuple(out(k) for k in out_specs) if isinstance(out_specs, tuple) else out(out_specs)
         return jax.jit(call, out_shardings=shardings, **jit_kw)
 
-    def _pages_spec(self):
+    def _pages_spec(self, placed: bool = False):
+        """The pool's partition: its page axis over the shards; ``placed``, where it lives: on
+        the XLA path its key/value heads also over ``tensor`` (the compiler splits the attention
+        by head), so a device holds its share of its shard's heads."""
         from jax.sharding import PartitionSpec as P
 
         axes = self.axes or None
-        return P(None, axes) if self.impl == "xla" else P(axes)  # the page axis over the shards
+        if self.impl != "xla":
+            return P(axes)
+        heads = "tensor" if placed and self._head_split > 1 else None
+        return P(heads, axes)
 
     # ----- the calls the scheduler makes (each updates the device pool in place) -----
 
@@ -261,7 +270,15 @@ class Engine:
             return None
         from jax.sharding import NamedSharding
 
-        return NamedSharding(self.mesh, self._pages_spec())
+        return NamedSharding(self.mesh, self._pages_spec(placed=True))
+
+    def device_page_bytes(self) -> int:
+        """Bytes one page of a shard's pool takes on each of its devices (every layer, keys and
+        values; the heads split over ``tensor`` on the XLA path)."""
+        cfg = self._decode_model.cfg
+        split = self._head_split if self.impl == "xla" else 1
+        return page_bytes(cfg.num_hidden_layers, self.config.page_size, cfg.num_key_value_heads, cfg.dim_head,
+                          self.cache_dtype) // split
 
     def pool_shapes(self, num_pages: int):
         """The device pool's abstract arrays for ``num_pages`` pages a shard."""
@@ -279,7 +296,6 @@ class Engine:
         c = self.config
         if c.kv_pages is not None:
             return c.kv_pages
-        cfg = self._decode_model.cfg
         need = 1 + (slots + c.prefill_rows) * width
         stats = None
         try:
@@ -288,9 +304,7 @@ class Engine:
             stats = None
         if stats and "bytes_limit" in stats:
             free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
-            per = page_bytes(cfg.num_hidden_layers, c.page_size, cfg.num_key_value_heads, cfg.dim_head,
-                             self.cache_dtype)
-            need = max(2, min(need, int(free * c.kv_memory_fraction) // per))
+            need = max(2, min(need, int(free * c.kv_memory_fraction) // self.device_page_bytes()))
         # every process must size the pool alike (one schedule runs on each): the smallest
         return -int(agree_max([-need])[0])
 

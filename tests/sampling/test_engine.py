@@ -248,6 +248,9 @@ def test_slots_split_over_the_mesh_shards_give_the_same_rows(case):
         gen = engine.generate(params, PROMPTS, GREEDY)
         st = engine.stats
         assert st["shards"] == 4 and st["kv_pages"] % 4 == 0
+        # a device holds its shard's pages, of its half of the key/value heads (tensor = 2)
+        keys = jax.tree.leaves(engine._pages)[0]  # [K, pages, page size, H]
+        assert keys.sharding.shard_shape(keys.shape)[:2] == (keys.shape[0] // 2, keys.shape[1] // 4)
         if config == "tight-pool":
             _assert_matches_transformers(case, gen, PROMPTS, case.never, None)
             assert st.get("preemptions", 0) + st.get("unprefills", 0) > 0
