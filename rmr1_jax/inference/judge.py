@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from rmr1_jax.ab_positions import flip, position_consistent
+from rmr1_jax.parallel.hostlocal import gather_rows
 from rmr1_jax.sampling.engine import Engine, EngineConfig, shard_count
 from rmr1_jax.sampling.sampler import Sampler, SamplingParams
 from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
@@ -83,12 +84,9 @@ def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]],
             g = sampler.generate(params, chunk, sp, rng=rng, tokenizer=tokenizer, prompt_length=plen)
             texts, finished, lengths = g.texts, g.finished, g.lengths
         else:  # this process's block; the whole batch's tokens from every process, in batch order
-            from jax.experimental import multihost_utils
-
             p = jax.process_index()
             g = sampler.generate(params, chunk[p * block:(p + 1) * block], sp, rng=rng, prompt_length=plen)
-            tokens, lengths, finished = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                                         for x in (g.tokens, g.lengths, g.finished.astype(np.int32)))
+            tokens, lengths, finished = (gather_rows(x) for x in (g.tokens, g.lengths, g.finished.astype(np.int32)))
             texts = [tokenizer.decode(tokens[j, :lengths[j]].tolist(), skip_special_tokens=True)
                      for j in range(real)]
         for j in range(real):

@@ -288,13 +288,16 @@ class RuleScorer:
             mask[k, :len(s)] = True
         return ids, mask
 
-    def _run(self, fn, arrays: dict, n: int) -> np.ndarray:
-        """Every process builds the same whole batch and supplies the rows its own devices hold
-        (wherever the mesh puts them); every process gets all results, in batch order."""
+    def _call(self, fn, arrays: dict, *lead, **kw):
+        """``fn(params, *lead, *arrays, **kw)``, the arrays placed over the mesh: every process
+        builds the same whole batch and supplies the rows its own devices hold (wherever the
+        mesh puts them)."""
         with activation_sharding(self.mesh):
-            g = to_global_shared(arrays, self.mesh)
-            out = fn(self.params, *g.values(), self.answer_ids)
-        return fetch(out)[:n]
+            return fn(self.params, *lead, *to_global_shared(arrays, self.mesh).values(), **kw)
+
+    def _run(self, fn, arrays: dict, n: int, *lead) -> np.ndarray:
+        """The answer probabilities of the batch's first ``n`` rows, on every process."""
+        return fetch(self._call(fn, arrays, *lead, answer_ids=self.answer_ids))[:n]
 
     def _full_batch(self, seqs, chunk):
         suf = [seqs[i][1][j] for i, j in chunk]
@@ -312,9 +315,7 @@ class RuleScorer:
         n_pre = -(-_pow2(len(items)) // jax.process_count()) * jax.process_count()  # a block per process
         pre_ids, pre_mask = self._pad(pre, n_pre, self._width(max(len(p) for p in pre)))
         width = self._width(max(len(seqs[i][1][j]) for i, j in rows), short=True)
-        with activation_sharding(self.mesh):
-            g = to_global_shared({"pre_ids": pre_ids, "pre_mask": pre_mask}, self.mesh)
-            cache = self._prefix(self.params, g["pre_ids"], g["pre_mask"], length=pre_ids.shape[1] + width)
+        cache = self._call(self._prefix, {"pre_ids": pre_ids, "pre_mask": pre_mask}, length=pre_ids.shape[1] + width)
         self.stats["prefix_calls"] += 1
         self.stats["prefixes"] += len(items)
         for start in range(0, len(rows), self.batch_size):
@@ -325,10 +326,7 @@ class RuleScorer:
             arrays = {"suf_ids": suf_ids, "suf_mask": suf_mask,
                       "pre_row": np.asarray([slot[i] for i, _ in full], np.int32),
                       "last": np.asarray([len(s) - 1 for s in suf], np.int32)}
-            with activation_sharding(self.mesh):
-                g = to_global_shared(arrays, self.mesh)
-                out = self._suffix(self.params, cache, *g.values(), self.answer_ids)
-            probs[tuple(zip(*chunk))] = fetch(out)[:len(chunk)]
+            probs[tuple(zip(*chunk))] = self._run(self._suffix, arrays, len(chunk), cache)
             self.stats["suffix_calls"] += 1
             self.stats["padding_rows"] += self.batch_size - len(chunk)
 

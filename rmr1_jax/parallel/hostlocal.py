@@ -109,6 +109,17 @@ def fetch(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def gather_rows(x) -> np.ndarray:
+    """Every process's host rows of ``x`` (the same count on each), concatenated in process
+    order, on every process; ``x`` itself in a single process. A collective."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def agree_max(values) -> np.ndarray:
     """Element-wise maximum of a small int vector over all processes (for shapes every process
     must share); the vector itself in a single process."""

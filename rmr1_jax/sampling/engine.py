@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rmr1_jax.models.paged_attention import NULL_PAGE, PagedCache, copy_pages, init_pages, page_bytes, resolve
-from rmr1_jax.parallel.hostlocal import agree_max
+from rmr1_jax.parallel.hostlocal import agree_max, gather_rows
 from rmr1_jax.sampling.pages import PagePool
 from rmr1_jax.sampling.sampler import (Generation, SamplingParams, check_budgets, check_prompt_index,
                                        cpu_decode_compiler_options, decode_params, decode_variant, sample_tokens)
@@ -87,11 +87,10 @@ class Engine:
         cfg = self._decode_model.cfg
         self.cache_dtype = jnp.dtype(cache_dtype or cfg.dtype)
         self._pages, self._num_pages = None, 0  # the device pool, kept across calls
-        split_heads = mesh is not None and mesh.shape.get("tensor", 1) > 1
         tensor = mesh.shape.get("tensor", 1) if mesh is not None else 1
         # the pool's key/value heads split over tensor where they divide (the XLA path)
         self._head_split = tensor if cfg.num_key_value_heads % tensor == 0 else 1
-        self.impl = resolve(self.config.attention, cfg.dim_head, split_heads)  # the kernel, and so the pool's layout
+        self.impl = resolve(self.config.attention, cfg.dim_head, tensor > 1)  # the kernel, and so the pool's layout
         self._prepare = jax.jit(lambda p: decode_params(p, model.cfg, self.weights_dtype))
         self.axes = shard_axes(mesh)  # the mesh axes the slots are split over
         # the per-shard programs are manual over those and every axis of one device (nothing
@@ -99,6 +98,12 @@ class Engine:
         self._manual = frozenset(a for a in (mesh.axis_names if mesh is not None else ())
                                  if a in self.axes or mesh.shape[a] == 1)
         self.shards = shard_count(mesh)
+        self._shard_sh = self._rep_sh = None  # where per-shard and replicated inputs go
+        if mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec as P
+
+            self._shard_sh = NamedSharding(mesh, P(self.axes) if self.axes else P())
+            self._rep_sh = NamedSharding(mesh, P())
         self._prefill = self._spmd(self._prefill_impl, ("params", "pages") + ("shard",) * 4, "pages",
                                    donate_argnums=(1,))
         self._copy = self._spmd(self._copy_impl, ("pages", "shard", "shard"), "pages", donate_argnums=(0,))
@@ -176,7 +181,7 @@ class Engine:
         every shard) or "params"; the results come back replicated, the pages sharded."""
         if not self.axes:
             return jax.jit(fn, **jit_kw)
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import PartitionSpec as P
 
         specs = {"shard": P(self.axes), "rep": P(), "params": P(), "pages": self._pages_spec()}
 
@@ -187,10 +192,8 @@ class Engine:
             return jax.shard_map(functools.partial(fn, **static), mesh=self.mesh, in_specs=pick(in_specs),
                                  out_specs=pick(out_specs), axis_names=self._manual, check_vma=False)(*args)
 
-        rep = NamedSharding(self.mesh, P())
-
         def out(k):  # what the host reads comes back whole on every process
-            return NamedSharding(self.mesh, self._pages_spec(placed=True)) if k == "pages" else rep
+            return self.pages_sharding() if k == "pages" else self._rep_sh
 
         shardings = tuple(out(k) for k in out_specs) if isinstance(out_specs, tuple) else out(out_specs)
         return jax.jit(call, out_shardings=shardings, **jit_kw)
@@ -214,12 +217,10 @@ class Engine:
         each: ``s`` a leading axis over the shards, ``r`` replicated."""
         if self.mesh is None:
             return arrays
-        from jax.sharding import NamedSharding, PartitionSpec as P
-
         out = []
         for kind, a in zip(kinds, arrays):
             a = np.asarray(a)
-            sh = NamedSharding(self.mesh, P(self.axes) if kind == "s" and self.axes else P())
+            sh = self._shard_sh if kind == "s" else self._rep_sh
             out.append(jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx]))
         return tuple(out)
 
@@ -258,11 +259,7 @@ class Engine:
 
     def shard_sharding(self):
         """Where an array with a leading axis over the shards lives (None without a mesh)."""
-        if self.mesh is None:
-            return None
-        from jax.sharding import NamedSharding, PartitionSpec as P
-
-        return NamedSharding(self.mesh, P(self.axes) if self.axes else P())
+        return self._shard_sh
 
     def pages_sharding(self):
         """Where the device pool lives (None without a mesh)."""
@@ -280,12 +277,15 @@ class Engine:
         return page_bytes(cfg.num_hidden_layers, self.config.page_size, cfg.num_key_value_heads, cfg.dim_head,
                           self.cache_dtype) // split
 
+    def _pool_maker(self, num_pages: int):
+        """A function making the device pool of ``num_pages`` pages a shard."""
+        cfg = self._decode_model.cfg
+        return functools.partial(init_pages, cfg.num_hidden_layers, num_pages * self.shards, self.config.page_size,
+                                 cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype, self.impl)
+
     def pool_shapes(self, num_pages: int):
         """The device pool's abstract arrays for ``num_pages`` pages a shard."""
-        cfg = self._decode_model.cfg
-        return jax.eval_shape(functools.partial(init_pages, cfg.num_hidden_layers, num_pages * self.shards,
-                                                self.config.page_size, cfg.num_key_value_heads, cfg.dim_head,
-                                                self.cache_dtype, self.impl))
+        return jax.eval_shape(self._pool_maker(num_pages))
 
     # ----- the pool -----
 
@@ -312,11 +312,8 @@ class Engine:
         """A fresh page pool per shard for a call of ``slots`` slots a shard whose sequences take
         up to ``width`` pages (the device pages kept from the last call when the size agrees)."""
         num_pages = self._pool_size(slots, width)
-        cfg = self._decode_model.cfg
         if self._pages is None or self._num_pages != num_pages:
-            make = functools.partial(init_pages, cfg.num_hidden_layers, num_pages * self.shards,
-                                     self.config.page_size, cfg.num_key_value_heads, cfg.dim_head, self.cache_dtype,
-                                     self.impl)
+            make = self._pool_maker(num_pages)
             self._pages = None  # the old pool's memory back before the new one is made
             # each shard's pages on its devices (replicated when the slots are not split)
             self._pages = make() if self.mesh is None else jax.jit(make, out_shardings=self.pages_sharding())()
@@ -404,8 +401,6 @@ def _check_shared(prompts, prompt_index, budgets) -> None:
 def _gather_prompts(prompts, prompt_index, budgets, n: int):
     """Every process's prompts, indices and budgets, in process order, on every process (one
     schedule runs alike on each), and this process's rows of the result (prompt-major)."""
-    from jax.experimental import multihost_utils
-
     k = len(prompts)
     if int(agree_max([k])[0]) != k or -int(agree_max([-k])[0]) != k:
         raise ValueError("every process must pass the same number of prompts")
@@ -414,8 +409,8 @@ def _gather_prompts(prompts, prompt_index, budgets, n: int):
     for i, p in enumerate(prompts):
         ids[i, : len(p)] = p
     lens = np.asarray([len(p) for p in prompts], np.int32)
-    ids, lens, index, budgets = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                                 for x in (ids, lens, np.asarray(prompt_index, np.int64), np.asarray(budgets)))
+    ids, lens, index, budgets = (gather_rows(x) for x in (ids, lens, np.asarray(prompt_index, np.int64),
+                                                          np.asarray(budgets)))
     every = [ids[i, : lens[i]].tolist() for i in range(len(lens))]
     p = jax.process_index()
     return every, index, budgets, np.arange(p * k * n, (p + 1) * k * n)

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 
-from rmr1_jax.parallel.hostlocal import agree_max, agree_sum, fetch, process_rows, to_global
+from rmr1_jax.parallel.hostlocal import agree_max, agree_sum, fetch, gather_rows, process_rows, to_global
 from rmr1_jax.models.lora import has_adapters
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.train import grpo_math
@@ -257,7 +257,7 @@ class RolloutSource:
             "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
             "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
             **{f"rollout_{k}": v for k, v in self._gen_stats.items()},
-            **grpo_math.length_quantiles(_every_process(lengths)),  # what `rmr1 plan` reads back
+            **grpo_math.length_quantiles(gather_rows(lengths)),  # what `rmr1 plan` reads back
         }
 
     def _prompt_index(self, k: int) -> np.ndarray:
@@ -294,15 +294,6 @@ class RolloutSource:
             count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
             plans.append((np.concatenate([keep, fill]), keep, count))
         return plans
-
-
-def _every_process(x: np.ndarray) -> np.ndarray:
-    """Every process's rows of ``x`` (the same count on each), on every process."""
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def free_kv_pool(generator) -> None:
