@@ -230,8 +230,8 @@ def engine_steps(engine, params, mesh, prompt_len: int, max_new: int, num_pages:
               top_p=float(sp.top_p))
     dec = compile_step(f"engine decode ({steps} steps a call)", engine.decode_fn(slots), dec_args, mesh=mesh,
                        kwargs=kw, tokens=d * slots, parts={**weights, "batch": device_bytes(dec_args[2:])}, log=log,
-                       activations=False, flops_fn=functools.partial(step_flops, engine.decode_fn(slots), *dec_args,
-                                                                     **kw))
+                       activations=False, flops_fn=functools.partial(step_flops, engine.decode_fn(slots, tuned=False),
+                                                                     *dec_args, **kw))
     return pre, dec, device_bytes(prepared) if prepared is not params else 0
 
 

@@ -237,11 +237,12 @@ class Engine:
         """[D, m] pages of each shard copied within it."""
         self._pages = self._copy(self._pages, *self._put("ss", src, dst))
 
-    def decode_fn(self, rows: int):
+    def decode_fn(self, rows: int, tuned: bool = True):
         """The compiled decode call (:meth:`_decode_impl`) for ``rows`` slots a shard, with the
         Sampler's XLA options for that many rows (on CPU with float32 weights and few rows, dots
-        outside YNNPACK); its arguments as :meth:`decode` places them."""
-        opts = cpu_decode_compiler_options(self._decode_model.cfg.dtype, rows) or {}
+        outside YNNPACK; ``tuned=False``: none, for tracing it inside another function); its
+        arguments as :meth:`decode` places them."""
+        opts = (cpu_decode_compiler_options(self._decode_model.cfg.dtype, rows) if tuned else None) or {}
         key = tuple(sorted(opts.items()))
         if key not in self._decoders:
             self._decoders[key] = self._spmd(
