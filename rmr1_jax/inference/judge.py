@@ -126,10 +126,10 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
         return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl), add_generation_prompt=True))
 
     prompts = [encode(p, a, b) for p, a, b in pairs]
-    if both_orders:  # both orders in one call: the engine fills slots across them
-        prompts += [encode(p, b, a) for p, a, b in pairs]
+    if both_orders:  # both orders in one call, side by side: the engine's prefix cache shares their common head
+        prompts = [q for (p, a, b), fwd in zip(pairs, prompts) for q in (fwd, encode(p, b, a))]
     js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens)
-    fwd, swp = js[: len(pairs)], js[len(pairs):]
+    fwd, swp = (js[0::2], js[1::2]) if both_orders else (js, [])
     out = [{"judgment": j.text, "verdict": j.verdict, "finished": j.finished} for j in fwd]
     if both_orders:
         for r, j in zip(out, swp):

@@ -59,6 +59,7 @@ class EngineConfig:
     prefill_budget: int = 2048  # prompt tokens prefilled between two decode calls while slots decode
     decode_steps: int | None = None  # decode steps per compiled call (None: 1/8 of the budget, 16 to 64)
     attention: str = "auto"  # paged attention kernel: auto, xla, ragged, interpret
+    prefix_cache: bool = True  # prompts that start alike read the same prefilled pages
 
     def __post_init__(self):
         for name in ("max_slots", "page_size", "prefill_chunk", "prefill_rows", "prefill_budget"):
@@ -316,8 +317,11 @@ class Engine:
         if self._pages is None or self._num_pages != num_pages:
             make = self._pool_maker(num_pages)
             self._pages = None  # the old pool's memory back before the new one is made
-            # each shard's pages on its devices (replicated when the slots are not split)
-            self._pages = make() if self.mesh is None else jax.jit(make, out_shardings=self.pages_sharding())()
+            # each shard's pages on its devices (replicated when the slots are not split); without
+            # a mesh committed to the default device, as every call's output pages are, so the
+            # first calls of a generate compile the programs later ones run
+            self._pages = (jax.device_put(make(), jax.devices()[0]) if self.mesh is None
+                           else jax.jit(make, out_shardings=self.pages_sharding())())
             self._num_pages = num_pages
         return [PagePool(num_pages, self.config.page_size) for _ in range(self.shards)]
 

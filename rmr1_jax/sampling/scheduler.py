@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from rmr1_jax.models.paged_attention import NULL_PAGE
-from rmr1_jax.sampling.pages import pages_for, table_rows
+from rmr1_jax.sampling.pages import page_keys, pages_for, table_rows
 from rmr1_jax.sampling.sampler import Generation, Sampler, SamplingParams, default_chunk
 
 
@@ -51,8 +51,14 @@ class _Prefix:
     tokens: list[int]
     rows: collections.deque  # the rows that continue it, until it is prefilled
     pending: int = 0  # once prefilled: its rows still to take their copy of its pages
-    done: int = 0  # tokens prefilled so far
+    done: int = 0  # tokens prefilled (or found in the prefix cache) so far
     pages: list[int] | None = None
+    keys: list | None = None  # its full pages' prefix-cache keys, once asked for
+    after: list = dataclasses.field(default_factory=list)  # (writer, tokens): cached pages not yet written
+
+    def written(self) -> bool:
+        """Whether the cached pages it reads have been written by the prefixes that write them."""
+        return all(w.done >= need for w, need in self.after)
 
 
 @dataclasses.dataclass(eq=False)
@@ -65,6 +71,7 @@ class _Shard:
     prefilling: collections.deque = dataclasses.field(default_factory=collections.deque)
     ready: collections.deque = dataclasses.field(default_factory=collections.deque)  # (prefix, row)
     prefilled: int = 0  # prompt tokens prefilled here
+    unwritten: dict = dataclasses.field(default_factory=dict)  # published page -> (writer, tokens)
 
     def live(self) -> list[int]:
         return [s for s, r in enumerate(self.slots) if r is not None]
@@ -135,13 +142,16 @@ class Schedule:
                 batches.append(self._pick(sh) if wants else [])
             if not any(batches):
                 return
-            todo = [[pf for pf in b if pf.done < len(pf.tokens)] for b in batches]
+            todo = [[pf for pf in b if pf.done < len(pf.tokens) and pf.written()] for b in batches]
             if any(todo):
                 longest = max(len(pf.tokens) - pf.done for t in todo for pf in t)
                 self._prefill_call(todo, _chunk_for(longest, self.e.config.prefill_chunk))
             for sh in self.shards:
-                while sh.prefilling and sh.prefilling[0].done >= len(sh.prefilling[0].tokens):
+                sh.unwritten = {p: (w, need) for p, (w, need) in sh.unwritten.items() if w.done < need}
+                while sh.prefilling and sh.prefilling[0].done >= len(sh.prefilling[0].tokens) \
+                        and sh.prefilling[0].written():
                     pf = sh.prefilling.popleft()
+                    pf.after = []
                     sh.ready.extend((pf, r) for r in pf.rows)
                     pf.pending, pf.rows = len(pf.rows), collections.deque()
 
@@ -162,19 +172,45 @@ class Schedule:
                 return batch
             batch.append(pf)
             longest = max(longest, len(pf.tokens) - pf.done)
-        while self.waiting and fits(self.waiting[0]):
+        while self.waiting:
             pf = self.waiting[0]
-            pf.pages = sh.pool.alloc(pages_for(len(pf.tokens), self.ps))
-            if pf.pages is None:
-                if not batch and sh.pool.used == 0:  # the pool is empty and still too small
-                    raise RuntimeError(f"the page pool ({sh.pool.num_pages} pages of {self.ps} tokens) cannot hold "
-                                       f"a prompt of {len(pf.tokens) + 1} tokens; raise sampling.kv_pages")
+            hit = sh.pool.cached(self._keys(pf))
+            pf.done = hit * self.ps
+            if not fits(pf) or not self._place(sh, pf, hit):
+                pf.done = 0
                 break
             self.waiting.popleft()
             sh.prefilling.append(pf)
             batch.append(pf)
             longest = max(longest, len(pf.tokens) - pf.done)
         return batch
+
+    def _keys(self, pf) -> list:
+        """``pf``'s prefix-cache keys (none with the cache off)."""
+        if pf.keys is None:
+            pf.keys = page_keys(pf.tokens, self.ps) if self.e.config.prefix_cache else []
+        return pf.keys
+
+    def _place(self, sh, pf, hit: int) -> bool:
+        """Pages in ``sh``'s pool for ``pf``: its first ``hit`` pages from the prefix cache, the
+        rest fresh, its full fresh pages published (readers of a page not yet written wait for
+        its writer). False when the pool has too few pages."""
+        keys, need = self._keys(pf), pages_for(len(pf.tokens), self.ps)
+        cached = sh.pool.take_cached(keys[:hit])
+        fresh = sh.pool.alloc(need - hit)
+        if fresh is None:
+            sh.pool.release(cached)
+            if sh.pool.used == 0:  # the pool is empty and still too small
+                raise RuntimeError(f"the page pool ({sh.pool.num_pages} pages of {self.ps} tokens) cannot hold "
+                                   f"a prompt of {len(pf.tokens) + 1} tokens; raise sampling.kv_pages")
+            return False
+        pf.pages = cached + fresh
+        pf.after = [sh.unwritten[p] for p in cached if p in sh.unwritten]
+        for i in range(hit, len(keys)):
+            sh.pool.publish(pf.pages[i], keys[i])
+            sh.unwritten[pf.pages[i]] = (pf, (i + 1) * self.ps)
+        self.counts["prefix_hit_tokens"] += hit * self.ps
+        return True
 
     def _prefill_call(self, todo, chunk: int):
         """One compiled prefill of ``chunk`` tokens of each prefix in each shard's ``todo``
@@ -278,10 +314,13 @@ class Schedule:
             pf.rows = collections.deque(r for p, r in sh.ready if p is pf)
             sh.ready = collections.deque((p, r) for p, r in sh.ready if p is not pf)
         self.waiting.appendleft(pf)
+        for p in [p for p, (w, _) in sh.unwritten.items() if w is pf]:  # its promised pages: never written
+            del sh.unwritten[p]
+            sh.pool.unpublish(p)
         sh.pool.release(pf.pages)
         self.counts["unprefills"] += 1
         self.counts["recomputed_tokens"] += pf.done
-        pf.pages, pf.done = None, 0
+        pf.pages, pf.done, pf.after = None, 0, []
         return True
 
     def _preempt(self, sh, s):

@@ -95,7 +95,10 @@ def test_greedy_matches_transformers_whatever_the_engine_sizes(case, config):
     _assert_matches_transformers(case, gen, PROMPTS, refs, eos)
     st = engine.stats
     assert st["tokens"] == sum(len(r) for r in refs)
-    assert st["prefill_tokens"] == sum(len(p) - 1 for p in PROMPTS) + st.get("recomputed_tokens", 0)
+    # every prompt token before the last is prefilled or read from the prefix cache (a preempted
+    # row's prompt pages may still be there), and once more for each recomputation
+    assert st["prefill_tokens"] + st.get("prefix_hit_tokens", 0) == \
+        sum(len(p) - 1 for p in PROMPTS) + st.get("recomputed_tokens", 0)
     if tight:  # sequences gave their pages back and were recomputed, within the pool
         assert st["preemptions"] > 0 and st["recomputed_tokens"] > 0 and st["peak_pages"] <= 13
     if config == "few-slots-small-pages":  # two slots for six rows: slots were refilled
@@ -153,6 +156,50 @@ def test_stop_strings_end_a_row_at_its_shortest_matching_prefix(case):
     for i, ref in enumerate(refs):
         assert gen.tokens[i, : len(ref)].tolist() == ref and int(gen.lengths[i]) == len(ref), i
     assert gen.texts[row].endswith(stop)
+
+
+@QWEN2_ONLY
+def test_prompts_that_start_alike_read_one_prefill_of_their_common_pages(case):
+    """The prefix cache: prompts with a common head (a system prompt, a pair judged in both
+    orders) read the head's full pages from the first prompt's prefill. The second prompt is
+    taken while the first still writes those pages over several calls (it waits for them); a
+    pool so tight that prompts are un-prefilled and rows preempted withdraws pages never
+    written. Every row still equals transformers'; with the cache off nothing is shared."""
+    rng = np.random.default_rng(7)
+    head = rng.integers(4, hf_models.VOCAB, 21).tolist()  # 5 full pages of 4 tokens, and one more
+    prompts = [head + rng.integers(4, hf_models.VOCAB, n).tolist() for n in (3, 9, 17, 2)]
+    refs = [hf_greedy(case.hf, p, MAX_NEW, -1) for p in prompts]
+    base = dict(max_slots=2, page_size=4, prefill_chunk=8, prefill_rows=2, decode_steps=3)
+    runs = {}
+    for name, extra in {"cached": dict(kv_pages=64), "off": dict(kv_pages=64, prefix_cache=False),
+                        "tight": dict(kv_pages=14, max_slots=3)}.items():
+        engine = Engine(case.model, eos_ids=[], pad_id=PAD, config=EngineConfig(**{**base, **extra}))
+        gen = engine.generate(case.params, prompts, GREEDY)
+        _assert_matches_transformers(case, gen, prompts, refs, None)
+        st = runs[name] = engine.stats
+        assert st["prefill_tokens"] + st.get("prefix_hit_tokens", 0) == \
+            sum(len(p) - 1 for p in prompts) + st.get("recomputed_tokens", 0), name
+    assert runs["cached"]["prefix_hit_tokens"] == 20 * 3  # the head's 5 full pages, for prompts 2-4
+    assert runs["off"].get("prefix_hit_tokens", 0) == 0
+    assert runs["tight"]["prefix_hit_tokens"] > 0
+    assert runs["tight"].get("unprefills", 0) + runs["tight"].get("preemptions", 0) > 0
+
+
+def test_page_pool_publishes_prefix_pages_and_reuses_idle_ones_last():
+    pool = PagePool(6, page_size=4)  # pages 1-5
+    a = pool.alloc(3)
+    pool.publish(a[0], b"k0")
+    pool.publish(a[1], b"k1")
+    assert pool.cached([b"k0", b"k1", b"k2"]) == 2 and pool.cached([b"k1"]) == 1
+    pool.release(a)  # published pages stay, idle; the unpublished one is free
+    assert pool.available == 5 and pool.used == 0 and pool.cached([b"k0", b"k1"]) == 2
+    assert pool.take_cached([b"k0"]) == [a[0]] and pool.available == 4
+    got = pool.alloc(4)  # the three free pages first, then the idle published one, its key forgotten
+    assert a[1] in got and a[0] not in got and pool.cached([b"k0", b"k1"]) == 1 and pool.available == 0
+    pool.publish(got[0], b"x")
+    pool.unpublish(got[0])  # never written: withdrawn, and free once released
+    pool.release(got + [a[0]])
+    assert pool.cached([b"x"]) == 0 and pool.available == 5 and pool.cached([b"k0"]) == 1
 
 
 def test_page_pool_counts_readers():
