@@ -15,7 +15,7 @@ analysis; what the job keeps alive meanwhile added as "held by the job"):
 from __future__ import annotations
 
 import dataclasses
-import math
+import numpy as np
 
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.plan import steps as S
@@ -216,7 +216,19 @@ def _grpo(cfg, model, mesh, target, mfu, log):
     # one rollout step: the engine's rollout, the log-prob passes, and the updates over its
     # mini-batches
     passes = int(spec.uses_reference()) + int(spec.old_logprobs == "recompute")
-    t_lp = passes * math.ceil(spec.prompts_per_step * spec.n / lp_rows) * _seconds(lp.flops, target, mfu)
+    # the forwards run shortest responses first, each cut after its longest response: priced
+    # from the full-width forward in proportion to their columns (attention's quadratic part
+    # makes that an upper bound)
+    from rmr1_jax.plan.rollout import logprob_widths, response_lengths
+
+    widths = logprob_widths(response_lengths(spec.expected_response_tokens, spec.max_response_tokens,
+                                             spec.prompts_per_step * spec.n),
+                            spec.logprob_batch, spec.max_response_tokens, spec.logprob_buckets, target.hosts)
+    t_lp = passes * _seconds(lp.flops, target, mfu) * float(np.sum((spec.max_prompt_tokens + widths) / length))
+    if passes:
+        notes.append(f"log-prob forwards: {len(widths)} a pass, shortest responses first, each cut after its "
+                     f"longest (grpo.logprob_buckets={spec.logprob_buckets}): {np.mean(widths):.0f} response "
+                     f"columns on average of {spec.max_response_tokens}")
     n_updates = spec.prompts_per_step // spec.minibatch_prompts * spec.ppo_epochs
     t_upd = n_updates * _seconds(update.flops, target, mfu)
     total = t_roll + t_lp + t_upd

@@ -154,6 +154,19 @@ def decode_seconds(segments, *, flops_per_row_step: float, weight_bytes: float, 
     return total
 
 
+def logprob_widths(lengths, rows: int, budget: int, buckets: int, hosts: int = 1) -> np.ndarray:
+    """The response columns of each log-prob forward of a rollout step, as
+    :meth:`rmr1_jax.train.rollouts.RolloutSource._logprobs` runs them: each host's rows (the
+    step's ``lengths`` dealt in ``hosts`` parts) sorted by response length, ``rows`` a forward,
+    a forward's columns its longest response rounded up to a multiple of 1/``buckets`` of the
+    budget, the hosts' ``i``-th forwards all at the widest of them."""
+    step = -(-budget // buckets)
+    parts = [np.sort(p) for p in np.array_split(np.asarray(lengths), hosts)]
+    count = max(-(-len(p) // rows) for p in parts)
+    return np.asarray([max((min(budget, -(-int(p[i * rows:(i + 1) * rows].max()) // step) * step)
+                            for p in parts if len(p) > i * rows), default=0) for i in range(count)])
+
+
 def pool_pages(sampling, free_bytes: float, page_bytes: int, need: int) -> int:
     """Pages of a shard's pool: ``sampling.kv_pages``, else ``kv_memory_fraction`` of the
     memory a device has free during the rollout, at most what every slot at its longest takes

@@ -73,6 +73,7 @@ class GRPOSpec:
     # Old-policy log-probs must then be recomputed in the training dtype.
     rollout_dtype: str | None = None
     logprob_batch: int = 32  # rows per reference/old log-prob forward
+    logprob_buckets: int = 8  # a log-prob forward's response columns: a multiple of 1/this of the budget
     # Rows whose advantage is 0 (every sample of the prompt rewarded alike) add nothing to the
     # clipped policy loss's gradient. Without a KL or entropy term they are left out of the
     # update's forward and backward passes (and of the old/reference log-prob passes), and still
@@ -93,6 +94,9 @@ class GRPOSpec:
             raise ConfigError(f"{where}: grpo.minibatch_prompts must divide grpo.prompts_per_step")
         if self.n < 2:
             raise ConfigError(f"{where}: grpo.n must be at least 2 (advantages compare samples of one prompt)")
+        for name in ("logprob_batch", "logprob_buckets"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{where}: grpo.{name} must be at least 1, not {getattr(self, name)}")
         if self.rollout_dtype is not None:
             try:
                 if not jnp.issubdtype(jnp.dtype(self.rollout_dtype), jnp.floating):

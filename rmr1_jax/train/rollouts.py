@@ -92,21 +92,36 @@ class RolloutSource:
             self._rollout(params)
         return self.queue.pop(0)
 
-    def _logprobs(self, params, rows: dict[str, np.ndarray]) -> np.ndarray:
-        out = []
-        bs = self.spec.logprob_batch
-        n = rows["input_ids"].shape[0]
-        if n == 0:
-            return np.zeros(rows["input_ids"].shape, np.float32)
+    def _logprobs(self, params, rows: dict[str, np.ndarray], plen: int, lengths: np.ndarray) -> np.ndarray:
+        """Log-probs [rows, plen + L] of ``rows`` (a prompt of ``plen`` columns, then L response
+        columns; ``lengths``: each row's response tokens), ``logprob_batch`` rows a forward. The
+        rows go shortest response first, and a forward's columns stop after its longest
+        response, rounded up to the next of ``logprob_buckets`` widths (so few shapes compile):
+        on a long-tailed step most forwards are far shorter than the budget. Columns past a
+        row's response get zeros. Every process runs the same forwards (their count and widths
+        agreed), whatever rows it holds."""
+        n, width = rows["input_ids"].shape
+        bs, L = self.spec.logprob_batch, width - plen
+        out = np.zeros((n, width), np.float32)
+        order = np.argsort(lengths, kind="stable")
+        batches = [order[i:i + bs] for i in range(0, n, bs)]
+        count = int(agree_max([len(batches)])[0])
+        step = -(-L // self.spec.logprob_buckets)
+        widths = agree_max([plen + min(L, -(-int(lengths[b].max()) // step) * step) for b in batches]
+                           + [0] * (count - len(batches)))
         with activation_sharding(self.mesh):
-            for i in range(0, n, bs):
-                sub = {k: v[i:i + bs] for k, v in rows.items()}
-                real = sub["input_ids"].shape[0]
-                if real < bs:
-                    sub = {k: np.concatenate([v, np.repeat(v[:1], bs - real, axis=0)]) for k, v in sub.items()}
+            for i in range(count):
+                idx, w = (batches[i] if i < len(batches) else order[:0]), int(widths[i])
+                if len(idx):
+                    sub = {k: v[idx, :w] for k, v in rows.items()}
+                else:  # this process has no rows left: a pad row, attended, for the shape
+                    sub = {"input_ids": np.full((1, w), self.generator.pad_id, np.int32),
+                           "attention_mask": np.ones((1, w), np.int32)}
+                real = len(idx)
+                sub = {k: np.concatenate([v, np.repeat(v[:1], bs - len(v), axis=0)]) for k, v in sub.items()}
                 g = to_global(sub, self.mesh)
-                out.append(fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real])
-        return np.concatenate(out)
+                out[idx, :w] = fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real]
+        return out
 
     def _next_prompts(self) -> tuple[list[list[int]], list[str]]:
         """This process's prompts of the next rollout step (token ids, cut to the prompt budget)
@@ -163,7 +178,7 @@ class RolloutSource:
         rewards, adv = self._rewards(winners, finished, texts, opened)
         rows, target_mask = self._rows(prompt_ids, plen, tokens, lengths)
         plans = self._plan_updates(adv, target_mask)
-        ref_lp, old_lp, t_ref, t_old = self._logprob_columns(params, rows, plans, plen, sampler_lp)
+        ref_lp, old_lp, t_ref, t_old = self._logprob_columns(params, rows, plans, plen, sampler_lp, lengths)
         full = {**rows, "response_mask": target_mask, "old_logp": old_lp.astype(np.float32),
                 "ref_logp": ref_lp.astype(np.float32), "advantages": adv.astype(np.float32)}
         self._queue_updates(full, plans)
@@ -204,7 +219,7 @@ class RolloutSource:
         target_mask[:, plen - 1:plen - 1 + L] = resp_mask  # position t scores token t+1
         return {"input_ids": ids, "attention_mask": attn}, target_mask
 
-    def _logprob_columns(self, params, rows: dict, plans, plen: int, sampler_lp: np.ndarray):
+    def _logprob_columns(self, params, rows: dict, plans, plen: int, sampler_lp: np.ndarray, lengths: np.ndarray):
         """``(reference log-probs, old-policy log-probs, seconds of the first, of the second)``,
         the log-probs [rows, plen + L] float32 (zeros where not computed): the reference's, on
         the rows the updates train on, only when the loss has a KL term; the old policy's per
@@ -216,11 +231,11 @@ class RolloutSource:
         t1 = time.perf_counter()
         ref_lp = np.zeros(shape, np.float32)
         if spec.uses_reference():
-            ref_lp[need] = self._logprobs(self.ref_params, sub)
+            ref_lp[need] = self._logprobs(self.ref_params, sub, plen, lengths[need])
         t_ref = time.perf_counter() - t1
         old_lp = np.zeros(shape, np.float32)
         if spec.old_logprobs == "recompute":
-            old_lp[need] = self._logprobs(params, sub)
+            old_lp[need] = self._logprobs(params, sub, plen, lengths[need])
         else:
             old_lp[:, plen - 1:plen - 1 + L] = sampler_lp
         t_old = time.perf_counter() - t1 - t_ref

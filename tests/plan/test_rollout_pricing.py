@@ -77,3 +77,15 @@ def test_response_lengths_from_a_mean_a_list_and_a_run(tmp_path):
         response_lengths(600, 512, 3)
     with pytest.raises(ConfigError, match="no such metrics file"):
         response_lengths(str(tmp_path / "nope.jsonl"), 512, 3)
+
+
+def test_logprob_forwards_are_priced_at_their_longest_sorted_response():
+    from rmr1_jax.plan.rollout import logprob_widths
+
+    lengths = [7, 1, 8, 3, 2, 6, 5, 4]
+    # one host: sorted 1..8, two rows a forward, widths rounded up to a quarter of the budget 8
+    assert logprob_widths(lengths, 2, 8, 4).tolist() == [2, 4, 6, 8]
+    assert logprob_widths(lengths, 2, 8, 1).tolist() == [8, 8, 8, 8]  # one bucket: the whole budget
+    # two hosts hold [7, 1, 8, 3] and [2, 6, 5, 4]: their i-th forwards run at the wider one's
+    assert logprob_widths(lengths, 2, 8, 4, hosts=2).tolist() == [4, 8]  # [1, 3] | [2, 4], then [7, 8] | [5, 6]
+    assert logprob_widths([1, 1, 1], 2, 8, 8, hosts=2).tolist() == [1]

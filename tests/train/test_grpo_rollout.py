@@ -165,6 +165,32 @@ def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
     np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
 
 
+def test_logprob_forwards_stop_at_their_longest_response(tiny):
+    """The old-policy log-probs come from forwards over rows sorted by response length, each
+    cut after its longest response (rounded up to a quarter of the budget here): they equal one
+    teacher-forced pass over the whole rows, and some forwards are shorter than the rows."""
+    from rmr1_jax.train.grpo import response_logprobs
+
+    model, params = tiny
+    spec = GRPOSpec(n=2, max_prompt_tokens=8, max_response_tokens=32, prompts_per_step=4, minibatch_prompts=4,
+                    logprob_batch=2, logprob_buckets=4, old_logprobs="recompute", kl_estimator="none",
+                    skip_zero_advantage=False)
+    mesh = make_mesh()
+    # one token in five ends a sequence: ragged response lengths
+    sampler = Engine(model, eos_ids=range(0, model.cfg.vocab_size, 5), pad_id=0, mesh=mesh)
+    src = RolloutSource(model=model, ref_params=None, generator=sampler, tokenizer=_Tok(), prompts=iter(_records(4)),
+                        spec=spec, mesh=mesh, per_host_prompts=4, per_host_minibatch_prompts=4, seed=0)
+    widths, real = [], src._lp
+    src._lp = lambda p, b: widths.append(b["input_ids"].shape[1]) or real(p, b)
+    src._rollout(params)
+    (batch,) = src.queue
+    want = np.asarray(response_logprobs(model, params, {k: batch[k] for k in ("input_ids", "attention_mask")}))
+    m = batch["response_mask"].astype(bool)
+    assert len(set(m.sum(axis=1).tolist())) > 2  # ragged
+    np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
+    assert len(widths) == 4 and widths == sorted(widths) and widths[0] < batch["input_ids"].shape[1]
+
+
 def test_rows_keep_only_the_columns_responses_reach(tiny):
     """Responses that end early are not padded to max_response_tokens in the update batch:
     the rows stop at the longest response, rounded up to the bucket (32 columns here)."""
@@ -270,7 +296,7 @@ def test_no_reference_copy_or_pass_without_a_kl_term(tiny, monkeypatch):
                             per_host_minibatch_prompts=2, seed=0)
         seen = []
         real = src._logprobs
-        monkeypatch.setattr(src, "_logprobs", lambda p, rows: seen.append(p) or real(p, rows))
+        monkeypatch.setattr(src, "_logprobs", lambda p, rows, *a: seen.append(p) or real(p, rows, *a))
         src._rollout(params)
         passes.append(len(seen))
         if not spec.uses_reference():
