@@ -23,6 +23,7 @@ both steps train on the same rows.
 
     python benchmarks/grpo_step.py [--generator both] [--preset demo] [--prompts 16] [--n 4]
                                    [--minibatch 8] [--response 80] [--slots 16] [--steps 3]
+                                   [--logprob-buckets 8]
                                    [--json out.jsonl]
 
 Phase times come from ``RolloutSource``'s own timers (``time_rollout_s``, ``time_reference_s``,
@@ -129,6 +130,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--slots", type=int, default=16, help="the engine's max_slots")
     ap.add_argument("--page-size", type=int, default=16, help="the engine's page size")
     ap.add_argument("--old-logprobs", default="recompute", choices=("recompute", "sampler"))
+    ap.add_argument("--logprob-buckets", type=int, default=8,
+                    help="grpo.logprob_buckets (1: every log-prob forward at the whole budget)")
     ap.add_argument("--chunk", type=int, default=None,
                     help="Sampler decode chunk (default: 1/8 of --response, 16 to 64)")
     ap.add_argument("--scan", action="store_true", help="scan over layers (default unrolled, as the demo on CPU)")
@@ -167,7 +170,8 @@ def main(argv=None) -> dict:
     ref_params = jax.tree.map(lambda x: x.copy(), params)
     spec = GRPOSpec(n=args.n, max_prompt_tokens=max(lens), max_response_tokens=args.response,
                     prompts_per_step=args.prompts, minibatch_prompts=args.minibatch,
-                    logprob_batch=args.minibatch * args.n, old_logprobs=args.old_logprobs)
+                    logprob_batch=args.minibatch * args.n, old_logprobs=args.old_logprobs,
+                    logprob_buckets=args.logprob_buckets)
     updates = args.prompts // args.minibatch
     optimizer, schedule = make_optimizer(OptimSpec(lr=1e-4, schedule="constant", warmup_steps=0), 1000)
     step_fn = make_train_step(grpo_loss_fn(model, spec), optimizer, schedule, 1, mesh,
