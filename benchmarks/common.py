@@ -65,6 +65,18 @@ def build_hf_model(out_dir: str, seed: int = 0, preset_name: str = "bench-100m",
     return model
 
 
+def random_lm(preset_name: str = "bench-100m", seed: int = 0):
+    """``(model, params)`` of a random float32 Qwen2 causal LM of the preset (through
+    :func:`build_hf_model` and ``rmr1_jax.load_hf``, as a user's checkpoint loads)."""
+    import tempfile
+
+    import rmr1_jax
+
+    with tempfile.TemporaryDirectory(prefix="rmr1-bench-lm-") as tmp:
+        build_hf_model(tmp, seed=seed, preset_name=preset_name)
+        return rmr1_jax.load_hf(tmp, dtype="float32")
+
+
 def busy_cores(seconds: float = 1.0) -> float | None:
     """Cores kept busy by OTHER processes while this one sleeps (from /proc/stat; Linux only).
     A shared machine with other work running makes both sides slower, and not equally: torch's

@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import append_json, build_hf_model, busy_cores, busy_line, machine_info, machine_line, table  # noqa: E402
+from common import append_json, busy_cores, busy_line, machine_info, machine_line, random_lm, table  # noqa: E402
 
 
 def long_tail_lengths(rng, n: int, budget: int) -> np.ndarray:
@@ -66,16 +65,13 @@ def main(argv=None) -> dict:
 
     import jax
 
-    import rmr1_jax
     from rmr1_jax.models.paged_attention import page_bytes
     from rmr1_jax.sampling.engine import Engine, EngineConfig
     from rmr1_jax.sampling.sampler import Sampler, SamplingParams, _bucket
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory(prefix="rmr1-bench-engine-") as tmp:
-        build_hf_model(tmp, preset_name=args.preset)
-        model, params = rmr1_jax.load_hf(tmp, dtype="float32")
+    model, params = random_lm(args.preset)
     cfg = model.cfg
     vocab = cfg.vocab_size
     prompts = [rng.integers(4, vocab, int(n)).tolist() for n in rng.integers(16, 65, args.prompts)]

@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (alternate, append_json, build_hf_model, busy_line, machine_info, machine_line,  # noqa: E402
+from common import (alternate, append_json, busy_line, machine_info, machine_line, random_lm,  # noqa: E402
                     median, table)
 from engine import long_tail_lengths  # noqa: E402
 
@@ -74,15 +73,12 @@ def main(argv=None) -> dict:
 
     import jax
 
-    import rmr1_jax
     from rmr1_jax.sampling.engine import Engine, EngineConfig
     from rmr1_jax.sampling.sampler import SamplingParams
 
     log = lambda s: print(s, flush=True)  # noqa: E731
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory(prefix="rmr1-bench-prefix-") as tmp:
-        build_hf_model(tmp, preset_name=args.preset)
-        model, params = rmr1_jax.load_hf(tmp, dtype="float32")
+    model, params = random_lm(args.preset)
     prompts = judge_prompts(rng, model.cfg.vocab_size, args.pairs, args.system, args.question, args.response)
     budgets = [int(x) for x in long_tail_lengths(rng, len(prompts), args.budget)]
     sp = SamplingParams(max_new_tokens=args.budget, temperature=0.0)
