@@ -14,6 +14,7 @@ from rmr1_jax.parallel import make_mesh
 from rmr1_jax.sampling.engine import Engine, EngineConfig
 from rmr1_jax.sampling.sampler import Sampler
 from rmr1_jax.text import verdict
+from rmr1_jax.train import rollouts
 from rmr1_jax.train.grpo import GRPOSpec, RolloutSource
 
 N = 3  # samples per prompt
@@ -165,7 +166,7 @@ def test_bf16_rollouts_take_old_logprobs_from_the_trained_weights(tiny):
     np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
 
 
-def test_logprob_forwards_stop_at_their_longest_response(tiny):
+def test_logprob_forwards_stop_at_their_longest_response(tiny, monkeypatch):
     """The old-policy log-probs come from forwards over rows sorted by response length, each
     cut after its longest response (rounded up to a quarter of the budget here): they equal one
     teacher-forced pass over the whole rows, and some forwards are shorter than the rows."""
@@ -189,6 +190,18 @@ def test_logprob_forwards_stop_at_their_longest_response(tiny):
     assert len(set(m.sum(axis=1).tolist())) > 2  # ragged
     np.testing.assert_allclose(batch["old_logp"][m], want[m], atol=1e-5)
     assert len(widths) == 4 and widths == sorted(widths) and widths[0] < batch["input_ids"].shape[1]
+    # in a multi-process job every process runs the forwards the others run: here another process
+    # has two more forwards than this one and runs each of its at the whole width (this process
+    # pads the extra ones with a row of its own), and this process's rows still get their log-probs
+    full = batch["input_ids"].shape[1]
+    other = lambda v: np.maximum(np.asarray(v), 6 if len(v) == 1 else full)  # noqa: E731
+    monkeypatch.setattr(rollouts, "agree_max", other)
+    rows = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    lengths = m.sum(axis=1)
+    widths.clear()
+    got = src._logprobs(params, rows, int(np.argmax(m.any(axis=0))) + 1, lengths)
+    assert widths == [full] * 6
+    np.testing.assert_allclose(got[m], want[m], atol=1e-5)
 
 
 def test_rows_keep_only_the_columns_responses_reach(tiny):
