@@ -24,6 +24,15 @@ Files, as the commands do (each row checked first; the output keeps each input r
 ``generate_file(load_generator(path, mesh), "in.jsonl", "out.jsonl", sp)`` (``rmr1 generate``),
 the last three resumable.
 
+A pairwise judge as a policy's reward (:mod:`~rmr1_jax.inference.group_rewards`): each prompt's
+samples judged against a reference, in a round robin or in a seeded knockout bracket, one engine
+call per round for every prompt::
+
+    from rmr1_jax.inference import score_groups
+    out = score_groups("round_robin", prompts, samples,   # samples: a list of responses per prompt
+                       lambda triples: [r["verdict"] for r in judge_pairs(judge, triples)])
+    out.rewards, out.judge_calls, out.inconsistent_rate
+
 The modules: :mod:`~rmr1_jax.inference.loading` (a judge with its tokenizer and template),
 :mod:`~rmr1_jax.inference.judge` (generation), :mod:`~rmr1_jax.inference.reward` (scalar reward
 models), :mod:`~rmr1_jax.inference.rules` (rule scores), :mod:`~rmr1_jax.inference.generate`
@@ -52,9 +61,10 @@ _EXPORTS = {
     "load_generator": "generate",
     "load_lm": "loading",
     "check_prompt": "rows",
+    "score_groups": "group_rewards",
     "conversation": "rows",
 }
-_MODULES = ("generate", "judge", "loading", "reward", "rows", "rules")
+_MODULES = ("generate", "group_rewards", "judge", "loading", "reward", "rows", "rules")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 

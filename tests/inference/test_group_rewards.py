@@ -1,0 +1,123 @@
+"""Pairwise verdicts to per-sample rewards, against hand-worked groups.
+
+The judge here is a rule whose verdicts are known by hand: the longer response wins; two
+responses of equal length get "A" in both orders (a position bias: inconsistent, a tie); a
+response holding "?" gets no verdict.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rmr1_jax.inference.group_rewards import (REFERENCE, SCHEMES, judge_calls, match_outcome, points,
+                                              score_groups)
+
+
+class LengthJudge:
+    """Prefers the longer response; records every call's triples."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, triples):
+        self.calls.append(list(triples))
+        out = []
+        for _, a, b in triples:
+            if "?" in a or "?" in b:
+                out.append(None)
+            else:
+                out.append("A" if len(a) >= len(b) else "B")
+        return out
+
+
+def test_a_match_is_won_in_both_orders_or_a_tie():
+    assert match_outcome(0, 1, "A", "B").winner == 0  # 0 at A wins, then 0 at B wins
+    assert match_outcome(0, 1, "B", "A").winner == 1
+    same_a = match_outcome(0, 1, "A", "A")  # whoever sits at A wins: position bias
+    assert same_a.winner is None and same_a.inconsistent and not same_a.no_verdict
+    assert match_outcome(0, 1, "B", "B").inconsistent
+    missing = match_outcome(0, REFERENCE, None, "A")
+    assert missing.winner is None and missing.no_verdict and not missing.inconsistent
+    assert [points(match_outcome(0, 1, "A", "B"), k) for k in (0, 1)] == [1.0, 0.0]
+    assert [points(same_a, k) for k in (0, 1)] == [0.5, 0.5]
+
+
+def test_reference_scheme():
+    judge = LengthJudge()
+    # against "xx": longer wins (1), shorter loses (0), equal length is a position-biased tie (1/2),
+    # and a response the judge gives no verdict on is a tie too
+    out = score_groups("reference", ["q"], [["xxx", "x", "yy", "?zzz"]], judge, references=["xx"])
+    np.testing.assert_array_equal(out.rewards[0], [1.0, 0.0, 0.5, 0.5])
+    assert out.judge_calls == 8 == judge_calls("reference", 4) and out.rounds == 1 and out.matches == 4
+    assert out.inconsistent == 1 and out.no_verdict == 1 and out.inconsistent_rate == 0.25
+    # each match: sample at A then the reference at A, side by side
+    assert judge.calls[0][:2] == [("q", "xxx", "xx"), ("q", "xx", "xxx")]
+    with pytest.raises(ValueError, match="needs a reference answer"):
+        score_groups("reference", ["q"], [["a"]], judge)
+
+
+@pytest.mark.parametrize("group,want", [
+    (["xxx", "x", "xx"], [1.0, 0.0, 0.5]),  # G odd: 2, 0 and 1 wins of 2
+    (["xxx", "x", "xx", "yy"], [1.0, 0.0, 0.5, 0.5]),  # G even: "xx" and "yy" tie (1 + 0.5 of 3)
+])
+def test_round_robin_is_the_win_rate(group, want):
+    judge = LengthJudge()
+    out = score_groups("round_robin", ["q"], [group], judge)
+    np.testing.assert_allclose(out.rewards[0], want)
+    g = len(group)
+    assert out.judge_calls == g * (g - 1) == judge_calls("round_robin", g) and out.rounds == 1
+    assert out.inconsistent == (1 if g == 4 else 0)
+
+
+@pytest.mark.parametrize("g", [2, 4, 5, 7, 8])
+def test_knockout_rewards_the_round_reached(g):
+    judge = LengthJudge()
+    group = ["x" * (k + 1) for k in range(g)]  # every length different: the longest wins it all
+    out = score_groups("knockout", ["q"], [group], judge, seed=3)
+    r = int(np.ceil(np.log2(g)))
+    rewards = out.rewards[0]
+    assert out.matches == g - 1 and out.judge_calls == 2 * (g - 1) == judge_calls("knockout", g)
+    assert out.rounds == len(judge.calls) == r
+    assert rewards[g - 1] == 1.0 and rewards.max() == 1.0 and (rewards == 1.0).sum() == 1
+    # 2^R - G byes reach round 2 unjudged; half of each round's entrants get through it
+    reached = np.round(rewards * r).astype(int) + 1
+    for k in range(2, r + 2):
+        assert (reached >= k).sum() == 2 ** (r + 1 - k), (k, rewards)
+    assert (rewards == 0).sum() == g - 2 ** (r - 1)  # the first-round losers
+    # the bracket is the seed's: the same seed gives the same rewards
+    again = score_groups("knockout", ["q"], [group], LengthJudge(), seed=3)
+    np.testing.assert_array_equal(again.rewards[0], rewards)
+
+
+def test_knockout_ties_advance_one_side_and_are_counted():
+    out = score_groups("knockout", ["q"], [["same"] * 6], LengthJudge(), seed=0)
+    rewards = out.rewards[0]
+    assert out.matches == 5 and out.inconsistent == 5 and out.inconsistent_rate == 1.0
+    assert (rewards == 1.0).sum() == 1 and sorted(np.round(rewards * 3).astype(int).tolist()) == [0, 0, 1, 1, 2, 3]
+    brackets = {tuple(score_groups("knockout", ["q"], [["same"] * 6], LengthJudge(), seed=s).rewards[0])
+                for s in range(6)}
+    assert len(brackets) > 1  # the seed draws the bracket (and the coin of a tie)
+
+
+def test_every_groups_round_goes_to_the_judge_in_one_call():
+    judge = LengthJudge()
+    groups = [["x" * (k + 1) for k in range(5)], ["y", "yy"], ["z" * (k + 1) for k in range(4)]]
+    out = score_groups("knockout", ["p0", "p1", "p2"], groups, judge, seed=1)
+    assert len(judge.calls) == out.rounds == 3  # the deepest bracket's rounds, not one call a match
+    assert out.judge_calls == 2 * (4 + 1 + 3) == sum(len(c) for c in judge.calls)
+    for call in judge.calls:  # each match in both orders, side by side, under its own prompt
+        for (p1, a1, b1), (p2, a2, b2) in zip(call[0::2], call[1::2]):
+            assert (p1, a1, b1) == (p2, b2, a2) and a1[0] == {"p0": "x", "p1": "y", "p2": "z"}[p1]
+    assert [len(r) for r in out.rewards] == [5, 2, 4]
+    assert out.metrics()["judge_calls_per_group"] == out.judge_calls / 3
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="unknown pairwise reward scheme 'elo'"):
+        score_groups("elo", ["q"], [["a", "b"]], LengthJudge())
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        score_groups("round_robin", ["q"], [["a"]], LengthJudge())
+    with pytest.raises(ValueError, match="returned 1 verdicts for 2 judgments"):
+        score_groups("round_robin", ["q"], [["a", "b"]], lambda t: ["A"])
+    assert set(SCHEMES) == {"reference", "round_robin", "knockout"}
