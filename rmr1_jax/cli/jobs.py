@@ -110,6 +110,19 @@ def cmd_generate(args) -> None:
           f"already in {args.out}) -> {args.out}")
 
 
+def cmd_serve(args) -> None:
+    from rmr1_jax.serve import serve
+
+    for name in ("max_batch", "max_queue", "port"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(args, name)}")
+    if args.timeout <= 0 or args.max_body_mb <= 0:
+        raise UserError("--timeout and --max-body-mb must be positive")
+    serve(args.ckpt, host=args.host, port=args.port, mesh=mesh_of(args), tokenizer_path=args.tokenizer,
+          max_batch=args.max_batch, max_queue=args.max_queue, timeout=args.timeout,
+          max_body_bytes=int(args.max_body_mb * (1 << 20)), max_slots=args.max_slots or 32)
+
+
 def cmd_hf_to_orbax(args) -> None:
     from rmr1_jax.checkpoint import convert
 

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _judge(sub)
     _score_rm(sub)
     _generate(sub)
+    _serve(sub)
     _eval(sub)
     _rules(sub.add_parser("rules", help="RAMO labeling: score rules with a model, select rules per pair, "
                                        "label pairs, apply a Rule Adapter").add_subparsers(
@@ -170,6 +171,31 @@ def _generate(sub) -> None:
                    help="prompt tokens per prompt per prefill call (default 256)")
     opt.tokenizer(g)
     opt.mesh(g)
+
+
+def _serve(sub) -> None:
+    s = _command(sub, "serve", "serve a judge or scalar reward model over HTTP (OpenRLHF, vLLM and OpenAI routes)",
+                 "jobs", "cmd_serve", required=("--ckpt",), epilog="""routes:
+  GET  /health
+  POST /judge                {"pairs": [{"prompt", "response_a", "response_b"}], "both_orders": true}   (a judge)
+  POST /get_reward           {"query": [...], "prompts": [...], "labels": [...]}   (OpenRLHF's remote reward)
+  POST /classify, /score     vLLM's shapes   (a scalar reward model)
+  POST /v1/chat/completions  OpenAI's shape: messages, n, temperature, top_p, max_tokens, stop   (a judge)""")
+    opt.ckpt(s, "the model: Orbax checkpoint or HF directory (a causal LM is served as a judge, a scalar head "
+                "as a reward model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-batch", type=int, default=64,
+                   help="most pairs, texts or conversations one model call (and one request) takes (default 64)")
+    s.add_argument("--max-queue", type=int, default=256, help="requests waiting at most; more are refused with "
+                   "503 (default 256)")
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds a request may take before a 504 "
+                   "(default 600)")
+    s.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
+    s.add_argument("--max-slots", type=int, default=None,
+                   help="a judge's sequences decoding at once on each data-parallel shard (default 32)")
+    opt.tokenizer(s)
+    opt.mesh(s)
 
 
 def _eval(sub) -> None:
