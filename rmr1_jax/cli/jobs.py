@@ -120,7 +120,8 @@ def cmd_serve(args) -> None:
         raise UserError("--timeout and --max-body-mb must be positive")
     serve(args.ckpt, host=args.host, port=args.port, mesh=mesh_of(args), tokenizer_path=args.tokenizer,
           max_batch=args.max_batch, max_queue=args.max_queue, timeout=args.timeout,
-          max_body_bytes=int(args.max_body_mb * (1 << 20)), max_slots=args.max_slots or 32)
+          max_body_bytes=int(args.max_body_mb * (1 << 20)), max_slots=args.max_slots or 32,
+          max_new_tokens=args.max_new_tokens)
 
 
 def cmd_hf_to_orbax(args) -> None:

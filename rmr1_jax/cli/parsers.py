@@ -194,6 +194,7 @@ def _serve(sub) -> None:
     s.add_argument("--max-body-mb", type=float, default=8.0, help="largest request body in MiB (default 8)")
     s.add_argument("--max-slots", type=int, default=None,
                    help="a judge's sequences decoding at once on each data-parallel shard (default 32)")
+    opt.max_new_tokens(s, "judgment (a request's max_new_tokens or max_tokens overrides it)")
     opt.tokenizer(s)
     opt.mesh(s)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, mesh=None, tokenizer_path: str | None = None,
           max_batch: int = 64, max_queue: int = 256, timeout: float = 600.0, max_body_bytes: int = 8 << 20,
-          max_slots: int = 32, log=print) -> None:
+          max_slots: int = 32, max_new_tokens: int = 1024, log=print) -> None:
     """Load ``path`` (an Orbax checkpoint or HF directory: a causal LM is served as a judge, a
     scalar head as a reward model) and serve it until interrupted."""
     import os
@@ -29,7 +29,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, mesh=None, to
                       max_slots=max_slots, batch_size=max_batch)
     batcher = Batcher(backend.run, max_batch=max_batch, max_queue=max_queue)
     name = os.path.basename(os.path.normpath(path))
-    app = make_app(backend, batcher, name=name, timeout=timeout, max_body_bytes=max_body_bytes, max_units=max_batch)
+    app = make_app(backend, batcher, name=name, timeout=timeout, max_body_bytes=max_body_bytes, max_units=max_batch,
+                   max_new_tokens=max_new_tokens)
     log(f"serving {path} ({backend.kind}) on http://{host}:{port}")
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning")

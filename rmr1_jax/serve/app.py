@@ -64,7 +64,7 @@ class Pair(_Body):
 class JudgeRequest(_Body):
     pairs: list[Pair] = Field(min_length=1)
     both_orders: bool = True
-    max_new_tokens: int = Field(1024, ge=1)
+    max_new_tokens: Optional[int] = Field(None, ge=1)
 
 
 class RewardRequest(_Body):
@@ -117,10 +117,11 @@ def _messages(prompt) -> list[dict]:
 
 
 def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_bytes: int = 8 << 20,
-             max_units: int = 1024) -> FastAPI:
+             max_units: int = 1024, max_new_tokens: int = 1024) -> FastAPI:
     """The app over a loaded :class:`~rmr1_jax.serve.backend.Backend` and its
     :class:`~rmr1_jax.serve.batcher.Batcher`. ``max_units``: the most pairs, texts or
-    conversations one request may carry."""
+    conversations one request may carry; ``max_new_tokens``: a judgment's budget where the
+    request cannot say (``/get_reward``) and the default elsewhere."""
     app = FastAPI(title="rmr1 serve", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(RequestValidationError)
@@ -194,7 +195,7 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
             triples.append((prompt, p.response_a, p.response_b))
             if req.both_orders:
                 triples.append((prompt, p.response_b, p.response_a))
-        out = await call(("judge", req.max_new_tokens), triples)
+        out = await call(("judge", req.max_new_tokens or max_new_tokens), triples)
         results = []
         step = 2 if req.both_orders else 1
         for k in range(len(req.pairs)):
@@ -227,7 +228,7 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
                 raise _Refused(422, f"query[{i}]: does not start with prompts[{i}]")
             response = q[len(p):]
             triples += [(p, response, label), (p, label, response)]
-        verdicts = [r["verdict"] for r in await call(("judge", 1024), triples)]
+        verdicts = [r["verdict"] for r in await call(("judge", max_new_tokens), triples)]
         outcomes = [match_outcome(0, 1, verdicts[2 * i], verdicts[2 * i + 1]) for i in range(n)]
         rewards = [points(o, 0) for o in outcomes]
         return {"rewards": rewards, "scores": rewards,
@@ -270,7 +271,7 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
         if not any(m["role"] == "user" for m in msgs):
             raise _Refused(422, "messages: no user turn")
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        (c,) = await call(("chat", req.n, req.temperature, req.top_p, req.top_k, req.max_tokens or 1024, stop),
+        (c,) = await call(("chat", req.n, req.temperature, req.top_p, req.top_k, req.max_tokens or max_new_tokens, stop),
                           [msgs])
         choices = [{"index": i, "message": {"role": "assistant", "content": t},
                     "finish_reason": "stop" if f else "length"} for i, (t, f) in enumerate(zip(c.texts, c.finished))]

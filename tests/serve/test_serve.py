@@ -22,6 +22,7 @@ import transformers
 import uvicorn
 
 import hf_models
+from rmr1_jax.ab_positions import flip
 from rmr1_jax.parallel import make_mesh
 from rmr1_jax.serve.app import make_app
 from rmr1_jax.serve.backend import Backend
@@ -70,7 +71,7 @@ def judge(tmp_path_factory):
     _copy_tokenizer(d)
     backend = Backend(d, make_mesh(), max_slots=8, batch_size=16)
     batcher = Batcher(backend.run, max_batch=16, max_queue=64)
-    server = Server(make_app(backend, batcher, name="judge", max_units=16))
+    server = Server(make_app(backend, batcher, name="judge", max_units=16, max_new_tokens=8))
     yield server, batcher, model, theirs
     server.stop()
     batcher.close()
@@ -270,3 +271,61 @@ def test_the_command_serves_on_localhost_until_stopped(scalar, tmp_path):
                          env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
         "rmr1 serve: error: --max-batch must be at least 1, not 0"
+
+
+def test_trls_grpo_trainer_takes_its_rewards_from_the_server(scalar, tmp_path):
+    """TRL's ``GRPOTrainer`` trains a tiny transformers policy for two steps with the shipped
+    adapter as its only reward: every reward it received is transformers' score of that
+    completion as the assistant's reply to its prompt."""
+    import datasets
+    import trl
+
+    from rmr1_jax.serve.clients import trl_reward_func
+
+    server, rm, tok, _ = scalar
+    seen = []
+    adapter = trl_reward_func(server.url)
+
+    def reward(prompts, completions, **kw):
+        out = adapter(prompts, completions, **kw)
+        seen.extend(zip(prompts, completions, out))
+        return out
+
+    policy_dir = str(tmp_path / "policy")
+    hf_models.make_qwen2(policy_dir, vocab_size=len(tok), seed=5)
+    _copy_tokenizer(policy_dir)
+    policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
+    data = datasets.Dataset.from_dict({"prompt": ["Is 7 prime?", "Name a color.", "2 + 2 =", "Say hi."]})
+    args = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
+                          max_completion_length=6, max_steps=2, learning_rate=1e-4, logging_steps=1, report_to=[],
+                          use_cpu=True, bf16=False, save_strategy="no", seed=0)
+    trainer = trl.GRPOTrainer(model=policy, reward_funcs=[reward], args=args, train_dataset=data,
+                              processing_class=transformers.AutoTokenizer.from_pretrained(policy_dir))
+    trainer.train()
+    assert len(seen) >= 8
+    for prompt, completion, got in seen:
+        conv = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}],
+                                       tokenize=False)
+        np.testing.assert_allclose(got, _hf_score(rm, tok, conv), atol=1e-4, err_msg=repr((prompt, completion)))
+
+
+def test_verls_compute_score_calls_the_server(scalar, judge, monkeypatch):
+    from rmr1_jax.inference.group_rewards import match_outcome, points
+    from rmr1_jax.inference.judge import judge_pairs
+    from rmr1_jax.serve.clients import ServeError, compute_score
+
+    server, rm, tok, _ = scalar
+    monkeypatch.delenv("RMR1_SERVE_URL", raising=False)
+    with pytest.raises(ServeError, match="set RMR1_SERVE_URL"):
+        compute_score("gsm8k", "4", "4")
+    monkeypatch.setenv("RMR1_SERVE_URL", server.url)
+    got = compute_score("gsm8k", "It is 4.", "4", {"question": "2 + 2 = ?"})
+    conv = tok.apply_chat_template([{"role": "user", "content": "2 + 2 = ?"}, {"role": "assistant", "content": "It is 4."}],
+                                   tokenize=False)
+    np.testing.assert_allclose(got, _hf_score(rm, tok, conv), atol=1e-4)
+    # a judge: the solution against the ground truth in both orders, as judge_pairs judges them
+    monkeypatch.setenv("RMR1_SERVE_URL", judge[0].url)
+    got = compute_score("gsm8k", "It is 4.", "4", {"question": "2 + 2 = ?"})
+    backend_judge = judge[1]._run.__self__.judge
+    r = judge_pairs(backend_judge, [("2 + 2 = ?", "It is 4.", "4")], both_orders=True, max_new_tokens=8)[0]
+    assert got == points(match_outcome(0, 1, r["verdict"], flip(r["verdict_swapped"])), 0)
