@@ -329,3 +329,44 @@ def test_verls_compute_score_calls_the_server(scalar, judge, monkeypatch):
     backend_judge = judge[1]._run.__self__.judge
     r = judge_pairs(backend_judge, [("2 + 2 = ?", "It is 4.", "4")], both_orders=True, max_new_tokens=8)[0]
     assert got == points(match_outcome(0, 1, r["verdict"], flip(r["verdict_swapped"])), 0)
+
+
+def test_under_load_every_request_is_answered_once_or_refused(scalar, tmp_path):
+    """16 clients for 4 seconds against a server whose queue holds 4 requests: every request
+    gets its scores (200) or a 503 at once, the server answered exactly the 200s, each answer is
+    its own request's, and the process's memory does not grow with the requests."""
+    import psutil
+
+    _, model, tok, path = scalar
+    backend = Backend(path, make_mesh(), batch_size=8)
+    batcher = Batcher(backend.run, max_batch=8, max_queue=4)
+    server = Server(make_app(backend, batcher, name="rm", max_units=8))
+    texts = [f"text number {k}" for k in range(16)]
+    want = {t: _hf_score(model, tok, t) for t in texts}
+    httpx.post(server.url + "/get_reward", json={"query": texts[:1]}, timeout=120)  # compiled before the clock
+    rss = psutil.Process().memory_info().rss
+    end = time.monotonic() + 4.0
+
+    def client(k):
+        ok = busy = 0
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            while time.monotonic() < end:
+                r = c.post("/get_reward", json={"query": [texts[k]]})
+                if r.status_code == 200:
+                    np.testing.assert_allclose(r.json()["rewards"], [want[texts[k]]], atol=1e-4)
+                    ok += 1
+                else:
+                    assert r.status_code == 503 and "queue is full" in r.json()["error"], r.text
+                    busy += 1
+        return ok, busy
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(16) as ex:
+            counts = list(ex.map(client, range(16)))
+    finally:
+        server.stop()
+        batcher.close()
+    ok = sum(c[0] for c in counts)
+    print(f"answered {ok}, refused {sum(c[1] for c in counts)}, in {batcher.calls - 1} model calls")
+    assert ok > 16 and batcher.requests - 1 == ok and batcher.calls - 1 < ok  # batched, none lost or answered twice
+    assert psutil.Process().memory_info().rss - rss < 200 << 20
