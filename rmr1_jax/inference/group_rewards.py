@@ -24,8 +24,9 @@ within the group as it does any reward.
 
 :func:`score_groups` runs a scheme over many groups at once: each round's matches of every
 group go to the judge in one call (``judge_fn``, e.g. :func:`rmr1_jax.inference.judge.judge_pairs`
-through the engine), and it reports the judge calls and the share of matches that were
-position-inconsistent or had no verdict.
+through the engine; in a multi-process job where each process judges its own groups,
+``judge_pairs(..., shared=False)``), and it reports the judge calls and the share of matches
+that were position-inconsistent or had no verdict.
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ def prompts_open_thinking(tokenizer, prompt_ids: Sequence[Sequence[int]]) -> lis
 
 
 def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
-                  max_new_tokens: int, temperature: float = 0.0, rng=None) -> list[Judgment]:
+                  max_new_tokens: int, temperature: float = 0.0, rng=None, shared: bool = True) -> list[Judgment]:
     """Generate a judgment for each tokenized prompt. With the generation engine
     (:class:`~rmr1_jax.sampling.engine.Engine`) every prompt goes in one call and the engine
     keeps its slots full; with the static :class:`Sampler`, ``batch_size`` at a time (the last
@@ -63,14 +63,18 @@ def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]],
     In a multi-process job every process passes the same prompts and gets every judgment: the
     engine runs one schedule over them on every process, each shard of the mesh decoding its
     own slots; the sampler has each process generate its block of every batch (``batch_size``
-    rounded up to a multiple of the process count) and gathers the blocks' tokens."""
+    rounded up to a multiple of the process count) and gathers the blocks' tokens. With
+    ``shared=False`` (the engine only) each process passes its own prompts, as many as every
+    other process, and gets their judgments (a policy's samples judged where they were drawn)."""
     out: list[Judgment] = []
     sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
     opened = prompts_open_thinking(tokenizer, prompt_ids)
     if isinstance(sampler, Engine):  # continuous batching: every prompt in one call
-        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer, shared=True)
+        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer, shared=shared)
         return [Judgment(t, parse_verdict(t, o) if f else None, bool(f), int(n))
                 for t, o, f, n in zip(g.texts, opened, g.finished, g.lengths)]
+    if not shared and jax.process_count() > 1:
+        raise ValueError("judging each process's own prompts needs the generation engine")
     plen = max((len(p) for p in prompt_ids), default=1)
     plen = -(-plen // 32) * 32
     n_proc = jax.process_count()
@@ -105,13 +109,14 @@ def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> d
 
 
 def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
-                batch_size: int = 16, mesh=None) -> list[dict]:
+                batch_size: int = 16, mesh=None, shared: bool = True) -> list[dict]:
     """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
     Returns dicts with ``judgment``, ``verdict`` and ``finished``; with ``both_orders`` also
     ``judgment_swapped``, ``verdict_swapped`` (the verdict with A and B swapped, mapped back
     to the original labels by :func:`~rmr1_jax.ab_positions.flip`) and ``consistent``
     (:func:`~rmr1_jax.ab_positions.position_consistent`). ``judge``: a
-    :class:`~rmr1_jax.inference.loading.LoadedJudge`."""
+    :class:`~rmr1_jax.inference.loading.LoadedJudge`. ``shared``: as :func:`judge_prompts`
+    (False: each process judges its own pairs, as many as every other process)."""
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
@@ -128,7 +133,8 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     prompts = [encode(p, a, b) for p, a, b in pairs]
     if both_orders:  # both orders in one call, side by side: the engine's prefix cache shares their common head
         prompts = [q for (p, a, b), fwd in zip(pairs, prompts) for q in (fwd, encode(p, b, a))]
-    js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                       shared=shared)
     fwd, swp = (js[0::2], js[1::2]) if both_orders else (js, [])
     out = [{"judgment": j.text, "verdict": j.verdict, "finished": j.finished} for j in fwd]
     if both_orders:
