@@ -107,7 +107,7 @@ def _judge(sub) -> None:
     j = _command(sub, "judge", "judge a pair (or a JSONL file of pairs) with a trained judge", "jobs", "cmd_judge",
                  required=("--ckpt",), epilog=PAIR_ROWS + "\n\n--out rows: the input row's fields, then "
                  "judgment, verdict (A, B or null), and with --both-orders judgment_swapped, verdict_swapped, "
-                 "consistent")
+                 "consistent; with --prob prob_a, prob_a_swapped (with --both-orders) and prob")
     opt.ckpt(j, "the judge: Orbax checkpoint, LoRA run, or HF causal-LM directory")
     j.add_argument("--prompt", help="the client question")
     j.add_argument("--a", help="response A")
@@ -115,6 +115,8 @@ def _judge(sub) -> None:
     opt.in_file(j, "JSONL file of pairs (instead of --prompt/--a/--b)", old="--pairs")
     opt.out_file(j, "write the judgments as JSONL here (default: print them)")
     j.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped")
+    j.add_argument("--prob", action="store_true", help="also read the verdict's probability: P([[A]]) against "
+                   "P([[B]]) where the judge wrote its verdict (prob_a; prob: response a better, both orders' mean)")
     opt.max_new_tokens(j)
     opt.batch_size(j, "judgments generated together")
     opt.tokenizer(j)

@@ -63,6 +63,17 @@ def parse_verdict(text: str | None, opened_thinking: bool = False) -> str | None
     return m.group(1).upper() if m else None
 
 
+def verdict_prefix(text: str | None, opened_thinking: bool = False) -> str | None:
+    """``text`` up to and including the ``[[`` of its verdict (the position where the judge
+    wrote ``A`` or ``B``), or None when :func:`parse_verdict` finds no verdict in it."""
+    if parse_verdict(text, opened_thinking) is None:
+        return None
+    closes = list(_THINK_CLOSE.finditer(text))
+    start = closes[-1].end() if closes else 0
+    block = next(_ANSWER.finditer(text, start))
+    return text[:block.start(1) + block.group(1).index("[[") + 2]
+
+
 def normalize_winner(winner: str) -> str:
     """``"A"``/``"B"``/``"model_a"``/``"model_b"`` (any case) -> ``"A"`` or ``"B"``."""
     key = str(winner).strip().lower()
