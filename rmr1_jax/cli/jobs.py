@@ -70,7 +70,7 @@ def cmd_judge(args) -> None:
     judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, prompt_variant=args.prompt_variant,
                        system_file=args.system_file, user_file=args.user_file)
     out = judge_rows(judge, rows, args.out, both_orders=args.both_orders, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size, prob=args.prob)
+                     batch_size=args.batch_size, prob=args.prob, structured=args.structured)
     if args.out:
         print(f"wrote {len(out)} judgments to {args.out}")
         return
@@ -82,6 +82,10 @@ def cmd_judge(args) -> None:
         if args.prob:
             line += " | P(a better): " + ("none (no verdict)" if r["prob"] is None else f"{r['prob']:.3f}")
         print(line)
+        if args.structured:
+            import json
+
+            print(json.dumps(r["structured"], ensure_ascii=False))
 
 
 def cmd_score_rm(args) -> None:

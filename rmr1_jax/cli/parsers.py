@@ -107,7 +107,8 @@ def _judge(sub) -> None:
     j = _command(sub, "judge", "judge a pair (or a JSONL file of pairs) with a trained judge", "jobs", "cmd_judge",
                  required=("--ckpt",), epilog=PAIR_ROWS + "\n\n--out rows: the input row's fields, then "
                  "judgment, verdict (A, B or null), and with --both-orders judgment_swapped, verdict_swapped, "
-                 "consistent; with --prob prob_a, prob_a_swapped (with --both-orders) and prob")
+                 "consistent; with --prob prob_a, prob_a_swapped (with --both-orders) and prob; with --json structured "
+                 "(and structured_swapped)")
     opt.ckpt(j, "the judge: Orbax checkpoint, LoRA run, or HF causal-LM directory")
     j.add_argument("--prompt", help="the client question")
     j.add_argument("--a", help="response A")
@@ -117,6 +118,9 @@ def _judge(sub) -> None:
     j.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped")
     j.add_argument("--prob", action="store_true", help="also read the verdict's probability: P([[A]]) against "
                    "P([[B]]) where the judge wrote its verdict (prob_a; prob: response a better, both orders' mean)")
+    j.add_argument("--json", action="store_true", dest="structured", help="also each judgment as JSON: task type, "
+                   "rubric items and weights, solution, evidence (quotes checked word for word against the "
+                   "responses), verdict, and errors field by field (structured, structured_swapped)")
     opt.max_new_tokens(j)
     opt.batch_size(j, "judgments generated together")
     opt.tokenizer(j)

@@ -32,7 +32,7 @@ from rmr1_jax.text.verdict import parse_verdict, prompt_opens_thinking
 
 # Fields judge_rows adds to each row (an input field of the same name is replaced).
 OUTPUT_FIELDS = ("line", "judgment", "verdict", "finished", "judgment_swapped", "verdict_swapped", "consistent",
-                 "prob_a", "prob_a_swapped", "prob")
+                 "prob_a", "prob_a_swapped", "prob", "structured", "structured_swapped")
 
 
 @dataclasses.dataclass
@@ -110,7 +110,8 @@ def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> d
 
 
 def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
-                batch_size: int = 16, mesh=None, shared: bool = True, prob: bool = False) -> list[dict]:
+                batch_size: int = 16, mesh=None, shared: bool = True, prob: bool = False,
+                structured: bool = False) -> list[dict]:
     """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
     Returns dicts with ``judgment``, ``verdict`` and ``finished``; with ``both_orders`` also
     ``judgment_swapped``, ``verdict_swapped`` (the verdict with A and B swapped, mapped back
@@ -121,7 +122,9 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     the verdict probabilities (:mod:`rmr1_jax.inference.verdict_prob`): ``prob_a`` (P(A) in the
     given order), with both orders ``prob_a_swapped`` (response_a's in the swapped order, P(B)
     there), and ``prob``, the probability that response_a is the better one (both orders'
-    mean); None where a judgment has no verdict."""
+    mean); None where a judgment has no verdict. ``structured``: also each judgment's parts as
+    JSON, quotes checked against the responses (:func:`~rmr1_jax.text.structured.structure`):
+    ``structured`` and, with both orders, ``structured_swapped``."""
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
@@ -148,6 +151,13 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
             r["verdict_swapped"] = flip(j.verdict)
             # response_a is shown at A first, then at B
             r["consistent"] = position_consistent((r["verdict"], j.verdict), ("A", "B"))
+    if structured:
+        from rmr1_jax.text.structured import structure
+
+        for r, (_, a, b), j in zip(out, pairs, fwd):
+            r["structured"] = structure(j.text, a, b)
+        for r, (_, a, b), j in zip(out, pairs, swp):  # the swapped order showed b at A
+            r["structured_swapped"] = structure(j.text, b, a)
     if prob:
         from rmr1_jax.inference.verdict_prob import both_orders_probability, verdict_probabilities
 
@@ -163,19 +173,21 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
 
 
 def judge_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = None, *, both_orders: bool = False,
-               max_new_tokens: int = 1024, batch_size: int = 16, prob: bool = False) -> list[dict]:
+               max_new_tokens: int = 1024, batch_size: int = 16, prob: bool = False,
+               structured: bool = False) -> list[dict]:
     """Judge pair rows ``(line, {"prompt", "a", "b", ...})`` (checked, as
     :func:`~rmr1_jax.inference.rows.read_pairs` gives them) and return one row per pair: the
     input row's fields, ``line``, and the fields :func:`judge_pairs` gives (``judgment``,
     ``verdict``, ``finished``; with ``both_orders`` also ``judgment_swapped``,
-    ``verdict_swapped``, ``consistent``; with ``prob`` the verdict probabilities). With ``out_path`` the rows are also written there as
+    ``verdict_swapped``, ``consistent``; with ``prob`` the verdict probabilities, with
+    ``structured`` the judgments as JSON). With ``out_path`` the rows are also written there as
     JSONL, atomically, by process 0 (every process learns whether that worked)."""
     from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.inference.rows import pair_of
     from rmr1_jax.parallel.agreement import on_process_zero
 
     out = judge_pairs(judge, [pair_of(row, f"line {n}") for n, row in rows], both_orders=both_orders,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, prob=prob)
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, prob=prob, structured=structured)
     judged = [{**{k: v for k, v in row.items() if k not in OUTPUT_FIELDS}, "line": n, **j}
               for (n, row), j in zip(rows, out)]
     if out_path:

@@ -79,7 +79,7 @@ def test_both_orders_probability(first, second, want):
 def test_judge_pairs_reports_each_orders_probability(tiny, monkeypatch):
     """``judge_pairs(prob=True)`` in both orders: ``prob_a`` is P(A) of the first order's judgment,
     ``prob_a_swapped`` 1 - P(A) of the swapped one's, ``prob`` their mean (the judgments fixed
-    here, so that each has a verdict)."""
+    here, so that each has a verdict); ``structured=True`` parses each against its order."""
     from rmr1_jax.inference import judge as judge_mod
     from rmr1_jax.inference.loading import LoadedJudge
     from rmr1_jax.parallel import make_mesh
@@ -98,8 +98,14 @@ def test_judge_pairs_reports_each_orders_probability(tiny, monkeypatch):
 
     monkeypatch.setattr(judge_mod, "judge_prompts", fixed)
     out = judge_mod.judge_pairs(judge, [("q1", "a1", "b1"), ("q2", "a2", "b2")], both_orders=True, prob=True,
-                                max_new_tokens=4, batch_size=2)
+                                structured=True, max_new_tokens=4, batch_size=2)
     ps = verdict_probabilities(model, params, tok, seen["prompts"], texts, batch_size=2)
     assert out[0]["prob_a"] == ps[0] and out[0]["prob_a_swapped"] == 1.0 - ps[1]
     assert out[0]["prob"] == pytest.approx((ps[0] + 1.0 - ps[1]) / 2)
     assert out[1]["prob_a"] is None and out[1]["prob_a_swapped"] == 1.0 - ps[3] and out[1]["prob"] == 1.0 - ps[3]
+    # with structured=True each order's judgment is parsed against the responses as shown in it
+    from rmr1_jax.text.structured import structure
+
+    assert out[0]["structured"] == structure(texts[0], "a1", "b1")
+    assert out[0]["structured_swapped"] == structure(texts[1], "b1", "a1")
+    assert out[1]["structured"]["verdict"] is None and out[1]["structured"]["errors"]
