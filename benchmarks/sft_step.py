@@ -105,7 +105,7 @@ def build_torch(hf_model, batch_np: dict, autocast: bool):
     model = hf_model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
     ids = torch.from_numpy(batch_np["input_ids"].astype(np.int64))
-    # the same targets as rmr1_jax.train.losses.next_token_targets: token t+1 inside the segment
+    # the same targets as rmr1_jax.models.logprobs.next_token_targets: token t+1 inside the segment
     # with loss_mask[t+1] set (all of them here); the last position has no target
     targets = ids[:, 1:]
     mask = torch.from_numpy((batch_np["loss_mask"][:, 1:] > 0) & (batch_np["segment_ids"][:, 1:] ==
@@ -156,7 +156,7 @@ def profile_parts(dtype: str, b: int, t: int, log, repeats: int = 2) -> dict[str
 
     from rmr1_jax.models import DecoderLM, init_params, preset
     from rmr1_jax.models.layers import DecoderLayer, rope_cos_sin
-    from rmr1_jax.train.losses import token_logprobs
+    from rmr1_jax.models.logprobs import token_logprobs
     from rmr1_jax.schema import OptimSpec
     from rmr1_jax.train.optim import make_optimizer
 

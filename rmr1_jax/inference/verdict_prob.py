@@ -37,7 +37,7 @@ def verdict_probabilities(model, params, tokenizer, prompt_ids: Sequence[Sequenc
     verdict. ``opened``: per prompt, whether it opened a thinking section (see
     :func:`~rmr1_jax.inference.judge.prompts_open_thinking`). ``batch_size`` judgments (two rows
     each) per forward."""
-    from rmr1_jax.train.losses import response_logprobs
+    from rmr1_jax.models.logprobs import response_logprobs
 
     opened = opened if opened is not None else [False] * len(judgments)
     rows, spans, where = [], [], []

@@ -184,7 +184,7 @@ def _grpo(cfg, model, mesh, target, mfu, log):
     import jax.numpy as jnp
 
     from rmr1_jax.train.grpo import grpo_loss_fn
-    from rmr1_jax.train.losses import response_logprobs
+    from rmr1_jax.models.logprobs import response_logprobs
 
     spec = cfg.grpo
     rows = spec.minibatch_prompts * spec.n

@@ -23,7 +23,7 @@ from rmr1_jax.errors import ConfigError
 from rmr1_jax.sampling.engine import EngineConfig
 from rmr1_jax.schema import JobConfig, OptimSpec, TrainSpec
 from rmr1_jax.train import grpo_math
-from rmr1_jax.train.losses import response_logprobs
+from rmr1_jax.models.logprobs import response_logprobs
 from rmr1_jax.train.objective import Job, Plan, RecordSpec
 from rmr1_jax.train.rollouts import RolloutSource, free_kv_pool
 

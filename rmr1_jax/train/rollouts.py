@@ -22,7 +22,7 @@ from rmr1_jax.parallel.hostlocal import agree_max, agree_sum, fetch, gather_rows
 from rmr1_jax.models.lora import has_adapters
 from rmr1_jax.parallel.sharding import activation_sharding
 from rmr1_jax.train import grpo_math
-from rmr1_jax.train.losses import response_logprobs
+from rmr1_jax.models.logprobs import response_logprobs
 
 
 class RolloutSource:

@@ -16,7 +16,7 @@ import numpy as np
 
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.schema import DEFAULT_GLOBAL_BATCH, JobConfig
-from rmr1_jax.train.losses import lm_head_kernel, next_token_targets, token_logprobs
+from rmr1_jax.models.logprobs import lm_head_kernel, next_token_targets, token_logprobs
 from rmr1_jax.train.objective import IteratorSource, Job, Plan, RecordSpec
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rmr1_jax.models.layers import cpu_bf16_matmul, dense, matmul_f32
-from rmr1_jax.train.losses import token_logprobs
+from rmr1_jax.models.logprobs import token_logprobs
 
 SPECS = {  # the model's projections: spec, x shape, kernel shape
     "qkv": ("btd,dnh->btnh", (3, 5, 16), (16, 4, 8)),

@@ -46,7 +46,7 @@ def _xla_flops(f, *args):
 
 
 def test_flops_from_the_jaxpr_agree_with_xla_where_xla_sees_no_loop():
-    from rmr1_jax.train.losses import response_logprobs
+    from rmr1_jax.models.logprobs import response_logprobs
 
     cfg, model, _, (state, _, _) = _sft_step(scan=False, remat="none", accum=1)
     mesh = make_mesh(MeshConfig(data=1), devices=jax.devices()[:1])

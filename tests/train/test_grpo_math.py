@@ -30,7 +30,7 @@ from rmr1_jax.models import DecoderLM, init_params, preset
 from rmr1_jax.parallel import make_mesh
 from rmr1_jax.train import grpo_math
 from rmr1_jax.train.grpo import GRPOSpec, grpo_loss_fn, response_logprobs
-from rmr1_jax.train.losses import next_token_targets
+from rmr1_jax.models.logprobs import next_token_targets
 from rmr1_jax.train.loop import make_train_step, to_global
 from rmr1_jax.train.sft import sft_loss_fn
 

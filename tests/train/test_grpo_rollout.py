@@ -387,8 +387,8 @@ def engine_run(tmp_path_factory):
 
 def _teacher_forced(model, params, prompts, g, n: int, temperature: float) -> list[np.ndarray]:
     """Each row's response log-probs by one forward pass over prompt + response (right-padded
-    rows), under ``softmax(logits / T)``: :func:`~rmr1_jax.train.losses.response_logprobs`."""
-    from rmr1_jax.train.losses import response_logprobs
+    rows), under ``softmax(logits / T)``: :func:`~rmr1_jax.models.logprobs.response_logprobs`."""
+    from rmr1_jax.models.logprobs import response_logprobs
 
     rows = [prompts[j // n] + g.tokens[j, :g.lengths[j]].tolist() for j in range(len(g.lengths))]
     width = max(map(len, rows))

@@ -1,4 +1,4 @@
-"""Token log-probabilities and the masked next-token loss, computed in sequence chunks so the
+"""Token log-probabilities of an LM head and the masked next-token loss, computed in sequence chunks so the
 [B, T, V] logits never exist at once (V is 152K for Qwen2.5; T up to 12K)."""
 
 from __future__ import annotations
