@@ -21,6 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 def main() -> int:
     faulthandler.register(signal.SIGUSR1)  # the launcher asks for the stacks of a hung process
+    from mp_launch import cache_on_every_process
+
+    cache_on_every_process()  # a later command's programs compiled by an earlier one: read back
     args = sys.argv[1:]
     swaps = {}
     while args and args[0] in ("--interleave", "--swap-on-last"):

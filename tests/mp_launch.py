@@ -16,6 +16,12 @@ TPU slice's mesh follows the chips' topology and need not. ``interleave_devices(
 worker before any mesh is made) makes every mesh interleave the processes' devices instead, so a
 test can see code that assumes process-major rows. ``cli_worker.py [--interleave] ARGS...`` runs
 ``rmr1 ARGS...`` as one process of such a job.
+
+JAX writes its persistent compilation cache (``JAX_COMPILATION_CACHE_DIR``, set by
+``launch/test.sh``) from process 0 alone, and on CPU a program's cache key differs between the
+processes of a job, so process 1 of every job compiled everything again at each launch (a
+resume, a restart, a second job of the same programs) while process 0 read its programs back.
+``cache_on_every_process()`` (called in a worker) lets every process write its own entries.
 """
 
 from __future__ import annotations
@@ -109,6 +115,33 @@ def start_job(script: str, args: list[str], *, processes: int, devices: int, env
         procs.append(subprocess.Popen([sys.executable, script, *map(str, args)], env=penv, stdout=logs[-1],
                                       stderr=subprocess.STDOUT, text=True))
     return Job(procs, logs)
+
+
+def cache_on_every_process() -> None:
+    """Test speed only: every process of a job writes the programs it compiles to JAX's persistent
+    compilation cache, not process 0 alone (JAX's rule, against write contention on shared
+    filesystems). On CPU each process's programs have their own keys, so process ``p`` of a later
+    launch reads back what process ``p`` of an earlier one compiled: the same executable, so
+    nothing a test compares changes. A no-op without a cache directory."""
+    from jax._src import compilation_cache, compiler, config, distributed
+
+    write = compiler._cache_write
+
+    def cache_write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks):
+        if distributed.global_state.process_id == 0:
+            return write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks)
+        if host_callbacks or compile_time_secs < config.persistent_cache_min_compile_time_secs.value:
+            return None
+        try:
+            compilation_cache.put_executable_and_time(cache_key, module_name, executable, backend,
+                                                      int(compile_time_secs))
+        except Exception as ex:  # as JAX does: a cache that cannot be written is no failure
+            import warnings
+
+            warnings.warn(f"Error writing persistent compilation cache entry for {module_name!r}: {ex!r}")
+        return None
+
+    compiler._cache_write = cache_write
 
 
 def interleave_devices() -> None:

@@ -59,16 +59,20 @@ def main():
     faulthandler.register(signal.SIGUSR1)  # the launcher asks for the stacks of a hung process
     with open(sys.argv[1]) as f:
         spec = json.load(f)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: mp_launch
+    from mp_launch import cache_on_every_process
     from rmr1_jax.parallel.mesh import initialize_distributed
 
+    cache_on_every_process()  # every process, not process 0 alone, reads its resumes' programs back
     initialize_distributed()
     import jax
 
     if spec.get("compilation_cache"):
         # Test speed only: the resumed stages find their programs in the cache instead of
-        # compiling them again. JAX writes it from process 0 only, and on CPU the cache key of a
-        # program differs between the processes of a job (so process 1 compiles everything,
-        # and jax_share_binary_between_hosts would wait forever for process 0's binary).
+        # compiling them again. On CPU the cache key of a program differs between the processes
+        # of a job (jax_share_binary_between_hosts would wait forever for process 0's binary),
+        # and JAX writes the cache from process 0 only: cache_on_every_process() above lets
+        # process 1 write its own.
         jax.config.update("jax_compilation_cache_dir", spec["compilation_cache"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 

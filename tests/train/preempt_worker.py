@@ -3,15 +3,20 @@ distillation on a (2, 2, 2) mesh over two processes; the process named on the co
 sends itself SIGTERM during the given step, the other gets no signal."""
 
 import json
+import os
 import sys
 
 from sigterm_hook import sigterm_at_step
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: mp_launch
+
 
 def main():
     cfg_path, signal_pid, stop_step, result_path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    from mp_launch import cache_on_every_process
     from rmr1_jax.parallel.mesh import initialize_distributed
 
+    cache_on_every_process()  # the restart's process 1 reads back what the first run's compiled
     initialize_distributed()
     import jax
 

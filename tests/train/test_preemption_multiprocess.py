@@ -25,7 +25,9 @@ def _two_processes(cfg_path, signal_pid, stop_step, result):
     procs = []
     for pid in range(2):
         env = dict(os.environ, RMR1_COORDINATOR=f"127.0.0.1:{port}", RMR1_NUM_PROCESSES="2",
-                   RMR1_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+                   RMR1_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu",
+                   # less LLVM optimization: the compile is most of a run (the test checks steps, not numbers)
+                   XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0")
         procs.append(subprocess.Popen([sys.executable, worker, cfg_path, str(signal_pid), str(stop_step), result],
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
