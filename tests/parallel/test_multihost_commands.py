@@ -7,7 +7,7 @@ One two-process job (4 CPU devices each, ``cli_worker.py --interleave``) runs, i
 and RewardBench 2) and with a generative judge, ``rmr1 generate`` (sampled, 2 completions a
 prompt, 3 slots a shard so slots refill), ``train-rm`` and ``rule-adapter`` with 9 held-out
 rows (which two processes cannot split evenly), and finally ``train-rm`` with a config file and
-``score-rm`` with an input that the last process alone cannot read or finds malformed. The same commands run here in one process (8 devices) give
+``score-rm`` with an input that the last process alone cannot read or finds malformed. The same commands run in a one-process job (8 devices) give
 the reference: every output file equals it (byte for byte where nothing is a float computed on
 another mesh; the scores within float tolerance), the training jobs' losses and held-out metrics
 match, and each failing command exits 2 on both processes with one line, within seconds."""
@@ -22,7 +22,6 @@ import yaml
 
 from hf_models import make_answer_judge
 from mp_launch import start_job
-from rmr1_jax import cli
 from rmr1_jax.checkpoint.hf import save_hf
 from rmr1_jax.models import DecoderLM, init_params, preset
 from rmr1_jax.text.tokenizer import train_sentencepiece
@@ -30,6 +29,9 @@ from rmr1_jax.text.tokenizer import train_sentencepiece
 WORDS = ("please help me write a short polite note to my neighbour about the noise late at night and ask "
          "them kindly to keep it down after ten while staying calm honest and friendly").split()
 RULES = ["Be polite to the user.", "Do not reveal private data.", "Answer the question that was asked."]
+# less LLVM optimization (both jobs, so their programs are built alike): compiles are most of
+# the file's time, and these tiny models run a few steps
+XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def _s(i: int, n: int) -> str:
@@ -152,17 +154,21 @@ def runs(tmp_path_factory):
     tok_dir, dirs = _models(root)
     files, recipes = _inputs(root), _recipes(root, tok_dir)
     ref, mp = str(root / "ref"), str(root / "mp")
-    job = start_job(os.path.join(os.path.dirname(os.path.dirname(__file__)), "cli_worker.py"),
-                    ["--interleave", "--swap-on-last", files["score_again"] + "=" + files["bad"],
-                     "--swap-on-last", recipes["rm"][1] + ".again=" + str(root / "missing.yaml")]
+    worker = os.path.join(os.path.dirname(os.path.dirname(__file__)), "cli_worker.py")
+    job = start_job(worker, ["--interleave", "--swap-on-last", files["score_again"] + "=" + files["bad"],
+                             "--swap-on-last", recipes["rm"][1] + ".again=" + str(root / "missing.yaml")]
                     + [a for cmd in _commands(mp, dirs, files, recipes) for a in cmd + ["::"]][:-1],
-                    processes=2, devices=4)
+                    processes=2, devices=4, xla_flags=XLA_FLAGS)
+    # the reference: one process, 8 devices, the same commands but the two failing ones, meanwhile
+    ref_job = start_job(worker, [a for cmd in _commands(ref, dirs, files, recipes)[:-2] for a in cmd + ["::"]][:-1],
+                        processes=1, devices=8, xla_flags=XLA_FLAGS)
     try:
-        for cmd in _commands(ref, dirs, files, recipes)[:-2]:  # the reference, in this process, while the job runs
-            assert cli.main(cmd) == 0, cmd
+        ref_out = ref_job.wait(timeout=900)[0]
         outs = job.wait(timeout=900)
     finally:
         job.kill()
+        ref_job.kill()
+    assert [rc for rc, _ in _statuses(ref_out)] == [0] * 9, ref_out[-3000:]
     return ref, mp, outs, files
 
 
