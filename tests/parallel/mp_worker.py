@@ -104,9 +104,15 @@ def placement_free_case(hf_dir) -> dict:
 
 def main():
     faulthandler.register(signal.SIGUSR1)  # the launcher asks for the stacks of a hung process
+    if sys.argv[1] == "--reference":  # mp_worker.py --reference HF_DIR RESULT: one process's placement-free case
+        with open(sys.argv[3], "w") as fh:
+            json.dump(placement_free_case(sys.argv[2]), fh)
+        return
     hf_dir, out_dir, result_path = sys.argv[1:4]
+    from mp_launch import cache_on_every_process
     from rmr1_jax.parallel.mesh import initialize_distributed
 
+    cache_on_every_process()
     initialize_distributed()
     import jax
     import jax.numpy as jnp

@@ -19,6 +19,8 @@ import mp_worker
 from mp_launch import start_job
 
 pytestmark = pytest.mark.multiprocess
+# less LLVM optimization (the job and its reference alike): compiles are most of the test's time
+XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def test_two_processes_load_run_and_export(tmp_path):
@@ -26,13 +28,18 @@ def test_two_processes_load_run_and_export(tmp_path):
     ref_model = hf_models.make_qwen2(hf_dir)
     out_dir, result = str(tmp_path / "export"), str(tmp_path / "result.json")
     worker = os.path.join(os.path.dirname(__file__), "mp_worker.py")
-    job = start_job(worker, [hf_dir, out_dir, result], processes=2, devices=4)
+    job = start_job(worker, [hf_dir, out_dir, result], processes=2, devices=4, xla_flags=XLA_FLAGS)
+    # the one-process reference of the interleaved case (8 devices, the same flags), meanwhile
+    ref_job = start_job(worker, ["--reference", hf_dir, f"{result}.reference"], processes=1, devices=8,
+                        xla_flags=XLA_FLAGS)
     try:
-        # the one-process reference of the interleaved case, here (8 devices) while the job runs
-        reference = mp_worker.placement_free_case(hf_dir)
+        ref_job.wait(timeout=300)
         job.wait(timeout=300)
     finally:
         job.kill()
+        ref_job.kill()
+    with open(f"{result}.reference") as f:
+        reference = json.load(f)
     with open(result) as f:
         res = json.load(f)
     ids = torch.tensor(res["ids"])
