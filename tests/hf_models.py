@@ -28,6 +28,8 @@ import torch
 import transformers
 
 VOCAB = 300
+# a ChatML tokenizer (tokenizer.json and its chat template) that transformers' AutoTokenizer loads
+CHATML = os.path.join(os.path.dirname(os.path.abspath(__file__)), "text", "fixtures", "chatml")
 HIDDEN = 64
 INTERMEDIATE = 128
 HEADS = 4
@@ -182,3 +184,15 @@ def make_answer_judge(path, tok, answers, texts, *, seed=0, spread=10.0):
     model.save_pretrained(path)
     tok.save(path)
     return model
+
+
+def make_chatml_qwen2(path, *, seed=0):
+    """A random tiny Qwen2 LM for the ChatML tokenizer fixture, saved with the tokenizer's files
+    to ``path``. Returns (the torch model, transformers' tokenizer)."""
+    import shutil
+
+    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
+    model = make_qwen2(path, vocab_size=len(theirs), seed=seed)
+    for name in os.listdir(CHATML):
+        shutil.copy(os.path.join(CHATML, name), path)
+    return model, theirs

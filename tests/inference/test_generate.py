@@ -12,7 +12,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import hf_models
 import rmr1_jax as rj
@@ -20,7 +19,6 @@ from rmr1_jax import cli
 from rmr1_jax.inference.generate import load_generator
 from rmr1_jax.parallel import make_mesh
 
-CHATML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "text", "fixtures", "chatml")
 MAX_NEW = 8
 TEXTS = ["the quick brown fox", "a", "Which is better: 37 or 72? Answer in one word, please."]
 MESSAGES = [
@@ -35,10 +33,7 @@ MESSAGES = [
 def ckpt(tmp_path_factory):
     """(HF directory with the ChatML tokenizer files, the torch model, transformers' tokenizer)."""
     d = str(tmp_path_factory.mktemp("gen") / "hf")
-    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
-    model = hf_models.make_qwen2(d, vocab_size=len(theirs), seed=3)
-    for name in os.listdir(CHATML):
-        shutil.copy(os.path.join(CHATML, name), d)
+    model, theirs = hf_models.make_chatml_qwen2(d, seed=3)
     return d, model, theirs
 
 

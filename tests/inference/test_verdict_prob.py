@@ -4,13 +4,10 @@ log-probabilities that transformers' forward gives for the same token ids."""
 
 from __future__ import annotations
 
-import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
-import transformers
 
 import hf_models
 import rmr1_jax as rj
@@ -18,7 +15,6 @@ from rmr1_jax.inference.verdict_prob import both_orders_probability, verdict_pro
 from rmr1_jax.text.tokenizer import load_tokenizer
 from rmr1_jax.text.verdict import verdict_prefix
 
-CHATML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "text", "fixtures", "chatml")
 JUDGMENTS = [
     "<type>Chat</type> The first answer is right. <answer>[[A]]</answer>",
     "cut off while reasoning about",  # no verdict
@@ -38,10 +34,7 @@ def test_the_verdict_prefix_ends_where_the_letter_is_written():
 def tiny(tmp_path_factory):
     """(HF directory, torch model, transformers tokenizer, our model, params, our tokenizer)."""
     d = str(tmp_path_factory.mktemp("verdict") / "judge")
-    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
-    hf = hf_models.make_qwen2(d, vocab_size=len(theirs), seed=2)
-    for name in os.listdir(CHATML):
-        shutil.copy(os.path.join(CHATML, name), d)
+    hf, theirs = hf_models.make_chatml_qwen2(d, seed=2)
     model, params = rj.load_hf(d)
     return d, hf, theirs, model, params, load_tokenizer(d)
 

@@ -28,7 +28,7 @@ from rmr1_jax.serve.app import make_app
 from rmr1_jax.serve.backend import Backend
 from rmr1_jax.serve.batcher import Batcher, Busy
 
-CHATML = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "text", "fixtures", "chatml")
+CHATML = hf_models.CHATML
 
 
 def _free_port() -> int:
@@ -66,9 +66,7 @@ def _copy_tokenizer(d):
 def judge(tmp_path_factory):
     """(server, batcher, torch LM, transformers tokenizer) of a judge."""
     d = str(tmp_path_factory.mktemp("serve") / "judge")
-    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
-    model = hf_models.make_qwen2(d, vocab_size=len(theirs), seed=4)
-    _copy_tokenizer(d)
+    model, theirs = hf_models.make_chatml_qwen2(d, seed=4)
     backend = Backend(d, make_mesh(), max_slots=8, batch_size=16)
     batcher = Batcher(backend.run, max_batch=16, max_queue=64)
     server = Server(make_app(backend, batcher, name="judge", max_units=16, max_new_tokens=8))
@@ -292,8 +290,7 @@ def test_trls_grpo_trainer_takes_its_rewards_from_the_server(scalar, tmp_path):
         return out
 
     policy_dir = str(tmp_path / "policy")
-    hf_models.make_qwen2(policy_dir, vocab_size=len(tok), seed=5)
-    _copy_tokenizer(policy_dir)
+    hf_models.make_chatml_qwen2(policy_dir, seed=5)
     policy = transformers.AutoModelForCausalLM.from_pretrained(policy_dir)
     data = datasets.Dataset.from_dict({"prompt": ["Is 7 prime?", "Name a color.", "2 + 2 =", "Say hi."]})
     args = trl.GRPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, num_generations=2,
