@@ -2,8 +2,10 @@
 
 * ``GET /health``: ``{"status": "ok", "kind": "generative" | "scalar", "model": ...}``.
 * ``POST /judge`` (a generative judge): ``{"pairs": [{"prompt", "response_a", "response_b"}],
-  "both_orders": true, "max_new_tokens": 1024}`` -> ``{"results": [{"verdict", "judgment",
-  "finished", and with both orders "verdict_swapped", "judgment_swapped", "consistent"}]}``.
+  "both_orders": true, "max_new_tokens": N, "structured": false}`` -> ``{"results": [{"verdict",
+  "judgment", "finished", and with both orders "verdict_swapped", "judgment_swapped",
+  "consistent"; with "structured" each judgment as JSON
+  (:func:`~rmr1_jax.text.structured.structure`)}]}``.
 * ``POST /get_reward`` (OpenRLHF's remote reward model): ``{"query": [...], "prompts": [...],
   "labels": [...]}`` -> ``{"rewards", "scores", "extra_logs"}``. A scalar model scores each
   query (the whole templated conversation) as it comes; a generative judge compares the
@@ -41,6 +43,7 @@ from rmr1_jax.errors import UserError
 from rmr1_jax.inference.group_rewards import match_outcome, points
 from rmr1_jax.serve.backend import GENERATIVE, SCALAR
 from rmr1_jax.serve.batcher import Busy
+from rmr1_jax.text.structured import structure
 
 
 class _Body(BaseModel):
@@ -65,6 +68,7 @@ class JudgeRequest(_Body):
     pairs: list[Pair] = Field(min_length=1)
     both_orders: bool = True
     max_new_tokens: Optional[int] = Field(None, ge=1)
+    structured: bool = False
 
 
 class RewardRequest(_Body):
@@ -201,11 +205,16 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
         for k in range(len(req.pairs)):
             fwd = out[k * step]
             r = {"verdict": fwd["verdict"], "judgment": fwd["judgment"], "finished": fwd["finished"]}
+            pair = req.pairs[k]
+            if req.structured:
+                r["structured"] = structure(fwd["judgment"], pair.response_a, pair.response_b)
             if req.both_orders:
                 swp = out[k * step + 1]
                 r.update(verdict_swapped=flip(swp["verdict"]), judgment_swapped=swp["judgment"],
                          finished_swapped=swp["finished"],
                          consistent=position_consistent((fwd["verdict"], swp["verdict"]), ("A", "B")))
+                if req.structured:
+                    r["structured_swapped"] = structure(swp["judgment"], pair.response_b, pair.response_a)
             results.append(r)
         return {"results": results}
 

@@ -130,6 +130,11 @@ def test_judge_route_both_orders_and_batching(judge):
         assert set(r) >= {"verdict", "judgment", "finished", "verdict_swapped", "judgment_swapped", "consistent"}
         one = c.post("/judge", json={"pairs": [pair], "both_orders": False, "max_new_tokens": 8}).json()
         assert one["results"][0]["judgment"] == r["judgment"] and "verdict_swapped" not in one["results"][0]
+        st = c.post("/judge", json={"pairs": [pair], "max_new_tokens": 8, "structured": True}).json()["results"][0]
+        from rmr1_jax.text.structured import structure
+
+        assert st["structured"] == structure(r["judgment"], "72", "37")
+        assert st["structured_swapped"] == structure(r["judgment_swapped"], "37", "72")
     # requests arriving together: fewer model calls than requests, every request answered once
     calls0, answered0 = batcher.calls, batcher.requests
     prompts = [f"Is {k} prime?" for k in range(12)]
