@@ -51,6 +51,30 @@ CONFIG_ITEM = "config"
 EXTRA_ITEM = "extra"
 SOURCE_ITEM = "source"
 _JSON_ITEMS = (CONFIG_ITEM, EXTRA_ITEM, METADATA_ITEM)
+_single_replica_saves = False
+
+
+def _save_cpu_arrays_from_one_replica() -> None:
+    """On CPU devices, each array is written from one replica, not sliced across them.
+
+    Orbax's default (replica-parallel saving) has every replica of a replicated array write a
+    slice of it, cut by a jitted slice per array, replica and shape: the first save of each
+    process compiles hundreds of them (about 4 CPU-seconds and 16 s of wall time for the demo
+    model on 8 CPU devices, against 0.1 s without). CPU devices share the host's memory, so the
+    slices buy nothing there; what is written (the files and their layout) is the same either
+    way. Accelerators keep Orbax's default."""
+    global _single_replica_saves
+    if _single_replica_saves or jax.default_backend() != "cpu":
+        return
+    from orbax.checkpoint._src.metadata.array_metadata_store import Store
+    from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
+
+    # Orbax's own default handler, but for the replica slices; added quietly (no override warning)
+    GLOBAL_TYPE_HANDLER_REGISTRY.add(
+        jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=Store(), use_replica_parallel=False),
+        override=True, ignore_warnings=True)
+    _single_replica_saves = True
+
 
 @dataclasses.dataclass
 class Restored:
@@ -131,6 +155,8 @@ class CheckpointManager:
             read_only=read_only,
             create=not read_only,
         )
+        if not read_only:
+            _save_cpu_arrays_from_one_replica()
         self._mngr = ocp.CheckpointManager(self.directory, options=options, handler_registry=_handler_registry())
         self._closed = False
 
