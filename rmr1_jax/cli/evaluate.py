@@ -20,5 +20,5 @@ def cmd_eval(args) -> None:
                             order=args.order, seed=args.seed, max_new_tokens=args.max_new_tokens,
                             keep_text=args.keep_text, max_length=args.max_length, overlong=args.overlong,
                             tokenizer=args.tokenizer, prompt_variant=args.prompt_variant,
-                            system_file=args.system_file, user_file=args.user_file)
+                            system_file=args.system_file, user_file=args.user_file, prob=args.prob)
     print("\n".join(out.lines))

@@ -227,6 +227,8 @@ def _eval(sub) -> None:
     opt.batch_size(e, "judgments generated (or rows scored) together")
     e.add_argument("--limit", type=int, default=None, help="judge only the first N comparisons")
     e.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
+    e.add_argument("--prob", action="store_true", help="generative judges: also read each judgment's verdict "
+                   "probability (prob_a in the results; calibration: ECE, Brier, a reliability plot in the report)")
     opt.overlong(e, what="scalar reward models: ")
     opt.tokenizer(e)
     opt.prompt_template(e)

@@ -93,6 +93,15 @@ def to_markdown(summary: dict) -> str:
         out += [_table(["Domain", "Hard", "Normal", "Easy", "Score", "Items"], rows), ""]
     rows = [[s, _pct(v["accuracy"]), str(v["n"])] for s, v in summary["subsets"].items()]
     out += [_table([_SUBSET_LABEL[b], "Accuracy %", "N"], rows), ""]
+    c = summary.get("calibration")
+    if c:
+        out += ["### Calibration of the verdict probabilities", "",
+                f"Over {c['n']} judgments with a verdict probability (P(A) where the judge wrote its verdict, "
+                f"each order one observation): expected calibration error {c['ece']:.3f} ({c['bins']} confidence "
+                f"bins), Brier score {c['brier']:.3f} (always 1/2 scores 0.250).", "",
+                _table(["P(A) bin", "N", "mean P(A)", "A better %"],
+                       [[f"{r['low']:.1f}-{r['high']:.1f}", str(r["n"]), f"{r['mean_p']:.3f}", _pct(r["frac_a"])]
+                        for r in c["reliability"]]), ""]
     return "\n".join(out)
 
 
@@ -185,7 +194,13 @@ def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
     h = headline(summary)
     overview = _bar_png(os.path.join(out_dir, f"{name}-overview.png"), list(h), list(h.values()),
                         f"{_title(summary['benchmark'])}: {summary['model']}", rules_text(summary))
-    return [overview] + _SECTION_PLOTS[summary["benchmark"]](summary, out_dir, name)
+    pngs = [overview] + _SECTION_PLOTS[summary["benchmark"]](summary, out_dir, name)
+    if summary.get("calibration"):
+        from rmr1_jax.eval.calibration import plot
+
+        pngs.append(plot(summary["calibration"], os.path.join(out_dir, f"{name}-reliability.png"),
+                         f"{_title(summary['benchmark'])}: {summary['model']}"))
+    return pngs
 
 
 def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[str, Any]:

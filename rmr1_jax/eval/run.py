@@ -73,6 +73,8 @@ def _scalar(ckpt: str, mesh, o: dict) -> tuple[Any, dict]:
 
     if o["order"] == "both":
         raise UserError("--order both is for generative judges; a scalar reward model scores each response once")
+    if o["prob"]:
+        raise UserError("--prob reads a generative judge's verdict probability; a scalar reward model has none")
     scorer = load_reward_model(ckpt, mesh, tokenizer_path=o["tokenizer"], max_length=o["max_length"],
                                batch_size=o["batch_size"], truncate=o["overlong"] == "truncate")
     return scorer, {"fingerprint": scorer.fingerprint()}
@@ -88,9 +90,12 @@ def _generative(ckpt: str, mesh, o: dict) -> tuple[Callable, dict]:
                        system_file=o["system_file"], user_file=o["user_file"])
 
     def judge_fn(batch):
-        return judge_pairs(judge, batch, max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"])
+        return judge_pairs(judge, batch, max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
+                           prob=o["prob"])
 
-    fingerprint = judge.fingerprint(max_new_tokens=o["max_new_tokens"], order=o["order"], seed=o["seed"])
+    # rows with verdict probabilities and rows without are not one results file
+    fingerprint = judge.fingerprint(max_new_tokens=o["max_new_tokens"], order=o["order"], seed=o["seed"],
+                                    **({"prob": True} if o["prob"] else {}))
     return judge_fn, {"order": o["order"], "seed": o["seed"], "keep_text": o["keep_text"], "fingerprint": fingerprint}
 
 
@@ -111,7 +116,7 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
                   batch_size: int = 16, limit: int | None = None, no_verdict: str = "zero", order: str = "random",
                   seed: int = 0, max_new_tokens: int = 4096, keep_text: bool = False, max_length: int = 4096,
                   overlong: str = "error", tokenizer: str | None = None, prompt_variant: str | None = None,
-                  system_file: str | None = None, user_file: str | None = None) -> EvalOutcome:
+                  system_file: str | None = None, user_file: str | None = None, prob: bool = False) -> EvalOutcome:
     """Run ``benchmark`` (any spelling of a registry name) read from ``data`` with the model of
     ``ckpt`` (an Orbax checkpoint or HF directory: a generative judge or a scalar reward model),
     appending one row per finished example to ``OUT/results.jsonl`` (resumed: examples already
@@ -124,7 +129,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     ``seed``, ``max_new_tokens``, ``keep_text`` (store the judgments), the prompt template
     (``prompt_variant``, ``system_file``, ``user_file``; default the checkpoint's). Scalar models:
     ``max_length`` and ``overlong`` (``"error"`` or ``"truncate"``). ``no_verdict``: the score of
-    a judgment without a verdict (``"zero"`` or ``"half"``)."""
+    a judgment without a verdict (``"zero"`` or ``"half"``). ``prob``: also read each judgment's
+    verdict probability (a ``prob_a`` column; the report's calibration section)."""
     from rmr1_jax.parallel.agreement import agreed, on_process_zero
     from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 
@@ -137,7 +143,7 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     mesh = make_mesh(mesh) if mesh is None or isinstance(mesh, MeshConfig) else mesh
     opts = {"batch_size": batch_size, "order": order, "seed": seed, "max_new_tokens": max_new_tokens,
             "keep_text": keep_text, "max_length": max_length, "overlong": overlong, "tokenizer": tokenizer,
-            "prompt_variant": prompt_variant, "system_file": system_file, "user_file": user_file}
+            "prompt_variant": prompt_variant, "system_file": system_file, "user_file": user_file, "prob": prob}
     model, run_opts = _LOADERS[kind](ckpt, mesh, opts)
     name = os.path.basename(os.path.normpath(ckpt))
     stats = b.fn("runs", kind)(model, tasks, results, batch_size=batch_size, model_name=name, **run_opts)

@@ -200,6 +200,8 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
                 row.update(verdict=vs, winner=ws)
                 stats.both_orders += 1
                 stats.consistent += ab_positions.position_consistent(vs, ws)
+            if all(isinstance(x, dict) and "prob_a" in x for x in got):  # verdict probabilities were read
+                row["prob_a"] = got[0]["prob_a"] if len(ws) == 1 else [x["prob_a"] for x in got]
             texts = [_text(x) for x in got]
             if keep_text and all(isinstance(t, str) for t in texts):
                 row["judgment"] = texts[0] if len(texts) == 1 else texts

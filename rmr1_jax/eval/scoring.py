@@ -202,6 +202,11 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
         if extra:
             warnings.append(f"{len(extra)} results are for examples not in the benchmark file")
     _SECTIONS[bench](rows, values, summary, warnings, weights=weights, check_counts=expected is None, source=source)
+    from rmr1_jax.eval.calibration import summarize
+
+    calibration = summarize(rows)  # verdict probabilities, where the run read them (rmr1 eval --prob)
+    if calibration is not None:
+        summary["calibration"] = calibration
     summary["warnings"] = warnings
     summary["complete"] = not warnings
     return summary

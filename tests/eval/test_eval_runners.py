@@ -201,3 +201,37 @@ def test_bad_judge_outputs(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         run_scalar(type("M", (), {"score": lambda self, p, r: [float("nan")] * len(r)})(), tasks,
                    str(tmp_path / "z.jsonl"))
+
+
+def test_verdict_probabilities_reach_the_results_and_the_calibration_report(tmp_path):
+    """A judge whose outputs carry ``prob_a`` (``rmr1 eval --prob``): each row keeps them (one per
+    order), the summary's calibration is computed over every order's (P(A), A better) and the
+    report has its section and reliability plot."""
+    import os
+
+    from rmr1_jax.eval.calibration import summarize
+    from rmr1_jax.eval.report import write_report
+
+    tasks = load_rewardbench(rewardbench_file(tmp_path))
+
+    def judge(batch):  # prefers the longer response, surer the larger the gap
+        out = []
+        for _, a, b in batch:
+            p = 0.5 + 0.4 * (len(a) - len(b)) / max(len(a), len(b), 1)
+            out.append({"verdict": "A" if p > 0.5 else "B" if p < 0.5 else None, "prob_a": p if p != 0.5 else None})
+        return out
+
+    out = str(tmp_path / "prob.jsonl")
+    run_generative(judge, tasks, out, order="both", batch_size=5)
+    rows = read_results(out)
+    assert all(isinstance(r["prob_a"], list) and len(r["prob_a"]) == 2 for r in rows)
+    s = score_results("rewardbench", out)
+    assert s["calibration"] == summarize(rows) and s["calibration"]["n"] == sum(
+        v is not None for r in rows for v in r["prob_a"])
+    paths = write_report(s, str(tmp_path / "report"))
+    assert any(p.endswith("-reliability.png") and os.path.exists(p) for p in paths["png"])
+    with open(paths["md"]) as f:
+        assert "Calibration of the verdict probabilities" in f.read()
+    plain = str(tmp_path / "plain.jsonl")
+    run_generative(longer_judge, tasks, plain, order="both")
+    assert "calibration" not in score_results("rewardbench", plain)
