@@ -127,7 +127,8 @@ def cmd_serve(args) -> None:
     serve(args.ckpt, host=args.host, port=args.port, mesh=mesh_of(args), tokenizer_path=args.tokenizer,
           max_batch=args.max_batch, max_queue=args.max_queue, timeout=args.timeout,
           max_body_bytes=int(args.max_body_mb * (1 << 20)), max_slots=args.max_slots or 32,
-          max_new_tokens=args.max_new_tokens)
+          max_new_tokens=args.max_new_tokens, prompt_variant=args.prompt_variant, system_file=args.system_file,
+          user_file=args.user_file)
 
 
 def cmd_hf_to_orbax(args) -> None:

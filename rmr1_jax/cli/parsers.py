@@ -202,6 +202,7 @@ def _serve(sub) -> None:
                    help="a judge's sequences decoding at once on each data-parallel shard (default 32)")
     opt.max_new_tokens(s, "judgment (a request's max_new_tokens or max_tokens overrides it)")
     opt.tokenizer(s)
+    opt.prompt_template(s)
     opt.mesh(s)
 
 

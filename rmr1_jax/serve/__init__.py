@@ -9,9 +9,11 @@ from __future__ import annotations
 
 def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, mesh=None, tokenizer_path: str | None = None,
           max_batch: int = 64, max_queue: int = 256, timeout: float = 600.0, max_body_bytes: int = 8 << 20,
-          max_slots: int = 32, max_new_tokens: int = 1024, log=print) -> None:
+          max_slots: int = 32, max_new_tokens: int = 1024, prompt_variant: str | None = None,
+          system_file: str | None = None, user_file: str | None = None, log=print) -> None:
     """Load ``path`` (an Orbax checkpoint or HF directory: a causal LM is served as a judge, a
-    scalar head as a reward model) and serve it until interrupted."""
+    scalar head as a reward model) and serve it until interrupted. A judge's prompt template:
+    the checkpoint's unless ``prompt_variant``, ``system_file`` or ``user_file`` say otherwise."""
     import os
 
     import jax
@@ -26,7 +28,8 @@ def serve(path: str, *, host: str = "127.0.0.1", port: int = 8000, mesh=None, to
     if jax.process_count() > 1:
         raise UserError("rmr1 serve runs in one process (it may use every local device through --mesh)")
     backend = Backend(path, mesh if mesh is not None else make_mesh(), tokenizer_path=tokenizer_path,
-                      max_slots=max_slots, batch_size=max_batch)
+                      max_slots=max_slots, batch_size=max_batch, prompt_variant=prompt_variant,
+                      system_file=system_file, user_file=user_file)
     batcher = Batcher(backend.run, max_batch=max_batch, max_queue=max_queue)
     name = os.path.basename(os.path.normpath(path))
     app = make_app(backend, batcher, name=name, timeout=timeout, max_body_bytes=max_body_bytes, max_units=max_batch,

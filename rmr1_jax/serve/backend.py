@@ -30,7 +30,8 @@ class Backend:
     * ``("score_pair",)``: (prompt, response) pairs scored as a conversation (a scalar model)."""
 
     def __init__(self, path: str, mesh, *, tokenizer_path: str | None = None, max_slots: int = 32,
-                 batch_size: int = 16, max_length: int = 4096):
+                 batch_size: int = 16, max_length: int = 4096, prompt_variant: str | None = None,
+                 system_file: str | None = None, user_file: str | None = None):
         from rmr1_jax.checkpoint.introspect import checkpoint_head
 
         self.path = path
@@ -47,7 +48,8 @@ class Backend:
             from rmr1_jax.sampling.engine import Engine, EngineConfig, shard_count
 
             self.kind = GENERATIVE
-            self.judge = load_judge(path, mesh, tokenizer_path=tokenizer_path)
+            self.judge = load_judge(path, mesh, tokenizer_path=tokenizer_path, prompt_variant=prompt_variant,
+                                    system_file=system_file, user_file=user_file)
             self.tokenizer = self.judge.tokenizer
             tok = self.tokenizer
             self.judge.sampler = Engine(self.judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
