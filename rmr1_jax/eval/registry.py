@@ -66,7 +66,8 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("rewardbench", "RewardBench", "rmr1_jax.eval.benchmarks:load_rewardbench", **_PAIRWISE,
               aliases=("reward-bench", "reward_bench")),
     Benchmark("rewardbench2", "RewardBench 2", "rmr1_jax.eval.rewardbench2:load_rewardbench2",
-              runs={SCALAR: "rmr1_jax.eval.rewardbench2:run_rewardbench2"},
+              runs={SCALAR: "rmr1_jax.eval.rewardbench2:run_rewardbench2",
+                    GENERATIVE: "rmr1_jax.eval.rewardbench2:run_rewardbench2_pairwise"},  # not official
               score="rmr1_jax.eval.rewardbench2_report:score_results",
               report="rmr1_jax.eval.rewardbench2_report:write_report",
               line="rmr1_jax.eval.rewardbench2_report:summary_line", unit="prompts",

@@ -261,6 +261,48 @@ def run_rewardbench2(model: ScalarRewardModel, items: Sequence[Rb2Item], results
     return stats
 
 
+def run_rewardbench2_pairwise(judge_fn: Callable[[list], Sequence], items: Sequence[Rb2Item],
+                              results_path: str | os.PathLike, *, batch_size: int = 16, model_name: str | None = None,
+                              fingerprint: dict | None = None, seed: int = 0, order: str = "both",
+                              keep_text: bool = False, progress: Callable[[int, int], None] | None = None) -> RunStats:
+    """RewardBench 2 with a generative judge: **not the official scoring**, which needs a scalar
+    score per completion. Each prompt's completions meet in a round robin, every pair judged in
+    both orders (:func:`rmr1_jax.inference.group_rewards.score_groups`; ``judge_fn`` as
+    :func:`~rmr1_jax.eval.runs.run_generative` takes it), and a completion's score is its win
+    rate (ties, position-inconsistent or missing verdicts, count half); the official formulas
+    then score those scores. ``batch_size`` prompts' matches go to the judge in one call. Rows
+    as :func:`run_rewardbench2`'s, plus ``pairwise: "round_robin"``, ``judge_calls`` and
+    ``inconsistent`` (matches). ``order`` and ``keep_text`` do not apply (every match is judged
+    in both orders; the judgments are not kept)."""
+    from rmr1_jax.eval.runs import _verdict
+    from rmr1_jax.inference.group_rewards import score_groups
+
+    del order, keep_text
+    items = list(items)
+    stats = RunStats(total=len(items))
+    with ResultsWriter(os.fspath(results_path), BENCHMARK, check_row=_done_row_check({it.id: it for it in items}),
+                       fingerprint=fingerprint) as writer:
+        todo = [it for it in items if (it.id, 0) not in writer.done]
+        stats.skipped = len(items) - len(todo)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            out = score_groups("round_robin", [it.prompt for it in chunk], [list(it.completions) for it in chunk],
+                               lambda triples: [_verdict(x) for x in judge_fn(triples)], seed=seed)
+            rows = []
+            for it, rewards in zip(chunk, out.rewards):
+                row = _row(it, [float(r) for r in rewards], model_name)
+                n = len(it.completions)
+                row.update(pairwise="round_robin", judge_calls=n * (n - 1))
+                rows.append(row)
+            stats.written += writer.write(rows)
+            stats.both_orders += out.matches
+            stats.consistent += out.matches - out.inconsistent - out.no_verdict
+            stats.no_verdict += out.no_verdict
+            if progress:
+                progress(stats.skipped + stats.written, stats.total)
+    return stats
+
+
 def _row(item: Rb2Item, scores: list[float], model_name: str | None) -> dict[str, Any]:
     row: dict[str, Any] = {"benchmark": BENCHMARK, "item_id": item.id, "pair_index": 0, "subset": item.subset,
                            "scores": scores, "num_correct": item.num_correct,
@@ -359,7 +401,9 @@ def score_rewardbench2(source: str | os.PathLike | Iterable[dict]) -> dict[str, 
 
     ``subsets`` always lists the six names; a subset without prompts (or Ties without a
     ref/tied pair) is ``None`` and listed in ``missing``, and then ``overall`` is ``None``."""
-    rows = [_clean(where, r) for where, r in _rows_of(source)]
+    raw = _rows_of(source)
+    pairwise = sorted({r["pairwise"] for _, r in raw if r.get("pairwise")})
+    rows = [_clean(where, r) for where, r in raw]
     seen: set[str] = set()
     for r in rows:
         if r["item_id"] in seen:
@@ -379,4 +423,6 @@ def score_rewardbench2(source: str | os.PathLike | Iterable[dict]) -> dict[str, 
     return {"benchmark": BENCHMARK, "overall": None if missing else _mean(present),
             "subsets": {s: subsets[s] for s in SUBSETS}, "ties": ties,
             "counts": {s: len(groups[s]) for s in SUBSETS}, "n": len(rows), "missing": missing,
-            "overall_present": _mean(present)}
+            "overall_present": _mean(present),
+            # scores from a generative judge's pairwise verdicts: not the official scoring
+            **({"pairwise": ", ".join(pairwise)} if pairwise else {})}

@@ -31,7 +31,8 @@ def summary_line(summary: dict, name: str | None = None) -> str:
     subsets = ", ".join(f"{k} {_pct(v)}" for k, v in summary["subsets"].items())
     overall = _pct(summary["overall"]) if summary["overall"] is not None else \
         f"- (no score for {', '.join(summary['missing'])}; mean of the others {_pct(summary['overall_present'])})"
-    return f"RewardBench 2 {name or 'model'}: overall {overall} ({subsets})"
+    note = f" [pairwise {summary['pairwise']}, not the official scoring]" if summary.get("pairwise") else ""
+    return f"RewardBench 2 {name or 'model'}: overall {overall} ({subsets}){note}"
 
 
 def write_report(summary: dict, out_dir: str) -> dict[str, str]:
@@ -49,7 +50,13 @@ def summary_markdown(summary: dict) -> str:
     """A markdown report: the six subsets (score x 100 and prompt count), the Ties components
     and the overall (or why there is none)."""
 
-    lines = ["## RewardBench 2", "", "| Subset | Score | Prompts |", "|---|---:|---:|"]
+    lines = ["## RewardBench 2", ""]
+    if summary.get("pairwise"):
+        lines += [f"**Not the official RewardBench 2 scoring.** A generative judge has no scalar score: each "
+                  f"prompt's completions met in a {summary['pairwise'].replace('_', ' ')} of pairwise verdicts "
+                  f"(every pair in both orders), each completion scored by its win rate (a tie, inconsistent "
+                  f"or missing verdict counting half), and the official formulas applied to those scores.", ""]
+    lines += ["| Subset | Score | Prompts |", "|---|---:|---:|"]
     for s in SUBSETS:
         lines.append(f"| {s} | {_pct(summary['subsets'].get(s))} | {summary['counts'].get(s, 0)} |")
     if summary["overall"] is not None:

@@ -22,7 +22,8 @@ def test_every_entry_names_functions_that_exist():
             params = inspect.signature(b.fn("runs", kind)).parameters
             assert {"batch_size", "model_name"} <= set(params), (b.name, kind)
         assert {"no_verdict", "expected"} <= set(inspect.signature(b.fn("score")).parameters), b.name
-    assert registry.get("rewardbench2").models == (registry.SCALAR,)  # no official pairwise-judge path
+    # a generative judge's RewardBench 2 run is pairwise, labelled not official
+    assert registry.get("rewardbench2").models == (registry.SCALAR, registry.GENERATIVE)
     assert registry.get("rmb").models == (registry.GENERATIVE, registry.SCALAR)
 
 

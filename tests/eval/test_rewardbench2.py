@@ -305,3 +305,37 @@ def test_score_rejects_malformed_rows():
     with pytest.raises(DataError, match=r"row 1: missing field 'subset'"):
         score_rewardbench2([{"item_id": "f1", "subset": "Math", "scores": [1, 0], "num_correct": 1},
                             {"item_id": "f2", "scores": [1, 0], "num_correct": 1}])
+
+
+def test_a_generative_judge_scores_by_pairwise_win_rate_labelled_not_official(tmp_path):
+    """With a generative judge each prompt's completions meet in a round robin, both orders of
+    every pair judged: a judge preferring the longer response (and "A" when the two are equally
+    long: position-inconsistent, a tie) gives win rates by hand, which the official formulas
+    then score; the summary and report say the scoring is not the official one."""
+    from rmr1_jax.eval.rewardbench2 import run_rewardbench2_pairwise
+    from rmr1_jax.eval.rewardbench2_report import summary_line
+
+    data = write_jsonl(tmp_path / "rb2.jsonl", [row("f1", "Factuality", [4], [1, 2, 3]),
+                                                row("p1", "Precise IF", [2], [2, 1, 3])])
+    items = load_rewardbench2(data)
+    calls = []
+
+    def judge(triples):
+        calls.append(len(triples))
+        return [{"verdict": "A" if len(a) >= len(b) else "B"} for _, a, b in triples]
+
+    res = tmp_path / "out" / "results.jsonl"
+    stats = run_rewardbench2_pairwise(judge, items, res, batch_size=2, model_name="judge")
+    assert calls == [24] and stats.written == 2  # 6 matches x 2 orders a prompt, both prompts in one call
+    rows = read_results(str(res))
+    # f1: lengths 4 | 1 2 3 -> wins 3, 0, 1, 2 of 3; p1: 2 | 2 1 3 -> the two 2s tie (1/2 each)
+    assert rows[0]["scores"] == pytest.approx([1.0, 0.0, 1 / 3, 2 / 3]) and rows[0]["result"] == 1.0
+    assert rows[1]["scores"] == pytest.approx([1.5 / 3, 1.5 / 3, 0.0, 1.0]) and rows[1]["result"] == 0.0
+    assert rows[0]["pairwise"] == "round_robin" and rows[0]["judge_calls"] == 12
+    s = score_rewardbench2(str(res))
+    assert s["pairwise"] == "round_robin" and s["subsets"]["Factuality"] == 1.0 and s["subsets"]["Precise IF"] == 0.0
+    assert "Not the official RewardBench 2 scoring" in summary_markdown(s)
+    assert summary_line(s, "judge").endswith("[pairwise round_robin, not the official scoring]")
+    assert "pairwise" not in score_rewardbench2([{**r, "pairwise": None} for r in rows])
+    again = run_rewardbench2_pairwise(judge, items, res, batch_size=2)  # resumed: nothing left to judge
+    assert again.skipped == 2 and again.written == 0 and calls == [24]
