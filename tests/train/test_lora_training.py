@@ -61,6 +61,7 @@ QUIET = dict(log=lambda *_: None)
 class Task:
     root: str
     traces: str
+    few_traces: str  # the first 64 traces: enough rows for the runs that check mechanics, not learning
     held_traces: str
     rl_pairs: str
     held: list
@@ -74,12 +75,13 @@ class Task:
 def task(tmp_path_factory) -> Task:
     root = str(tmp_path_factory.mktemp("lora"))
     w = verdict_task.build(root)
-    paths = {k: os.path.join(root, f"{k}.jsonl") for k in ("traces", "held_traces", "rl")}
+    paths = {k: os.path.join(root, f"{k}.jsonl") for k in ("traces", "few_traces", "held_traces", "rl")}
     synthetic.write_traces_jsonl(paths["traces"], w.traces)
+    synthetic.write_traces_jsonl(paths["few_traces"], w.traces[:64])
     synthetic.write_traces_jsonl(paths["held_traces"], w.verdict_traces(w.held, 1))
     synthetic.write_pairs_jsonl(paths["rl"], w.pairs[1500:])  # GRPO judges each in both A/B orders
-    return Task(root, paths["traces"], paths["held_traces"], paths["rl"], w.held, w.tok_dir, w.tokenizer,
-                w.template, w.prompt)
+    return Task(root, paths["traces"], paths["few_traces"], paths["held_traces"], paths["rl"], w.held, w.tok_dir,
+                w.tokenizer, w.template, w.prompt)
 
 
 def _model_spec(task, **kw):
@@ -88,11 +90,11 @@ def _model_spec(task, **kw):
 
 
 def _distill_cfg(task, name, steps, *, lr=3e-3, mesh=MESH, global_batch=16, micro_batch=None, save_every=None,
-                 eval_data=True, **model):
+                 eval_data=True, few=False, **model):
     return DistillConfig(
         model=_model_spec(task, **model), mesh=mesh, tokenizer=TokenizerSpec(path=task.tok_dir), prompt=task.prompt,
-        data=DataSpec(train=[task.traces], eval=[task.held_traces] if eval_data else [], max_length=160,
-                      overlong="skip"),
+        data=DataSpec(train=[task.few_traces if few else task.traces], eval=[task.held_traces] if eval_data else [],
+                      max_length=160, overlong="skip"),
         optim=OptimSpec(lr=lr, schedule="cosine", min_lr_ratio=0.1, warmup_ratio=0.05, b2=0.95, weight_decay=0.0),
         train=TrainSpec(run_dir=os.path.join(task.root, name), global_batch=global_batch, micro_batch=micro_batch,
                         max_steps=steps, progress=False, peak_flops=1e12, log_every=10),
@@ -176,8 +178,8 @@ def test_lora_distillation_lowers_the_heldout_loss_and_trains_the_adapters_only(
 
 def test_a_stopped_lora_run_resumes_bit_identically(task):
     mesh = MeshConfig(data=2, fsdp=2, tensor=2)
-    kw = dict(lr=1e-2, mesh=mesh, global_batch=4, micro_batch=2, save_every=2, eval_data=False, preset="tiny",
-              scan_layers=True, lora_rank=4, lora_targets=["q_proj", "v_proj", "o_proj", "down_proj"])
+    kw = dict(lr=1e-2, mesh=mesh, global_batch=4, micro_batch=2, save_every=2, eval_data=False, few=True,
+              preset="tiny", scan_layers=True, lora_rank=4, lora_targets=["q_proj", "v_proj", "o_proj", "down_proj"])
     _, straight, r1, _ = run_distill(_distill_cfg(task, "resume-straight", 6, **kw), **QUIET)
     cfg = _distill_cfg(task, "resume-stopped", 6, **kw)
     remove = sigterm_at_step(4)
@@ -213,7 +215,7 @@ def test_a_lora_run_refuses_to_resume_on_another_base(task):
     base = os.path.join(task.root, "rebase-base")
     with CheckpointManager(base, async_save=False) as mgr:
         mgr.save(0, {"params": params}, metadata=checkpoint_metadata(model.cfg), force=True)
-    kw = dict(global_batch=4, eval_data=False, preset=None, init_checkpoint=base, lora_rank=4)
+    kw = dict(global_batch=4, eval_data=False, few=True, preset=None, init_checkpoint=base, lora_rank=4)
     run_distill(_distill_cfg(task, "rebase", 1, **kw), **QUIET)
     ckpt = os.path.join(task.root, "rebase", "checkpoints")
     with CheckpointManager(base, async_save=False) as mgr:  # the base directory gets a newer step
