@@ -13,8 +13,9 @@ The rows of a file (:func:`~rmr1_jax.inference.rows.read_score_rows`): ``{"text"
 as it is), ``{"prompt", "response"}``, ``{"prompt", "a", "b"}`` or ``{"prompt", "chosen",
 "rejected"}``, the responses rendered after their prompt with the tokenizer's chat template.
 
-Batching: rows are sorted by length and scored ``batch_size`` at a time (the last batch is
-filled up with copies of its first row, whose scores are dropped), each batch padded on the
+Batching: rows are sorted by length and scored ``batch_size`` at a time (a shorter last batch
+is filled up, with copies of its first row whose scores are dropped, to the next power of two
+rows that divides over the mesh's data shards and the processes), each batch padded on the
 right with the tokenizer's pad id to its longest row rounded up to a multiple of ``bucket``
 (at most ``max_length``), so only a few shapes compile. Rows are sharded over the mesh's
 (data, fsdp) axes. The score is read at each row's last real token (from the mask), so the pad
@@ -54,7 +55,7 @@ class RewardScorer:
       tokenizer: a :class:`~rmr1_jax.text.tokenizer_base.Tokenizer` (``encode_batch``,
         ``apply_chat_template``, ``pad_id``).
       mesh: the device mesh the batches are sharded over.
-      batch_size: rows per forward pass (every call has this many; see the module docstring).
+      batch_size: rows per forward pass (at most; see the module docstring).
       max_length: the longest row, in tokens.
       truncate: drop a long row's first tokens instead of raising.
       bucket: batch widths are multiples of this (capped at ``max_length``).
@@ -126,6 +127,18 @@ class RewardScorer:
                             f"(vocab_size={self.model.cfg.vocab_size}); is this the model's tokenizer?")
         return ids
 
+    def _rows(self, real: int) -> int:
+        """A forward's rows for ``real`` rows to score: the next power of two (so few shapes
+        compile, and a short batch is not padded to ``batch_size``), a multiple of the mesh's
+        data-parallel shards, at most ``batch_size``."""
+        import math
+
+        unit = jax.process_count()  # every process supplies an equal block
+        if self.mesh is not None:
+            unit = math.lcm(unit, self.mesh.shape.get("data", 1) * self.mesh.shape.get("fsdp", 1))
+        n = -(-(1 << max(0, real - 1).bit_length()) // unit) * unit
+        return n if n < self.batch_size else self.batch_size
+
     def _width(self, longest: int) -> int:
         return min(self.max_length, -(-longest // self.bucket) * self.bucket)
 
@@ -134,14 +147,14 @@ class RewardScorer:
         from rmr1_jax.parallel.sharding import activation_sharding
 
         real = len(rows)
-        rows = rows + [rows[0]] * (self.batch_size - real)
+        rows = rows + [rows[0]] * (self._rows(real) - real)
         width = self._width(max(len(r) for r in rows))
         pad = getattr(self.tokenizer, "pad_id", None)
         if pad is None and any(len(r) < width for r in rows):
             raise UserError(f"the tokenizer has no pad id, and the batch with {names[0]} needs padding "
                             f"(name a pad_token in its tokenizer_config.json)")
-        ids = np.full((self.batch_size, width), 0 if pad is None else pad, np.int32)
-        mask = np.zeros((self.batch_size, width), np.int32)
+        ids = np.full((len(rows), width), 0 if pad is None else pad, np.int32)
+        mask = np.zeros((len(rows), width), np.int32)
         for i, r in enumerate(rows):
             ids[i, :len(r)] = r
             mask[i, :len(r)] = 1
