@@ -66,14 +66,17 @@ def _save_cpu_arrays_from_one_replica() -> None:
     global _single_replica_saves
     if _single_replica_saves or jax.default_backend() != "cpu":
         return
-    from orbax.checkpoint._src.metadata.array_metadata_store import Store
-    from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
-
-    # Orbax's own default handler, but for the replica slices; added quietly (no override warning)
-    GLOBAL_TYPE_HANDLER_REGISTRY.add(
-        jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=Store(), use_replica_parallel=False),
-        override=True, ignore_warnings=True)
     _single_replica_saves = True
+    try:  # Orbax internals (orbax-checkpoint 0.12): where they differ, Orbax's default stays
+        from orbax.checkpoint._src.metadata.array_metadata_store import Store
+        from orbax.checkpoint._src.serialization.type_handler_registry import GLOBAL_TYPE_HANDLER_REGISTRY
+
+        # Orbax's own default handler, but for the replica slices; added quietly (no override warning)
+        GLOBAL_TYPE_HANDLER_REGISTRY.add(
+            jax.Array, ocp.type_handlers.ArrayHandler(array_metadata_store=Store(), use_replica_parallel=False),
+            override=True, ignore_warnings=True)
+    except (ImportError, AttributeError, TypeError):
+        pass
 
 
 @dataclasses.dataclass
