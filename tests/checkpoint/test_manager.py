@@ -264,3 +264,22 @@ def test_user_errors_name_the_directory_step_and_key(tmp_path, cfg, mesh_124):
         restore_params(str(tmp_path / "ck"), cfg, mesh_124)
     assert str(tmp_path / "ck") in _one_line(err)
     mgr.close()
+
+
+def test_cpu_saves_write_each_array_from_one_replica(tmp_path):
+    """On CPU devices a writable manager registers Orbax's array handler without replica-parallel
+    slicing (whose per-slice compiles made each process's first save take seconds); a replicated
+    array saved that way restores equal onto another layout."""
+    registry = pytest.importorskip("orbax.checkpoint._src.serialization.type_handler_registry",
+                                   reason="another Orbax layout: the manager keeps Orbax's default there")
+    mesh = make_mesh()
+    x = jax.device_put(jnp.arange(64, dtype=jnp.float32).reshape(8, 8), NamedSharding(mesh, PartitionSpec()))
+    with CheckpointManager(str(tmp_path / "ck"), async_save=False) as mgr:
+        handler = registry.GLOBAL_TYPE_HANDLER_REGISTRY.get(jax.Array)
+        assert getattr(handler, "_use_replica_parallel", None) is False
+        mgr.save(0, {"params": {"w": x}}, force=True)
+    target = {"w": jax.ShapeDtypeStruct((8, 8), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec("data")))}
+    with CheckpointManager(str(tmp_path / "ck"), read_only=True) as mgr:
+        got = mgr.restore_subtree(0, "params", target)
+    assert got["w"].sharding == target["w"].sharding
+    np.testing.assert_array_equal(np.asarray(got["w"]), np.asarray(x))
