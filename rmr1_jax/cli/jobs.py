@@ -61,16 +61,31 @@ def _judge_items(args) -> list[tuple[int, dict]]:
     return [(1, row)]
 
 
+def read_principles(path: str | None) -> list[str] | None:
+    """The principles file of ``rmr1 judge --principles``: one principle a line (blank lines
+    and lines starting with ``#`` skipped); a missing or empty file is an error naming it."""
+    if path is None:
+        return None
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: principles file not found")
+    with open(path, encoding="utf-8") as f:
+        out = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+    if not out:
+        raise UserError(f"{path}: no principles (one a line; blank lines and # comments are skipped)")
+    return out
+
+
 def cmd_judge(args) -> None:
     from rmr1_jax.inference.judge import judge_rows
     from rmr1_jax.inference.loading import load_judge
     from rmr1_jax.parallel.agreement import agreed
 
+    principles = agreed(read_principles, args.principles)
     rows = agreed(_judge_items, args)  # read on every process before any collective
     judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, prompt_variant=args.prompt_variant,
                        system_file=args.system_file, user_file=args.user_file)
     out = judge_rows(judge, rows, args.out, both_orders=args.both_orders, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size, prob=args.prob, structured=args.structured)
+                     batch_size=args.batch_size, prob=args.prob, structured=args.structured, principles=principles)
     if args.out:
         print(f"wrote {len(out)} judgments to {args.out}")
         return

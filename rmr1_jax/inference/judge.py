@@ -111,7 +111,7 @@ def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> d
 
 def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
                 batch_size: int = 16, mesh=None, shared: bool = True, prob: bool = False,
-                structured: bool = False) -> list[dict]:
+                structured: bool = False, principles=None) -> list[dict]:
     """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
     Returns dicts with ``judgment``, ``verdict`` and ``finished``; with ``both_orders`` also
     ``judgment_swapped``, ``verdict_swapped`` (the verdict with A and B swapped, mapped back
@@ -124,7 +124,9 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     there), and ``prob``, the probability that response_a is the better one (both orders'
     mean); None where a judgment has no verdict. ``structured``: also each judgment's parts as
     JSON, quotes checked against the responses (:func:`~rmr1_jax.text.structured.structure`):
-    ``structured`` and, with both orders, ``structured_swapped``."""
+    ``structured`` and, with both orders, ``structured_swapped``. ``principles``: what the judge
+    judges by (:func:`~rmr1_jax.text.prompts.build_judge_messages`): one list for every pair, or
+    one list (or None) per pair."""
     from rmr1_jax.text.prompts import build_judge_messages
 
     tok, tpl = judge.tokenizer, judge.template
@@ -135,12 +137,17 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
                                config=EngineConfig(max_slots=max(1, -(-batch_size // shard_count(mesh)))))
     sampler = judge.sampler
 
-    def encode(p, a, b):
-        return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl), add_generation_prompt=True))
+    per_pair = principles if principles and not isinstance(principles[0], str) else [principles] * len(pairs)
+    if len(per_pair) != len(pairs):
+        raise ValueError(f"{len(per_pair)} principle lists for {len(pairs)} pairs")
 
-    prompts = [encode(p, a, b) for p, a, b in pairs]
+    def encode(p, a, b, pr):
+        return tok.encode(tok.apply_chat_template(build_judge_messages(p, a, b, tpl, principles=pr),
+                                                  add_generation_prompt=True))
+
+    prompts = [encode(p, a, b, pr) for (p, a, b), pr in zip(pairs, per_pair)]
     if both_orders:  # both orders in one call, side by side: the engine's prefix cache shares their common head
-        prompts = [q for (p, a, b), fwd in zip(pairs, prompts) for q in (fwd, encode(p, b, a))]
+        prompts = [q for (p, a, b), pr, fwd in zip(pairs, per_pair, prompts) for q in (fwd, encode(p, b, a, pr))]
     js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        shared=shared)
     fwd, swp = (js[0::2], js[1::2]) if both_orders else (js, [])
@@ -174,7 +181,7 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
 
 def judge_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = None, *, both_orders: bool = False,
                max_new_tokens: int = 1024, batch_size: int = 16, prob: bool = False,
-               structured: bool = False) -> list[dict]:
+               structured: bool = False, principles=None) -> list[dict]:
     """Judge pair rows ``(line, {"prompt", "a", "b", ...})`` (checked, as
     :func:`~rmr1_jax.inference.rows.read_pairs` gives them) and return one row per pair: the
     input row's fields, ``line``, and the fields :func:`judge_pairs` gives (``judgment``,
@@ -187,7 +194,8 @@ def judge_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = N
     from rmr1_jax.parallel.agreement import on_process_zero
 
     out = judge_pairs(judge, [pair_of(row, f"line {n}") for n, row in rows], both_orders=both_orders,
-                      max_new_tokens=max_new_tokens, batch_size=batch_size, prob=prob, structured=structured)
+                      max_new_tokens=max_new_tokens, batch_size=batch_size, prob=prob, structured=structured,
+                      principles=principles)
     judged = [{**{k: v for k, v in row.items() if k not in OUTPUT_FIELDS}, "line": n, **j}
               for (n, row), j in zip(rows, out)]
     if out_path:

@@ -266,8 +266,22 @@ def _single_turn_question(prompt: Sequence[Message]) -> str:
             f"Client message:\n{prompt[1]['content']}")
 
 
-def build_judge_messages(prompt, response_a, response_b, template: JudgeTemplate | None = None) -> list[Message]:
+PRINCIPLES_INTRO = ("Judge the replies by the principles below: build your rubric from them, weighing each by "
+                    "how much it matters for this request.")
+
+
+def render_principles(principles: Sequence[str]) -> str:
+    """The block that gives the judge its principles (appended to the user turn)."""
+    items = "\n".join(f"{i}. {p.strip()}" for i, p in enumerate(principles, 1))
+    return f"### Principles (start)\n{PRINCIPLES_INTRO}\n{items}\n### Principles (end)"
+
+
+def build_judge_messages(prompt, response_a, response_b, template: JudgeTemplate | None = None,
+                         principles: Sequence[str] | None = None) -> list[Message]:
     """The judge conversation (system message when the template has one, then the user turn).
+    ``principles``: what to judge by (RAMO's selected rules for the pair, or a user's list),
+    given to the judge after the replies (:func:`render_principles`); none or empty: the
+    template alone.
 
     ``prompt``: the conversation so far (list of ``{role, content}``, or a string for one user
     turn), ending with a user turn. ``response_a`` / ``response_b``: each chatbot's reply as a
@@ -287,6 +301,10 @@ def build_judge_messages(prompt, response_a, response_b, template: JudgeTemplate
     else:
         user = template.render_multiturn(render_conversation(list(prompt) + list(response_a), "A"),
                                          render_conversation(list(prompt) + list(response_b), "B"))
+    if principles:
+        if not all(isinstance(p, str) and p.strip() for p in principles):
+            raise DataError("principles must be non-empty strings")
+        user = f"{user}\n\n{render_principles(principles)}"
     messages: list[Message] = []
     if template.system is not None:
         messages.append({"role": "system", "content": template.system})

@@ -102,3 +102,26 @@ def test_judge_pairs_reports_each_orders_probability(tiny, monkeypatch):
     assert out[0]["structured"] == structure(texts[0], "a1", "b1")
     assert out[0]["structured_swapped"] == structure(texts[1], "b1", "a1")
     assert out[1]["structured"]["verdict"] is None and out[1]["structured"]["errors"]
+
+
+def test_judge_pairs_gives_each_pair_its_principles(tiny, monkeypatch):
+    from rmr1_jax.inference import judge as judge_mod
+    from rmr1_jax.inference.loading import LoadedJudge
+    from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.text.prompts import JudgeTemplate, render_principles
+
+    d, _, _, model, params, tok = tiny
+    base = JudgeTemplate.builtin("instruct")
+    judge = LoadedJudge(model, params, tok, JudgeTemplate("instruct", "Judge.", "Q {question} A {response_a} "
+                                                          "B {response_b}", base.user_multiturn), d, mesh=make_mesh())
+    seen = []
+    monkeypatch.setattr(judge_mod, "judge_prompts", lambda s, p, ids, t, **kw: seen.extend(ids) or
+                        [judge_mod.Judgment("x", None, False, 1)] * len(ids))
+    judge_mod.judge_pairs(judge, [("q1", "a1", "b1"), ("q2", "a2", "b2")], both_orders=True,
+                          principles=[["Be kind."], None])
+    texts = [tok.decode(ids) for ids in seen]
+    block = render_principles(["Be kind."])
+    assert [block in t for t in texts] == [True, True, False, False]  # pair 1 in both orders, pair 2 none
+    seen.clear()
+    judge_mod.judge_pairs(judge, [("q1", "a1", "b1"), ("q2", "a2", "b2")], principles=["Be kind."])
+    assert all(block in tok.decode(ids) for ids in seen) and len(seen) == 2

@@ -153,3 +153,32 @@ def test_pair_to_example_records_positions():
         winners.append(ex.winner)
     assert winners.count("A") == 3
     assert pair_to_example(pair, 0, seed=3).messages == pair_to_example(pair, 0, 3, INSTRUCT).messages
+
+
+def test_principles_are_given_after_the_replies_numbered():
+    from rmr1_jax.text.prompts import PRINCIPLES_INTRO, build_judge_messages
+
+    plain = build_judge_messages("Q?", "a", "b")
+    msgs = build_judge_messages("Q?", "a", "b", principles=["Refuse harmful help.", " Be honest. "])
+    assert msgs[0] == plain[0] and msgs[1]["content"].startswith(plain[1]["content"])
+    assert msgs[1]["content"][len(plain[1]["content"]):] == (
+        "\n\n### Principles (start)\n" + PRINCIPLES_INTRO + "\n1. Refuse harmful help.\n2. Be honest.\n"
+        "### Principles (end)")
+    assert build_judge_messages("Q?", "a", "b", principles=[]) == plain
+    with pytest.raises(DataError, match="principles must be non-empty strings"):
+        build_judge_messages("Q?", "a", "b", principles=["ok", " "])
+
+
+def test_rmr1_judge_reads_its_principles_file(tmp_path, capsys):
+    from rmr1_jax import cli
+    from rmr1_jax.cli.jobs import read_principles
+
+    f = tmp_path / "rules.txt"
+    f.write_text("# safety\nRefuse harmful help.\n\n  Be honest.\n")
+    assert read_principles(str(f)) == ["Refuse harmful help.", "Be honest."]
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    for path, msg in ((tmp_path / "missing.txt", "principles file not found"), (tmp_path / "empty.txt", "no principles")):
+        assert cli.main(["judge", "--ckpt", str(tmp_path), "--prompt", "q", "--a", "x", "--b", "y",
+                         "--principles", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and msg in err[0]
