@@ -128,39 +128,7 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
     request cannot say (``/get_reward``) and the default elsewhere."""
     app = FastAPI(title="rmr1 serve", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_, exc: RequestValidationError):
-        errs = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errs):
-            return _error(400, f"malformed JSON: {errs[0].get('ctx', {}).get('error', errs[0].get('msg'))}")
-        e = errs[0]
-        return _error(422, f"{_field(e.get('loc', ()))}: {e.get('msg')}")
-
-    @app.exception_handler(HTTPException)
-    async def _http(request: Request, exc: HTTPException):
-        if exc.status_code == 404:
-            return _error(404, f"no route {request.method} {request.url.path}")
-        if exc.status_code == 405:
-            return _error(405, f"{request.method} is not allowed on {request.url.path}")
-        return _error(exc.status_code, exc.detail)
-
-    @app.exception_handler(_Refused)
-    async def _refused(_, exc: _Refused):
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(Exception)
-    async def _internal(_, exc: Exception):
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > max_body_bytes:
-            return _error(413, f"the body is {int(size)} bytes, over the limit of {max_body_bytes}")
-        if size is None and request.method == "POST":
-            if len(await request.body()) > max_body_bytes:
-                return _error(413, f"the body is over the limit of {max_body_bytes} bytes")
-        return await call_next(request)
+    _add_error_handling(app, max_body_bytes)
 
     def need(kind: str, route: str):
         if backend.kind != kind:
@@ -244,6 +212,67 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
                 "extra_logs": {"inconsistent": [float(o.inconsistent) for o in outcomes],
                                "no_verdict": [float(o.no_verdict) for o in outcomes]}}
 
+    _add_scalar_routes(app, name, need, count, call)
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest):
+        need(GENERATIVE, "/v1/chat/completions")
+        msgs = [m.model_dump() for m in req.messages]
+        if not any(m["role"] == "user" for m in msgs):
+            raise _Refused(422, "messages: no user turn")
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        (c,) = await call(("chat", req.n, req.temperature, req.top_p, req.top_k, req.max_tokens or max_new_tokens, stop),
+                          [msgs])
+        choices = [{"index": i, "message": {"role": "assistant", "content": t},
+                    "finish_reason": "stop" if f else "length"} for i, (t, f) in enumerate(zip(c.texts, c.finished))]
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": name, "choices": choices,
+                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                          "total_tokens": c.prompt_tokens + c.completion_tokens}}
+
+    return app
+
+
+
+def _add_error_handling(app: FastAPI, max_body_bytes: int) -> None:
+    """One-line JSON errors for every failure, and the body-size limit."""
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, exc: RequestValidationError):
+        errs = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errs):
+            return _error(400, f"malformed JSON: {errs[0].get('ctx', {}).get('error', errs[0].get('msg'))}")
+        e = errs[0]
+        return _error(422, f"{_field(e.get('loc', ()))}: {e.get('msg')}")
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        if exc.status_code == 404:
+            return _error(404, f"no route {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return _error(405, f"{request.method} is not allowed on {request.url.path}")
+        return _error(exc.status_code, exc.detail)
+
+    @app.exception_handler(_Refused)
+    async def _refused(_, exc: _Refused):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(Exception)
+    async def _internal(_, exc: Exception):
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > max_body_bytes:
+            return _error(413, f"the body is {int(size)} bytes, over the limit of {max_body_bytes}")
+        if size is None and request.method == "POST":
+            if len(await request.body()) > max_body_bytes:
+                return _error(413, f"the body is over the limit of {max_body_bytes} bytes")
+        return await call_next(request)
+
+
+def _add_scalar_routes(app: FastAPI, name: str, need, count, call) -> None:
+    """vLLM's ``/classify`` and ``/score`` for a scalar reward model."""
     def _listing(data: list, kind: str) -> dict:
         return {"id": f"{kind}-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()), "model": name,
                 "data": data, "usage": {}}
@@ -272,24 +301,6 @@ def make_app(backend, batcher, *, name: str, timeout: float = 600.0, max_body_by
         scores = await call(("score_pair",), list(zip(first, second)))
         return _listing([{"index": i, "object": "score", "score": _sigmoid(s), "raw_score": s}
                          for i, s in enumerate(scores)], "score")
-
-    @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
-        need(GENERATIVE, "/v1/chat/completions")
-        msgs = [m.model_dump() for m in req.messages]
-        if not any(m["role"] == "user" for m in msgs):
-            raise _Refused(422, "messages: no user turn")
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
-        (c,) = await call(("chat", req.n, req.temperature, req.top_p, req.top_k, req.max_tokens or max_new_tokens, stop),
-                          [msgs])
-        choices = [{"index": i, "message": {"role": "assistant", "content": t},
-                    "finish_reason": "stop" if f else "length"} for i, (t, f) in enumerate(zip(c.texts, c.finished))]
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": name, "choices": choices,
-                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                          "total_tokens": c.prompt_tokens + c.completion_tokens}}
-
-    return app
 
 
 def _sigmoid(x: float) -> float:
