@@ -232,6 +232,17 @@ def _eval(sub) -> None:
     e.add_argument("--keep-text", action="store_true", help="store judgment texts in the results")
     e.add_argument("--prob", action="store_true", help="generative judges: also read each judgment's verdict "
                    "probability (prob_a in the results; calibration: ECE, Brier, a reliability plot in the report)")
+    e.add_argument("--samples", type=int, default=1, metavar="K",
+                   help="generative judges: K sampled judgments per pair and order, drawn in one engine call "
+                   "(the prompt's pages shared), aggregated by --vote; the results keep every vote (votes, "
+                   "votes_swapped) and the report adds accuracy against k = 1, 2, 4, ... K (default 1: one "
+                   "greedy judgment)")
+    e.add_argument("--vote", choices=["majority", "mean-prob"], default=None,
+                   help="with --samples K > 1, how the K judgments make one verdict: majority (of the parsed "
+                   "verdicts; a tie, or none, is no verdict, scored as --no-verdict says) or mean-prob (the mean "
+                   "of the samples' P([[A]]), read as --prob does, against 0.5) (default majority)")
+    e.add_argument("--temperature", type=float, default=None, metavar="T",
+                   help="sampling temperature of the judgments (default 1.0 with --samples K > 1, else 0: greedy)")
     opt.overlong(e, what="scalar reward models: ")
     opt.tokenizer(e)
     opt.prompt_template(e)
