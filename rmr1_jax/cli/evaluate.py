@@ -1,5 +1,6 @@
 """The handler of ``rmr1 eval``: run a benchmark with a judge or a scalar reward model and report
-it, or re-score results files (:mod:`rmr1_jax.eval.run`, from the benchmark's registry entry)."""
+it (``--samples K --vote RULE``: K sampled judgments voted on, :mod:`rmr1_jax.eval.voting`), or
+re-score results files (:mod:`rmr1_jax.eval.run`, from the benchmark's registry entry)."""
 
 from __future__ import annotations
 
@@ -20,5 +21,6 @@ def cmd_eval(args) -> None:
                             order=args.order, seed=args.seed, max_new_tokens=args.max_new_tokens,
                             keep_text=args.keep_text, max_length=args.max_length, overlong=args.overlong,
                             tokenizer=args.tokenizer, prompt_variant=args.prompt_variant,
-                            system_file=args.system_file, user_file=args.user_file, prob=args.prob)
+                            system_file=args.system_file, user_file=args.user_file, prob=args.prob,
+                            samples=args.samples, vote=args.vote, temperature=args.temperature)
     print("\n".join(out.lines))

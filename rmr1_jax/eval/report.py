@@ -1,6 +1,9 @@
 """Reports of scored benchmark summaries (:mod:`rmr1_jax.eval.scoring`): a one-line summary,
 a markdown table, a RewardBench-style results JSON, PNG bar charts per section, and a
-side-by-side comparison of several models. Every report names the scoring rules used."""
+side-by-side comparison of several models. Every report names the scoring rules used. A run
+that read verdict probabilities adds a calibration section and a reliability plot
+(:mod:`rmr1_jax.eval.calibration`); one that voted over k sampled judgments a table and a plot
+of the accuracy against k (:mod:`rmr1_jax.eval.voting`)."""
 
 from __future__ import annotations
 
@@ -60,9 +63,12 @@ def summary_line(summary: dict, name: str | None = None) -> str:
         nv = f"; {summary['n_no_verdict']} of {summary['n_judgments']} judgments without a verdict"
     pc = "" if summary["position_consistency"] is None else \
         f"; position consistency {_pct(summary['position_consistency'])}"
+    v = summary.get("voting")
+    vk = "" if not v else f"; {v['vote']} vote, accuracy at k = " + "/".join(
+        str(r["k"]) for r in v["by_k"]) + ": " + "/".join(_pct(r["accuracy"]) for r in v["by_k"])
     part = "" if summary["complete"] else " [INCOMPLETE: " + "; ".join(summary["warnings"]) + "]"
     return (f"{_title(summary['benchmark'])} {summary['model']}: {ov} {_pct(summary['overall'])} ({body})"
-            f" [{rules_text(summary)}{nv}{pc}]{part}")
+            f" [{rules_text(summary)}{nv}{pc}{vk}]{part}")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -102,7 +108,34 @@ def to_markdown(summary: dict) -> str:
                 _table(["P(A) bin", "N", "mean P(A)", "A better %"],
                        [[f"{r['low']:.1f}-{r['high']:.1f}", str(r["n"]), f"{r['mean_p']:.3f}", _pct(r["frac_a"])]
                         for r in c["reliability"]]), ""]
+    v = summary.get("voting")
+    if v:
+        out += ["### Accuracy against k", "", _voting_text(summary), "", _voting_table(summary), ""]
     return "\n".join(out)
+
+
+def _voting_text(summary: dict) -> str:
+    v = summary["voting"]
+    rule = {"majority": "the majority of the parsed verdicts (a sample without one abstains; a tie is no "
+                        "verdict)",
+            "mean-prob": "the mean of the samples' P(A) against 1/2 (exactly 1/2, or no probability, is no "
+                         "verdict)"}.get(v["vote"], f"the {v['vote']} rule")
+    return (f"{v['samples']} sampled judgments per pair and order, over {v['n']} pairs; at each k the verdict "
+            f"of an order is {rule} of its first k samples, and a missing verdict is scored as above "
+            f"({summary['scoring']['no_verdict_rule']}).")
+
+
+def _voting_table(summary: dict) -> str:
+    rows_ = summary["voting"]["by_k"]
+    head = ["k", "Accuracy %", "No verdict %"]
+    cols = [lambda r: str(r["k"]), lambda r: _pct(r["accuracy"]), lambda r: _pct(r["no_verdict_rate"])]
+    if any(r["position_consistency"] is not None for r in rows_):
+        head.append("Position consistency %")
+        cols.append(lambda r: _pct(r["position_consistency"]))
+    if any(r["overall"] is not None for r in rows_):
+        head.append(_OVERALL[summary["benchmark"]] + " %")
+        cols.append(lambda r: _pct(r["overall"]))
+    return _table(head, [[c(r) for c in cols] for r in rows_])
 
 
 def to_results_json(summary: dict) -> dict:
@@ -200,12 +233,19 @@ def _plots(summary: dict, out_dir: str, name: str) -> list[str]:
 
         pngs.append(plot(summary["calibration"], os.path.join(out_dir, f"{name}-reliability.png"),
                          f"{_title(summary['benchmark'])}: {summary['model']}"))
+    if summary.get("voting"):
+        from rmr1_jax.eval import voting
+
+        pngs.append(voting.plot(summary["voting"], os.path.join(out_dir, f"{name}-accuracy-vs-k.png"),
+                                f"{_title(summary['benchmark'])}: {summary['model']}",
+                                _OVERALL[summary["benchmark"]]))
     return pngs
 
 
 def write_report(summary: dict, out_dir: str, name: str | None = None) -> dict[str, Any]:
     """Write ``NAME.md`` (tables), ``NAME.json`` (RewardBench-results-style summary) and PNG
-    bar charts (``NAME-overview.png`` and one per section) into ``out_dir``. ``name`` defaults
+    bar charts (``NAME-overview.png`` and one per section; ``NAME-reliability.png`` with verdict
+    probabilities, ``NAME-accuracy-vs-k.png`` with votes) into ``out_dir``. ``name`` defaults
     to ``<model>-<benchmark>``. Returns ``{"md": path, "json": path, "png": [paths]}``."""
     os.makedirs(out_dir, exist_ok=True)
     name = name or f"{_slug(summary['model'])}-{summary['benchmark']}"

@@ -7,6 +7,7 @@ and return an :class:`EvalOutcome` whose ``lines`` are what the command prints::
                         out_dir="runs/eval/rewardbench", max_new_tokens=2048)
     print("\\n".join(out.lines)); out.summary["overall"]
     rescore("rewardbench", ["runs/eval/rewardbench/results.jsonl"], no_verdict="half")
+    run_benchmark(..., order="both", samples=16, vote="majority")   # accuracy against k = 1 ... 16
 
 The checkpoint's head says which kind of model it is (:data:`KINDS`): an ``lm`` head is a
 generative judge (its judgments are parsed for a verdict), a ``scalar`` head a reward model
@@ -75,6 +76,9 @@ def _scalar(ckpt: str, mesh, o: dict) -> tuple[Any, dict]:
         raise UserError("--order both is for generative judges; a scalar reward model scores each response once")
     if o["prob"]:
         raise UserError("--prob reads a generative judge's verdict probability; a scalar reward model has none")
+    if o["samples"] > 1:
+        raise UserError("--samples samples a generative judge's judgments; a scalar reward model scores each "
+                        "response once")
     scorer = load_reward_model(ckpt, mesh, tokenizer_path=o["tokenizer"], max_length=o["max_length"],
                                batch_size=o["batch_size"], truncate=o["overlong"] == "truncate")
     return scorer, {"fingerprint": scorer.fingerprint()}
@@ -82,20 +86,27 @@ def _scalar(ckpt: str, mesh, o: dict) -> tuple[Any, dict]:
 
 def _generative(ckpt: str, mesh, o: dict) -> tuple[Callable, dict]:
     """A judge as its runs take it (``judge_fn(batch) -> judgments``), and their options (with
-    what produces the rows)."""
+    what produces the rows). With ``samples`` k > 1 each judgment is k samples voted on
+    (:mod:`rmr1_jax.eval.voting`)."""
+    from rmr1_jax.eval.voting import vote_outputs
     from rmr1_jax.inference.judge import judge_pairs
     from rmr1_jax.inference.loading import load_judge
 
     judge = load_judge(ckpt, mesh, tokenizer_path=o["tokenizer"], prompt_variant=o["prompt_variant"],
                        system_file=o["system_file"], user_file=o["user_file"])
+    k, vote, temperature = o["samples"], o["vote"], o["temperature"]
+    prob = o["prob"] or vote == "mean-prob"
 
     def judge_fn(batch):
-        return judge_pairs(judge, batch, max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
-                           prob=o["prob"])
+        outs = judge_pairs(judge, batch, max_new_tokens=o["max_new_tokens"], batch_size=o["batch_size"],
+                           prob=prob, samples=k, temperature=temperature, seed=o["seed"])
+        return vote_outputs(outs, vote) if k > 1 else outs
 
-    # rows with verdict probabilities and rows without are not one results file
+    # rows with verdict probabilities and rows without, greedy and sampled, are not one results file
+    sampling = {"samples": k, "vote": vote, "temperature": temperature} if k > 1 else \
+        {"temperature": temperature} if temperature > 0 else {}
     fingerprint = judge.fingerprint(max_new_tokens=o["max_new_tokens"], order=o["order"], seed=o["seed"],
-                                    **({"prob": True} if o["prob"] else {}))
+                                    **({"prob": True} if prob else {}), **sampling)
     return judge_fn, {"order": o["order"], "seed": o["seed"], "keep_text": o["keep_text"], "fingerprint": fingerprint}
 
 
@@ -116,7 +127,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
                   batch_size: int = 16, limit: int | None = None, no_verdict: str = "zero", order: str = "random",
                   seed: int = 0, max_new_tokens: int = 4096, keep_text: bool = False, max_length: int = 4096,
                   overlong: str = "error", tokenizer: str | None = None, prompt_variant: str | None = None,
-                  system_file: str | None = None, user_file: str | None = None, prob: bool = False) -> EvalOutcome:
+                  system_file: str | None = None, user_file: str | None = None, prob: bool = False,
+                  samples: int = 1, vote: str | None = None, temperature: float | None = None) -> EvalOutcome:
     """Run ``benchmark`` (any spelling of a registry name) read from ``data`` with the model of
     ``ckpt`` (an Orbax checkpoint or HF directory: a generative judge or a scalar reward model),
     appending one row per finished example to ``OUT/results.jsonl`` (resumed: examples already
@@ -130,10 +142,17 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     (``prompt_variant``, ``system_file``, ``user_file``; default the checkpoint's). Scalar models:
     ``max_length`` and ``overlong`` (``"error"`` or ``"truncate"``). ``no_verdict``: the score of
     a judgment without a verdict (``"zero"`` or ``"half"``). ``prob``: also read each judgment's
-    verdict probability (a ``prob_a`` column; the report's calibration section)."""
+    verdict probability (a ``prob_a`` column; the report's calibration section). ``samples``
+    k > 1: k judgments sampled at ``temperature`` (default 1.0) per pair and order, aggregated by
+    ``vote`` (``"majority"``, the default, or ``"mean-prob"``; :mod:`rmr1_jax.eval.voting`),
+    every vote kept in the rows and the report's "accuracy against k" table and plot read from
+    them; with one sample ``temperature`` > 0 samples it (default greedy)."""
+    from rmr1_jax.eval.voting import check_voting
+
     from rmr1_jax.parallel.agreement import agreed, on_process_zero
     from rmr1_jax.parallel.mesh import MeshConfig, make_mesh
 
+    vote, temperature = check_voting(samples, vote, temperature)
     b = get(benchmark)
     kind, tasks = agreed(_inputs, b, ckpt, data)  # a file one host cannot read stops every process
     tasks = tasks[:limit] if limit else tasks
@@ -143,7 +162,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     mesh = make_mesh(mesh) if mesh is None or isinstance(mesh, MeshConfig) else mesh
     opts = {"batch_size": batch_size, "order": order, "seed": seed, "max_new_tokens": max_new_tokens,
             "keep_text": keep_text, "max_length": max_length, "overlong": overlong, "tokenizer": tokenizer,
-            "prompt_variant": prompt_variant, "system_file": system_file, "user_file": user_file, "prob": prob}
+            "prompt_variant": prompt_variant, "system_file": system_file, "user_file": user_file, "prob": prob,
+            "samples": samples, "vote": vote, "temperature": temperature}
     model, run_opts = _LOADERS[kind](ckpt, mesh, opts)
     name = os.path.basename(os.path.normpath(ckpt))
     stats = b.fn("runs", kind)(model, tasks, results, batch_size=batch_size, model_name=name, **run_opts)

@@ -169,7 +169,9 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
     """Judge every task not yet in the results file. ``order``: ``"random"`` (one judgment,
     A/B by the seeded coin flip) or ``"both"`` (two judgments, both orders, in the same
     ``judge_fn`` call). With ``keep_text`` the judgment texts (``.text`` of objects, or the
-    ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``.
+    ``"judgment"``/``"text"`` entry of dicts) are stored in the row as ``judgment``. A judge
+that votes over k samples (:func:`rmr1_jax.eval.voting.vote_outputs`) also gives each
+entry's ``votes`` (and ``vote_probs``), stored as ``votes``/``votes_swapped``, and ``vote``.
     ``fingerprint``: what produces the rows, checked against a resumed file's."""
     if order not in ("random", "both"):
         raise ValueError(f"order must be 'random' or 'both', got {order!r}")
@@ -202,8 +204,14 @@ def run_generative(judge_fn: Callable[[list[tuple[Prompt, str, str]]], Iterable[
                 stats.consistent += ab_positions.position_consistent(vs, ws)
             if all(isinstance(x, dict) and "prob_a" in x for x in got):  # verdict probabilities were read
                 row["prob_a"] = got[0]["prob_a"] if len(ws) == 1 else [x["prob_a"] for x in got]
+            if all(isinstance(x, dict) and "votes" in x for x in got):  # k samples voted on (eval.voting)
+                row["vote"] = got[0]["vote"]
+                for suffix, x in zip(("", "_swapped"), got):
+                    row["votes" + suffix] = x["votes"]
+                    if "vote_probs" in x:
+                        row["vote_probs" + suffix] = x["vote_probs"]
             texts = [_text(x) for x in got]
-            if keep_text and all(isinstance(t, str) for t in texts):
+            if keep_text and all(isinstance(t, (str, list)) for t in texts):
                 row["judgment"] = texts[0] if len(texts) == 1 else texts
             row["correct"] = example_correct(row)
             stats.no_verdict += sum(v is None for v in vs)

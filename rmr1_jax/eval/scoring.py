@@ -15,7 +15,10 @@ one of:
 * scalar model: ``scores`` ``[s1, s2]`` for ``response_1`` / ``response_2`` and
   ``first_is_better``.
 
-and ``correct`` (1, 0 or 0.5; the mean over orders when judged twice). ``correct`` as written
+and ``correct`` (1, 0 or 0.5; the mean over orders when judged twice). A judge that voted
+over k sampled judgments (``rmr1 eval --samples k``, :mod:`rmr1_jax.eval.voting`) writes the
+aggregate as ``verdict`` and keeps ``vote`` (the rule) and every sample's verdict: ``votes`` and,
+judged in both orders, ``votes_swapped`` (each in the labels of its order, as ``verdict``). ``correct`` as written
 uses the default rules; scoring recomputes it from ``verdict``/``scores`` under the rules
 asked for, and uses the stored value only for rows that carry neither (results imported
 from elsewhere).
@@ -56,7 +59,10 @@ subsets, RM-Bench domains as spelled in the data, RMB ``group/scenario``); ``sec
 headline numbers: RewardBench ``Chat``/``Chat Hard``/``Safety``/``Reasoning``, RM-Bench
 ``Chat``/``Safety``/``Math``/``Code``, RMB the four groups) and ``overall`` (``None`` unless
 every section has results); RM-Bench adds ``domains`` (hard/normal/easy/score/matrix per
-domain) and ``difficulty`` (``Hard``/``Normal``/``Easy`` averaged over domains).
+domain) and ``difficulty`` (``Hard``/``Normal``/``Easy`` averaged over domains). Rows with
+verdict probabilities add ``calibration`` (:mod:`rmr1_jax.eval.calibration`); voted rows add
+``voting``, the accuracy against k (:func:`rmr1_jax.eval.voting.accuracy_against_k`, with the
+headline score at each k).
 ``warnings`` lists what is missing (examples absent from the results when ``expected`` is
 given, else subset sizes that differ from the released RewardBench / RM-Bench sets; RM-Bench
 items without all 9 cells; BoN items without all losers) and ``complete`` is true only
@@ -143,10 +149,10 @@ def _mean(xs) -> float | None:
 
 def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, scalar_tie: float = 0.5,
                weights: str = "official", model: str | None = None,
-               expected: Iterable | None = None, source: str = "results") -> dict:
+               expected: Iterable | None = None, source: str = "results", by_k: bool = True) -> dict:
     """Score result rows; see the module doc for the formulas and rules. ``expected`` (the
     benchmark's tasks, or their ``(item_id, pair_index)`` keys) lets the summary say how many
-    examples are missing."""
+    examples are missing. ``by_k``: voted rows' accuracy against k too (``voting``)."""
     bench = canonical(benchmark)
     if no_verdict not in NO_VERDICT_RULES:
         raise ValueError(f"no_verdict must be 'zero' or 'half', got {no_verdict!r}")
@@ -207,6 +213,16 @@ def score_rows(benchmark: str, rows: list[dict], no_verdict: str = "zero", *, sc
     calibration = summarize(rows)  # verdict probabilities, where the run read them (rmr1 eval --prob)
     if calibration is not None:
         summary["calibration"] = calibration
+    if by_k:
+        from rmr1_jax.eval.voting import accuracy_against_k
+
+        def overall(rows_at_k):  # the headline score had the run drawn k samples
+            return score_rows(bench, rows_at_k, no_verdict, scalar_tie=scalar_tie, weights=weights, model=model,
+                              source=source, by_k=False)["overall"]
+
+        voting = accuracy_against_k(rows, no_verdict, overall=overall)  # rmr1 eval --samples k
+        if voting is not None:
+            summary["voting"] = voting
     summary["warnings"] = warnings
     summary["complete"] = not warnings
     return summary

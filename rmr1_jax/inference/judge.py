@@ -8,7 +8,9 @@ judge`` and evaluation.
     rows[0]["verdict"], rows[0]["consistent"]                       # "A" | "B" | None, bool
     judge_file(judge, "pairs.jsonl", "judged.jsonl")                # what `rmr1 judge --in --out` does
 
-Greedy decoding through the generation engine with ``batch_size`` slots over the mesh
+Greedy decoding (or sampling: ``temperature``, and ``samples`` judgments per pair drawn in one
+engine call that shares the prompt's pages, what ``rmr1 eval --samples`` votes over,
+:mod:`rmr1_jax.eval.voting`) through the generation engine with ``batch_size`` slots over the mesh
 (:func:`judge_prompts`; in a multi-process job every process runs one schedule over every
 prompt, each shard of the mesh decoding its own slots); the verdict is
 read from the text by :func:`~rmr1_jax.text.verdict.parse_verdict` (none when the judgment was
@@ -54,12 +56,29 @@ def prompts_open_thinking(tokenizer, prompt_ids: Sequence[Sequence[int]]) -> lis
     return [prompt_opens_thinking(tokenizer.decode(p)) for p in prompt_ids]
 
 
+def prompt_keys(prompt_ids: Sequence[Sequence[int]], n: int = 1) -> list[int]:
+    """A key per tokenized prompt for the engine's ``prompt_index`` (its draws): a hash of its
+    tokens, so a prompt's samples depend on the seed and the prompt only, not on the batch it
+    ran in (row ids ``key * n + j`` stay within int32)."""
+    import hashlib
+
+    top = (2 ** 31 - 1) // max(1, n)
+    return [int.from_bytes(hashlib.sha256(np.asarray(p, np.int64).tobytes()).digest()[:8], "little") % top
+            for p in prompt_ids]
+
+
 def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]], tokenizer, *, batch_size: int,
-                  max_new_tokens: int, temperature: float = 0.0, rng=None, shared: bool = True) -> list[Judgment]:
+                  max_new_tokens: int, temperature: float = 0.0, rng=None, shared: bool = True, n: int = 1,
+                  prompt_index: Sequence[int] | None = None) -> list[Judgment]:
     """Generate a judgment for each tokenized prompt. With the generation engine
     (:class:`~rmr1_jax.sampling.engine.Engine`) every prompt goes in one call and the engine
     keeps its slots full; with the static :class:`Sampler`, ``batch_size`` at a time (the last
     batch padded with a copy of its first prompt so every batch compiles to one shape).
+
+    ``n`` (the engine only): judgments per prompt, drawn at ``temperature`` in the same engine
+    call (``SamplingParams(n=n)``: the prompt prefilled once, its pages read by every sample);
+    the result is prompt-major (prompt ``i``'s judgments are ``i * n`` to ``i * n + n - 1``).
+    ``prompt_index`` (the engine only) keys each prompt's draws (e.g. :func:`prompt_keys`).
 
     In a multi-process job every process passes the same prompts and gets every judgment: the
     engine runs one schedule over them on every process, each shard of the mesh decoding its
@@ -68,12 +87,16 @@ def judge_prompts(sampler: Sampler, params, prompt_ids: Sequence[Sequence[int]],
     ``shared=False`` (the engine only) each process passes its own prompts, as many as every
     other process, and gets their judgments (a policy's samples judged where they were drawn)."""
     out: list[Judgment] = []
-    sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature)
+    sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, n=n)
     opened = prompts_open_thinking(tokenizer, prompt_ids)
     if isinstance(sampler, Engine):  # continuous batching: every prompt in one call
-        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer, shared=shared)
-        return [Judgment(t, parse_verdict(t, o) if f else None, bool(f), int(n))
-                for t, o, f, n in zip(g.texts, opened, g.finished, g.lengths)]
+        g = sampler.generate(params, list(prompt_ids), sp, rng=rng, tokenizer=tokenizer, shared=shared,
+                             prompt_index=prompt_index)
+        opened = [o for o in opened for _ in range(n)]  # prompt-major, as the rows
+        return [Judgment(t, parse_verdict(t, o) if f else None, bool(f), int(length))
+                for t, o, f, length in zip(g.texts, opened, g.finished, g.lengths)]
+    if n != 1 or prompt_index is not None:
+        raise ValueError("several judgments per prompt, or keyed draws, need the generation engine")
     if not shared and jax.process_count() > 1:
         raise ValueError("judging each process's own prompts needs the generation engine")
     plen = max((len(p) for p in prompt_ids), default=1)
@@ -111,8 +134,10 @@ def verdict_accuracy(judgments: Sequence[Judgment], winners: Sequence[str]) -> d
 
 def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int = 1024,
                 batch_size: int = 16, mesh=None, shared: bool = True, prob: bool = False,
-                structured: bool = False, principles=None) -> list[dict]:
-    """Judge (prompt, response_a, response_b) triples (strings or message lists) greedily.
+                structured: bool = False, principles=None, samples: int = 1, temperature: float = 0.0,
+                seed: int = 0) -> list[dict]:
+    """Judge (prompt, response_a, response_b) triples (strings or message lists), greedily by
+    default.
     Returns dicts with ``judgment``, ``verdict`` and ``finished``; with ``both_orders`` also
     ``judgment_swapped``, ``verdict_swapped`` (the verdict with A and B swapped, mapped back
     to the original labels by :func:`~rmr1_jax.ab_positions.flip`) and ``consistent``
@@ -126,8 +151,23 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     JSON, quotes checked against the responses (:func:`~rmr1_jax.text.structured.structure`):
     ``structured`` and, with both orders, ``structured_swapped``. ``principles``: what the judge
     judges by (:func:`~rmr1_jax.text.prompts.build_judge_messages`): one list for every pair, or
-    one list (or None) per pair."""
+    one list (or None) per pair.
+
+    ``temperature`` > 0 samples instead (key ``seed``; each prompt's draws keyed by its tokens,
+    :func:`prompt_keys`, so they do not depend on the batch). ``samples`` = k > 1: k judgments
+    of each pair drawn in the same engine call (the prompt's pages shared by the k samples;
+    ``temperature`` must be > 0); each row's ``judgment``, ``verdict``, ``finished`` and, with
+    ``prob``, ``prob_a`` are then lists of k, one per sample (aggregating them is the caller's:
+    :mod:`rmr1_jax.eval.voting`); not with ``both_orders`` or ``structured`` (judge each order
+    as a pair of its own)."""
     from rmr1_jax.text.prompts import build_judge_messages
+
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, not {samples}")
+    if samples > 1 and (both_orders or structured):
+        raise ValueError("several samples per pair: judge each order as a pair of its own, without structured")
+    if samples > 1 and not temperature > 0:
+        raise ValueError(f"{samples} samples per pair need a temperature > 0 (greedy samples are all alike)")
 
     tok, tpl = judge.tokenizer, judge.template
     if judge.sampler is None:  # one generator per judge: its compiled functions are reused across calls
@@ -148,8 +188,13 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
     prompts = [encode(p, a, b, pr) for (p, a, b), pr in zip(pairs, per_pair)]
     if both_orders:  # both orders in one call, side by side: the engine's prefix cache shares their common head
         prompts = [q for (p, a, b), pr, fwd in zip(pairs, per_pair, prompts) for q in (fwd, encode(p, b, a, pr))]
+    sampled = temperature > 0
     js = judge_prompts(sampler, judge.params, prompts, tok, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                       shared=shared)
+                       shared=shared, temperature=temperature, n=samples,
+                       rng=jax.random.key(seed) if sampled else None,
+                       prompt_index=prompt_keys(prompts, samples) if sampled else None)
+    if samples > 1:
+        return _sampled_rows(judge, prompts, js, samples, prob, batch_size)
     fwd, swp = (js[0::2], js[1::2]) if both_orders else (js, [])
     out = [{"judgment": j.text, "verdict": j.verdict, "finished": j.finished} for j in fwd]
     if both_orders:
@@ -176,6 +221,24 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
             if both_orders:
                 r["prob_a_swapped"] = None if pb is None else 1.0 - pb
             r["prob"] = both_orders_probability(pa, pb) if both_orders else pa
+    return out
+
+
+def _sampled_rows(judge, prompts, js: list[Judgment], k: int, prob: bool, batch_size: int) -> list[dict]:
+    """One row per prompt of its ``k`` judgments ``js[i * k:(i + 1) * k]``: ``judgment``,
+    ``verdict``, ``finished`` (and with ``prob`` ``prob_a``) as lists of ``k``."""
+    out = [{"judgment": [j.text for j in js[i:i + k]], "verdict": [j.verdict for j in js[i:i + k]],
+            "finished": [j.finished for j in js[i:i + k]]} for i in range(0, len(js), k)]
+    if prob:
+        from rmr1_jax.inference.verdict_prob import verdict_probabilities
+
+        tok = judge.tokenizer
+        every = [p for p in prompts for _ in range(k)]  # each sample after its prompt
+        opened = [o for o in prompts_open_thinking(tok, prompts) for _ in range(k)]
+        ps = verdict_probabilities(judge.model, judge.params, tok, every, [j.text for j in js], opened=opened,
+                                   batch_size=batch_size)
+        for n, r in enumerate(out):
+            r["prob_a"] = ps[n * k:(n + 1) * k]
     return out
 
 

@@ -96,3 +96,38 @@ def test_judge_file_keeps_each_pair_with_its_judgment(tmp_path, judge_dir, capsy
         assert {k: row[k] for k in want} == want and row["line"] == n
         assert isinstance(row["judgment"], str) and row["verdict"] in ("A", "B", None)
         assert {"finished", "judgment_swapped", "verdict_swapped", "consistent"} <= row.keys()
+
+
+def test_eval_votes_over_k_sampled_judgments(tmp_path, judge_dir, capsys, monkeypatch):
+    """``--samples 4``: each prompt's 4 judgments come from one engine call (``n=4``), the rows
+    keep 4 votes per order, and the report has the accuracy-against-k table and plot."""
+    from rmr1_jax.sampling.engine import Engine
+
+    calls = []
+    generate = Engine.generate
+
+    def spy(self, params, prompts, sp, *a, **kw):
+        calls.append((len(prompts), sp.n, sp.temperature))
+        return generate(self, params, prompts, sp, *a, **kw)
+
+    monkeypatch.setattr(Engine, "generate", spy)
+    out = str(tmp_path / "out")
+    assert cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data",
+                     rewardbench_file(tmp_path, n=3), "--out-dir", out, "--order", "both", "--samples", "4",
+                     "--max-new-tokens", "4", "--batch-size", "4"]) == 0
+    assert calls == [(6, 4, 1.0)]  # 3 pairs x 2 orders, 4 samples each, in one call
+    rows = _rows(os.path.join(out, "results.jsonl"))
+    assert len(rows) == 3
+    for r in rows:
+        assert r["vote"] == "majority" and len(r["votes"]) == 4 and len(r["votes_swapped"]) == 4
+        assert set(r["votes"] + r["votes_swapped"]) <= {"A", "B", None}
+    text = capsys.readouterr().out
+    assert "majority vote, accuracy at k = 1/2/4:" in text
+    report = open(next(os.path.join(out, f) for f in os.listdir(out) if f.endswith(".md"))).read()
+    assert "### Accuracy against k" in report and "| k | Accuracy % |" in report
+    assert any(f.endswith("accuracy-vs-k.png") for f in os.listdir(out))
+    # a bad combination is one line
+    assert cli.main(["eval", "--benchmark", "rewardbench", "--ckpt", judge_dir, "--data", "x.jsonl",
+                     "--vote", "majority"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--vote majority needs --samples K with K > 1" in err[0]
