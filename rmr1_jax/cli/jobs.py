@@ -35,7 +35,7 @@ def cmd_train(args) -> None:
 
 
 def _fmt(m: dict) -> str:
-    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "accuracy", "margin", "perplexity") if k in m]
+    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "check_accuracy", "accuracy", "margin", "perplexity") if k in m]
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
 
 

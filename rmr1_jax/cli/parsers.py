@@ -15,6 +15,7 @@ from rmr1_jax.cli import options as opt
 _RAW = argparse.RawDescriptionHelpFormatter
 OBJECTIVES = (("distill", "distill", "stage 1: distill reasoning traces (SFT)"),
               ("grpo", "grpo", "stage 2: GRPO with the verifiable verdict reward"),
+              ("policy-grpo", "policy-grpo", "GRPO of a policy whose reward is a trained judge or reward model"),
               ("train-rm", "reward-model", "a Bradley-Terry scalar reward model on preference pairs"),
               ("rule-adapter", "rule-adapter", "the RAMO Rule Adapter on selected-rule sets"))
 PAIR_ROWS = """rows (JSONL, one per line; a prompt is a string or a list of {role, content} messages):

@@ -28,8 +28,8 @@ from rmr1_jax.errors import DataError
 # "sft": a judge conversation and its reply to learn (loss mask); "prompt": the judge prompt
 # alone (generation); "pair": the two conversations of a preference pair, each rendered whole
 # (a reward model scores them); "rules": a pair in labeled sections and its selected-rule set
-# (the rule adapter)
-Kind = Literal["sft", "prompt", "pair", "rules"]
+# (the rule adapter); "policy": a policy's prompt (generation) with its reference and answer
+Kind = Literal["sft", "prompt", "pair", "rules", "policy"]
 
 _TFDS_BUILDERS: dict = {}
 
@@ -37,7 +37,7 @@ _TFDS_BUILDERS: dict = {}
 def _builder_cls(kind: str = "sft"):
     """The TFDS builder class of ``kind``'s records (judge records for "sft" and "prompt",
     pair records for "pair"), defined lazily so importing this module stays cheap."""
-    family = kind if kind in ("pair", "rules") else "judge"
+    family = kind if kind in ("pair", "rules", "policy") else "judge"
     if family in _TFDS_BUILDERS:
         return _TFDS_BUILDERS[family]
     import tensorflow_datasets as tfds
@@ -48,6 +48,9 @@ def _builder_cls(kind: str = "sft"):
     elif family == "rules":
         features = {"id": tfds.features.Text(), "input_ids": ids(),
                     "labels": tfds.features.Tensor(shape=(None,), dtype=np.uint8)}
+    elif family == "policy":  # the prompt's messages as JSON (a judge renders them); "" = none
+        features = {"id": tfds.features.Text(), "input_ids": ids(), "prompt": tfds.features.Text(),
+                    "reference": tfds.features.Text(), "answer": tfds.features.Text()}
     else:
         features = {
             "id": tfds.features.Text(),
@@ -86,7 +89,8 @@ def _builder_cls(kind: str = "sft"):
             pass
 
     # the dataset name (and so the directory under data_dir) comes from the class name
-    name = {"pair": "Rmr1PairRecords", "rules": "Rmr1RuleRecords"}.get(family, "Rmr1Records")
+    name = {"pair": "Rmr1PairRecords", "rules": "Rmr1RuleRecords", "policy": "Rmr1PolicyRecords"}.get(
+        family, "Rmr1Records")
     cls = type(name, (_Records,),
                {"__doc__": f"Tokenized {family} records of one build (see the module docstring)."})
     _TFDS_BUILDERS[family] = cls
@@ -102,6 +106,7 @@ class RecordOptions:
     position_seed: int = 0  # A/B placement for generic pairs
     num_labels: int = 0  # "rules" records: the rule pool's size
     both_orders: bool = False  # prompt records: also tokenize the A/B-swapped prompt (generic pairs only)
+    length_key: str = "data.max_length"  # the config key max_length comes from (named in errors)
 
 
 @dataclasses.dataclass
@@ -146,6 +151,7 @@ ROW_FIELDS = {
     "judge": ("context_messages", "winner", "label", "verdict", *_IDS),
     "trace": ("messages", "winner", "label", "task_type", *_IDS),
     "rules": ("prompt", "a", "b", "response_a", "response_b", "rule_indices", "labels", *_IDS),
+    "policy": ("prompt", "reference", "answer", *_IDS),
 }
 # what `rmr1 rules select` / `label` add to a pair (rules.select.labeled_rows): label files feed
 # train-rm and rule-adapter as they are, so their bookkeeping is known, not a stray field
@@ -156,7 +162,7 @@ _LABEL_ROW_FIELDS = ("strategy", "k", "rule_indices", "rule_ids", "labels", "sco
 def ignored_fields(row: dict, kind: Kind) -> tuple[str, list[str]]:
     """``(shape, fields)``: the shape ``row`` is read as for ``kind`` records, and the fields of
     ``row`` that shape does not read (sorted)."""
-    if kind in ("pair", "rules"):
+    if kind in ("pair", "rules", "policy"):
         shape = kind
     else:
         shape = "pair" if _is_generic_pair(row) else "judge" if "context_messages" in row else "trace"
@@ -286,8 +292,21 @@ def rules_record(row: dict, fid: str, index: int, tokenizer, template, opts: Rec
     return rec
 
 
+def policy_record(row: dict, fid: str, index: int, tokenizer, template, opts: RecordOptions) -> _Record:
+    """A policy's prompt (:func:`~rmr1_jax.data.schemas.parse_policy_prompt`): its
+    conversation through the chat template up to the assistant turn, the messages as JSON,
+    the reference and the answer ("" where the row has none). A prompt is never cut."""
+    del index, template, opts
+    from rmr1_jax.data.schemas import parse_policy_prompt
+
+    p = parse_policy_prompt(row, fid)
+    ids = np.asarray(tokenizer.encode(tokenizer.apply_chat_template(p.prompt, add_generation_prompt=True)), np.int32)
+    return _Record(p.id, {"id": p.id, "input_ids": ids, "prompt": json.dumps(p.prompt),
+                          "reference": p.reference or "", "answer": p.answer or ""}, len(ids))
+
+
 def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats: BuildStats):
-    convert = {"pair": _pair_record, "rules": rules_record}.get(opts.kind, _judge_record)
+    convert = {"pair": _pair_record, "rules": rules_record, "policy": policy_record}.get(opts.kind, _judge_record)
     index = 0
     for path in paths:
         for lineno, row in iter_rows(path):
@@ -309,7 +328,7 @@ def _examples(paths: list[str], tokenizer, template, opts: RecordOptions, stats:
             if rec.length > opts.max_length:
                 if opts.overlong == "error":
                     raise DataError(f"{where}: record is {rec.length} tokens, longer than "
-                                    f"data.max_length={opts.max_length} (set data.overlong=skip or truncate)")
+                                    f"{opts.length_key}={opts.max_length} (set data.overlong=skip or truncate)")
                 if opts.overlong == "skip" or rec.truncate is None:
                     stats.overlong_skipped += 1
                     continue

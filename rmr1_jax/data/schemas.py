@@ -257,3 +257,35 @@ def _rule_labels(lab, num_rules: int):
     if len({isinstance(v, bool) for v in lab}) > 1:
         raise DataError("field 'labels' mixes booleans with numbers (write all 0/1 or all true/false)")
     return np.asarray(lab, dtype=np.uint8)
+
+
+@dataclasses.dataclass
+class PolicyPrompt:
+    """A prompt for a policy to answer (``rmr1 policy-grpo``): the conversation so far, and
+    what its samples are rewarded against: a ``reference`` answer (a judge's ``reference``
+    scheme) and an ``answer`` a program checks (the verifiable reward, held-out accuracy)."""
+
+    id: str
+    prompt: list[Message]
+    reference: str | None = None
+    answer: str | None = None
+
+
+def parse_policy_prompt(row: dict, fallback_id: str) -> PolicyPrompt:
+    """``{prompt, reference?, answer?}``: ``prompt`` a string (one user message) or a message
+    list; ``reference`` and ``answer`` strings (an ``answer`` that is a number is read as its
+    text)."""
+    if "prompt" not in row:
+        raise DataError("missing field 'prompt'")
+    prompt = _messages(row["prompt"], "prompt", "user")
+    if prompt[-1]["role"] == "assistant":
+        raise DataError("field 'prompt' ends with an assistant message: the policy answers the last user turn")
+    out = {}
+    for key in ("reference", "answer"):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            v = str(v)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise DataError(f"field {key!r} must be a non-empty string")
+        out[key] = v
+    return PolicyPrompt(_record_id(row, fallback_id), prompt, **out)

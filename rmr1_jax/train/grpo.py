@@ -187,7 +187,7 @@ class GRPOObjective:
 
     def records(self, cfg: GRPOConfig) -> RecordSpec:
         return RecordSpec("prompt", cfg.grpo.max_prompt_tokens, "skip" if cfg.data.overlong != "error" else "error",
-                          both_orders=cfg.grpo.both_orders)
+                          both_orders=cfg.grpo.both_orders, length_key="grpo.max_prompt_tokens")
 
     def plan(self, job: Job) -> Plan:
         from rmr1_jax.data.pipeline import CheckpointableIterator
@@ -218,45 +218,64 @@ class GRPOObjective:
                                generator=generator, tokenizer=tokenizer,
                                prompts=prompts, spec=spec, mesh=mesh, per_host_prompts=spec.prompts_per_step // n_proc,
                                per_host_minibatch_prompts=spec.minibatch_prompts // n_proc, seed=train.seed,
-                               row_multiple=_row_multiple(train, mesh))
-        # held-out judging uses the weights as trained, whatever the rollout dtype
-        judge = generator if spec.rollout_dtype is None else Engine(model, eos_ids=eos, pad_id=tokenizer.pad_id,
-                                                                    mesh=mesh, config=cfg.sampling)
-
-        def evaluate(p, step):
-            from rmr1_jax.inference.judge import judge_prompts, verdict_accuracy
-
-            del step
-            src = sources["eval"]
-            n = len(src) if train.eval_limit is None else min(train.eval_limit, len(src))
-            recs = [src[i] for i in range(n)]
-            js = judge_prompts(judge, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
-                               batch_size=cfg.sampling.max_slots,
-                               max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
-            free_kv_pool(judge)  # the updates that follow need the memory
-            return verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
-                                         for r in recs])
-
+                               row_multiple=_row_multiple(train, mesh), reward=self.reward(job))
+        # held-out generation uses the weights as trained, whatever the rollout dtype
+        held_out = generator if spec.rollout_dtype is None else Engine(model, eos_ids=eos, pad_id=tokenizer.pad_id,
+                                                                       mesh=mesh, config=cfg.sampling)
         save_every = cfg.checkpoint.save_every
         if save_every % updates:
             # periodic saves at rollout boundaries (a save inside a rollout, on SIGTERM, also keeps
             # the rollout's remaining mini-batches)
             save_every = max(updates, save_every // updates * updates)
         summary = (
-            f"GRPO: {spec.prompts_per_step} prompts x {spec.n} samples per rollout"
+            f"{self.title}: {spec.prompts_per_step} prompts x {spec.n} samples per rollout"
             f"{' (each pair in both A/B orders)' if spec.both_orders else ''}; loss: {spec.loss_agg}, "
             f"KL {spec.kl_estimator} x {spec.kl_coef} (clamp {spec.kl_clamp}), clip {spec.clip_low}/{spec.clip_high}, "
             f"advantage {spec.advantage} ({spec.adv_std} std, eps {spec.adv_eps}), entropy coef {spec.entropy_coef}"
             f"{'; rows with zero advantage left out of the updates' if spec.skips_zero_advantage() else ''}; "
             f"rollouts through the generation engine ({cfg.sampling.max_slots} slots a data-parallel shard, "
-            f"pages of {cfg.sampling.page_size} tokens)")
+            f"pages of {cfg.sampling.page_size} tokens){self.reward_summary(cfg)}")
         return Plan(loss_fn=grpo_loss_fn(model, spec), batches=source, total_steps=rollout_steps * updates,
                     train=train, seq_len=spec.max_prompt_tokens + spec.max_response_tokens,
                     tokens_per_step=lambda b: float(np.sum(b["attention_mask"])),
-                    evaluate=evaluate if "eval" in sources else None,
+                    evaluate=self.evaluator(job, held_out, train) if "eval" in sources else None,
                     save_every=save_every, summary=summary,
                     sizes={"rows per step": f"{train.global_batch} (grpo.minibatch_prompts x grpo.n)",
                            "rollout steps": rollout_steps, "updates per rollout": updates})
+
+
+    # -- what a GRPO variant changes (rmr1_jax.train.policy_grpo) ---------------------------
+
+    title = "GRPO"
+
+    def reward(self, job: Job):
+        """The rollout source's reward (None: the verdict reward,
+        :class:`~rmr1_jax.train.rollouts.VerdictReward`)."""
+        del job
+
+    def reward_summary(self, cfg) -> str:
+        del cfg
+        return ""
+
+    def evaluator(self, job: Job, engine, train: TrainSpec):
+        """``evaluate(params, step)``: the held-out judges' verdict accuracy, greedy through
+        ``engine``."""
+        cfg, spec, tokenizer, src = job.cfg, job.cfg.grpo, job.tokenizer, job.sources["eval"]
+
+        def evaluate(p, step):
+            from rmr1_jax.inference.judge import judge_prompts, verdict_accuracy
+
+            del step
+            n = len(src) if train.eval_limit is None else min(train.eval_limit, len(src))
+            recs = [src[i] for i in range(n)]
+            js = judge_prompts(engine, p, [np.asarray(r["input_ids"]).tolist() for r in recs], tokenizer,
+                               batch_size=cfg.sampling.max_slots,
+                               max_new_tokens=cfg.eval_max_new_tokens or spec.max_response_tokens)
+            free_kv_pool(engine)  # the updates that follow need the memory
+            return verdict_accuracy(js, [r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
+                                         for r in recs])
+
+        return evaluate
 
 
 OBJECTIVE = GRPOObjective()

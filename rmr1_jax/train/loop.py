@@ -255,11 +255,13 @@ class _Run:
         """One optimizer step on the host-local batch ``local``; its metrics (with throughput
         and the source's own) become ``self.metrics``. A non-finite loss or gradient norm stops
         the run before anything is saved."""
+        t0 = time.perf_counter()
         batch = to_global(local, self.mesh)
         rng = jax.random.fold_in(self.base_rng, self.step)
         self.state, m = self.step_fn(self.state, batch, rng, self.frozen)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         now = time.perf_counter()
+        m["time_update_s"] = now - t0  # the optimizer step alone (step_time_s also counts the batch's making)
         dt, self.t_last = now - self.t_last, now
         self.step += 1
         if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):

@@ -102,6 +102,7 @@ class RecordSpec:
     overlong: str
     both_orders: bool = False
     num_labels: int = 0  # "rules" records: the rule pool's size
+    length_key: str = "data.max_length"  # the config key max_length comes from (named in errors)
 
 
 @dataclasses.dataclass

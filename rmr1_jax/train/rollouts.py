@@ -1,12 +1,13 @@
-"""GRPO's batch source: rollout steps of the current policy, rewarded with the verdict rule,
-turned into the mini-batches of the optimizer updates.
+"""GRPO's batch source: rollout steps of the current policy, rewarded, turned into the
+mini-batches of the optimizer updates.
 
-Each rollout step samples ``n`` judgments per prompt (all of the step's prompts in one call of
+Each rollout step samples ``n`` responses per prompt (all of the step's prompts in one call of
 the generator: the generation engine, :class:`~rmr1_jax.sampling.engine.Engine`, whose slots
-refill across the whole step as judgments end), rewards each with
-:func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment gets the
-failure reward), normalizes rewards within each prompt's group, computes the reference (when
-the loss has a KL term) and old-policy log-probs, and queues one mini-batch per update.
+refill across the whole step as responses end), rewards each (the source's ``reward``: for a
+judge in training, :class:`VerdictReward`, +1 right verdict, -1 otherwise, a truncated judgment
+getting the failure reward; for a policy, :class:`rmr1_jax.train.policy_rewards.PolicyReward`),
+normalizes rewards within each prompt's group, computes the reference (when the loss has a KL
+term) and old-policy log-probs, and queues one mini-batch per update.
 A prompt's samples are keyed by its index in the one-process rollout step, so they are the
 same on any process count and mesh (see :meth:`RolloutSource._prompt_index`).
 """
@@ -33,7 +34,7 @@ class RolloutSource:
     holds_arrays = True  # the queued mini-batches of the current rollout
 
     def __init__(self, *, model, ref_params, generator, tokenizer, prompts, spec, mesh, per_host_prompts: int,
-                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1, ref_model=None):
+                 per_host_minibatch_prompts: int, seed: int, row_multiple: int = 1, ref_model=None, reward=None):
         """``generator``: what samples the rollouts, an :class:`~rmr1_jax.sampling.engine.Engine`
         (or anything with its ``generate`` and ``pad_id``, e.g. the static
         :class:`~rmr1_jax.sampling.sampler.Sampler`). ``spec``: the
@@ -41,11 +42,14 @@ class RolloutSource:
         host-local row count must be a multiple of it (the micro-batch count times the data
         shards on this host). ``ref_params``: the frozen reference policy, or ``None`` when the
         loss has no KL term; ``ref_model`` applies it (default ``model``; with LoRA the model
-        without adapters, ``ref_params`` being the frozen base)."""
+        without adapters, ``ref_params`` being the frozen base). ``reward``: what turns a
+        record into prompts and their samples into rewards (:class:`VerdictReward`, the
+        default, or anything with its ``expand``, ``records_per_prompt`` and call)."""
         if spec.uses_reference() and ref_params is None:
             raise ValueError("the GRPO loss has a KL term: RolloutSource needs ref_params")
         self.model, self.ref_params, self.generator, self.tokenizer = model, ref_params, generator, tokenizer
         self.prompts, self.spec, self.mesh = prompts, spec, mesh
+        self.reward = reward if reward is not None else VerdictReward(spec)
         self.k, self.mb = per_host_prompts, per_host_minibatch_prompts
         self.seed = seed
         self.row_multiple = max(1, int(row_multiple))
@@ -123,22 +127,16 @@ class RolloutSource:
                 out[idx, :w] = fetch(self._lp(params, g))[process_rows(g["input_ids"])][:real]
         return out
 
-    def _next_prompts(self) -> tuple[list[list[int]], list[str]]:
+    def _next_prompts(self) -> tuple[list[list[int]], list]:
         """This process's prompts of the next rollout step (token ids, cut to the prompt budget)
-        and their winners; with ``both_orders`` each pair also swapped, its winner flipped."""
-        from rmr1_jax.ab_positions import flip
-
-        spec = self.spec
-        prompt_ids, winners = [], []
-        for _ in range(self.k // 2 if spec.both_orders else self.k):
-            r = next(self.prompts)
-            w = r["winner"].decode() if isinstance(r["winner"], bytes) else r["winner"]
-            prompt_ids.append(np.asarray(r["input_ids"])[-spec.max_prompt_tokens:].tolist())
-            winners.append(w)
-            if spec.both_orders:
-                prompt_ids.append(np.asarray(r["input_ids_swapped"])[-spec.max_prompt_tokens:].tolist())
-                winners.append(flip(w))
-        return prompt_ids, winners
+        and what each is rewarded against (the reward's ``expand`` of each drawn record: with
+        ``both_orders`` a judge prompt and its swapped twin)."""
+        prompt_ids, targets = [], []
+        for _ in range(self.k // self.reward.prompts_per_record):
+            for ids, target in self.reward.expand(next(self.prompts)):
+                prompt_ids.append(np.asarray(ids)[-self.spec.max_prompt_tokens:].tolist())
+                targets.append(target)
+        return prompt_ids, targets
 
     def _sample(self, params, prompt_ids):
         """``(plen, tokens, sampler log-probs, lengths, finished, texts)`` of ``spec.n`` samples a
@@ -169,13 +167,17 @@ class RolloutSource:
         from rmr1_jax.inference.judge import prompts_open_thinking
 
         t0 = time.perf_counter()
-        prompt_ids, winners = self._next_prompts()
+        prompt_ids, targets = self._next_prompts()
         plen, tokens, sampler_lp, lengths, finished, texts = self._sample(params, prompt_ids)
         t_gen = time.perf_counter() - t0
         # a prompt that opened the thinking section (DeepSeek-R1-Distill templates) starts the
         # output inside it: without "</think>" the whole output is thinking, no verdict
         opened = prompts_open_thinking(self.tokenizer, prompt_ids)
-        rewards, adv = self._rewards(winners, finished, texts, opened)
+        rewards, counts = self.reward(targets, texts, finished, opened)
+        rewards = np.asarray(rewards, np.float32)
+        adv = grpo_math.ADVANTAGES[self.spec.advantage](rewards.reshape(-1, self.spec.n), self.spec.adv_eps,
+                                                        std=self.spec.adv_std).reshape(-1)
+        t_reward = time.perf_counter() - t0 - t_gen
         rows, target_mask = self._rows(prompt_ids, plen, tokens, lengths)
         plans = self._plan_updates(adv, target_mask)
         ref_lp, old_lp, t_ref, t_old = self._logprob_columns(params, rows, plans, plen, sampler_lp, lengths)
@@ -184,22 +186,8 @@ class RolloutSource:
         self._queue_updates(full, plans)
         n_trained = sum(len(keep) for _, keep, _ in plans)
         self._rollouts += 1
-        self._metrics = self._rollout_metrics(rewards, adv, lengths, finished, texts, opened, n_trained,
-                                              t_gen, t_ref, t_old)
-
-    def _rewards(self, winners, finished, texts, opened) -> tuple[np.ndarray, np.ndarray]:
-        """``(rewards, advantages)`` [rows] float32, row ``j`` a sample of prompt ``j // n``:
-        ``reward_correct`` for a finished judgment with the right verdict, else
-        ``reward_wrong``; the advantages normalized within each prompt's group."""
-        from rmr1_jax.text.verdict import judgment_reward
-
-        spec = self.spec
-        rewards = np.array([judgment_reward(texts[j], winners[j // spec.n], opened[j // spec.n]) if finished[j]
-                            else -1.0 for j in range(len(texts))], np.float32)
-        rewards = np.where(rewards > 0, spec.reward_correct, spec.reward_wrong).astype(np.float32)
-        adv = grpo_math.ADVANTAGES[spec.advantage](rewards.reshape(-1, spec.n), spec.adv_eps,
-                                                   std=spec.adv_std).reshape(-1)
-        return rewards, adv
+        self._metrics = self._rollout_metrics(rewards, adv, lengths, finished, counts, n_trained,
+                                              t_gen, t_reward, t_ref, t_old)
 
     def _rows(self, prompt_ids, plen: int, tokens: np.ndarray, lengths: np.ndarray) -> tuple[dict, np.ndarray]:
         """The training rows, ``{"input_ids", "attention_mask"}`` [rows, plen + L] int32: each
@@ -254,22 +242,21 @@ class RolloutSource:
         for _ in range(self.spec.ppo_epochs):
             self.queue.extend(batches)
 
-    def _rollout_metrics(self, rewards, adv, lengths, finished, texts, opened, n_trained: int,
-                         t_gen: float, t_ref: float, t_old: float) -> dict:
+    def _rollout_metrics(self, rewards, adv, lengths, finished, counts: dict, n_trained: int,
+                         t_gen: float, t_reward: float, t_ref: float, t_old: float) -> dict:
         """The step's metrics, over every process's rows (each process holds its own; process 0
-        alone logs them)."""
-        spec = self.spec
-        format_failures = sum(not f or _no_verdict(t, opened[j // spec.n])
-                              for j, (f, t) in enumerate(zip(finished, texts)))
-        totals = agree_sum([len(rewards), rewards.sum(), np.sum(rewards > 0), format_failures, np.sum(~finished),
-                            lengths.sum(), np.sum(adv == 0), n_trained])
-        rows_all, reward_sum, correct, failed, truncated, gen_tokens, zero_adv, trained = map(float, totals)
+        alone logs them): the reward's own ``counts`` ({name: (numerator, denominator)}) summed
+        over processes and divided."""
+        names = sorted(counts)
+        totals = agree_sum([len(rewards), rewards.sum(), np.sum(~finished), lengths.sum(), np.sum(adv == 0),
+                            n_trained] + [v for k in names for v in counts[k]])
+        rows_all, reward_sum, truncated, gen_tokens, zero_adv, trained = map(float, totals[:6])
+        own = {k: float(totals[6 + 2 * i]) / max(float(totals[7 + 2 * i]), 1e-9) for i, k in enumerate(names)}
         return {
-            "reward_mean": reward_sum / rows_all, "verdict_accuracy": correct / rows_all,
-            "format_failure_rate": failed / rows_all, "truncated_rate": truncated / rows_all,
+            "reward_mean": reward_sum / rows_all, **own, "truncated_rate": truncated / rows_all,
             "response_length": gen_tokens / rows_all,
             "rollout_tokens_per_s": gen_tokens / max(t_gen, 1e-9), "time_rollout_s": t_gen,
-            "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
+            "time_reward_s": t_reward, "time_reference_s": t_ref, "time_old_logprobs_s": t_old,
             "zero_advantage_rate": zero_adv / rows_all, "trained_rows_rate": trained / rows_all,
             **{f"rollout_{k}": v for k, v in self._gen_stats.items()},
             **grpo_math.length_quantiles(gather_rows(lengths)),  # what `rmr1 plan` reads back
@@ -309,6 +296,41 @@ class RolloutSource:
             count = float(agg(np.zeros(target_mask[idx].shape, np.float32), target_mask[idx].astype(np.float32))[1])
             plans.append((np.concatenate([keep, fill]), keep, count))
         return plans
+
+
+class VerdictReward:
+    """Stage 2's reward of a judge in training: a record is a judge prompt (and, with
+    ``spec.both_orders``, its A/B-swapped twin, the winner flipped); a judgment earns
+    ``spec.reward_correct`` when it finished with the right verdict, else ``spec.reward_wrong``
+    (no verdict, the wrong one, or cut off at the budget)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.prompts_per_record = 2 if spec.both_orders else 1
+
+    def expand(self, record) -> list[tuple]:
+        """``[(prompt token ids, winner)]`` of a drawn record."""
+        from rmr1_jax.ab_positions import flip
+
+        w = record["winner"].decode() if isinstance(record["winner"], bytes) else record["winner"]
+        out = [(record["input_ids"], w)]
+        if self.spec.both_orders:
+            out.append((record["input_ids_swapped"], flip(w)))
+        return out
+
+    def __call__(self, winners, texts, finished, opened) -> tuple[np.ndarray, dict]:
+        """``(rewards [rows], counts)``, row ``j`` a sample of prompt ``j // n``; ``counts``:
+        the verdict accuracy and the format failures (no verdict, or cut off) as
+        ``(numerator, rows)``."""
+        from rmr1_jax.text.verdict import judgment_reward
+
+        n = self.spec.n
+        right = np.array([finished[j] and judgment_reward(texts[j], winners[j // n], opened[j // n]) > 0
+                          for j in range(len(texts))], bool)
+        failed = sum(not f or _no_verdict(t, opened[j // n]) for j, (f, t) in enumerate(zip(finished, texts)))
+        rewards = np.where(right, self.spec.reward_correct, self.spec.reward_wrong).astype(np.float32)
+        rows = float(len(texts))
+        return rewards, {"verdict_accuracy": (float(right.sum()), rows), "format_failure_rate": (float(failed), rows)}
 
 
 def free_kv_pool(generator) -> None:

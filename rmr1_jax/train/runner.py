@@ -22,7 +22,7 @@ from rmr1_jax.train.objective import Job, Objective
 
 # built-in objectives: name -> module defining OBJECTIVE (imported on first use)
 _BUILTIN = {"distill": "rmr1_jax.train.sft", "grpo": "rmr1_jax.train.grpo",
-            "reward-model": "rmr1_jax.train.reward_model", "rule-adapter": "rmr1_jax.train.rule_adapter"}
+            "policy-grpo": "rmr1_jax.train.policy_grpo", "reward-model": "rmr1_jax.train.reward_model", "rule-adapter": "rmr1_jax.train.rule_adapter"}
 _REGISTRY: dict[str, Objective] = {}
 
 

@@ -195,7 +195,8 @@ def prepare_job(cfg, records, log=print):
         files["eval"] = list(cfg.data.eval)
     opts = RecordOptions(kind=records.kind, max_length=records.max_length, on_error=cfg.data.on_error,
                          overlong=records.overlong, position_seed=cfg.data.position_seed,
-                         both_orders=records.both_orders, num_labels=records.num_labels)
+                         both_orders=records.both_orders, num_labels=records.num_labels,
+                         length_key=records.length_key)
     sources, _ = build_records(cfg.data.cache_dir or os.path.join(run_dir, "data"), files, tokenizer, template,
                                opts, log=log)
     return mesh, tokenizer, template, sources

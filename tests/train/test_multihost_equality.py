@@ -36,7 +36,7 @@ GRPO_STOP = 3  # SIGTERM during the first update of the second rollout: one mini
 RUNS = {"1x8": (1, 8), "2x4": (2, 4)}  # name: (processes, devices per process)
 # per-step values that are timings (or derived from them), not results
 TIMINGS = {"step_time_s", "tokens_per_s", "mfu", "rollout_tokens_per_s", "time_rollout_s", "time_reference_s",
-           "time_old_logprobs_s"}
+           "time_old_logprobs_s", "time_update_s", "time_reward_s"}
 # Measured on CPU (float32): losses and metrics within ~1e-6 relative (KL ~2e-6), parameters
 # within ~2e-6 (SFT) and ~4e-5 (GRPO) absolute, the largest where the true gradient is zero
 # (the key-projection bias: softmax ignores a shift shared by every key), so Adam's normalized

@@ -1,0 +1,169 @@
+"""``rmr1 policy-grpo``: a policy's GRPO with a trained judge or reward model as its reward.
+
+The rewards against hand-worked groups (the checks, a judge's round robin with the check mixed
+in), a reward model's reward against transformers' score of the same conversation, and a whole
+run through the CLI with a (random) judge on the job's mesh: the judge's calls per prompt, the
+time split, the held-out accuracy, a checkpoint, and a bad row named with its file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from tests import hf_models
+from rmr1_jax.errors import DataError
+from rmr1_jax.train.policy_rewards import PolicyReward, PolicyRewardSpec, PolicyTarget, check_answer, last_number
+
+
+def test_the_checks_read_the_answer_as_documented():
+    assert last_number("7 * 8 equals 56.") == "56"
+    assert last_number("It is -3, or 3.50 at most") == "3.5"
+    assert last_number("1,024 items") == "1024"
+    assert last_number("no digits") is None
+    assert check_answer("last_number", "I count 07.", "7")
+    assert not check_answer("last_number", "56 or 57", "56")  # the last number decides
+    assert not check_answer("last_number", "anything 5", None)  # no answer: never passes
+    assert check_answer("exact", "  The Answer  is 5 ", "the answer is 5")
+    assert not check_answer("exact", "The answer is 5.", "the answer is 5")
+
+
+def _larger_number_judge(monkeypatch):
+    """A judge (in place of judge_pairs) that prefers the response with the larger last number,
+    and has no verdict when either has none."""
+    calls = []
+
+    def judge_pairs(judge, triples, **kw):
+        assert kw["shared"] is False  # each process judges its own samples
+        calls.append(len(triples))
+        out = []
+        for _, a, b in triples:
+            x, y = last_number(a), last_number(b)
+            out.append({"verdict": None if x is None or y is None else "A" if float(x) > float(y) else "B"})
+        return out
+
+    import rmr1_jax.inference.judge as judge_mod
+
+    monkeypatch.setattr(judge_mod, "judge_pairs", judge_pairs)
+    return calls
+
+
+def test_a_judges_round_robin_with_the_check_mixed_in(monkeypatch):
+    calls = _larger_number_judge(monkeypatch)
+    spec = PolicyRewardSpec(kind="judge", ckpt="unused", scheme="round_robin", check_weight=0.5)
+    reward = PolicyReward(spec, n=3, scorer=object())
+    targets = [PolicyTarget([{"role": "user", "content": "q1"}], None, "2"),
+               PolicyTarget([{"role": "user", "content": "q2"}], None, None)]
+    texts = ["1", "3", "2", "x 5", "no number", "4"]
+    rewards, counts = reward(targets, texts, [True] * 6, [False, False])
+    # group 1: 3 beats 1 and 2, 2 beats 1 -> win rates 0, 1, 1/2; "2" passes the check (+0.5)
+    # group 2: 5 beats 4; "no number" has no verdict in its matches -> ties (1/2 each)
+    #   5: win + tie = 1.5/2; no number: tie + tie = 1/2; 4: loss + tie = 1/4; no answer, no check
+    np.testing.assert_allclose(rewards, [0.0, 1.0, 0.5 + 0.5, 0.75, 0.5, 0.25])
+    assert calls == [12]  # one round: 3 matches a group, both orders, both groups in one call
+    assert counts["check_accuracy"] == (1.0, 3.0)  # only group 1's rows have an answer
+    assert counts["judge_calls_per_prompt"] == (12.0, 2.0)
+    assert counts["judge_no_verdict_rate"] == (2.0, 6.0)
+    assert counts["judge_inconsistent_rate"] == (0.0, 6.0)
+
+
+def test_the_reference_scheme_needs_references(monkeypatch):
+    _larger_number_judge(monkeypatch)
+    reward = PolicyReward(PolicyRewardSpec(kind="judge", ckpt="unused", scheme="reference"), n=2, scorer=object())
+    targets = [PolicyTarget([{"role": "user", "content": "q"}], "4", "4")]
+    rewards, _ = reward(targets, ["5", "3"], [True, True], [False])
+    np.testing.assert_allclose(rewards, [1.0, 0.0])  # 5 beats the reference 4 in both orders; 3 loses
+    with pytest.raises(DataError, match="reference"):
+        reward([PolicyTarget([{"role": "user", "content": "q"}], None, "4")], ["5", "3"], [True, True], [False])
+
+
+@pytest.fixture(scope="module")
+def chatml_rm(tmp_path_factory):
+    """A random Qwen2ForSequenceClassification saved with the ChatML tokenizer fixture."""
+    d = str(tmp_path_factory.mktemp("policy") / "rm")
+    theirs = transformers.AutoTokenizer.from_pretrained(hf_models.CHATML)
+    cfg = hf_models.qwen2_config(vocab_size=len(theirs))
+    cfg.num_labels, cfg.pad_token_id = 1, theirs.pad_token_id or 0
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForSequenceClassification(cfg).eval()
+    hf_models.randomize(model, 1)
+    model.save_pretrained(d)
+    for name in os.listdir(hf_models.CHATML):
+        shutil.copy(os.path.join(hf_models.CHATML, name), d)
+    return d, model, theirs
+
+
+def test_a_reward_models_reward_is_its_score_of_the_conversation(chatml_rm):
+    from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.train.policy_grpo import load_reward_scorer
+
+    d, model, theirs = chatml_rm
+    spec = PolicyRewardSpec(kind="scalar", ckpt=d, batch_size=4)
+    reward = PolicyReward(spec, n=2, scorer=load_reward_scorer(spec, make_mesh(), log=lambda s: None))
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}], [{"role": "user", "content": "Name a color."}]]
+    texts = ["4", "It is 5.", "Blue, clearly.", "red"]
+    rewards, counts = reward([PolicyTarget(p, None, None) for p in prompts], texts, [True] * 4, [False, False])
+    want = []
+    for j, t in enumerate(texts):
+        text = theirs.apply_chat_template(prompts[j // 2] + [{"role": "assistant", "content": t}], tokenize=False)
+        with torch.no_grad():
+            want.append(float(model(input_ids=torch.tensor([theirs(text, add_special_tokens=False)["input_ids"]]))
+                              .logits[0, 0]))
+    np.testing.assert_allclose(rewards, want, rtol=1e-4, atol=1e-4)
+    assert counts["check_accuracy"] == (0.0, 0.0) and counts["model_reward_mean"][1] == 4.0
+
+
+def _rows(path, n, start=0):
+    with open(path, "w") as f:
+        for i in range(start, start + n):
+            a, b = i % 7 + 1, i % 5 + 2
+            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "reference": f"The answer is {a + b}.",
+                                "answer": str(a + b)}) + "\n")
+
+
+def test_policy_grpo_runs_with_a_judge_on_the_jobs_mesh(tmp_path, monkeypatch, capsys):
+    from rmr1_jax.cli import main
+
+    policy, judge = str(tmp_path / "policy"), str(tmp_path / "judge")
+    hf_models.make_chatml_qwen2(policy, seed=0)
+    hf_models.make_chatml_qwen2(judge, seed=3)
+    _rows(tmp_path / "train.jsonl", 8)
+    _rows(tmp_path / "eval.jsonl", 4, start=50)
+    cfg = {"model": {"preset": None, "hf_dir": policy, "scan_layers": False},
+           "data": {"train": [str(tmp_path / "train.jsonl")], "eval": [str(tmp_path / "eval.jsonl")]},
+           "optim": {"lr": 1e-3},
+           "grpo": {"n": 4, "max_prompt_tokens": 128, "max_response_tokens": 6, "prompts_per_step": 4,
+                    "minibatch_prompts": 2, "rollout_steps": 2, "logprob_batch": 8, "kl_coef": 0.0},
+           "sampling": {"max_slots": 16, "page_size": 8},
+           "policy_reward": {"kind": "judge", "ckpt": judge, "scheme": "knockout", "max_new_tokens": 4,
+                             "batch_size": 16, "check_weight": 1.0},
+           "train": {"run_dir": str(tmp_path / "run"), "log_every": 1},
+           "checkpoint": {"save_every": 2}}
+    (tmp_path / "policy.yaml").write_text(json.dumps(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert main(["policy-grpo", "policy.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "policy-grpo finished at step 4" in out and "held-out" in out
+    rows = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl")]
+    train = [r for r in rows if "time_reward_s" in r]
+    assert len(train) == 2  # one rollout step each, both judged (the judge's weights survived the updates)
+    for r in train:
+        assert r["judge_calls_per_prompt"] == 6.0  # knockout of 4: 3 matches, both orders
+        assert r["time_reward_s"] > 0 and r["time_rollout_s"] > 0 and "time_update_s" in r
+        assert 0.0 <= r["check_accuracy"] <= 1.0
+    assert any("accuracy" in r and "truncated_rate" in r and "time_reward_s" not in r for r in rows)
+    assert os.path.isdir(tmp_path / "run" / "checkpoints")
+
+    # a row without a prompt: one line naming the file and line, non-zero exit
+    with open(tmp_path / "train.jsonl", "a") as f:
+        f.write(json.dumps({"answer": "3"}) + "\n")
+    cfg["train"]["run_dir"] = str(tmp_path / "run2")
+    (tmp_path / "policy.yaml").write_text(json.dumps(cfg))
+    assert main(["policy-grpo", "policy.yaml"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.jsonl:9" in err[0] and "'prompt'" in err[0], err
