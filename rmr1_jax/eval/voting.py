@@ -196,6 +196,7 @@ def plot(summary: dict, path: str, title: str, overall_name: str = "overall") ->
     for x, r in zip(ks, t):
         ax.annotate(f"{100 * r['accuracy']:.1f}", (x, 100 * r["accuracy"]), fontsize=7, xytext=(0, 5),
                     textcoords="offset points", ha="center")
+    ax.margins(y=0.15)  # room for the labels above the points
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.set(xlabel="sampled judgments per pair and order (k)", ylabel="accuracy %",
