@@ -10,6 +10,12 @@ from rmr1_jax.errors import UserError
 
 
 def cmd_demo(args) -> None:
+    if args.which == "policy":
+        from rmr1_jax.demos.policy import load_policy_recipe, run_policy_demo
+
+        run_policy_demo(load_policy_recipe(args.out_dir or "runs/demo-policy", seed=args.seed, quick=args.quick,
+                                           directory=args.recipes, judges=args.judges))
+        return
     if args.which == "ramo":
         from rmr1_jax.demos.ramo import load_ramo_recipe, run_ramo_demo
 
@@ -35,7 +41,8 @@ def cmd_train(args) -> None:
 
 
 def _fmt(m: dict) -> str:
-    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "check_accuracy", "accuracy", "margin", "perplexity") if k in m]
+    keys = [k for k in ("loss", "reward_mean", "verdict_accuracy", "check_accuracy", "accuracy", "margin",
+                        "perplexity") if k in m]
     return ", ".join(f"{k}={m[k]:.4g}" for k in keys)
 
 

@@ -67,15 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _demo(sub) -> None:
     d = _command(sub, "demo", "a whole pipeline on the embedded default (synthetic data, CPU): RM-R1 or RAMO",
                  "jobs", "cmd_demo")
-    d.add_argument("which", nargs="?", choices=("rm-r1", "ramo"), default="rm-r1",
+    d.add_argument("which", nargs="?", choices=("rm-r1", "ramo", "policy"), default="rm-r1",
                    help="rm-r1 (default): distillation + GRPO of a reasoning judge; ramo: rule scoring, "
-                        "selection, Rule Adapter and reward models")
-    opt.out_dir(d, "run directory (default: runs/demo, or runs/demo-ramo)")
+                        "selection, Rule Adapter and reward models; policy: GRPO of a policy rewarded by the "
+                        "rm-r1 demo's judges (run that first)")
+    opt.out_dir(d, "run directory (default: runs/demo, runs/demo-ramo or runs/demo-policy)")
     d.add_argument("--seed", type=int, default=None, help="data and training seed (default: the recipes')")
     d.add_argument("--quick", action="store_true",
                    help="a seconds-long smoke run (no learning expected): the recipes' quick.yaml overrides")
     d.add_argument("--recipes", default=None, metavar="DIR",
-                   help="recipe directory (default: configs/demo, or configs/demo_ramo)")
+                   help="recipe directory (default: configs/demo, configs/demo_ramo or configs/demo_policy)")
+    d.add_argument("--judges", default=None, metavar="DIR",
+                   help="demo policy: where `rmr1 demo` wrote its judges (default: runs/demo)")
 
 
 def _training(sub) -> None:

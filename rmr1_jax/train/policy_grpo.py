@@ -65,7 +65,8 @@ class PolicyGRPOObjective(GRPOObjective):
     def reward_summary(self, cfg: PolicyGRPOConfig) -> str:
         r = cfg.policy_reward
         what = {"judge": f"the judge {r.ckpt}, {r.scheme} scheme (greedy, {r.max_new_tokens} tokens a judgment)",
-                "scalar": f"the reward model {r.ckpt}", "check": f"the {r.check} check against each row's answer"}
+                "scalar": f"the reward model {r.ckpt}", "check": f"the {r.check} check",
+                "chance": f"a judge at chance (coin-flip verdicts), {r.scheme} scheme"}
         mix = f", plus {r.check_weight:g} x the {r.check} check" if r.kind != "check" and r.check_weight else ""
         return f"; reward: {what[r.kind]}{mix}"
 
@@ -87,12 +88,12 @@ class PolicyGRPOObjective(GRPOObjective):
             g = engine.generate(p, [np.asarray(r["input_ids"]).tolist() for r in recs], sp, tokenizer=tokenizer,
                                 shared=True)
             free_kv_pool(engine)  # the updates that follow need the memory
-            targets = [policy_target(r) for r in recs]
-            answered = [(t, x) for t, x in zip(targets, g.texts) if t.answer is not None]
+            checked = [c for c in (check_answer(check, x, policy_target(r)) for r, x in zip(recs, g.texts))
+                       if c is not None]
             out = {"truncated_rate": float(np.mean(~np.asarray(g.finished))) if n else 0.0,
                    "mean_tokens": float(np.mean(g.lengths)) if n else 0.0, "n": n}
-            if answered:
-                out["accuracy"] = sum(check_answer(check, x, t.answer) for t, x in answered) / len(answered)
+            if checked:
+                out["accuracy"] = sum(checked) / len(checked)
             return out
 
         return evaluate
@@ -104,8 +105,9 @@ OBJECTIVE = PolicyGRPOObjective()
 def load_reward_scorer(spec: PolicyRewardSpec, mesh, log=print, max_length: int = 4096):
     """The frozen judge (:class:`~rmr1_jax.inference.loading.LoadedJudge`) or reward model
     (:class:`~rmr1_jax.inference.reward.RewardScorer`, rows of at most ``max_length`` tokens,
-    a longer one cut from the front) that ``spec`` names, on ``mesh``; None for ``kind: check``."""
-    if spec.kind == "check":
+    a longer one cut from the front) that ``spec`` names, on ``mesh``; None for ``kind: check``
+    and ``chance``."""
+    if spec.kind in ("check", "chance"):
         return None
     if spec.kind == "judge":
         from rmr1_jax.inference.loading import load_judge

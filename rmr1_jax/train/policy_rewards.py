@@ -17,8 +17,14 @@ with the check mixed in.
 
 ``policy_reward.check`` names the check (``last_number``: the last number in the sample equals
 the last number in ``answer``; ``exact``: the whole sample equals ``answer``, whitespace and
-case aside); ``check_weight`` mixes it into a model's reward (``reward + weight * passed``).
-The same check gives the held-out accuracy of a run whose eval rows carry an ``answer``.
+case aside; ``oracle``: the synthetic tasks' own check of the prompt's instruction,
+:func:`rmr1_jax.worlds.oracle.oracle_check`, no ``answer`` needed); ``check_weight`` mixes it
+into a model's reward (``reward + weight * passed``). The same check gives the held-out
+accuracy (over the rows it applies to).
+
+``kind: chance`` is the control of a judge at chance: every judgment's verdict is a fair coin
+(:func:`coin_verdict`, keyed by ``seed`` and the judgment), run through the same scheme (so
+half the matches are position-inconsistent ties).
 
 GRPO normalizes the rewards within each prompt's group, so only their differences within a
 group matter. A sample cut off at ``grpo.max_response_tokens`` is scored as it stands.
@@ -36,13 +42,13 @@ import numpy as np
 from rmr1_jax.errors import ConfigError
 from rmr1_jax.paths import path_field
 
-KINDS = ("judge", "scalar", "check")
+KINDS = ("judge", "scalar", "check", "chance")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 @dataclasses.dataclass
 class PolicyRewardSpec:
-    kind: Literal["judge", "scalar", "check"] = "judge"
+    kind: Literal["judge", "scalar", "check", "chance"] = "judge"
     ckpt: str | None = path_field()  # the judge or reward model: an HF directory or an Orbax checkpoint
     tokenizer: str | None = path_field()  # its tokenizer files, when not the checkpoint's own
     scheme: Literal["reference", "round_robin", "knockout"] = "reference"  # a judge's pairwise scheme
@@ -54,14 +60,14 @@ class PolicyRewardSpec:
     prompt_variant: str | None = None
     system_file: str | None = path_field()
     user_file: str | None = path_field()
-    check: Literal["last_number", "exact"] = "last_number"
+    check: Literal["last_number", "exact", "oracle"] = "last_number"
     check_weight: float = 0.0  # a model's reward + check_weight x (1 when the check passes)
-    seed: int = 0  # the knockout brackets
+    seed: int = 0  # the knockout brackets, kind: chance's coins
 
     def validate(self, where: str):
         if self.kind not in KINDS:
             raise ConfigError(f"{where}: policy_reward.kind={self.kind!r} is not one of {list(KINDS)}")
-        if self.kind != "check" and not self.ckpt:
+        if self.kind in ("judge", "scalar") and not self.ckpt:
             raise ConfigError(f"{where}: policy_reward.kind={self.kind} needs policy_reward.ckpt (the "
                               f"{'judge' if self.kind == 'judge' else 'reward model'} checkpoint)")
         if self.check not in CHECKS:
@@ -85,16 +91,45 @@ def _exact(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-CHECKS = {"last_number": last_number, "exact": _exact}
+def _same(norm):
+    def check(text: str, target) -> bool | None:
+        if target.answer is None:
+            return None
+        got = norm(text)
+        return got is not None and got == norm(target.answer)
+
+    return check
 
 
-def check_answer(check: str, text: str, answer: str | None) -> bool:
-    """Whether ``text`` passes ``check`` against ``answer`` (never without an answer)."""
-    if not answer:
-        return False
-    f = CHECKS[check]
-    got = f(text)
-    return got is not None and got == f(answer)
+def _oracle(text: str, target) -> bool:
+    from rmr1_jax.worlds.oracle import oracle_check
+
+    try:
+        return oracle_check(target.prompt[-1]["content"], text)
+    except ValueError as e:
+        from rmr1_jax.errors import DataError
+
+        raise DataError(f"policy_reward.check=oracle: {e}") from None
+
+
+# name -> check(sample text, PolicyTarget) -> passed, or None where it does not apply (no answer)
+CHECKS = {"last_number": _same(last_number), "exact": _same(_exact), "oracle": _oracle}
+
+
+def check_answer(check: str, text: str, target) -> bool | None:
+    """Whether ``text`` passes ``check`` for ``target`` (a :class:`PolicyTarget`); None where
+    the check does not apply (``last_number`` and ``exact`` on a row without an ``answer``)."""
+    return CHECKS[check](text, target)
+
+
+def coin_verdict(seed: int, triple) -> str:
+    """A judge at chance: ``"A"`` or ``"B"`` by a fair coin keyed by ``seed`` and the judgment's
+    (prompt, response A, response B), so a run draws the same coins on any process count and
+    after a resume."""
+    import hashlib
+
+    digest = hashlib.blake2b(json.dumps([seed, *triple]).encode(), digest_size=8).digest()
+    return "AB"[digest[0] & 1]
 
 
 @dataclasses.dataclass
@@ -137,12 +172,12 @@ class PolicyReward:
         tie rates."""
         del finished, opened
         spec, n = self.spec, self.n
-        answered = [t.answer is not None for t in targets for _ in range(n)]
-        passed = np.array([check_answer(spec.check, x, targets[j // n].answer) for j, x in enumerate(texts)], bool)
-        counts = {"check_accuracy": (float(passed.sum()), float(sum(answered)))}
+        checked = [check_answer(spec.check, x, targets[j // n]) for j, x in enumerate(texts)]
+        passed = np.array([bool(c) for c in checked], bool)
+        counts = {"check_accuracy": (float(passed.sum()), float(sum(c is not None for c in checked)))}
         if spec.kind == "check":
             return passed.astype(np.float32), counts
-        if spec.kind == "judge":
+        if spec.kind in ("judge", "chance"):
             model_reward, judged = self._judge(targets, texts)
             counts.update(judged)
         else:
@@ -163,6 +198,8 @@ class PolicyReward:
                             "(or choose round_robin or knockout)")
 
         def judge_fn(triples):
+            if spec.kind == "chance":
+                return [coin_verdict(spec.seed, t) for t in triples]
             rows = judge_pairs(judge, triples, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
                                shared=False)
             return [r["verdict"] for r in rows]

@@ -221,6 +221,12 @@ def _judge(pair: PreferencePair, response_a, response_b):
     return chk, ("A" if ok_a else "B"), (ta, ok_a, note_a), (tb, ok_b, note_b)
 
 
+def oracle_check(question: str, reply: str) -> bool:
+    """Whether ``reply`` answers the synthetic task ``question`` correctly (obeys its
+    instruction); a question that is not one of the synthetic tasks raises ``ValueError``."""
+    return bool(_check_for(question).check(reply)[0])
+
+
 def oracle_verdict(pair: PreferencePair, response_a, response_b) -> str:
     """``"A"`` or ``"B"``: the reply that is correct / obeys the instruction, decided from the
     question text and the replies only. Raises ``ValueError`` when both or neither pass."""

@@ -26,11 +26,18 @@ def test_the_checks_read_the_answer_as_documented():
     assert last_number("It is -3, or 3.50 at most") == "3.5"
     assert last_number("1,024 items") == "1024"
     assert last_number("no digits") is None
-    assert check_answer("last_number", "I count 07.", "7")
-    assert not check_answer("last_number", "56 or 57", "56")  # the last number decides
-    assert not check_answer("last_number", "anything 5", None)  # no answer: never passes
-    assert check_answer("exact", "  The Answer  is 5 ", "the answer is 5")
-    assert not check_answer("exact", "The answer is 5.", "the answer is 5")
+    t = lambda answer, q="q": PolicyTarget([{"role": "user", "content": q}], None, answer)  # noqa: E731
+    assert check_answer("last_number", "I count 07.", t("7"))
+    assert not check_answer("last_number", "56 or 57", t("56"))  # the last number decides
+    assert check_answer("last_number", "anything 5", t(None)) is None  # no answer: does not apply
+    assert check_answer("exact", "  The Answer  is 5 ", t("the answer is 5"))
+    assert not check_answer("exact", "The answer is 5.", t("the answer is 5"))
+    caps = "Reply with one word in capital letters: name a color."
+    assert check_answer("oracle", "TEAL.", t(None, caps))
+    assert not check_answer("oracle", "Teal", t(None, caps)) and not check_answer("oracle", "RED BLUE", t(None, caps))
+    assert check_answer("oracle", "tall green quiet", t(None, "Answer in exactly three words: describe a tree."))
+    with pytest.raises(DataError, match="not a synthetic task"):
+        check_answer("oracle", "x", t(None, "What is love?"))
 
 
 def _larger_number_judge(monkeypatch):
@@ -70,6 +77,20 @@ def test_a_judges_round_robin_with_the_check_mixed_in(monkeypatch):
     assert counts["judge_calls_per_prompt"] == (12.0, 2.0)
     assert counts["judge_no_verdict_rate"] == (2.0, 6.0)
     assert counts["judge_inconsistent_rate"] == (0.0, 6.0)
+
+
+def test_a_judge_at_chance_flips_a_coin_per_judgment():
+    reward = PolicyReward(PolicyRewardSpec(kind="chance", scheme="round_robin", seed=1), n=4)
+    targets = [PolicyTarget([{"role": "user", "content": f"q{g}"}], None, None) for g in range(50)]
+    texts = [f"reply {j % 4}" for j in range(200)]
+    rewards, counts = reward(targets, texts, [True] * 200, [False] * 50)
+    again, _ = reward(targets, texts, [True] * 200, [False] * 50)
+    np.testing.assert_array_equal(rewards, again)  # the coins are keyed by the judgment, not drawn in turn
+    calls, groups = counts["judge_calls_per_prompt"]
+    assert calls / groups == 12  # round robin of 4 in both orders
+    inconsistent, matches = counts["judge_inconsistent_rate"]
+    assert abs(inconsistent / matches - 0.5) < 0.1  # two fair coins disagree on the position half the time
+    assert abs(rewards.mean() - 0.5) < 1e-6  # every match gives out one point in all
 
 
 def test_the_reference_scheme_needs_references(monkeypatch):
