@@ -3,10 +3,11 @@
 Each rollout step samples ``n`` judgments per prompt from the current policy (through the
 generation engine, every prompt of the step in one call; ``sampling:`` sizes it), rewards each
 with :func:`rmr1_jax.judgment_reward` (+1 right verdict, -1 otherwise; a truncated judgment
-gets the failure reward), normalizes rewards within each prompt's group, computes reference
-(and old-policy) log-probs, and feeds mini-batches to the one training loop, where the
-clipped-ratio loss plus the k3 KL term is minimized. All loss choices are fields of
-:class:`GRPOSpec`, printed with the resolved config at start.
+gets the failure reward; with ``grpo.reward: consistency`` +1 only when the pair's other A/B
+order is right too: :class:`~rmr1_jax.train.rollouts.VerdictReward`), normalizes rewards within
+each prompt's group, computes reference (and old-policy) log-probs, and feeds mini-batches to
+the one training loop, where the clipped-ratio loss plus the k3 KL term is minimized. All loss
+choices are fields of :class:`GRPOSpec`, printed with the resolved config at start.
 """
 
 from __future__ import annotations
@@ -49,6 +50,13 @@ class GRPOSpec:
     # of the verdict prior helps one order and hurts the other, so the update follows the
     # content. Needs prompt/chosen/rejected pairs (not already rendered judge prompts).
     both_orders: bool = False
+    # What a judgment earns reward_correct for (reward_wrong otherwise). "verdict": its own
+    # verdict is right. "consistency" (J1's; needs both_orders): its verdict is right AND the
+    # same pair's judgment in the other A/B order is right too (sample k of one order paired
+    # with sample k of the other), so a judgment right only because of its position earns
+    # nothing. Either way the rollouts log consistent_right_rate (the share of such sample
+    # pairs right in both orders) when both_orders is on.
+    reward: Literal["verdict", "consistency"] = "verdict"
     advantage: Literal["group_norm", "group_center"] = "group_norm"
     adv_eps: float = 1e-6
     # The group std of group_norm: "unbiased" divides by n - 1 (torch.std, as RM-R1's verl and
@@ -110,6 +118,8 @@ class GRPOSpec:
         if self.both_orders and (self.prompts_per_step % 2 or self.minibatch_prompts % 2):
             raise ConfigError(f"{where}: grpo.both_orders needs even grpo.prompts_per_step and "
                               f"grpo.minibatch_prompts (each pair is judged in both orders)")
+        if self.reward == "consistency" and not self.both_orders:
+            raise ConfigError(f"{where}: grpo.reward=consistency needs grpo.both_orders=true")
         if self.rollout_batch is not None:
             warnings.warn(f"{where}: grpo.rollout_batch is deprecated and ignored: the generation engine takes a "
                           f"rollout step's prompts in one call; sampling.max_slots sets the sequences decoding at "
@@ -254,8 +264,10 @@ class GRPOObjective:
         del job
 
     def reward_summary(self, cfg) -> str:
-        del cfg
-        return ""
+        spec = cfg.grpo
+        what = {"verdict": "its verdict right",
+                "consistency": "its verdict right and the pair's other A/B order's too, sample k with sample k"}
+        return f"; reward: {spec.reward} ({spec.reward_correct:g} for {what[spec.reward]}, else {spec.reward_wrong:g})"
 
     def evaluator(self, job: Job, engine, train: TrainSpec):
         """``evaluate(params, step)``: the held-out judges' verdict accuracy, greedy through

@@ -5,7 +5,8 @@ Each rollout step samples ``n`` responses per prompt (all of the step's prompts 
 the generator: the generation engine, :class:`~rmr1_jax.sampling.engine.Engine`, whose slots
 refill across the whole step as responses end), rewards each (the source's ``reward``: for a
 judge in training, :class:`VerdictReward`, +1 right verdict, -1 otherwise, a truncated judgment
-getting the failure reward; for a policy, :class:`rmr1_jax.train.policy_rewards.PolicyReward`),
+getting the failure reward, or with ``grpo.reward: consistency`` +1 only when the pair's other
+A/B order is right too; for a policy, :class:`rmr1_jax.train.policy_rewards.PolicyReward`),
 normalizes rewards within each prompt's group, computes the reference (when the loss has a KL
 term) and old-policy log-probs, and queues one mini-batch per update.
 A prompt's samples are keyed by its index in the one-process rollout step, so they are the
@@ -300,16 +301,33 @@ class RolloutSource:
 
 class VerdictReward:
     """Stage 2's reward of a judge in training: a record is a judge prompt (and, with
-    ``spec.both_orders``, its A/B-swapped twin, the winner flipped); a judgment earns
-    ``spec.reward_correct`` when it finished with the right verdict, else ``spec.reward_wrong``
-    (no verdict, the wrong one, or cut off at the budget)."""
+    ``spec.both_orders``, its A/B-swapped twin, the winner flipped). A judgment is right when
+    it finished with the right verdict (not: no verdict, the wrong one, or cut off at the
+    budget). ``spec.reward``:
+
+    - ``verdict``: a right judgment earns ``spec.reward_correct``, any other
+      ``spec.reward_wrong``;
+    - ``consistency`` (J1's, needs ``both_orders``): a judgment earns ``spec.reward_correct``
+      only when it is right and its twin, the same pair judged in the other order, is right
+      too; otherwise ``spec.reward_wrong``. Twins are paired by sample index: sample ``k`` of
+      the pair's first order with sample ``k`` of its swapped order (the ``n`` samples of a
+      prompt are independent draws, so any fixed one-to-one matching is as good; this one
+      needs no extra randomness), and both get the same reward.
+
+    With ``both_orders`` the share of such twin samples right in both orders is logged as
+    ``consistent_right_rate``, whichever the reward, so the two can be compared."""
 
     def __init__(self, spec):
         self.spec = spec
         self.prompts_per_record = 2 if spec.both_orders else 1
+        if spec.reward == "consistency" and not spec.both_orders:
+            raise ValueError("grpo.reward=consistency needs grpo.both_orders=true (a judgment is rewarded with "
+                             "its twin in the other A/B order)")
 
     def expand(self, record) -> list[tuple]:
-        """``[(prompt token ids, winner)]`` of a drawn record."""
+        """``[(prompt token ids, winner)]`` of a drawn record: the prompt and, with
+        ``both_orders``, its swapped twin right after it (so rows of prompts ``2i`` and
+        ``2i + 1`` are the two orders of one pair)."""
         from rmr1_jax.ab_positions import flip
 
         w = record["winner"].decode() if isinstance(record["winner"], bytes) else record["winner"]
@@ -319,18 +337,39 @@ class VerdictReward:
         return out
 
     def __call__(self, winners, texts, finished, opened) -> tuple[np.ndarray, dict]:
-        """``(rewards [rows], counts)``, row ``j`` a sample of prompt ``j // n``; ``counts``:
-        the verdict accuracy and the format failures (no verdict, or cut off) as
-        ``(numerator, rows)``."""
+        """``(rewards [rows], counts)``, row ``j`` sample ``j % n`` of prompt ``j // n`` (with
+        ``both_orders``, prompts ``2i`` and ``2i + 1`` the two orders of pair ``i``);
+        ``counts``: the verdict accuracy, the format failures (no verdict, or cut off) and,
+        with ``both_orders``, the twin samples right in both orders, as ``(numerator,
+        denominator)``."""
         from rmr1_jax.text.verdict import judgment_reward
 
         n = self.spec.n
         right = np.array([finished[j] and judgment_reward(texts[j], winners[j // n], opened[j // n]) > 0
                           for j in range(len(texts))], bool)
         failed = sum(not f or _no_verdict(t, opened[j // n]) for j, (f, t) in enumerate(zip(finished, texts)))
-        rewards = np.where(right, self.spec.reward_correct, self.spec.reward_wrong).astype(np.float32)
         rows = float(len(texts))
-        return rewards, {"verdict_accuracy": (float(right.sum()), rows), "format_failure_rate": (float(failed), rows)}
+        counts = {"verdict_accuracy": (float(right.sum()), rows), "format_failure_rate": (float(failed), rows)}
+        rewarded = right
+        if self.spec.both_orders:
+            both = twins_right(right, n)
+            counts["consistent_right_rate"] = (float(both.sum()), float(both.size))
+            if self.spec.reward == "consistency":
+                rewarded = np.repeat(both[:, None, :], 2, axis=1).reshape(-1)
+        rewards = np.where(rewarded, self.spec.reward_correct, self.spec.reward_wrong).astype(np.float32)
+        return rewards, counts
+
+
+def twins_right(right: np.ndarray, n: int) -> np.ndarray:
+    """[pairs, n] bool: whether sample ``k`` of a pair is right in both A/B orders, from
+    ``right`` [rows] (row ``j`` sample ``j % n`` of prompt ``j // n``; prompts ``2i`` and
+    ``2i + 1`` the two orders of pair ``i``). Sample ``k`` of one order is paired with sample
+    ``k`` of the other."""
+    right = np.asarray(right, bool)
+    if right.size % (2 * n):
+        raise ValueError(f"{right.size} rows are not whole pairs of prompts with {n} samples each")
+    r = right.reshape(-1, 2, n)
+    return r[:, 0, :] & r[:, 1, :]
 
 
 def free_kv_pool(generator) -> None:
