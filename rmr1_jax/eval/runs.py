@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkabl
 from rmr1_jax import ab_positions
 from rmr1_jax.eval.benchmarks import ComparisonTask
 from rmr1_jax.eval.results import ResultsWriter
-from rmr1_jax.eval.scoring import example_correct
+from rmr1_jax.eval.correctness import example_correct
 
 Prompt = list  # list of {"role", "content"} messages
 

@@ -91,7 +91,8 @@ from rmr1_jax.eval.registry import canonical
 from rmr1_jax.eval.results import read_results, row_key
 from rmr1_jax.ab_positions import position_consistent
 
-NO_VERDICT_RULES = {"zero": 0.0, "half": 0.5}
+from rmr1_jax.eval.correctness import NO_VERDICT_RULES, _as_list, judgment_values
+
 NO_VERDICT_TEXT = {"zero": "no verdict counts 0 (RM-R1 rule)",
                    "half": "no verdict counts 0.5 (upstream RewardBench tie rule)"}
 MATH_PRM_WEIGHT = 984  # 6 x 164: math weighs as much as the six code languages together
@@ -99,44 +100,6 @@ RM_BENCH_DOMAIN_ORDER = ("chat", "safety", "math", "code")
 
 
 # ============================================================================ results files
-
-
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
-
-
-def judgment_values(row: dict, no_verdict: str = "zero", scalar_tie: float = 0.5) -> list[float]:
-    """The correctness of each judgment in a row (two for a both-orders row)."""
-    nv = NO_VERDICT_RULES[no_verdict]
-    if row.get("scores") is not None:
-        s = row["scores"]
-        if not isinstance(s, (list, tuple)) or len(s) != 2:
-            raise DataError("field 'scores' must be [score_1, score_2]")
-        s1, s2 = float(s[0]), float(s[1])
-        better, worse = (s1, s2) if row.get("first_is_better", True) else (s2, s1)
-        return [1.0 if better > worse else scalar_tie if better == worse else 0.0]
-    if "verdict" in row:
-        verdicts, winners = _as_list(row["verdict"]), _as_list(row.get("winner"))
-        if len(verdicts) != len(winners) or any(w not in ("A", "B") for w in winners):
-            raise DataError("generative row needs 'winner' (\"A\"/\"B\", one per verdict) next to 'verdict'")
-        out = []
-        for v, w in zip(verdicts, winners):
-            if v is None:
-                out.append(nv)
-            elif v in ("A", "B"):
-                out.append(1.0 if v == w else 0.0)
-            else:
-                raise DataError(f"verdict must be \"A\", \"B\" or null, got {v!r}")
-        return out
-    if row.get("correct") is not None:
-        return [float(row["correct"])]
-    raise DataError("row has none of 'verdict', 'scores' or 'correct'")
-
-
-def example_correct(row: dict, no_verdict: str = "zero", scalar_tie: float = 0.5) -> float:
-    """1 / 0 / fractional correctness of one example (mean over orders when judged twice)."""
-    vals = judgment_values(row, no_verdict, scalar_tie)
-    return sum(vals) / len(vals)
 
 
 def _mean(xs) -> float | None:

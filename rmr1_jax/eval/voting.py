@@ -155,7 +155,7 @@ def accuracy_against_k(rows: Sequence[dict], no_verdict: str = "zero",
     such pairs) and, with ``overall`` (a function of the rows at ``k'``), the benchmark's
     headline score. Returns ``{"vote", "samples", "n", "by_k": [...]}``."""
     from rmr1_jax.ab_positions import position_consistent
-    from rmr1_jax.eval.scoring import example_correct
+    from rmr1_jax.eval.correctness import example_correct
 
     voted = [r for r in rows if r.get("votes") is not None]
     if not voted:
