@@ -154,18 +154,24 @@ class GroupRewards:
 
 def score_groups(scheme: str, prompts: Sequence[Any], responses: Sequence[Sequence[str]],
                  judge_fn: Callable[[list[tuple[Any, str, str]]], Sequence[str | None]], *,
-                 references: Sequence[str] | None = None, seed: int = 0) -> GroupRewards:
+                 references: Sequence[str] | None = None, seed: int = 0,
+                 group_keys: Sequence[int] | None = None) -> GroupRewards:
     """Rewards for each prompt's responses under ``scheme``. ``judge_fn`` takes (prompt,
     response_a, response_b) triples and returns a verdict for each (``"A"``, ``"B"`` or None);
     it is called once per round with every group's matches, each match as two triples in a row
     (the second with A and B swapped). ``references``: one per prompt (the reference scheme).
-    ``seed``: the knockout brackets (group ``g`` draws from ``(seed, g)``)."""
+    ``seed``: the knockout brackets (group ``g`` draws from ``(seed, g)``, or ``(seed,
+    group_keys[g])`` when given: a key that does not depend on where the group sits in the
+    call, so that groups split over processes draw what one process would)."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} response groups")
     if references is not None and len(references) != len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(references)} references")
-    groups = [_Group(scheme, len(r), references is not None, int(np.random.default_rng([seed, g]).integers(2 ** 31)))
-              for g, r in enumerate(responses)]
+    keys = list(range(len(prompts))) if group_keys is None else [int(k) for k in group_keys]
+    if len(keys) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(keys)} group keys")
+    groups = [_Group(scheme, len(r), references is not None, int(np.random.default_rng([seed, k]).integers(2 ** 31)))
+              for k, r in zip(keys, responses)]
 
     def text(g, k):
         return references[g] if k == REFERENCE else responses[g][k]

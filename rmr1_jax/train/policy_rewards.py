@@ -122,14 +122,19 @@ def check_answer(check: str, text: str, target) -> bool | None:
     return CHECKS[check](text, target)
 
 
+def _content_key(value) -> int:
+    """A 63-bit key of a JSON-able value (a knockout bracket's seed: the same prompt gets the same
+    bracket on any process count)."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(json.dumps(value).encode(), digest_size=8).digest(), "big") >> 1
+
+
 def coin_verdict(seed: int, triple) -> str:
     """A judge at chance: ``"A"`` or ``"B"`` by a fair coin keyed by ``seed`` and the judgment's
     (prompt, response A, response B), so a run draws the same coins on any process count and
     after a resume."""
-    import hashlib
-
-    digest = hashlib.blake2b(json.dumps([seed, *triple]).encode(), digest_size=8).digest()
-    return "AB"[digest[0] & 1]
+    return "AB"[_content_key([seed, *triple]) & 1]
 
 
 @dataclasses.dataclass
@@ -207,7 +212,7 @@ class PolicyReward:
         groups = score_groups(spec.scheme, [t.prompt for t in targets],
                               [texts[g * n:(g + 1) * n] for g in range(len(targets))], judge_fn,
                               references=[t.reference for t in targets] if spec.scheme == "reference" else None,
-                              seed=spec.seed)
+                              seed=spec.seed, group_keys=[_content_key(t.prompt) for t in targets])
         free_kv_pool(getattr(judge, "sampler", None))  # the log-prob passes and updates that follow need the memory
         matches = float(groups.matches)
         return np.concatenate(groups.rewards).astype(np.float32), {

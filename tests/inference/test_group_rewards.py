@@ -100,6 +100,18 @@ def test_knockout_ties_advance_one_side_and_are_counted():
     assert len(brackets) > 1  # the seed draws the bracket (and the coin of a tie)
 
 
+def test_a_group_key_draws_the_same_bracket_wherever_the_group_sits():
+    """Groups split over processes (each process scoring its own) must draw what one process
+    scoring all of them draws: keyed brackets do, index-keyed ones need not."""
+    groups = [["same"] * 6, ["same"] * 6]
+    together = score_groups("knockout", ["q1", "q2"], groups, LengthJudge(), seed=0, group_keys=[11, 42])
+    alone = score_groups("knockout", ["q2"], groups[1:], LengthJudge(), seed=0, group_keys=[42])
+    np.testing.assert_array_equal(together.rewards[1], alone.rewards[0])
+    by_index = score_groups("knockout", ["q2"], groups[1:], LengthJudge(), seed=0)  # key 0, as the first group
+    np.testing.assert_array_equal(by_index.rewards[0], score_groups("knockout", ["q1", "q2"], groups, LengthJudge(),
+                                                                     seed=0).rewards[0])
+
+
 def test_every_groups_round_goes_to_the_judge_in_one_call():
     judge = LengthJudge()
     groups = [["x" * (k + 1) for k in range(5)], ["y", "yy"], ["z" * (k + 1) for k in range(4)]]
