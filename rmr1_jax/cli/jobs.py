@@ -52,20 +52,31 @@ def cmd_plan(args) -> None:
     plan(args)
 
 
-def _judge_items(args) -> list[tuple[int, dict]]:
-    """``(line, row)`` of each pair ``rmr1 judge`` is given (``--in``, or the one pair of
-    ``--prompt``/``--a``/``--b`` as line 1), checked, with the checkpoint directory."""
-    from rmr1_jax.inference.rows import pair_of, read_pairs
+def _judge_items(args) -> tuple[str, list[tuple[int, dict]]]:
+    """``(kind, [(line, row), ...])`` of what ``rmr1 judge`` is given (``--in``, one row shape a
+    file; or line 1 of ``--prompt`` with ``--a``/``--b`` or ``--response``/``--reference``),
+    checked, with the checkpoint directory."""
+    from rmr1_jax.inference.rows import judge_row_kind, read_judge_rows
 
     if not os.path.isdir(args.ckpt):
         raise UserError(f"{args.ckpt}: checkpoint directory not found")
     if args.inp:
-        return read_pairs(args.inp)
-    if None in (args.prompt, args.a, args.b):
-        raise UserError("give --prompt, --a and --b, or --in FILE.jsonl")
-    row = {"prompt": args.prompt, "a": args.a, "b": args.b}
-    pair_of(row, "--prompt/--a/--b")
-    return [(1, row)]
+        kind, rows = read_judge_rows(args.inp)
+    elif args.response is not None or args.reference is not None:
+        if None in (args.prompt, args.response, args.reference) or args.a is not None or args.b is not None:
+            raise UserError("pointwise: give --prompt, --response and --reference (not --a/--b)")
+        rows = [(1, {"prompt": args.prompt, "response": args.response, "reference": args.reference})]
+        kind = judge_row_kind(rows[0][1], "--prompt/--response/--reference")
+    elif None in (args.prompt, args.a, args.b):
+        raise UserError("give --prompt with --a and --b (a pair) or --response and --reference (pointwise), "
+                        "or --in FILE.jsonl")
+    else:
+        rows = [(1, {"prompt": args.prompt, "a": args.a, "b": args.b})]
+        kind = judge_row_kind(rows[0][1], "--prompt/--a/--b")
+    if kind == "listwise" and (args.prob or args.structured):
+        raise UserError("--prob and --json read single judgments: they are for pair and pointwise rows, not "
+                        "listwise ones")
+    return kind, rows
 
 
 def read_principles(path: str | None) -> list[str] | None:
@@ -83,27 +94,40 @@ def read_principles(path: str | None) -> list[str] | None:
 
 
 def cmd_judge(args) -> None:
+    from rmr1_jax.inference import listwise, pointwise
     from rmr1_jax.inference.judge import judge_rows
     from rmr1_jax.inference.loading import load_judge
     from rmr1_jax.parallel.agreement import agreed
 
     principles = agreed(read_principles, args.principles)
-    rows = agreed(_judge_items, args)  # read on every process before any collective
+    kind, rows = agreed(_judge_items, args)  # read on every process before any collective
     judge = load_judge(args.ckpt, mesh_of(args), tokenizer_path=args.tokenizer, prompt_variant=args.prompt_variant,
                        system_file=args.system_file, user_file=args.user_file)
-    out = judge_rows(judge, rows, args.out, both_orders=args.both_orders, max_new_tokens=args.max_new_tokens,
-                     batch_size=args.batch_size, prob=args.prob, structured=args.structured, principles=principles)
+    kw = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "principles": principles}
+    if kind == "pointwise":
+        out = pointwise.score_rows(judge, rows, args.out, prob=args.prob, structured=args.structured, **kw)
+    elif kind == "listwise":
+        out = listwise.rank_rows(judge, rows, args.out, scheme=args.scheme, seed=args.seed, **kw)
+    else:
+        out = judge_rows(judge, rows, args.out, both_orders=args.both_orders, prob=args.prob,
+                         structured=args.structured, **kw)
     if args.out:
-        print(f"wrote {len(out)} judgments to {args.out}")
+        print(f"wrote {len(out)} {'rankings' if kind == 'listwise' else 'judgments'} to {args.out}")
         return
     for r in out:
+        if kind == "listwise":
+            print(listwise.describe(r))
+            continue
         print(r["judgment"])
-        line = f"verdict: {r['verdict']}"
-        if args.both_orders:
-            line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
-        if args.prob:
-            line += " | P(a better): " + ("none (no verdict)" if r["prob"] is None else f"{r['prob']:.3f}")
-        print(line)
+        if kind == "pointwise":
+            print(pointwise.describe(r))
+        else:
+            line = f"verdict: {r['verdict']}"
+            if args.both_orders:
+                line += f" | swapped order: {r['verdict_swapped']} (position-consistent: {r['consistent']})"
+            if args.prob:
+                line += " | P(a better): " + ("none (no verdict)" if r["prob"] is None else f"{r['prob']:.3f}")
+            print(line)
         if args.structured:
             import json
 

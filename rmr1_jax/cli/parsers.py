@@ -108,18 +108,32 @@ def _plan(sub) -> None:
 
 
 def _judge(sub) -> None:
-    j = _command(sub, "judge", "judge a pair (or a JSONL file of pairs) with a trained judge", "jobs", "cmd_judge",
+    j = _command(sub, "judge", "judge a pair, score a response against a reference, or rank responses (or a JSONL "
+                 "file of them) with a trained judge", "jobs", "cmd_judge",
                  required=("--ckpt",), epilog=PAIR_ROWS + "\n\n--out rows: the input row's fields, then "
                  "judgment, verdict (A, B or null), and with --both-orders judgment_swapped, verdict_swapped, "
                  "consistent; with --prob prob_a, prob_a_swapped (with --both-orders) and prob; with --json structured "
-                 "(and structured_swapped)")
+                 "(and structured_swapped)" + """
+
+other rows (one shape a file; each may carry "principles": ["...", ...]):
+  {"prompt": "...", "response": "...", "reference": "..."}   pointwise: the response against the reference, both
+      orders -> score (1 better than the reference, 0.5 a tie or inconsistent, 0 worse), outcome, the verdicts
+  {"prompt": "...", "responses": ["...", "...", ...]}         listwise: every pair (or a --scheme knockout
+      bracket) in both orders -> scores, ranking (indices, best first), matches (i, j, verdicts, winner)""")
     opt.ckpt(j, "the judge: Orbax checkpoint, LoRA run, or HF causal-LM directory")
     j.add_argument("--prompt", help="the client question")
     j.add_argument("--a", help="response A")
     j.add_argument("--b", help="response B")
-    opt.in_file(j, "JSONL file of pairs (instead of --prompt/--a/--b)", old="--pairs")
+    j.add_argument("--response", help="pointwise: the response to score against --reference")
+    j.add_argument("--reference", help="pointwise: the reference answer --response is judged against")
+    opt.in_file(j, "JSONL file of pairs, pointwise or listwise rows (instead of --prompt ...)", old="--pairs")
     opt.out_file(j, "write the judgments as JSONL here (default: print them)")
-    j.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped")
+    j.add_argument("--both-orders", action="store_true", help="also judge with A and B swapped (pointwise and "
+                   "listwise rows are always judged in both orders)")
+    j.add_argument("--scheme", choices=("round_robin", "knockout"), default="round_robin",
+                   help="listwise rows: every pair (n (n - 1) judgments) or a seeded knockout bracket "
+                        "(2 (n - 1)); default round_robin")
+    j.add_argument("--seed", type=int, default=0, help="listwise --scheme knockout: the brackets' seed")
     j.add_argument("--prob", action="store_true", help="also read the verdict's probability: P([[A]]) against "
                    "P([[B]]) where the judge wrote its verdict (prob_a; prob: response a better, both orders' mean)")
     j.add_argument("--principles", default=None, metavar="FILE", help="principles to judge by, one per line (e.g. "

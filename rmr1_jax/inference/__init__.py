@@ -33,6 +33,13 @@ call per round for every prompt::
                        lambda triples: [r["verdict"] for r in judge_pairs(judge, triples)])
     out.rewards, out.judge_calls, out.inconsistent_rate
 
+The same matches score one response against a reference answer and rank a list
+(:mod:`~rmr1_jax.inference.pointwise`, :mod:`~rmr1_jax.inference.listwise`; ``rmr1 judge``)::
+
+    from rmr1_jax.inference import rank_responses, score_responses
+    score_responses(judge, [{"prompt": "2+2?", "response": "4", "reference": "Four."}])[0]["score"]  # 0, 0.5, 1
+    rank_responses(judge, "Name a prime.", ["7", "8", "9"], scheme="knockout")["ranking"]           # best first
+
 The modules: :mod:`~rmr1_jax.inference.loading` (a judge with its tokenizer and template),
 :mod:`~rmr1_jax.inference.judge` (generation), :mod:`~rmr1_jax.inference.reward` (scalar reward
 models), :mod:`~rmr1_jax.inference.rules` (rule scores), :mod:`~rmr1_jax.inference.generate`
@@ -62,9 +69,11 @@ _EXPORTS = {
     "load_lm": "loading",
     "check_prompt": "rows",
     "score_groups": "group_rewards",
+    "score_responses": "pointwise",
+    "rank_responses": "listwise",
     "conversation": "rows",
 }
-_MODULES = ("generate", "group_rewards", "judge", "loading", "reward", "rows", "rules")
+_MODULES = ("generate", "group_rewards", "judge", "listwise", "loading", "pointwise", "reward", "rows", "rules")
 
 __all__ = sorted(_EXPORTS) + list(_MODULES)
 

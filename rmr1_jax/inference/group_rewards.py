@@ -51,18 +51,20 @@ class Outcome:
     winner: int | None
     inconsistent: bool = False  # the verdicts named the same position in both orders
     no_verdict: bool = False  # a judgment ended without a verdict
+    verdicts: tuple = ()  # (verdict_ij, verdict_ji) as judged, each in its own order's labels
 
 
 def match_outcome(i: int, j: int, verdict_ij: str | None, verdict_ji: str | None) -> Outcome:
     """The match of ``i`` and ``j``: ``verdict_ij`` with ``i`` at A and ``j`` at B, ``verdict_ji``
     with them swapped (each ``"A"``, ``"B"`` or None)."""
+    verdicts = (verdict_ij, verdict_ji)
     if verdict_ij not in ("A", "B") or verdict_ji not in ("A", "B"):
-        return Outcome(None, no_verdict=True)
+        return Outcome(None, no_verdict=True, verdicts=verdicts)
     first = i if verdict_ij == "A" else j
     second = j if verdict_ji == "A" else i
     if first != second:
-        return Outcome(None, inconsistent=True)
-    return Outcome(first)
+        return Outcome(None, inconsistent=True, verdicts=verdicts)
+    return Outcome(first, verdicts=verdicts)
 
 
 def points(outcome: Outcome, k: int) -> float:
@@ -135,6 +137,8 @@ class GroupRewards:
     rounds: int  # judge calls made in sequence (one batch each)
     inconsistent: int  # matches whose two verdicts named the same position
     no_verdict: int  # matches with a judgment without a verdict
+    # each group's matches ``(i, j, Outcome)`` in the order judged (i at A first, then j at A)
+    outcomes: list = dataclasses.field(default_factory=list)
 
     @property
     def inconsistent_rate(self) -> float:
@@ -195,7 +199,8 @@ def score_groups(scheme: str, prompts: Sequence[Any], responses: Sequence[Sequen
                 gr.record(results)
     outcomes = [o for gr in groups for _, _, o in gr.outcomes]
     return GroupRewards([gr.rewards for gr in groups], len(outcomes), calls, rounds,
-                        sum(o.inconsistent for o in outcomes), sum(o.no_verdict for o in outcomes))
+                        sum(o.inconsistent for o in outcomes), sum(o.no_verdict for o in outcomes),
+                        [gr.outcomes for gr in groups])
 
 
 def judge_calls(scheme: str, size: int) -> int:

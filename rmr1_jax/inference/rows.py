@@ -2,7 +2,9 @@
 ``file:line`` and what is wrong, and nothing has been scored or judged yet.
 
 * ``rmr1 judge`` (:func:`read_pairs`): ``{"prompt", "a", "b"}`` (``"response_a"`` /
-  ``"response_b"`` are read as ``"a"`` / ``"b"``);
+  ``"response_b"`` are read as ``"a"`` / ``"b"``); also, one shape a file
+  (:func:`read_judge_rows`), pointwise ``{"prompt", "response", "reference"}`` and listwise
+  ``{"prompt", "responses": [...]}`` rows;
 * ``rmr1 score-rm`` (:func:`read_score_rows`, one shape per row, :func:`row_kind`):
   ``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}`` or a preference pair as
   training reads it, ``{"prompt", "chosen", "rejected"}``;
@@ -77,6 +79,65 @@ def read_pairs(path: str) -> list[tuple[int, dict]]:
         return n, row
 
     return _rows(path, check, "no pairs to judge")
+
+
+JUDGE_SHAPES = {"pair": "{prompt, a, b}", "pointwise": "{prompt, response, reference}",
+                "listwise": "{prompt, responses: [...]}"}
+
+
+def _principles(row: dict, where: str) -> None:
+    p = row.get("principles")
+    if p is not None and not (isinstance(p, list) and p and all(isinstance(x, str) and x.strip() for x in p)):
+        raise DataError(f"{where}: 'principles' must be a non-empty list of non-empty strings")
+
+
+def judge_row_kind(row, where: str) -> str:
+    """Which ``rmr1 judge`` row ``row`` is, checked: ``"pair"`` (:func:`pair_of`),
+    ``"pointwise"`` (``{"prompt", "response", "reference"}``: one response scored against a
+    reference answer) or ``"listwise"`` (``{"prompt", "responses": [at least 2]}``); pointwise
+    and listwise rows may carry ``"principles"``, a list of strings to judge by."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, one of {', '.join(JUDGE_SHAPES.values())}")
+    has = [k for k, keys in (("listwise", ("responses",)), ("pointwise", ("response", "reference")),
+                             ("pair", ("a", "b", "response_a", "response_b"))) if any(x in row for x in keys)]
+    if len(has) > 1:
+        raise DataError(f"{where}: a row is one of {', '.join(JUDGE_SHAPES.values())}; this one mixes "
+                        f"{' and '.join(has)} fields")
+    kind = has[0] if has else "pair"
+    if kind == "pair":
+        pair_of(row, where)
+        return kind
+    _principles(row, where)
+    if kind == "pointwise":
+        for key in ("response", "reference"):
+            if not (isinstance(row.get(key), str) and row[key]):
+                why = " (a pairwise judge scores a response only against another one)" if key not in row else ""
+                raise DataError(f"{where}: a pointwise row needs a non-empty string {key!r}{why}")
+    else:
+        rs = row["responses"]
+        if not (isinstance(rs, list) and len(rs) >= 2 and all(isinstance(r, str) and r for r in rs)):
+            raise DataError(f"{where}: 'responses' must be a list of at least 2 non-empty strings")
+    if not row.get("prompt"):
+        raise DataError(f"{where}: a {kind} row needs a non-empty 'prompt'")
+    check_prompt(row["prompt"], where)
+    return kind
+
+
+def read_judge_rows(path: str) -> tuple[str, list[tuple[int, dict]]]:
+    """``(kind, [(line number, row), ...])`` of an ``rmr1 judge --in`` file: every row checked
+    by :func:`judge_row_kind`, all of one kind (the first row's); a file without rows is an error."""
+    kinds: list[tuple[int, str]] = []
+
+    def check(row, where, n):
+        kind = judge_row_kind(row, where)
+        if kinds and kind != kinds[0][1]:
+            raise DataError(f"{where}: a {kind} row in a file of {kinds[0][1]} rows (line {kinds[0][0]}); one "
+                            f"shape a file: {', '.join(f'{k} {v}' for k, v in JUDGE_SHAPES.items())}")
+        kinds.append((n, kind))
+        return n, row
+
+    rows = _rows(path, check, "nothing to judge")
+    return kinds[0][1], rows
 
 
 # ============================================================================ rmr1 score-rm
