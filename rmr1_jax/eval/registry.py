@@ -75,6 +75,11 @@ REGISTRY: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("rm-bench", "RM-Bench", "rmr1_jax.eval.benchmarks:load_rm_bench", **_PAIRWISE,
               aliases=("rmbench", "rm_bench")),
     Benchmark("rmb", "RMB", "rmr1_jax.eval.benchmarks:load_rmb", **_PAIRWISE),
+    # RMB's best-of-N items ranked listwise by a generative judge's pairwise verdicts: not official
+    Benchmark("rmb-bon", "RMB best-of-N (listwise)", "rmr1_jax.eval.rmb_listwise:load_rmb_bon",
+              runs={GENERATIVE: "rmr1_jax.eval.rmb_listwise:run_rmb_listwise"},
+              score="rmr1_jax.eval.rmb_listwise:score_results", report="rmr1_jax.eval.rmb_listwise:write_report",
+              line="rmr1_jax.eval.rmb_listwise:summary_line", unit="items", aliases=("rmb_bon", "rmb-listwise")),
 )}
 BENCHMARKS = tuple(REGISTRY)
 _NAMES = {alias: b.name for b in REGISTRY.values() for alias in (b.name, *b.aliases)}

@@ -13,7 +13,7 @@ from rmr1_jax.eval import registry
 
 
 def test_every_entry_names_functions_that_exist():
-    assert registry.BENCHMARKS == ("rewardbench", "rewardbench2", "rm-bench", "rmb")
+    assert registry.BENCHMARKS == ("rewardbench", "rewardbench2", "rm-bench", "rmb", "rmb-bon")
     for b in registry.REGISTRY.values():
         assert set(b.models) <= {registry.GENERATIVE, registry.SCALAR} and b.models
         for field in ("load", "score", "report", "line") + (("compare",) if b.compare else ()):
@@ -25,12 +25,14 @@ def test_every_entry_names_functions_that_exist():
     # a generative judge's RewardBench 2 run is pairwise, labelled not official
     assert registry.get("rewardbench2").models == (registry.SCALAR, registry.GENERATIVE)
     assert registry.get("rmb").models == (registry.GENERATIVE, registry.SCALAR)
+    # RMB's best-of-N ranked listwise by a generative judge, labelled not official
+    assert registry.get("rmb-listwise").models == (registry.GENERATIVE,)
 
 
 def test_names_and_their_spellings():
     assert registry.canonical("Reward-Bench") == "rewardbench" and registry.canonical("RM_Bench") == "rm-bench"
     assert registry.get("rewardbench2").title == "RewardBench 2"
-    with pytest.raises(DataError, match="unknown benchmark 'mtbench' .*rewardbench, rewardbench2, rm-bench, rmb"):
+    with pytest.raises(DataError, match="unknown benchmark 'mtbench' .*rewardbench, rewardbench2, rm-bench, rmb, rmb-bon"):
         registry.get("mtbench")
 
 
