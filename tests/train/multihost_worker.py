@@ -1,7 +1,8 @@
 """One process of the multi-host equality test (run by test_multihost_equality.py, not by pytest),
 in a job of one process (8 CPU devices) or of two (4 each, loopback): distillation to a
 ``max_steps`` stop, its resume to more steps, then GRPO from that checkpoint, stopped by SIGTERM
-inside a rollout (on the last process only) and resumed. Every process writes what it saw to
+inside a rollout (on the last process only) and resumed, then (when the spec has ``policy``)
+policy GRPO from the distilled checkpoint, rewarded by that checkpoint as a judge. Every process writes what it saw to
 ``<out>/result.<process>.json``; process 0 writes the final parameters of each stage (gathered
 from every process) to ``<out>/<stage>.npz``.
 
@@ -105,6 +106,8 @@ def main():
     dump_params(stage("sft_resume", "distill", spec["sft"][1]), os.path.join(out, "sft.npz"))
     stage("grpo_stop", "grpo", spec["grpo"], signal_at=spec["grpo_stop_at"])
     dump_params(stage("grpo_resume", "grpo", spec["grpo"]), os.path.join(out, "grpo.npz"))
+    if spec.get("policy"):
+        dump_params(stage("policy", "policy-grpo", spec["policy"]), os.path.join(out, "policy.npz"))
     with open(os.path.join(out, f"result.{pid}.json"), "w") as f:
         json.dump(res, f)
 

@@ -1,7 +1,9 @@
 """A multi-host job equals a single-host one: two local JAX processes with four CPU devices each
 (loopback, gloo collectives) run the jobs that one process with eight devices runs -- distillation
 stopped at ``train.max_steps`` and resumed to more steps, then GRPO from that checkpoint, stopped
-by SIGTERM inside a rollout (with a mini-batch of it still to train on) and resumed -- on the same
+by SIGTERM inside a rollout (with a mini-batch of it still to train on) and resumed, then policy GRPO
+rewarded by the distilled checkpoint as a judge (knockout brackets, each process judging its own
+samples through the judge's generation engine) -- on the same
 (data, fsdp, tensor) mesh, whose fsdp axis spans the two processes (parameters and batch rows
 are split between them). Both jobs must log the same per-step losses and metrics and end with
 the same parameters (in memory and in the checkpoints), and what a job writes once (the resolved
@@ -33,6 +35,7 @@ MESH = {"data": 1, "fsdp": 4, "tensor": 2}  # fsdp over both processes' devices,
 SFT_STOP, SFT_STEPS = 3, 6
 ROLLOUTS, UPDATES = 3, 2  # GRPO: rollout steps, updates per rollout (ppo_epochs=2)
 GRPO_STOP = 3  # SIGTERM during the first update of the second rollout: one mini-batch held
+POLICY_ROLLOUTS = 2  # policy GRPO: rollout steps, one update each
 RUNS = {"1x8": (1, 8), "2x4": (2, 4)}  # name: (processes, devices per process)
 # per-step values that are timings (or derived from them), not results
 TIMINGS = {"step_time_s", "tokens_per_s", "mfu", "rollout_tokens_per_s", "time_rollout_s", "time_reference_s",
@@ -42,7 +45,7 @@ TIMINGS = {"step_time_s", "tokens_per_s", "mfu", "rollout_tokens_per_s", "time_r
 # (the key-projection bias: softmax ignores a shift shared by every key), so Adam's normalized
 # update turns rounding noise into steps of the learning rate's size. A real divergence (other
 # rows, other samples) moves every parameter by about the learning rate (3e-3).
-RTOL = {"sft": 1e-5, "grpo": 1e-4}
+RTOL = {"sft": 1e-5, "grpo": 1e-4, "policy": 1e-4}
 PARAM_ATOL = 1e-4
 PARAM_BULK_ATOL, PARAM_BULK_FRACTION = 1e-6, 1e-3  # all but this fraction of the values within it
 # less LLVM optimization: compiles dominate the test's time (both jobs use the same flags)
@@ -80,6 +83,10 @@ def make_data(root):
     synthetic.write_traces_jsonl(paths["sft_train"], traces[:32])
     synthetic.write_traces_jsonl(paths["sft_eval"], traces[32:38])
     synthetic.write_pairs_jsonl(paths["grpo_train"], pairs[:2])
+    paths["policy_train"] = str(root / "policy_prompts.jsonl")
+    with open(paths["policy_train"], "w") as f:
+        for p in pairs[2:4]:
+            f.write(json.dumps({"prompt": p.prompt[-1]["content"], "answer": p.chosen[-1]["content"]}) + "\n")
     texts = [m["content"] for ex in traces for m in ex.messages] + [ex.target for ex in traces]
     train_sentencepiece(texts, str(root / "tok"), vocab_size=400)
     return root, paths, str(root / "tok"), files
@@ -122,7 +129,16 @@ def _job_spec(root, name, paths, tok_dir, files):
                   "log_every": 1},
         "checkpoint": {"save_every": 1000, "keep": 3},
     }
+    # the policy: the distilled model, rewarded by the same checkpoint as a judge (its prompt files
+    # from its run config); a knockout's ties (a tiny judge seldom writes a verdict) go by a coin
+    # keyed by the prompt, so the rewards vary within a group and agree across process counts
+    policy = {**grpo, "data": {"train": [paths["policy_train"]]},
+              "grpo": {**grpo["grpo"], "ppo_epochs": 1, "rollout_steps": POLICY_ROLLOUTS},
+              "policy_reward": {"kind": "judge", "ckpt": os.path.join(sft_dir, "checkpoints"), "scheme": "knockout",
+                                "max_new_tokens": 6, "batch_size": 8, "check": "oracle", "check_weight": 0.5},
+              "train": {**grpo["train"], "run_dir": str(base / "policy")}}
     spec = {"sft": [write("sft.yaml", sft), write("sft_resume.yaml", sft_resume)], "grpo": write("grpo.yaml", grpo),
+            "policy": write("policy.yaml", policy),
             "grpo_stop_at": GRPO_STOP, "out": str(base), "compilation_cache": str(base / "jax-cache")}
     with open(base / "spec.json", "w") as f:
         json.dump(spec, f)
@@ -186,14 +202,15 @@ def test_both_jobs_ran_as_planned(runs):
             assert st["grpo_resume"]["step"] == ROLLOUTS * UPDATES and not st["grpo_resume"]["stopped"]
             assert len(st["grpo_resume"]["resumed"]) == 1
             assert st["grpo_resume"]["resumed"][0].endswith(f"at step {GRPO_STOP}")
+            assert st["policy"]["step"] == POLICY_ROLLOUTS and not st["policy"]["stopped"]
 
 
 @multihost
-@pytest.mark.parametrize("stage", ["sft", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "grpo", "policy"])
 def test_same_losses_and_metrics(runs, stage):
     root, _ = runs
     one, two = (_rows(root / name / stage / "metrics.jsonl") for name in RUNS)
-    want_train = list(range(1, (SFT_STEPS if stage == "sft" else ROLLOUTS * UPDATES) + 1))
+    want_train = list(range(1, {"sft": SFT_STEPS, "grpo": ROLLOUTS * UPDATES, "policy": POLICY_ROLLOUTS}[stage] + 1))
     assert [r["step"] for r in one if r["split"] == "train"] == want_train
     assert [(r["step"], r["split"]) for r in one] == [(r["step"], r["split"]) for r in two]
     worst = {}
@@ -210,10 +227,12 @@ def test_same_losses_and_metrics(runs, stage):
         assert len([r for r in one if r["split"] == "eval"]) == 2  # at the stop and at the end
     else:  # the rewards vary, so the advantages and the clipped loss are not all zero
         assert any(r["zero_advantage_rate"] < 1 for r in one if "zero_advantage_rate" in r)
+    if stage == "policy":  # the judge ran on both jobs: a knockout of 4 is 3 matches, 6 judgments a prompt
+        assert [r["judge_calls_per_prompt"] for r in one if "judge_calls_per_prompt" in r] == [6.0] * POLICY_ROLLOUTS
 
 
 @multihost
-@pytest.mark.parametrize("stage", ["sft", "grpo"])
+@pytest.mark.parametrize("stage", ["sft", "grpo", "policy"])
 def test_same_final_parameters(runs, stage):
     """In memory (gathered by the worker) and as saved in the last checkpoint."""
     root, _ = runs
@@ -224,9 +243,10 @@ def test_same_final_parameters(runs, stage):
     print(f"\n{stage}: max |param difference| in memory: {diffs.max():.3g} (fraction over {PARAM_BULK_ATOL:g}: "
           f"{loose:.2g} of {diffs.size})")
     assert diffs.max() <= PARAM_ATOL and loose <= PARAM_BULK_FRACTION
-    start = _npz(root / "2x4" / "sft.npz") if stage == "grpo" else None
+    start = _npz(root / "2x4" / "sft.npz") if stage != "sft" else None
     if start is not None:  # GRPO moved the parameters (by far more than the two jobs differ)
-        assert max(float(np.max(np.abs(two[k] - start[k]))) for k in two) > 100 * PARAM_ATOL
+        moved = max(float(np.max(np.abs(two[k] - start[k]))) for k in two)
+        assert moved > (100 if stage == "grpo" else 20) * PARAM_ATOL  # policy: 2 updates, grpo: 6
 
     import jax
 

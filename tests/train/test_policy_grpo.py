@@ -1,9 +1,11 @@
 """``rmr1 policy-grpo``: a policy's GRPO with a trained judge or reward model as its reward.
 
 The rewards against hand-worked groups (the checks, a judge's round robin with the check mixed
-in), a reward model's reward against transformers' score of the same conversation, and a whole
-run through the CLI with a (random) judge on the job's mesh: the judge's calls per prompt, the
-time split, the held-out accuracy, a checkpoint, and a bad row named with its file and line."""
+in, a judge at chance), a reward model's reward against transformers' score of the same
+conversation, and a whole run through the CLI with a (random) judge on the job's mesh: the
+judge's calls per prompt, the time split, the held-out accuracy, a resume from a SIGTERM inside
+a rollout equal bit for bit to the uninterrupted run, and a bad row named with its file and
+line. (Two processes against one: tests/train/test_multihost_equality.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -163,7 +166,7 @@ def test_policy_grpo_runs_with_a_judge_on_the_jobs_mesh(tmp_path, monkeypatch, c
            "sampling": {"max_slots": 16, "page_size": 8},
            "policy_reward": {"kind": "judge", "ckpt": judge, "scheme": "knockout", "max_new_tokens": 4,
                              "batch_size": 16, "check_weight": 1.0},
-           "train": {"run_dir": str(tmp_path / "run"), "log_every": 1},
+           "train": {"run_dir": str(tmp_path / "run"), "log_every": 1, "progress": False},
            "checkpoint": {"save_every": 2}}
     (tmp_path / "policy.yaml").write_text(json.dumps(cfg))
     monkeypatch.chdir(tmp_path)
@@ -178,9 +181,35 @@ def test_policy_grpo_runs_with_a_judge_on_the_jobs_mesh(tmp_path, monkeypatch, c
         assert r["time_reward_s"] > 0 and r["time_rollout_s"] > 0 and "time_update_s" in r
         assert 0.0 <= r["check_accuracy"] <= 1.0
     assert any("accuracy" in r and "truncated_rate" in r and "time_reward_s" not in r for r in rows)
-    assert os.path.isdir(tmp_path / "run" / "checkpoints")
+
+    # stopped by SIGTERM inside the first rollout (one of its two mini-batches trained) and
+    # resumed: bit for bit the parameters the uninterrupted run saved at its end
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from sigterm_hook import sigterm_at_step
+
+    from rmr1_jax.checkpoint.loading import load_model
+    from rmr1_jax.parallel import make_mesh
+    from rmr1_jax.train.runner import load_config, run
+
+    cfg["train"]["run_dir"] = str(tmp_path / "stopped")
+    (tmp_path / "stopped.yaml").write_text(json.dumps(cfg))
+    remove = sigterm_at_step(1)
+    try:
+        stopped = run(load_config("policy-grpo", "stopped.yaml"), "policy-grpo", log=lambda *_: None).result
+    finally:
+        remove()
+    assert stopped.stopped_early and stopped.step == 1
+    logs = []
+    resumed = run(load_config("policy-grpo", "stopped.yaml"), "policy-grpo", log=logs.append)
+    assert resumed.result.step == 4 and any("resumed from" in line and "at step 1" in line for line in logs)
+    _, straight = load_model(str(tmp_path / "run" / "checkpoints"), "lm", kind="orbax", mesh=make_mesh())
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
     # a row without a prompt: one line naming the file and line, non-zero exit
+    capsys.readouterr()
     with open(tmp_path / "train.jsonl", "a") as f:
         f.write(json.dumps({"answer": "3"}) + "\n")
     cfg["train"]["run_dir"] = str(tmp_path / "run2")
