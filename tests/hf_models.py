@@ -196,3 +196,21 @@ def make_chatml_qwen2(path, *, seed=0):
     for name in os.listdir(CHATML):
         shutil.copy(os.path.join(CHATML, name), path)
     return model, theirs
+
+
+def make_chatml_scalar_qwen2(path, *, seed=1):
+    """A random tiny Qwen2ForSequenceClassification (one label) for the ChatML tokenizer fixture,
+    saved with the tokenizer's files to ``path``. Returns (the torch model, transformers'
+    tokenizer)."""
+    import shutil
+
+    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
+    cfg = qwen2_config(vocab_size=len(theirs))
+    cfg.num_labels, cfg.pad_token_id = 1, theirs.pad_token_id or 0
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForSequenceClassification(cfg).eval()
+    randomize(model, seed)
+    model.save_pretrained(path)
+    for name in os.listdir(CHATML):
+        shutil.copy(os.path.join(CHATML, name), path)
+    return model, theirs

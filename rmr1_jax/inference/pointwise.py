@@ -93,15 +93,9 @@ def score_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = N
     :func:`~rmr1_jax.inference.rows.read_judge_rows` gives them): :func:`score_responses` (the
     same keywords), one output row per input row (its fields, ``line``, then the scores),
     written to ``out_path`` as JSONL by process 0 when given."""
-    from rmr1_jax.data.readers import write_jsonl
-    from rmr1_jax.parallel.agreement import on_process_zero
+    from rmr1_jax.inference.rows import output_rows
 
-    got = score_responses(judge, [row for _, row in rows], **kw)
-    out = [{**{k: v for k, v in row.items() if k not in OUTPUT_FIELDS}, "line": n, **g}
-           for (n, row), g in zip(rows, got)]
-    if out_path:
-        on_process_zero(write_jsonl, out_path, out, share=False)
-    return out
+    return output_rows(rows, score_responses(judge, [row for _, row in rows], **kw), OUTPUT_FIELDS, out_path)
 
 
 def describe(row: dict) -> str:

@@ -18,6 +18,8 @@ row plus what the model adds. Files are read by :func:`rmr1_jax.data.readers.rea
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from rmr1_jax.data.readers import read_rows
 from rmr1_jax.errors import DataError
 
@@ -89,6 +91,20 @@ def _principles(row: dict, where: str) -> None:
     p = row.get("principles")
     if p is not None and not (isinstance(p, list) and p and all(isinstance(x, str) and x.strip() for x in p)):
         raise DataError(f"{where}: 'principles' must be a non-empty list of non-empty strings")
+
+
+def output_rows(rows: Sequence[tuple[int, dict]], results: Sequence[dict], fields: Sequence[str],
+                out_path: str | None = None) -> list[dict]:
+    """One output row per input row ``(line, row)``: its fields (but ``fields``, which the
+    result replaces), ``line``, then its result; written to ``out_path`` as JSONL by process 0
+    when given."""
+    from rmr1_jax.data.readers import write_jsonl
+    from rmr1_jax.parallel.agreement import on_process_zero
+
+    out = [{**{k: v for k, v in row.items() if k not in fields}, "line": n, **r} for (n, row), r in zip(rows, results)]
+    if out_path:
+        on_process_zero(write_jsonl, out_path, out, share=False)
+    return out
 
 
 def judge_row_kind(row, where: str) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
-import shutil
 import socket
 import threading
 import time
@@ -57,11 +56,6 @@ class Server:
         self._thread.join(10)
 
 
-def _copy_tokenizer(d):
-    for name in os.listdir(CHATML):
-        shutil.copy(os.path.join(CHATML, name), d)
-
-
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory):
     """(server, batcher, torch LM, transformers tokenizer) of a judge."""
@@ -78,14 +72,7 @@ def judge(tmp_path_factory):
 @pytest.fixture(scope="module")
 def scalar(tmp_path_factory):
     d = str(tmp_path_factory.mktemp("serve") / "rm")
-    theirs = transformers.AutoTokenizer.from_pretrained(CHATML)
-    cfg = hf_models.qwen2_config(vocab_size=len(theirs))
-    cfg.num_labels, cfg.pad_token_id = 1, theirs.pad_token_id or 0
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForSequenceClassification(cfg).eval()
-    hf_models.randomize(model, 1)
-    model.save_pretrained(d)
-    _copy_tokenizer(d)
+    model, theirs = hf_models.make_chatml_scalar_qwen2(d)
     backend = Backend(d, make_mesh(), batch_size=8)
     batcher = Batcher(backend.run, max_batch=8, max_queue=64)
     server = Server(make_app(backend, batcher, name="rm", max_units=8))

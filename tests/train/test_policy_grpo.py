@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from tests import hf_models
 from rmr1_jax.errors import DataError
@@ -110,15 +108,7 @@ def test_the_reference_scheme_needs_references(monkeypatch):
 def chatml_rm(tmp_path_factory):
     """A random Qwen2ForSequenceClassification saved with the ChatML tokenizer fixture."""
     d = str(tmp_path_factory.mktemp("policy") / "rm")
-    theirs = transformers.AutoTokenizer.from_pretrained(hf_models.CHATML)
-    cfg = hf_models.qwen2_config(vocab_size=len(theirs))
-    cfg.num_labels, cfg.pad_token_id = 1, theirs.pad_token_id or 0
-    torch.manual_seed(0)
-    model = transformers.Qwen2ForSequenceClassification(cfg).eval()
-    hf_models.randomize(model, 1)
-    model.save_pretrained(d)
-    for name in os.listdir(hf_models.CHATML):
-        shutil.copy(os.path.join(hf_models.CHATML, name), d)
+    model, theirs = hf_models.make_chatml_scalar_qwen2(d)
     return d, model, theirs
 
 
