@@ -214,9 +214,13 @@ class PolicyReward:
                               references=[t.reference for t in targets] if spec.scheme == "reference" else None,
                               seed=spec.seed, group_keys=[_content_key(t.prompt) for t in targets])
         free_kv_pool(getattr(judge, "sampler", None))  # the log-prob passes and updates that follow need the memory
+        import jax
+
         matches = float(groups.matches)
         return np.concatenate(groups.rewards).astype(np.float32), {
             "judge_calls_per_prompt": (float(groups.judge_calls), float(len(targets))),
+            # summed over processes: every process's calls over 1 (each process adds 1 / P)
+            "judge_calls_per_step": (float(groups.judge_calls), 1.0 / jax.process_count()),
             "judge_inconsistent_rate": (float(groups.inconsistent), matches),
             "judge_no_verdict_rate": (float(groups.no_verdict), matches)}
 

@@ -229,6 +229,7 @@ def test_same_losses_and_metrics(runs, stage):
         assert any(r["zero_advantage_rate"] < 1 for r in one if "zero_advantage_rate" in r)
     if stage == "policy":  # the judge ran on both jobs: a knockout of 4 is 3 matches, 6 judgments a prompt
         assert [r["judge_calls_per_prompt"] for r in one if "judge_calls_per_prompt" in r] == [6.0] * POLICY_ROLLOUTS
+        assert [r["judge_calls_per_step"] for r in two if "judge_calls_per_step" in r] == [12.0] * POLICY_ROLLOUTS
 
 
 @multihost

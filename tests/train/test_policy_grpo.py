@@ -75,7 +75,7 @@ def test_a_judges_round_robin_with_the_check_mixed_in(monkeypatch):
     np.testing.assert_allclose(rewards, [0.0, 1.0, 0.5 + 0.5, 0.75, 0.5, 0.25])
     assert calls == [12]  # one round: 3 matches a group, both orders, both groups in one call
     assert counts["check_accuracy"] == (1.0, 3.0)  # only group 1's rows have an answer
-    assert counts["judge_calls_per_prompt"] == (12.0, 2.0)
+    assert counts["judge_calls_per_prompt"] == (12.0, 2.0) and counts["judge_calls_per_step"] == (12.0, 1.0)
     assert counts["judge_no_verdict_rate"] == (2.0, 6.0)
     assert counts["judge_inconsistent_rate"] == (0.0, 6.0)
 
@@ -168,6 +168,7 @@ def test_policy_grpo_runs_with_a_judge_on_the_jobs_mesh(tmp_path, monkeypatch, c
     assert len(train) == 2  # one rollout step each, both judged (the judge's weights survived the updates)
     for r in train:
         assert r["judge_calls_per_prompt"] == 6.0  # knockout of 4: 3 matches, both orders
+        assert r["judge_calls_per_step"] == 24.0  # 4 prompts
         assert r["time_reward_s"] > 0 and r["time_rollout_s"] > 0 and "time_update_s" in r
         assert 0.0 <= r["check_accuracy"] <= 1.0
     assert any("accuracy" in r and "truncated_rate" in r and "time_reward_s" not in r for r in rows)
