@@ -19,6 +19,11 @@ The schemes (``SCHEMES``):
   the sample got through, ``(round reached - 1) / R``: 1 for the winner, 0 for a first-round
   loser. ``G - 1`` matches, ``2 (G - 1)`` judge calls, in ``R`` rounds.
 
+With verdict probabilities (``judge_fn`` returning ``(verdict, P([[A]]))``; see
+:mod:`rmr1_jax.inference.verdict_prob`) a match is soft: a side's points are the probability
+that it is the better one, its mean over the two orders, so ties give way to degrees; a
+knockout advances the side above 1/2.
+
 A scalar reward model needs none of this: its score is the reward, and GRPO normalizes it
 within the group as it does any reward.
 
@@ -46,18 +51,34 @@ WIN, TIE, LOSS = 1.0, 0.5, 0.0
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """A match's result from its two verdicts: ``winner`` (a sample index, :data:`REFERENCE`, or
-    None for a tie), and why a tie is one."""
+    None for a tie), and why a tie is one. With verdict probabilities, ``prob_first``: the
+    probability that ``first`` (the side shown at A first) is the better one."""
 
     winner: int | None
     inconsistent: bool = False  # the verdicts named the same position in both orders
     no_verdict: bool = False  # a judgment ended without a verdict
     verdicts: tuple = ()  # (verdict_ij, verdict_ji) as judged, each in its own order's labels
+    first: int | None = None
+    prob_first: float | None = None
 
 
-def match_outcome(i: int, j: int, verdict_ij: str | None, verdict_ji: str | None) -> Outcome:
+def match_outcome(i: int, j: int, verdict_ij: str | None, verdict_ji: str | None,
+                  prob_ij: float | None = None, prob_ji: float | None = None) -> Outcome:
     """The match of ``i`` and ``j``: ``verdict_ij`` with ``i`` at A and ``j`` at B, ``verdict_ji``
-    with them swapped (each ``"A"``, ``"B"`` or None)."""
+    with them swapped (each ``"A"``, ``"B"`` or None).
+
+    With the verdict probabilities ``prob_ij`` and ``prob_ji`` (P([[A]]) where each judgment wrote
+    its verdict; None where it wrote none), the match is soft: ``i`` is the better one with
+    probability the mean over the orders that have one (``prob_ij`` and ``1 - prob_ji``), and wins
+    when that is above 1/2 (exactly 1/2, or no probability at all: a tie). The inconsistent and
+    no-verdict flags still report the letters."""
     verdicts = (verdict_ij, verdict_ji)
+    if prob_ij is not None or prob_ji is not None:
+        ps = [p for p in (prob_ij, None if prob_ji is None else 1.0 - prob_ji) if p is not None]
+        p = sum(ps) / len(ps)
+        letters = match_outcome(i, j, verdict_ij, verdict_ji)
+        winner = i if p > 0.5 else j if p < 0.5 else None
+        return dataclasses.replace(letters, winner=winner, first=i, prob_first=p)
     if verdict_ij not in ("A", "B") or verdict_ji not in ("A", "B"):
         return Outcome(None, no_verdict=True, verdicts=verdicts)
     first = i if verdict_ij == "A" else j
@@ -68,7 +89,10 @@ def match_outcome(i: int, j: int, verdict_ij: str | None, verdict_ji: str | None
 
 
 def points(outcome: Outcome, k: int) -> float:
-    """What the match gave ``k``, one of its two sides."""
+    """What the match gave ``k``, one of its two sides: 1, 1/2 or 0 by the verdicts, or with
+    verdict probabilities the probability that ``k`` is the better one."""
+    if outcome.prob_first is not None:
+        return outcome.prob_first if k == outcome.first else 1.0 - outcome.prob_first
     return TIE if outcome.winner is None else WIN if outcome.winner == k else LOSS
 
 
@@ -161,9 +185,10 @@ def score_groups(scheme: str, prompts: Sequence[Any], responses: Sequence[Sequen
                  references: Sequence[str] | None = None, seed: int = 0,
                  group_keys: Sequence[int] | None = None) -> GroupRewards:
     """Rewards for each prompt's responses under ``scheme``. ``judge_fn`` takes (prompt,
-    response_a, response_b) triples and returns a verdict for each (``"A"``, ``"B"`` or None);
-    it is called once per round with every group's matches, each match as two triples in a row
-    (the second with A and B swapped). ``references``: one per prompt (the reference scheme).
+    response_a, response_b) triples and returns a verdict for each (``"A"``, ``"B"`` or None),
+    or ``(verdict, P([[A]]))`` pairs for soft matches (:func:`match_outcome`); it is called once
+    per round with every group's matches, each match as two triples in a row (the second with A
+    and B swapped). ``references``: one per prompt (the reference scheme).
     ``seed``: the knockout brackets (group ``g`` draws from ``(seed, g)``, or ``(seed,
     group_keys[g])`` when given: a key that does not depend on where the group sits in the
     call, so that groups split over processes draw what one process would)."""
@@ -186,14 +211,15 @@ def score_groups(scheme: str, prompts: Sequence[Any], responses: Sequence[Sequen
         for g, gr in enumerate(groups):
             for i, j in gr.pending:
                 triples += [(prompts[g], text(g, i), text(g, j)), (prompts[g], text(g, j), text(g, i))]
-        verdicts = list(judge_fn(triples))
+        verdicts = [v if isinstance(v, tuple) else (v, None) for v in judge_fn(triples)]
         if len(verdicts) != len(triples):
             raise ValueError(f"judge_fn returned {len(verdicts)} verdicts for {len(triples)} judgments")
         rounds, calls, at = rounds + 1, calls + len(triples), 0
         for gr in groups:
             results = []
             for i, j in gr.pending:
-                results.append(match_outcome(i, j, verdicts[at], verdicts[at + 1]))
+                (v_ij, p_ij), (v_ji, p_ji) = verdicts[at], verdicts[at + 1]
+                results.append(match_outcome(i, j, v_ij, v_ji, p_ij, p_ji))
                 at += 2
             if gr.pending:
                 gr.record(results)

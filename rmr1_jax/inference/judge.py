@@ -214,7 +214,8 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
         from rmr1_jax.inference.verdict_prob import both_orders_probability, verdict_probabilities
 
         ps = verdict_probabilities(judge.model, judge.params, tok, prompts, [j.text for j in js],
-                                   opened=prompts_open_thinking(tok, prompts), batch_size=batch_size)
+                                   opened=prompts_open_thinking(tok, prompts), batch_size=batch_size,
+                                   mesh=getattr(judge, "mesh", None), shared=shared)
         fwd_p, swp_p = (ps[0::2], ps[1::2]) if both_orders else (ps, [None] * len(ps))
         for r, pa, pb in zip(out, fwd_p, swp_p):
             r["prob_a"] = pa

@@ -31,14 +31,27 @@ def _bucket(n: int, step: int = 64) -> int:
     return -(-n // step) * step
 
 
+_FORWARDS: dict = {}  # id(model) -> (model, its compiled log-prob forward): compiled once per judge
+
+
+def _forward(model):
+    from rmr1_jax.models.logprobs import response_logprobs
+
+    if id(model) not in _FORWARDS:
+        _FORWARDS[id(model)] = (model, jax.jit(
+            lambda prm, ids, mask: response_logprobs(model, prm, {"input_ids": ids, "attention_mask": mask})))
+    return _FORWARDS[id(model)][1]
+
+
 def verdict_probabilities(model, params, tokenizer, prompt_ids: Sequence[Sequence[int]], judgments: Sequence[str],
-                          *, opened: Sequence[bool] | None = None, batch_size: int = 16) -> list[float | None]:
+                          *, opened: Sequence[bool] | None = None, batch_size: int = 16, mesh=None,
+                          shared: bool = True) -> list[float | None]:
     """P(A) for each judgment (generated after its tokenized prompt), None where it has no
     verdict. ``opened``: per prompt, whether it opened a thinking section (see
     :func:`~rmr1_jax.inference.judge.prompts_open_thinking`). ``batch_size`` judgments (two rows
-    each) per forward."""
-    from rmr1_jax.models.logprobs import response_logprobs
-
+    each) per forward. In a multi-process job, ``shared``: every process passes the same
+    judgments; ``shared=False`` (with the ``mesh`` the parameters live on): each passes its own,
+    the forwards' count and widths are agreed and each process's rows go to its own devices."""
     opened = opened if opened is not None else [False] * len(judgments)
     rows, spans, where = [], [], []
     for i, (p, text, o) in enumerate(zip(prompt_ids, judgments, opened)):
@@ -51,20 +64,33 @@ def verdict_probabilities(model, params, tokenizer, prompt_ids: Sequence[Sequenc
         spans += [(d, len(a)), (d, len(b))]
         where.append(i)
     out: list[float | None] = [None] * len(judgments)
-    if not rows:
+    own = not shared and jax.process_count() > 1
+    if not rows and not own:
         return out
-    fwd = jax.jit(lambda prm, ids, mask: response_logprobs(model, prm, {"input_ids": ids, "attention_mask": mask}))
-    step = 2 * batch_size
+    fwd, step = _forward(model), 2 * batch_size
+    starts = list(range(0, len(rows), step))
+    widths = [_bucket(max(map(len, rows[s:s + step]))) for s in starts]
+    if own:  # every process runs as many forwards, of the same widths, whatever rows it holds
+        from rmr1_jax.parallel.hostlocal import agree_max
+
+        count = int(agree_max([len(starts)])[0])
+        widths = [int(w) for w in agree_max(widths + [1] * (count - len(starts)))]
+        starts += [len(rows)] * (count - len(starts))
     lps = []
-    for s in range(0, len(rows), step):
+    for s, width in zip(starts, widths):
         chunk = rows[s:s + step]
-        width = _bucket(max(map(len, chunk)))
         ids = np.zeros((step, width), np.int32)
         mask = np.zeros((step, width), np.int32)
         for k, r in enumerate(chunk):
             ids[k, :len(r)], mask[k, :len(r)] = r, 1
         mask[len(chunk):, 0] = 1  # padding rows: one attended token
-        logp = np.asarray(fwd(params, ids, mask), np.float64)
+        if own:
+            from rmr1_jax.parallel.hostlocal import fetch, process_rows, to_global
+
+            g = to_global({"ids": ids, "mask": mask}, mesh)
+            logp = np.asarray(fetch(fwd(params, g["ids"], g["mask"]))[process_rows(g["ids"])], np.float64)
+        else:
+            logp = np.asarray(fwd(params, ids, mask), np.float64)
         for k, (d, n) in enumerate(spans[s:s + step]):
             lps.append(logp[k, d - 1:n - 1].sum())  # position t scores token t + 1
     for j, i in enumerate(where):

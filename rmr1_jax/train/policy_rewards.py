@@ -9,7 +9,10 @@ with the check mixed in.
   :mod:`rmr1_jax.inference.group_rewards` (``reference``: each sample against the row's
   ``reference`` answer; ``round_robin``; ``knockout``), every match judged in both A/B orders,
   a position-inconsistent match a tie. Each round's matches of the whole rollout step go to the
-  judge's generation engine in one call (each process judges its own samples).
+  judge's generation engine in one call (each process judges its own samples). With
+  ``verdict: prob`` a match is soft: each side earns the probability that it is the better one
+  (P([[A]]) against P([[B]]) where each judgment wrote its verdict, read in one teacher-forced
+  pass, averaged over the two orders), so a reward separates samples a tie would lump together.
 * ``scalar``: a Bradley-Terry reward model's score of the conversation (the prompt, then the
   sample as the assistant's reply).
 * ``check``: no model: 1 when the sample's answer passes the check against the row's
@@ -52,6 +55,9 @@ class PolicyRewardSpec:
     ckpt: str | None = path_field()  # the judge or reward model: an HF directory or an Orbax checkpoint
     tokenizer: str | None = path_field()  # its tokenizer files, when not the checkpoint's own
     scheme: Literal["reference", "round_robin", "knockout"] = "reference"  # a judge's pairwise scheme
+    # a judge's match: "letter" (1 win, 1/2 tie, 0 loss by the two verdicts) or "prob" (the
+    # probability each side is the better one, read at the verdicts in one teacher-forced pass)
+    verdict: Literal["letter", "prob"] = "letter"
     # the judge's generation: greedy, at most this many tokens a judgment, this many sequences
     # decoding at once per data-parallel shard (a reward model: rows per forward)
     max_new_tokens: int = 512
@@ -70,6 +76,8 @@ class PolicyRewardSpec:
         if self.kind in ("judge", "scalar") and not self.ckpt:
             raise ConfigError(f"{where}: policy_reward.kind={self.kind} needs policy_reward.ckpt (the "
                               f"{'judge' if self.kind == 'judge' else 'reward model'} checkpoint)")
+        if self.verdict not in ("letter", "prob"):
+            raise ConfigError(f"{where}: policy_reward.verdict={self.verdict!r} is not 'letter' or 'prob'")
         if self.check not in CHECKS:
             raise ConfigError(f"{where}: policy_reward.check={self.check!r} is not one of {list(CHECKS)}")
         for name in ("max_new_tokens", "batch_size"):
@@ -205,9 +213,10 @@ class PolicyReward:
         def judge_fn(triples):
             if spec.kind == "chance":
                 return [coin_verdict(spec.seed, t) for t in triples]
+            prob = spec.verdict == "prob"
             rows = judge_pairs(judge, triples, max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size,
-                               shared=False)
-            return [r["verdict"] for r in rows]
+                               shared=False, prob=prob)
+            return [(r["verdict"], r["prob_a"]) if prob else r["verdict"] for r in rows]
 
         groups = score_groups(spec.scheme, [t.prompt for t in targets],
                               [texts[g * n:(g + 1) * n] for g in range(len(targets))], judge_fn,

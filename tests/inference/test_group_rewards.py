@@ -100,6 +100,26 @@ def test_knockout_ties_advance_one_side_and_are_counted():
     assert len(brackets) > 1  # the seed draws the bracket (and the coin of a tie)
 
 
+def test_soft_matches_pay_the_probability_of_being_the_better_one():
+    # i at A first: P(A) = 0.8; swapped (j at A): P(A) = 0.3, so P(i better) there is 0.7
+    o = match_outcome(0, 1, "A", "B", 0.8, 0.3)
+    assert o.winner == 0 and not o.inconsistent and points(o, 0) == pytest.approx(0.75)
+    assert points(o, 1) == pytest.approx(0.25)
+    # the letters disagree on the position (A both times) but the probabilities still rank them
+    o = match_outcome(0, 1, "A", "A", 0.9, 0.6)
+    assert o.inconsistent and o.winner == 0 and points(o, 0) == pytest.approx(0.65)
+    # one order without a verdict: the other order's probability alone; none: a tie
+    o = match_outcome(0, 1, "B", None, 0.2, None)
+    assert o.no_verdict and o.winner == 1 and points(o, 1) == pytest.approx(0.8)
+    assert match_outcome(0, 1, "A", "B", 0.5, 0.5).winner is None  # exactly 1/2: a tie
+    # round robin of three with soft matches: each reward is the mean probability over its matches
+    p_a = {("x", "y"): 0.9, ("y", "x"): 0.2, ("x", "z"): 0.6, ("z", "x"): 0.6, ("y", "z"): 0.3, ("z", "y"): 0.5}
+    out = score_groups("round_robin", ["q"], [["x", "y", "z"]],
+                       lambda triples: [("A" if p_a[(a, b)] > 0.5 else "B", p_a[(a, b)]) for _, a, b in triples])
+    x_y, x_z, y_z = (0.9 + 0.8) / 2, (0.6 + 0.4) / 2, (0.3 + 0.5) / 2
+    np.testing.assert_allclose(out.rewards[0], [(x_y + x_z) / 2, (1 - x_y + y_z) / 2, (1 - x_z + 1 - y_z) / 2])
+
+
 def test_a_group_key_draws_the_same_bracket_wherever_the_group_sits():
     """Groups split over processes (each process scoring its own) must draw what one process
     scoring all of them draws: keyed brackets do, index-keyed ones need not."""

@@ -81,6 +81,18 @@ def placement_free_case(hf_dir) -> dict:
         def decode(self, ids, skip_special_tokens=True):
             return " ".join(map(str, ids))
 
+        def encode(self, text):  # one id per character (the verdict probabilities' continuations)
+            return [ord(c) % (vocab - 1) + 1 for c in text]
+
+    # verdict probabilities of this process's judgments, each process its own (shared=False):
+    # process 0's block has three verdicts, process 1's one, so their forward counts differ
+    # unless agreed (batch_size 1: one judgment, two rows, a forward)
+    from rmr1_jax.inference.verdict_prob import verdict_probabilities
+
+    texts = [f"ok <answer>[[{'AB'[i % 2]}]]</answer>" if i in (0, 1, 3, 6) else "no verdict" for i in range(PROMPTS)]
+    out["verdict_probs"] = verdict_probabilities(model, params, Tok(), mine, texts[pid * k:(pid + 1) * k],
+                                                 batch_size=1, mesh=mesh, shared=False)
+
     # the rollout step: 8 prompts (one sampler call of the same shapes as above), 2 updates of 4
     recs = [{"input_ids": np.asarray(p, np.int32), "winner": "A"} for p in prompts]
     spec = GRPOSpec(n=2, max_prompt_tokens=16, max_response_tokens=MAX_NEW, prompts_per_step=PROMPTS,

@@ -91,6 +91,11 @@ def test_two_processes_load_run_and_export(tmp_path):
         assert two[0][key] + two[1][key] == reference[key], key
     for key in ("greedy_logprobs", "sampled_logprobs", "engine_greedy_logprobs", "engine_sampled_logprobs"):
         np.testing.assert_allclose(two[0][key] + two[1][key], reference[key], atol=1e-5, err_msg=key)
+    # verdict probabilities of each process's own judgments (uneven: 3 and 1 with a verdict)
+    probs = [np.nan if p is None else p for p in two[0]["verdict_probs"] + two[1]["verdict_probs"]]
+    want = [np.nan if p is None else p for p in reference["verdict_probs"]]
+    assert np.isnan(want).sum() == 4 and 0 < np.nanmin(want) < np.nanmax(want) < 1
+    np.testing.assert_allclose(probs, want, atol=1e-5)
     for kind in ("greedy", "sampled"):
         assert reference[f"engine_{kind}_tokens"] == reference[f"{kind}_tokens"], kind
         np.testing.assert_allclose(reference[f"engine_{kind}_logprobs"], reference[f"{kind}_logprobs"], atol=1e-5)

@@ -94,6 +94,25 @@ def test_a_judge_at_chance_flips_a_coin_per_judgment():
     assert abs(rewards.mean() - 0.5) < 1e-6  # every match gives out one point in all
 
 
+def test_a_judges_verdict_probabilities_make_soft_rewards(monkeypatch):
+    seen = {}
+
+    def judge_pairs(judge, triples, **kw):  # P(A) = 0.9 when the longer response is at A, else 0.3
+        seen.update(kw)
+        return [{"verdict": "A" if len(a) > len(b) else "B", "prob_a": 0.9 if len(a) > len(b) else 0.3}
+                for _, a, b in triples]
+
+    import rmr1_jax.inference.judge as judge_mod
+
+    monkeypatch.setattr(judge_mod, "judge_pairs", judge_pairs)
+    spec = PolicyRewardSpec(kind="judge", ckpt="unused", scheme="reference", verdict="prob")
+    rewards, _ = PolicyReward(spec, n=2, scorer=object())(
+        [PolicyTarget([{"role": "user", "content": "q"}], "four", None)], ["longer one", "no"], [True] * 2, [False])
+    assert seen["prob"] is True
+    # against the reference: at A then at B; P(sample better) = mean(P(A) first, 1 - P(A) swapped)
+    np.testing.assert_allclose(rewards, [(0.9 + (1 - 0.3)) / 2, (0.3 + (1 - 0.9)) / 2])
+
+
 def test_the_reference_scheme_needs_references(monkeypatch):
     _larger_number_judge(monkeypatch)
     reward = PolicyReward(PolicyRewardSpec(kind="judge", ckpt="unused", scheme="reference"), n=2, scorer=object())
