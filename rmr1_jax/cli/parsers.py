@@ -137,7 +137,8 @@ other rows (one shape a file; each may carry "principles": ["...", ...]):
     j.add_argument("--prob", action="store_true", help="also read the verdict's probability: P([[A]]) against "
                    "P([[B]]) where the judge wrote its verdict (prob_a; prob: response a better, both orders' mean)")
     j.add_argument("--principles", default=None, metavar="FILE", help="principles to judge by, one per line (e.g. "
-                   "RAMO's rules): the judge builds its rubric from them")
+                   "RAMO's rules): the judge builds its rubric from them; a row's own \"principles\" list (any "
+                   "row shape) replaces them for that row")
     j.add_argument("--json", action="store_true", dest="structured", help="also each judgment as JSON: task type, "
                    "rubric items and weights, solution, evidence (quotes checked word for word against the "
                    "responses), verdict, and errors field by field (structured, structured_swapped)")

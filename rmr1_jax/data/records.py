@@ -153,6 +153,9 @@ ROW_FIELDS = {
     "rules": ("prompt", "a", "b", "response_a", "response_b", "rule_indices", "labels", *_IDS),
     "policy": ("prompt", "reference", "answer", *_IDS),
 }
+# what a judge also reads of a pair ("sft" / "prompt" records): the principles to judge it by,
+# rendered into its prompt (schemas.pair_to_example); a reward model's pair records ignore them
+JUDGE_PAIR_FIELDS = ("principles",)
 # what `rmr1 rules select` / `label` add to a pair (rules.select.labeled_rows): label files feed
 # train-rm and rule-adapter as they are, so their bookkeeping is known, not a stray field
 _LABEL_ROW_FIELDS = ("strategy", "k", "rule_indices", "rule_ids", "labels", "score_a", "score_b", "rule_winner",
@@ -167,6 +170,8 @@ def ignored_fields(row: dict, kind: Kind) -> tuple[str, list[str]]:
     else:
         shape = "pair" if _is_generic_pair(row) else "judge" if "context_messages" in row else "trace"
     known = set(ROW_FIELDS[shape]) | (set(_LABEL_ROW_FIELDS) if shape in ("pair", "rules") else set())
+    if shape == "pair" and kind in ("sft", "prompt"):  # a judge renders them into its prompt; a reward model does not
+        known |= set(JUDGE_PAIR_FIELDS)
     return shape, sorted(k for k in row if k not in known)
 
 

@@ -6,7 +6,9 @@ Three input shapes are accepted, each a JSON object per line (or a Parquet row):
   The messages are already a full judge prompt (both responses inside). In RM-R1's
   distillation files ``winner`` instead holds the target trace text; such rows are traces.
 * **Generic pair**: ``{"prompt": str | messages, "chosen": str | messages,
-  "rejected": str | messages}``, optional ``id``, ``task_type`` ("Reasoning"/"Chat"). The
+  "rejected": str | messages}``, optional ``id``, ``task_type`` ("Reasoning"/"Chat") and
+  ``principles`` (a list of non-empty strings to judge by, e.g. RAMO's selected rules for the
+  pair: rendered into the judge prompt, :func:`~rmr1_jax.text.prompts.render_principles`). The
   judge prompt is built later, with the A/B positions assigned by :func:`assign_positions`.
 * **Trace**: ``{"messages": [..., {"role": "assistant", "content": TRACE}]}`` whose last
   assistant turn is the training target, optionally with ``winner`` ("A"/"B"/"model_a"/...).
@@ -36,9 +38,13 @@ class PreferencePair:
     chosen: list[Message]
     rejected: list[Message]
     task_type: str | None = None
+    principles: list[str] | None = None  # what the judge judges this pair by (None: the template alone)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["principles"] is None:
+            del d["principles"]
+        return d
 
 
 @dataclasses.dataclass
@@ -106,7 +112,18 @@ def parse_pair(row: dict, fallback_id: str) -> PreferencePair:
         chosen=_messages(row["chosen"], "chosen", "assistant"),
         rejected=_messages(row["rejected"], "rejected", "assistant"),
         task_type=task_type,
+        principles=parse_principles(row.get("principles")),
     )
+
+
+def parse_principles(value) -> list[str] | None:
+    """A row's ``principles``: absent (None) or a non-empty list of non-empty strings (each
+    stripped); anything else is a DataError."""
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(x, str) and x.strip() for x in value)):
+        raise DataError(f"field 'principles' must be a non-empty list of non-empty strings, got {value!r:.80}")
+    return [x.strip() for x in value]
 
 
 def _split_conversations(row: dict) -> dict:
@@ -172,13 +189,14 @@ def pair_to_example(pair: PreferencePair, index: int, seed: int,
                     template: JudgeTemplate | None = None, swap: bool = False) -> JudgeExample:
     """Render a preference pair as a judge example, placing chosen/rejected at A/B with
     :func:`assign_positions` (balanced, seeded); ``swap`` renders the opposite placement
-    (and label, :func:`rmr1_jax.ab_positions.swap`)."""
+    (and label, :func:`rmr1_jax.ab_positions.swap`). The pair's ``principles`` go into the
+    prompt after the replies (:func:`~rmr1_jax.text.prompts.build_judge_messages`)."""
     a, b, winner = assign_positions(pair, index, seed)
     if swap:
         a, b, winner = ab_positions.swap(a, b, winner)
     return JudgeExample(
         id=pair.id,
-        messages=build_judge_messages(pair.prompt, a, b, template),
+        messages=build_judge_messages(pair.prompt, a, b, template, principles=pair.principles),
         winner=winner,
         task_type=pair.task_type,
         chosen_position=winner,

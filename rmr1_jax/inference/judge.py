@@ -251,15 +251,17 @@ def judge_rows(judge, rows: Sequence[tuple[int, dict]], out_path: str | None = N
     input row's fields, ``line``, and the fields :func:`judge_pairs` gives (``judgment``,
     ``verdict``, ``finished``; with ``both_orders`` also ``judgment_swapped``,
     ``verdict_swapped``, ``consistent``; with ``prob`` the verdict probabilities, with
-    ``structured`` the judgments as JSON). With ``out_path`` the rows are also written there as
-    JSONL, atomically, by process 0 (every process learns whether that worked)."""
+    ``structured`` the judgments as JSON). A row's own ``"principles"`` are what its pair is
+    judged by; ``principles``, those of the rows without. With ``out_path`` the rows are also
+    written there as JSONL, atomically, by process 0 (every process learns whether that worked)."""
     from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.inference.rows import pair_of
     from rmr1_jax.parallel.agreement import on_process_zero
 
+    per_row = [row.get("principles") or principles for _, row in rows]
     out = judge_pairs(judge, [pair_of(row, f"line {n}") for n, row in rows], both_orders=both_orders,
                       max_new_tokens=max_new_tokens, batch_size=batch_size, prob=prob, structured=structured,
-                      principles=principles)
+                      principles=per_row if any(p is not None for p in per_row) else None)
     judged = [{**{k: v for k, v in row.items() if k not in OUTPUT_FIELDS}, "line": n, **j}
               for (n, row), j in zip(rows, out)]
     if out_path:

@@ -4,7 +4,8 @@
 * ``rmr1 judge`` (:func:`read_pairs`): ``{"prompt", "a", "b"}`` (``"response_a"`` /
   ``"response_b"`` are read as ``"a"`` / ``"b"``); also, one shape a file
   (:func:`read_judge_rows`), pointwise ``{"prompt", "response", "reference"}`` and listwise
-  ``{"prompt", "responses": [...]}`` rows;
+  ``{"prompt", "responses": [...]}`` rows; any of them may carry ``"principles"``, a non-empty
+  list of non-empty strings to judge that row by;
 * ``rmr1 score-rm`` (:func:`read_score_rows`, one shape per row, :func:`row_kind`):
   ``{"text"}``, ``{"prompt", "response"}``, ``{"prompt", "a", "b"}`` or a preference pair as
   training reads it, ``{"prompt", "chosen", "rejected"}``;
@@ -64,12 +65,13 @@ def _rows(path: str, check, nothing: str = "no rows to score") -> list:
 
 def pair_of(row: dict, where: str) -> tuple:
     """``(prompt, a, b)`` of a pair row (``"response_a"`` / ``"response_b"`` read as ``"a"`` /
-    ``"b"``), checked."""
+    ``"b"``), checked, with its ``"principles"`` when it has them (:func:`_principles`)."""
     p, a, b = row.get("prompt", ""), row.get("a", row.get("response_a")), row.get("b", row.get("response_b"))
     if not (isinstance(p, (str, list)) and p and isinstance(a, (str, list)) and a and
             isinstance(b, (str, list)) and b):
         raise DataError(f"{where}: a pair row needs non-empty 'prompt', 'a' and 'b'")
     check_prompt(p, where)
+    _principles(row, where)
     return p, a, b
 
 
@@ -110,8 +112,8 @@ def output_rows(rows: Sequence[tuple[int, dict]], results: Sequence[dict], field
 def judge_row_kind(row, where: str) -> str:
     """Which ``rmr1 judge`` row ``row`` is, checked: ``"pair"`` (:func:`pair_of`),
     ``"pointwise"`` (``{"prompt", "response", "reference"}``: one response scored against a
-    reference answer) or ``"listwise"`` (``{"prompt", "responses": [at least 2]}``); pointwise
-    and listwise rows may carry ``"principles"``, a list of strings to judge by."""
+    reference answer) or ``"listwise"`` (``{"prompt", "responses": [at least 2]}``); every row
+    may carry ``"principles"``, a list of strings to judge by."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, one of {', '.join(JUDGE_SHAPES.values())}")
     has = [k for k, keys in (("listwise", ("responses",)), ("pointwise", ("response", "reference")),
