@@ -98,7 +98,8 @@ def _plan(sub) -> None:
     p.add_argument("--topology", required=True,
                    help="v5p:2x2x2, v5p:4x4x4, v6e:4x4, v5e:8x8, v4:2x2x2 (needs the tpu extra: libtpu), or cpu:N")
     p.add_argument("--objective", choices=[o for _, o, _ in OBJECTIVES], default=None,
-                   help="default: from the recipe's own section (grpo:, reward:, adapter:; else distill)")
+                   help="default: from the recipe's own section (policy_reward:, grpo:, reward:, adapter:; "
+                        "else distill)")
     p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilization the step time assumes")
     p.add_argument("--remat", default=None,
                    help="plan once per rematerialization policy, comma-separated, or 'all' (one row each)")

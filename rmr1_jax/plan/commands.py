@@ -8,7 +8,8 @@ import os
 from rmr1_jax.errors import ConfigError, UserError
 
 # a recipe's own section names its objective
-_SECTIONS = (("grpo", "grpo"), ("reward", "reward-model"), ("adapter", "rule-adapter"))
+_SECTIONS = (("policy_reward", "policy-grpo"), ("grpo", "grpo"), ("reward", "reward-model"),
+             ("adapter", "rule-adapter"))
 
 
 class DoesNotFit(UserError):
@@ -35,7 +36,7 @@ def load_plan_config(objective: str, path: str, overrides):
     if overrides:
         data = apply_overrides(data, overrides)
     cfg = from_dict(cls, data, source)
-    for name in ("mesh", "optim", "train", "grpo", "reward", "adapter"):
+    for name in ("mesh", "optim", "train", "grpo", "policy_reward", "reward", "adapter"):
         section = getattr(cfg, name, None)
         if section is not None:
             validate_all(section, source)

@@ -88,9 +88,14 @@ def plan(objective: str, cfg, target: Target, *, mfu: float = 0.4, log=print) ->
 
     with axis_rules(cfg.mesh.axis_rules()), compile_platform(target.kind):
         builder = {"distill": _distill, "reward-model": _reward_model, "rule-adapter": _rule_adapter,
-                   "grpo": _grpo}[objective]
+                   "grpo": _grpo, "policy-grpo": _grpo}[objective]
         phases, step_time, desc, notes = builder(cfg, model, mesh, target, mfu, log)
-        seq = cfg.grpo.max_prompt_tokens + cfg.grpo.max_response_tokens if objective == "grpo" else cfg.data.max_length
+        if objective == "policy-grpo":  # the policy's phases; the judge or reward model runs beside them
+            notes.append(f"the policy's phases only: the reward ({cfg.policy_reward.kind}"
+                         f"{', ' + cfg.policy_reward.ckpt if cfg.policy_reward.ckpt else ''}) adds its weights, its "
+                         f"engine's KV pages and its judging or scoring time, not priced here")
+        grpo_like = objective in ("grpo", "policy-grpo")
+        seq = cfg.grpo.max_prompt_tokens + cfg.grpo.max_response_tokens if grpo_like else cfg.data.max_length
         attention = resolve(mcfg.attention_impl, seq, mcfg.dtype)
     n = mcfg.num_params()
     trained = n
@@ -109,7 +114,7 @@ def default_rows(objective: str, cfg) -> int:
     from rmr1_jax.train.reward_model import DEFAULT_PAIRS_PER_STEP
     from rmr1_jax.train.rule_adapter import DEFAULT_ROWS_PER_STEP as RULE_ADAPTER_ROWS
 
-    if objective == "grpo":
+    if objective in ("grpo", "policy-grpo"):
         return cfg.grpo.minibatch_prompts * cfg.grpo.n
     default = {"reward-model": DEFAULT_PAIRS_PER_STEP, "rule-adapter": RULE_ADAPTER_ROWS}.get(objective,
                                                                                             DEFAULT_GLOBAL_BATCH)
@@ -118,7 +123,7 @@ def default_rows(objective: str, cfg) -> int:
 
 def _hints(objective: str, cfg) -> dict:
     rows = default_rows(objective, cfg)
-    if objective == "grpo":
+    if objective in ("grpo", "policy-grpo"):
         return {"rows": rows, "micro_batch": cfg.train.micro_batch or rows, "max_slots": cfg.sampling.max_slots,
                 "kv_pages": cfg.sampling.kv_pages,
                 "logprob_batch": cfg.grpo.logprob_batch}

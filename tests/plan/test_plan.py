@@ -132,14 +132,21 @@ def test_bad_topology_and_recipe_errors_are_one_line(tmp_path, capsys):
 
 def test_cpu_grpo_plan_prices_the_rollout_on_the_engine(tmp_path, capsys):
     """On simulated CPU devices (whose decode calls carry CPU compiler options) the GRPO plan
-    compiles the engine's calls, one shard a device, and prices a long-tailed rollout."""
-    rc, out, err, js = _plan(tmp_path, capsys, "configs/grpo/tiny.yaml", "--topology", "cpu:8",
+    compiles the engine's calls, one shard a device, and prices a long-tailed rollout. The
+    recipe is a policy GRPO one (its policy_reward: section names the objective): the policy's
+    phases are stage 2's, and the plan says the reward model is not priced."""
+    from rmr1_jax.plan.commands import objective_of
+
+    assert objective_of("configs/grpo/tiny.yaml") == "grpo"
+    assert objective_of("configs/policy_grpo/tiny.yaml") == "policy-grpo"
+    rc, out, err, js = _plan(tmp_path, capsys, "configs/policy_grpo/tiny.yaml", "--topology", "cpu:8",
                              "model.architecture=demo", "model.init_checkpoint=null", "grpo.n=2",
                              "grpo.prompts_per_step=16", "grpo.minibatch_prompts=8", "grpo.max_prompt_tokens=64",
                              "grpo.max_response_tokens=64", "grpo.expected_response_tokens=16")
     assert rc == 0, err
     assert [p["name"] for p in js["phases"]][2] == "engine prefill"
     assert "rollout on the generation engine" in out and "8 shards" in out and "mean 16" in out
+    assert js["objective"] == "policy-grpo" and "the policy's phases only" in out
 
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="compiling for a TPU slice needs libtpu (the tpu extra)")
