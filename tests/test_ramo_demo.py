@@ -11,6 +11,7 @@ tests/worlds/test_safety.py."""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -146,3 +147,80 @@ def test_rules_apply_cli_on_the_demo_adapter(ramo_dir, capsys, monkeypatch):
     assert line.startswith("adapter (k=3):") and "agreement with gold" in line
     with open(f"{o}/applied.jsonl") as f:
         assert all(len(json.loads(r)["rule_indices"]) == 3 for r in f)
+
+
+# `--world hard`: a quick run of the hard world costs as long again as the easy one (~100 s on
+# two cores, nearly all of it compiling the same models), so the hard world is tested up to
+# its data stage (recipe, splits, files, tokenizer, lengths) here, its definition in
+# tests/worlds/test_safety_hard.py, and its learning by the full run (docs/demo-ramo.md).
+
+
+def test_world_hard_recipe_takes_hard_yaml_before_quick_yaml_and_the_flag_over_ramo_yaml(tmp_path):
+    from rmr1_jax.demos.ramo import load_ramo_recipe
+    from rmr1_jax.demos.recipes import recipe_dir
+    from rmr1_jax.errors import ConfigError
+
+    easy = load_ramo_recipe(str(tmp_path))
+    hard = load_ramo_recipe(str(tmp_path), world="hard")
+    assert easy.settings.world == "easy" and hard.settings.world == "hard"
+    assert (easy.adapter.data.max_length, easy.reward_model.data.max_length) == (128, 64)
+    assert (hard.adapter.data.max_length, hard.reward_model.data.max_length) == (160, 96)
+    assert hard.judge == easy.judge and hard.settings.n_label == easy.settings.n_label
+    quick = load_ramo_recipe(str(tmp_path), world="hard", quick=True)
+    assert quick.adapter.data.max_length == 160 and quick.adapter.train.max_steps == 4
+    recipes = tmp_path / "recipes"
+    shutil.copytree(recipe_dir("demo_ramo"), recipes)
+    text = (recipes / "ramo.yaml").read_text()
+    (recipes / "ramo.yaml").write_text(text.replace("world: easy", "world: hard"))
+    assert load_ramo_recipe(str(tmp_path), directory=str(recipes)).settings.world == "hard"
+    assert load_ramo_recipe(str(tmp_path), directory=str(recipes), world="easy").adapter.data.max_length == 128
+    (recipes / "ramo.yaml").write_text(text.replace("world: easy", "world: medium"))
+    with pytest.raises(ConfigError, match="world='medium': choose easy or hard"):
+        load_ramo_recipe(str(tmp_path), directory=str(recipes))
+
+
+def test_world_is_an_option_of_demo_ramo_only(capsys):
+    assert cli.build_parser().parse_args(["demo", "ramo", "--world", "hard"]).world == "hard"
+    assert cli.build_parser().parse_args(["demo", "ramo"]).world is None
+    for which in ("rm-r1", "policy"):
+        assert cli.main(["demo", which, "--world", "hard", "--out-dir", "unused"]) == 2
+        err = capsys.readouterr().err
+        assert f"--world is an option of `rmr1 demo ramo`, not of `rmr1 demo {which}`" in err
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["demo", "ramo", "--world", "medium"])
+
+
+def test_world_hard_data_stage_files_pool_annotations_and_lengths_within_the_recipes(tmp_path):
+    """The demo's data stage on the hard world at full size: the pool is the hard world's, the
+    pair files carry its fields, the judge's annotations hold its four kinds of rows, and with
+    the tokenizer trained on them every judge annotation, reward-model conversation and adapter
+    input fits its recipe's max_length (hard.yaml's overrides)."""
+    from rmr1_jax.data.records import pair_token_ids
+    from rmr1_jax.demos import ramo
+    from rmr1_jax.rules.apply import adapter_inputs
+    from rmr1_jax.rules.pool import load_pool
+    from rmr1_jax.text.tokenizer import load_tokenizer
+    from rmr1_jax.worlds import safety_hard
+
+    recipe = ramo.load_ramo_recipe(str(tmp_path), world="hard")
+    paths = ramo._paths(str(tmp_path))
+    w = safety_hard.world()
+    splits = ramo._data(recipe, paths, w, lambda *_: None)
+    assert [len(splits[k]) for k in ("judge", "label", "fit", "heldout")] == [1500, 1000, 200, 300]
+    assert [r.id for r in load_pool(paths["pool"])] == [r.id for r in w.rules]
+    with open(paths["label"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert list(rows[0]) == list(safety_hard.PAIR_FIELDS) and {r["group"] for r in rows} == {"decides", "noise"}
+    assert {r["break"] for r in rows} == {"all", "one", "mild", "referral"}
+    tok = load_tokenizer(recipe.judge.tokenizer.path)
+    with open(paths["annotations"]) as f:
+        notes = [json.loads(line) for line in f]
+    assert len(notes) == 1500 * 2 * 9
+    assert max(len(tok.encode(tok.apply_chat_template(n["messages"]))) for n in notes) <= recipe.judge.data.max_length
+    pairs = splits["label"] + splits["heldout"]
+    rm = max(len(pair_token_ids(tok, [{"role": "user", "content": p["prompt"]}], [{"role": "assistant", "content": p[s]}]))
+             for p in pairs for s in ("a", "b"))
+    assert rm <= recipe.reward_model.data.max_length
+    ids = adapter_inputs(tok, [{k: p[k] for k in ("prompt", "a", "b")} for p in pairs], 26, max_length=4096,
+                         overlong="truncate")
+    assert max(map(len, ids)) <= recipe.adapter.data.max_length

@@ -10,6 +10,8 @@ from rmr1_jax.errors import UserError
 
 
 def cmd_demo(args) -> None:
+    if args.world is not None and args.which != "ramo":
+        raise UserError(f"--world is an option of `rmr1 demo ramo`, not of `rmr1 demo {args.which}`")
     if args.which == "policy":
         from rmr1_jax.demos.policy import load_policy_recipe, run_policy_demo
 
@@ -20,7 +22,7 @@ def cmd_demo(args) -> None:
         from rmr1_jax.demos.ramo import load_ramo_recipe, run_ramo_demo
 
         run_ramo_demo(load_ramo_recipe(args.out_dir or "runs/demo-ramo", seed=args.seed, quick=args.quick,
-                                       directory=args.recipes))
+                                       directory=args.recipes, world=args.world))
         return
     from rmr1_jax.demos.rmr1 import load_demo_recipe, run_demo
 

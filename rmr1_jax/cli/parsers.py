@@ -79,6 +79,11 @@ def _demo(sub) -> None:
                    help="recipe directory (default: configs/demo, configs/demo_ramo or configs/demo_policy)")
     d.add_argument("--judges", default=None, metavar="DIR",
                    help="demo policy: where `rmr1 demo` wrote its judges (default: runs/demo)")
+    d.add_argument("--world", choices=("easy", "hard"), default=None,
+                   help="demo ramo: easy (the recipe's default: the deciding rules are the largest-discrepancy "
+                        "ones) or hard (style rules with large discrepancies unrelated to gold, mildly broken "
+                        "deciding rules, a rule that decides some pairs and is noise in others, per-rule "
+                        "annotator noise)")
 
 
 def _training(sub) -> None:

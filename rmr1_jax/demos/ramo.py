@@ -1,8 +1,11 @@
 """``rmr1 demo ramo``: the whole RAMO pipeline on the embedded default, on a laptop CPU.
 
-1. Generate the synthetic safety world (:mod:`rmr1_jax.worlds.safety`): pairs whose gold
-   preference three pair-specific rules decide, while eight tone rules score both responses
-   noisily; split into judge-training, labeling, fit and held-out pairs.
+1. Generate the synthetic safety world (``world: easy``, :mod:`rmr1_jax.worlds.safety`: pairs
+   whose gold preference three pair-specific rules decide, while eight tone rules score both
+   responses noisily; ``world: hard``, :mod:`rmr1_jax.worlds.safety_hard`: style rules with
+   large discrepancies unrelated to gold, mildly broken deciding rules, a rule that decides
+   some pairs and is noise in others, per-rule annotator noise); split into judge-training,
+   labeling, fit and held-out pairs.
 2. Train a SentencePiece tokenizer, then a small rule-scoring judge (SFT) on the annotator's
    Yes / No / Irrelevant answers.
 3. Score every response of the other splits against the 26-rule pool with that judge
@@ -36,6 +39,7 @@ JUDGE_TEMPLATE = ("Does the reply follow the rule? Answer Yes, No or Irrelevant.
 # single tokenizer pieces: the answer words and the section labels of the judge and adapter inputs
 SYMBOLS = ("Yes", "No", "Irrelevant", "[Conversation]", "[Rule]", "[Response A]", "[Response B]", "\n")
 SECTIONS = ("ramo", "judge", "adapter", "reward_model")
+WORLDS = {"easy": "rmr1_jax.worlds.safety", "hard": "rmr1_jax.worlds.safety_hard"}
 
 
 @dataclasses.dataclass
@@ -44,6 +48,7 @@ class RamoSettings:
 
     out_dir: str = "runs/demo-ramo"
     seed: int = 0
+    world: str = "easy"
     n_judge: int = 1500
     n_label: int = 1000
     n_fit: int = 200
@@ -56,6 +61,12 @@ class RamoSettings:
     score_batch: int = 96
     rm_strategies: tuple[str, ...] = ("topk_discrepancy", "random_k", "all_rules", "fitted_linear", "gold")
 
+    def validate(self, where: str) -> None:
+        from rmr1_jax.errors import ConfigError
+
+        if self.world not in WORLDS:
+            raise ConfigError(f"{where}: world={self.world!r}: choose {' or '.join(WORLDS)}")
+
 
 @dataclasses.dataclass
 class RamoRecipe:
@@ -66,9 +77,10 @@ class RamoRecipe:
 
 
 def load_ramo_recipe(out_dir: str = "runs/demo-ramo", *, seed: int | None = None, quick: bool = False,
-                     directory: str | None = None) -> RamoRecipe:
+                     directory: str | None = None, world: str | None = None) -> RamoRecipe:
     """``ramo.yaml``, ``judge.yaml``, ``adapter.yaml`` and ``reward_model.yaml`` from
-    ``directory`` (default ``configs/demo_ramo``), with ``quick.yaml``'s overrides when
+    ``directory`` (default ``configs/demo_ramo``), with ``hard.yaml``'s overrides when the
+    world is ``hard`` (``world``, else ramo.yaml's ``world``), then ``quick.yaml``'s when
     ``quick``; every path is set under ``out_dir``; ``seed`` replaces every seed."""
     from rmr1_jax.config import load
     from rmr1_jax.train.runner import load_config
@@ -76,8 +88,12 @@ def load_ramo_recipe(out_dir: str = "runs/demo-ramo", *, seed: int | None = None
     directory = directory or recipe_dir("demo_ramo")
     quick_over = read_quick(directory, SECTIONS, quick)
     seed_over = [] if seed is None else [f"seed={seed}"]
+    world_over = [] if world is None else [f"world={world}"]
     settings = load(RamoSettings, os.path.join(directory, "ramo.yaml"),
-                    [f"out_dir={out_dir}", *quick_over.get("ramo", []), *seed_over])
+                    [f"out_dir={out_dir}", *quick_over.get("ramo", []), *seed_over, *world_over])
+    if settings.world != "easy":  # the world's overrides of the models' recipes, before quick.yaml's
+        world_file = read_quick(directory, SECTIONS[1:], True, f"{settings.world}.yaml")
+        quick_over = {k: [*world_file.get(k, []), *quick_over.get(k, [])] for k in SECTIONS}
     o = lambda *parts: os.path.join(out_dir, *parts)  # noqa: E731
     shared = [f"tokenizer.path={o('tokenizer')}"] + ([] if seed is None else [f"train.seed={seed}"])
     run = lambda *d: [f"train.run_dir={o(*d)}", f"checkpoint.dir={o(*d, 'checkpoints')}"]  # noqa: E731
@@ -105,15 +121,21 @@ def _pair_key(p: dict) -> tuple:
     return p["prompt"], frozenset((p["a"], p["b"]))
 
 
+def world_module(name: str):
+    """The world module of ``world: name`` (:data:`WORLDS`)."""
+    import importlib
+
+    return importlib.import_module(WORLDS[name])
+
+
 def _splits(s: RamoSettings) -> dict[str, list[dict]]:
     """Disjoint splits of the world: each its own seed, and no labeling, fit or held-out pair
     whose prompt and two responses occur in an earlier split."""
-    from rmr1_jax.worlds import safety
-
+    module = world_module(s.world)
     seen: set = set()
     out = {}
     for j, (name, n) in enumerate((("judge", s.n_judge), ("label", s.n_label), ("fit", s.n_fit), ("heldout", s.n_eval))):
-        pairs = [p for p in safety.generate(3 * n + 50, seed=1000 * s.seed + j) if _pair_key(p) not in seen][:n]
+        pairs = [p for p in module.generate(3 * n + 50, seed=1000 * s.seed + j) if _pair_key(p) not in seen][:n]
         seen |= {_pair_key(p) for p in pairs}
         out[name] = pairs
     return out
@@ -125,24 +147,23 @@ def _write_data(s: RamoSettings, splits, paths: dict, template: str, world, log)
     from rmr1_jax.data.readers import write_jsonl
     from rmr1_jax.rules.pool import write_pool
     from rmr1_jax.inference.rules import fill
-    from rmr1_jax.worlds import safety
 
+    module = world_module(s.world)
     for d in ("data", "prompts", "labels", "selections", "scores"):
         os.makedirs(os.path.join(s.out_dir, d), exist_ok=True)
     write_pool(paths["pool"], list(world.rules))
     atomic_write_text(paths["template"], template)
-    keep = ("id", "prompt", "a", "b", "winner", "topic", "deciding", "tone_a", "tone_b")
     for name in ("label", "fit", "heldout"):
-        write_jsonl(paths[name], ({k: p[k] for k in keep} for p in splits[name]))
+        write_jsonl(paths[name], ({k: p[k] for k in module.PAIR_FIELDS} for p in splits[name]))
     write_jsonl(paths["heldout_gold"], _gold_rows(splits["heldout"]))
     responses = list(dict.fromkeys((p["prompt"], p[side]) for name in ("label", "fit", "heldout")
                                    for p in splits[name] for side in ("a", "b")))
     write_jsonl(paths["responses"], ({"prompt": q, "response": r} for q, r in responses))
-    notes = safety.annotations(splits["judge"], s.seed, world)
+    notes = module.annotations(splits["judge"], s.seed, world)
     rows = [{"id": n["id"], "messages": [{"role": "user", "content": fill(template, n["rule"], n["prompt"], n["response"])},
                                          {"role": "assistant", "content": n["answer"]}]} for n in notes]
     write_jsonl(paths["annotations"], rows)
-    counts = {a: sum(n["answer"] == a for n in notes) for a in safety.ANSWERS}
+    counts = {a: sum(n["answer"] == a for n in notes) for a in module.ANSWERS}
     log(f"data: {len(splits['judge'])} judge pairs -> {len(rows)} annotations ({counts}), {len(splits['label'])} "
         f"labeling, {len(splits['fit'])} fit and {len(splits['heldout'])} held-out pairs; {len(responses)} responses "
         f"to score against {len(world.rules)} rules")
@@ -153,14 +174,12 @@ def _write_data(s: RamoSettings, splits, paths: dict, template: str, world, log)
 def run_ramo_demo(recipe: RamoRecipe | None = None, log=print) -> dict:
     """The RAMO demo as ``recipe`` says (default :func:`load_ramo_recipe`), stage by stage as
     the module docstring lists them; returns the results (``ramo_results.json``)."""
-    from rmr1_jax.worlds import safety
-
     recipe = recipe or load_ramo_recipe()
     s = recipe.settings
     t0 = time.perf_counter()
     paths = _paths(s.out_dir)
     os.makedirs(s.out_dir, exist_ok=True)
-    world = safety.world()
+    world = world_module(s.world).world()
     stamps = {}  # seconds since the start at the end of each stage
     splits = _data(recipe, paths, world, log)
     stamps["data"] = time.perf_counter() - t0
@@ -314,7 +333,7 @@ def _results(s: RamoSettings, diag: list[dict], ad_eval: dict, applied: dict, rm
         "adapter_f1_flattened_two_class": float(ad_eval.get("f1_flattened_two_class", float("nan"))),
         "adapter_topk_precision": float(ad_eval.get("topk_precision", float("nan"))),
         "adapter_label_agreement": applied.get("agreement"),
-        "rm_heldout_accuracy": rm_acc, "k": s.k, "judge": judge, "diagnostics": diag,
+        "rm_heldout_accuracy": rm_acc, "k": s.k, "world": s.world, "judge": judge, "diagnostics": diag,
         "pairs": {name: len(v) for name, v in splits.items()},
     }
 

@@ -7,7 +7,8 @@ import os
 
 
 def judge_summary(scores_path: str, splits, world) -> dict:
-    """Mean judge score and relevance of the held-out responses by what the rule is to them."""
+    """Mean judge score and relevance of the held-out responses by what the rule is to them
+    (``world.summary_group``: follows / breaks a deciding rule, tone, style, ...)."""
     import numpy as np
 
     from rmr1_jax.rules.score_files import read_scores
@@ -18,15 +19,8 @@ def judge_summary(scores_path: str, splits, world) -> dict:
     for p in splits["heldout"]:
         for side in ("a", "b"):
             i = index[(p["prompt"], p[side])]
-            chosen = (side == "a") == (p["winner"] == "A")
             for r in range(len(world.rules)):
-                if r in p["deciding"]:
-                    g = "follows" if chosen else "breaks"
-                elif world.rules[r].category == "tone":
-                    g = f"tone_{p['tone_' + side]}"
-                else:
-                    g = "other"
-                groups.setdefault(g, []).append((sc.scores[i, r], sc.relevance[i, r]))
+                groups.setdefault(world.summary_group(p, side, r), []).append((sc.scores[i, r], sc.relevance[i, r]))
     return {g: {"score": float(np.mean([v[0] for v in vs])), "relevance": float(np.mean([v[1] for v in vs])),
                 "n": len(vs)} for g, vs in sorted(groups.items())}
 

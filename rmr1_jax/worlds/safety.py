@@ -118,6 +118,8 @@ _OPENERS = {"warm": ("Happy to help!", "Thanks for asking.", "Good question, my 
             "curt": ("Whatever.", "Fine.", "Ugh, again?", "Not this again.")}
 TONE_YES = {"warm": 0.9, "curt": 0.1}  # P(Yes) of a tone rule's annotation
 ANSWERS = ("Yes", "No", "Irrelevant")
+# a pair's fields that the demo writes to its pair files (the stances stay in memory)
+PAIR_FIELDS = ("id", "prompt", "a", "b", "winner", "topic", "deciding", "tone_a", "tone_b")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +137,12 @@ class World:
 
     def topic_rules(self, topic: str) -> list[int]:
         return [i for i, r in enumerate(self.rules) if r.category == topic]
+
+    def summary_group(self, p: dict, side: str, r: int) -> str:
+        """What rule ``r`` is to response ``side`` of pair ``p``, for the demo's judge summary."""
+        if r in p["deciding"]:
+            return "follows" if (side == "a") == (p["winner"] == "A") else "breaks"
+        return f"tone_{p['tone_' + side]}" if self.rules[r].category == "tone" else "other"
 
 
 def world() -> World:
