@@ -47,6 +47,26 @@ def test_quick_demo_end_to_end(in_new_user_dir):
     assert os.path.isfile(os.path.join(out, "judge_hf", "tokenizer.model"))
 
 
+def test_quick_policy_demo_rewards_with_the_demos_judges(in_new_user_dir, capsys):
+    """`rmr1 demo policy --quick` after `rmr1 demo --quick`, with the default relative paths:
+    the base policy, a policy GRPO run rewarded by the stage-1 judge (an Orbax checkpoint) and
+    one by the program's check (quick.yaml's two variants; the chance judge's coins are tested
+    in tests/train/test_policy_grpo.py), the table, results.json and the plot; without the
+    judges, one line naming what is missing."""
+    assert cli.main(["demo", "policy", "--quick"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| (base policy, before GRPO) |", "| judge after stage 1 (distillation) |",
+                "| the program's check (ceiling) |"):
+        assert row in out, row
+    with open("runs/demo-policy/results.json") as f:
+        res = json.load(f)
+    assert all(0.0 <= res[v]["accuracy"] <= 1.0 for v in ("base", "stage1", "check"))
+    assert os.path.getsize("runs/demo-policy/policy_accuracy.png") > 0
+    assert cli.main(["demo", "policy", "--quick", "--judges", "elsewhere", "--out-dir", "runs/p2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "elsewhere" in err[0] and "rmr1 demo" in err[0], err
+
+
 def test_distill_resume_and_convert_with_relative_paths(in_new_user_dir, capsys):
     """The shipped tiny recipe as written (relative run dir, data and tokenizer paths), a
     resume, `rmr1 convert` both ways on relative paths, then `rmr1 judge` on the checkpoint

@@ -175,7 +175,7 @@ def run_policy_demo(recipe: PolicyDemoRecipe | None = None, log=print) -> dict:
     os.makedirs(s.out_dir, exist_ok=True)
     files = write_policy_data(s)
     log(f"== base policy: SFT on {s.n_base} replies, {100 * s.base_obey:.0f}% of them obeying ==")
-    run_distill(recipe.base, log=log)
+    _finished(run_distill(recipe.base, log=log).result, "the base policy's SFT")
     mesh = make_mesh(recipe.base.mesh)
     budget = recipe.grpo.eval_max_new_tokens or recipe.grpo.grpo.max_response_tokens
     results = {"base": {"accuracy": base_accuracy(recipe.base.checkpoint.dir, files["eval"], budget, mesh)}}
@@ -183,7 +183,7 @@ def run_policy_demo(recipe: PolicyDemoRecipe | None = None, log=print) -> dict:
     for variant in s.variants:
         log(f"== policy GRPO, reward: {_NAMES[variant]} ==")
         cfg = variant_config(recipe, variant, judges)
-        r = run_policy_grpo(cfg, log=log).result
+        r = _finished(run_policy_grpo(cfg, log=log).result, f"the {variant} run")
         results[variant] = {"accuracy": r.eval_metrics["accuracy"], "run_dir": cfg.train.run_dir,
                             **_reward_stats(os.path.join(cfg.train.run_dir, "metrics.jsonl"))}
         log(f"{variant}: held-out accuracy {results[variant]['accuracy']:.3f}")
@@ -197,12 +197,24 @@ def run_policy_demo(recipe: PolicyDemoRecipe | None = None, log=print) -> dict:
     return results
 
 
+def _finished(result, what: str):
+    """``result``, unless the run was stopped (a SIGTERM): then one line saying how to go on.
+    Every stage resumes from its checkpoints, so the same command picks up where it stopped."""
+    if result.stopped_early:
+        from rmr1_jax.errors import UserError
+
+        raise UserError(f"stopped during {what} (saved at step {result.step}); run the same command again to "
+                        f"resume: finished stages are kept, the stopped one goes on from its checkpoint")
+    return result
+
+
 def _reward_stats(metrics_path: str) -> dict:
     """A run's mean judge time and calls per rollout step, its rollouts' check accuracy first
     and last, and its held-out accuracy curve."""
     rows = [json.loads(line) for line in open(metrics_path)]
     train = [r for r in rows if "time_reward_s" in r]
-    curve = [(r["step"], r["accuracy"]) for r in rows if r.get("split") == "eval" and "accuracy" in r]
+    # by step: a resumed run evaluates its last step again
+    curve = sorted({r["step"]: r["accuracy"] for r in rows if r.get("split") == "eval" and "accuracy" in r}.items())
     return {"time_reward_s": sum(r["time_reward_s"] for r in train) / max(1, len(train)),
             "time_rollout_s": sum(r["time_rollout_s"] for r in train) / max(1, len(train)),
             "rollout_check_first": train[0]["check_accuracy"] if train else None,
