@@ -295,9 +295,7 @@ def run_rewardbench2_pairwise(judge_fn: Callable[[list], Sequence], items: Seque
                 row.update(pairwise="round_robin", judge_calls=n * (n - 1))
                 rows.append(row)
             stats.written += writer.write(rows)
-            stats.both_orders += out.matches
-            stats.consistent += out.matches - out.inconsistent - out.no_verdict
-            stats.no_verdict += out.no_verdict
+            stats.count_matches(out)
             if progress:
                 progress(stats.skipped + stats.written, stats.total)
     return stats

@@ -146,9 +146,7 @@ def run_rmb_listwise(judge_fn: Callable[[list], Sequence], items: Sequence[BonIt
                     row["model"] = model_name
                 rows.append(row)
             stats.written += writer.write(rows)
-            stats.both_orders += out.matches
-            stats.consistent += out.matches - out.inconsistent - out.no_verdict
-            stats.no_verdict += out.no_verdict
+            stats.count_matches(out)
             if progress:
                 progress(stats.skipped + stats.written, stats.total)
     return stats

@@ -61,6 +61,13 @@ class RunStats:
     def position_consistency(self) -> float | None:
         return self.consistent / self.both_orders if self.both_orders else None
 
+    def count_matches(self, out) -> None:
+        """Add the matches of a :func:`~rmr1_jax.inference.group_rewards.score_groups` result (each
+        judged in both orders; consistent when neither tied by position nor without a verdict)."""
+        self.both_orders += out.matches
+        self.consistent += out.matches - out.inconsistent - out.no_verdict
+        self.no_verdict += out.no_verdict
+
 
 def _open(writer: ResultsWriter | str, benchmark: str | None, fingerprint: dict | None) -> tuple[ResultsWriter, bool]:
     if isinstance(writer, ResultsWriter):
