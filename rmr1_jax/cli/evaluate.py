@@ -22,5 +22,6 @@ def cmd_eval(args) -> None:
                             keep_text=args.keep_text, max_length=args.max_length, overlong=args.overlong,
                             tokenizer=args.tokenizer, prompt_variant=args.prompt_variant,
                             system_file=args.system_file, user_file=args.user_file, prob=args.prob,
-                            samples=args.samples, vote=args.vote, temperature=args.temperature)
+                            samples=args.samples, vote=args.vote, temperature=args.temperature,
+                            scheme=args.scheme)
     print("\n".join(out.lines))

@@ -268,6 +268,10 @@ def _eval(sub) -> None:
                    "of the samples' P([[A]]), read as --prob does, against 0.5) (default majority)")
     e.add_argument("--temperature", type=float, default=None, metavar="T",
                    help="sampling temperature of the judgments (default 1.0 with --samples K > 1, else 0: greedy)")
+    e.add_argument("--scheme", choices=("round_robin", "knockout"), default=None,
+                   help="rmb-bon: how an item's candidates are ranked from pairwise verdicts in both orders: "
+                        "round_robin (every pair, the default) or knockout (a bracket keyed by the item, N - 1 "
+                        "matches)")
     opt.overlong(e, what="scalar reward models: ")
     opt.tokenizer(e)
     opt.prompt_template(e)

@@ -128,7 +128,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
                   seed: int = 0, max_new_tokens: int = 4096, keep_text: bool = False, max_length: int = 4096,
                   overlong: str = "error", tokenizer: str | None = None, prompt_variant: str | None = None,
                   system_file: str | None = None, user_file: str | None = None, prob: bool = False,
-                  samples: int = 1, vote: str | None = None, temperature: float | None = None) -> EvalOutcome:
+                  samples: int = 1, vote: str | None = None, temperature: float | None = None,
+                  scheme: str | None = None) -> EvalOutcome:
     """Run ``benchmark`` (any spelling of a registry name) read from ``data`` with the model of
     ``ckpt`` (an Orbax checkpoint or HF directory: a generative judge or a scalar reward model),
     appending one row per finished example to ``OUT/results.jsonl`` (resumed: examples already
@@ -146,7 +147,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
     k > 1: k judgments sampled at ``temperature`` (default 1.0) per pair and order, aggregated by
     ``vote`` (``"majority"``, the default, or ``"mean-prob"``; :mod:`rmr1_jax.eval.voting`),
     every vote kept in the rows and the report's "accuracy against k" table and plot read from
-    them; with one sample ``temperature`` > 0 samples it (default greedy)."""
+    them; with one sample ``temperature`` > 0 samples it (default greedy). ``scheme``: a listwise
+    benchmark's ranking (``rmb-bon``: ``"round_robin"``, the default, or ``"knockout"``)."""
     from rmr1_jax.eval.voting import check_voting
 
     from rmr1_jax.parallel.agreement import agreed, on_process_zero
@@ -154,6 +156,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
 
     vote, temperature = check_voting(samples, vote, temperature)
     b = get(benchmark)
+    if scheme is not None and b.name != "rmb-bon":
+        raise UserError(f"--scheme ranks a listwise benchmark's candidates (rmb-bon); {b.name} judges pairs")
     kind, tasks = agreed(_inputs, b, ckpt, data)  # a file one host cannot read stops every process
     tasks = tasks[:limit] if limit else tasks
     out = out_dir or os.path.join("runs", "eval", b.name)
@@ -165,6 +169,8 @@ def run_benchmark(benchmark: str, ckpt: str, data: str, *, out_dir: str | None =
             "prompt_variant": prompt_variant, "system_file": system_file, "user_file": user_file, "prob": prob,
             "samples": samples, "vote": vote, "temperature": temperature}
     model, run_opts = _LOADERS[kind](ckpt, mesh, opts)
+    if scheme is not None:
+        run_opts["scheme"] = scheme
     name = os.path.basename(os.path.normpath(ckpt))
     stats = b.fn("runs", kind)(model, tasks, results, batch_size=batch_size, model_name=name, **run_opts)
     summary, paths = on_process_zero(score_and_report, b.name, results, out, no_verdict=no_verdict, expected=tasks)

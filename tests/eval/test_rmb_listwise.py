@@ -83,3 +83,22 @@ def test_a_file_without_best_of_n_items_is_refused(tmp_path):
                                 "rejected": "b"}) + "\n")
     with pytest.raises(DataError, match="no best-of-N items .*--benchmark rmb"):
         load_rmb_bon(str(path))
+
+
+def test_rmr1_eval_scheme_reaches_the_listwise_run_and_only_it(tmp_path, monkeypatch):
+    """`rmr1 eval --benchmark rmb-bon --scheme knockout` ranks by knockout (the judge and the
+    file reading stood in for: the flag's way through run_benchmark is what is checked);
+    --scheme with a pairwise benchmark is one error line."""
+    from rmr1_jax.cli import main
+    from rmr1_jax.eval import run as eval_run
+
+    judge = Judge()
+    monkeypatch.setattr(eval_run, "_inputs", lambda b, ckpt, data: ("generative", load_rmb_bon(rmb_file(tmp_path))))
+    monkeypatch.setitem(eval_run._LOADERS, "generative", lambda ckpt, mesh, o: (
+        judge, {"order": o["order"], "seed": o["seed"], "keep_text": o["keep_text"], "fingerprint": None}))
+    out = tmp_path / "ko"
+    assert main(["eval", "--ckpt", "j", "--data", "rmb", "--benchmark", "rmb-bon", "--scheme", "knockout",
+                 "--out-dir", str(out)]) == 0
+    rows = read_results(str(out / "results.jsonl"))
+    assert {r["listwise"] for r in rows} == {"knockout"} and [r["judge_calls"] for r in rows] == [4, 4, 2]
+    assert main(["eval", "--ckpt", "j", "--data", "rb", "--benchmark", "rewardbench", "--scheme", "knockout"]) == 2
