@@ -170,12 +170,7 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
         raise ValueError(f"{samples} samples per pair need a temperature > 0 (greedy samples are all alike)")
 
     tok, tpl = judge.tokenizer, judge.template
-    if judge.sampler is None:  # one generator per judge: its compiled functions are reused across calls
-        mesh = mesh if mesh is not None else getattr(judge, "mesh", None)
-        # the engine: batch_size slots over the mesh's shards, kept full
-        judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
-                               config=EngineConfig(max_slots=max(1, -(-batch_size // shard_count(mesh)))))
-    sampler = judge.sampler
+    sampler = _engine(judge, batch_size, mesh)
 
     per_pair = principles if principles and not isinstance(principles[0], str) else [principles] * len(pairs)
     if len(per_pair) != len(pairs):
@@ -211,18 +206,37 @@ def judge_pairs(judge, pairs, *, both_orders: bool = False, max_new_tokens: int 
         for r, (_, a, b), j in zip(out, pairs, swp):  # the swapped order showed b at A
             r["structured_swapped"] = structure(j.text, b, a)
     if prob:
-        from rmr1_jax.inference.verdict_prob import both_orders_probability, verdict_probabilities
-
-        ps = verdict_probabilities(judge.model, judge.params, tok, prompts, [j.text for j in js],
-                                   opened=prompts_open_thinking(tok, prompts), batch_size=batch_size,
-                                   mesh=getattr(judge, "mesh", None), shared=shared)
-        fwd_p, swp_p = (ps[0::2], ps[1::2]) if both_orders else (ps, [None] * len(ps))
-        for r, pa, pb in zip(out, fwd_p, swp_p):
-            r["prob_a"] = pa
-            if both_orders:
-                r["prob_a_swapped"] = None if pb is None else 1.0 - pb
-            r["prob"] = both_orders_probability(pa, pb) if both_orders else pa
+        _add_probabilities(judge, out, prompts, js, both_orders=both_orders, batch_size=batch_size, shared=shared)
     return out
+
+
+def _engine(judge, batch_size: int, mesh=None) -> Engine:
+    """The judge's generation engine, made on first use (``batch_size`` slots over the mesh's
+    shards, kept full) and reused, so its compiled functions are too."""
+    if judge.sampler is None:
+        mesh = mesh if mesh is not None else getattr(judge, "mesh", None)
+        tok = judge.tokenizer
+        judge.sampler = Engine(judge.model, eos_ids=tok.eos_ids, pad_id=tok.pad_id, mesh=mesh,
+                               config=EngineConfig(max_slots=max(1, -(-batch_size // shard_count(mesh)))))
+    return judge.sampler
+
+
+def _add_probabilities(judge, out: list[dict], prompts, js: list[Judgment], *, both_orders: bool, batch_size: int,
+                       shared: bool) -> None:
+    """``prob_a`` (and with both orders ``prob_a_swapped``) and ``prob`` into the rows ``out``:
+    the verdict probabilities of the judgments ``js`` of ``prompts`` (see :func:`judge_pairs`)."""
+    from rmr1_jax.inference.verdict_prob import both_orders_probability, verdict_probabilities
+
+    tok = judge.tokenizer
+    ps = verdict_probabilities(judge.model, judge.params, tok, prompts, [j.text for j in js],
+                               opened=prompts_open_thinking(tok, prompts), batch_size=batch_size,
+                               mesh=getattr(judge, "mesh", None), shared=shared)
+    fwd_p, swp_p = (ps[0::2], ps[1::2]) if both_orders else (ps, [None] * len(ps))
+    for r, pa, pb in zip(out, fwd_p, swp_p):
+        r["prob_a"] = pa
+        if both_orders:
+            r["prob_a_swapped"] = None if pb is None else 1.0 - pb
+        r["prob"] = both_orders_probability(pa, pb) if both_orders else pa
 
 
 def _sampled_rows(judge, prompts, js: list[Judgment], k: int, prob: bool, batch_size: int) -> list[dict]:
